@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny DACON-shaped data folder built from synthetic PNGs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+KIT_ROOT = Path(__file__).resolve().parent.parent
+if str(KIT_ROOT) not in sys.path:  # `import utils` however pytest is started
+    sys.path.insert(0, str(KIT_ROOT))
+
+GENES = ("G1", "G2", "G3", "MT-CO1")
+SIZE = (16, 16)
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    """Write a uint8 array as a PNG: (H, W) greyscale, (H, W, 3) RGB or (H, W, 4) RGBA."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+    return path
+
+
+def make_dacon(tmp_path: Path, n_train: int = 12, n_test: int = 5,
+               genes: tuple[str, ...] = GENES, size: tuple[int, int] = SIZE,
+               seed: int = 0) -> Path:
+    """A complete DACON-layout folder under `tmp_path/dacon`: PNGs, train/test/sample CSVs."""
+    root = Path(tmp_path) / "dacon"
+    rng = np.random.default_rng(seed)
+    rows = {}
+    for split, prefix, n in (("train", "TRAIN", n_train), ("test", "TEST", n_test)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        ids = [f"{prefix}_{i:04d}" for i in range(n)]
+        for i in ids:
+            write_png(root / split / f"{i}.png", rng.integers(0, 256, (*size, 3)))
+        rows[split] = pd.DataFrame({"ID": ids, "path": [f"./{split}/{i}.png" for i in ids]})
+    y = rng.gamma(2.0, 1.0, size=(n_train, len(genes))).round(4)
+    train = pd.concat([rows["train"], pd.DataFrame(y, columns=list(genes))], axis=1)
+    sample = pd.DataFrame(0.0, index=range(n_test), columns=list(genes))
+    sample.insert(0, "ID", rows["test"]["ID"])
+    train.to_csv(root / "train.csv", index=False)
+    rows["test"].to_csv(root / "test.csv", index=False)
+    sample.to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
+@pytest.fixture
+def dacon_dir(tmp_path: Path) -> Path:
+    """A fresh tiny DACON folder (12 train, 5 test patches of 16x16, genes G1 G2 G3 MT-CO1)."""
+    return make_dacon(tmp_path)

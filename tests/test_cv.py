@@ -1,0 +1,170 @@
+"""utils.cv: splitters by name, group sources and the CV report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from utils.cv import format_cv, list_splitters, make_folds, read_groups, score_folds
+from utils.metric import KEYS, score
+
+
+@pytest.mark.parametrize("n_rows,n_folds", [(10, 3), (12, 4), (7, 7), (101, 5), (5, 2)])
+def test_blocks_are_contiguous_balanced_and_cover_all_rows(n_rows, n_folds):
+    folds = make_folds("blocks", n_rows, n_folds)
+    assert folds.shape == (n_rows,)
+    assert sorted(set(folds.tolist())) == list(range(n_folds))
+    assert (np.diff(folds) >= 0).all()  # each fold a contiguous range, in row order
+    sizes = np.bincount(folds, minlength=n_folds)
+    assert sizes.sum() == n_rows and sizes.max() - sizes.min() <= 1
+    for k in range(n_folds):
+        rows = np.flatnonzero(folds == k)
+        np.testing.assert_array_equal(rows, np.arange(rows[0], rows[-1] + 1))
+
+
+def test_blocks_exact_layout():
+    np.testing.assert_array_equal(make_folds("blocks", 10, 3), [0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+
+
+@pytest.mark.parametrize("n_rows,n_folds", [(10, 3), (40, 4), (23, 5)])
+def test_random_is_balanced_deterministic_and_not_contiguous(n_rows, n_folds):
+    folds = make_folds("random", n_rows, n_folds, seed=3)
+    sizes = np.bincount(folds, minlength=n_folds)
+    assert sorted(set(folds.tolist())) == list(range(n_folds))
+    assert sizes.sum() == n_rows and sizes.max() - sizes.min() <= 1
+    np.testing.assert_array_equal(folds, make_folds("random", n_rows, n_folds, seed=3))
+    assert not np.array_equal(folds, make_folds("random", n_rows, n_folds, seed=4))
+    assert (np.diff(folds) < 0).any()  # not the sorted, contiguous block layout
+
+
+def test_groups_never_split_and_balanced():
+    groups = np.repeat(["a", "b", "c", "d", "e", "f"], [5, 4, 3, 3, 2, 1])
+    folds = make_folds("groups:slice", len(groups), 3, groups=groups)
+    assert sorted(set(folds.tolist())) == [0, 1, 2]
+    for g in np.unique(groups):
+        assert len(set(folds[groups == g].tolist())) == 1, g
+    assert np.bincount(folds).tolist() == [6, 6, 6]  # greedy, largest groups first
+
+
+def test_groups_accepts_numeric_labels():
+    groups = [1, 1, 2, 2, 3, 3, 3]
+    folds = make_folds("groups:x", 7, 3, groups=groups)
+    assert len(set(folds.tolist())) == 3
+    assert folds[0] == folds[1] and folds[2] == folds[3] and folds[4] == folds[5] == folds[6]
+
+
+def test_groups_fewer_groups_than_folds_errors():
+    with pytest.raises(ValueError, match="2 groups"):
+        make_folds("groups:x", 6, 3, groups=["a", "a", "a", "b", "b", "b"])
+
+
+@pytest.mark.parametrize("groups", [None, ["a", "b"]])
+def test_groups_missing_or_wrong_length_errors(groups):
+    with pytest.raises(ValueError, match="group label per train row"):
+        make_folds("groups", 6, 2, groups=groups)
+
+
+def test_unknown_splitter_lists_choices():
+    assert list_splitters() == ["blocks", "groups", "random"]
+    with pytest.raises(ValueError) as err:
+        make_folds("kfold", 10, 2)
+    for name in list_splitters():
+        assert name in str(err.value)
+    assert "kfold" in str(err.value)
+
+
+@pytest.mark.parametrize("n_folds", [0, 1, 11, -2])
+def test_bad_n_folds_errors(n_folds):
+    with pytest.raises(ValueError, match="N_FOLDS"):
+        make_folds("blocks", 10, n_folds)
+
+
+@pytest.fixture
+def train() -> pd.DataFrame:
+    ids = [f"TRAIN_{i:04d}" for i in range(6)]
+    return pd.DataFrame({"ID": ids, "path": [f"./train/{i}.png" for i in ids],
+                         "G1": np.arange(6.0)})
+
+
+def _write_groups(path, ids, **columns) -> str:
+    pd.DataFrame({"ID": list(ids), **columns}).to_csv(path, index=False)
+    return str(path)
+
+
+def test_read_groups_from_named_column(train, tmp_path):
+    path = _write_groups(tmp_path / "g.csv", train["ID"], group=list("aabbcc"),
+                         slice=list("xxxyyy"), other=list("pqrstu"))
+    np.testing.assert_array_equal(read_groups(f"groups:{path}:slice", train), list("xxxyyy"))
+
+
+def test_read_groups_from_file_in_data_dir(train, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    _write_groups(data_dir / "groups.csv", train["ID"][::-1], group=list("xxyyzz"),
+                  other=list("pqrstu"))
+    got = read_groups("groups:groups.csv", train, data_dir)
+    np.testing.assert_array_equal(got, list("zzyyxx"))  # column `group`, in train row order
+
+
+def test_read_groups_without_group_column_uses_last_column(train, tmp_path):
+    path = _write_groups(tmp_path / "g.csv", train["ID"], tissue=list("aabbcc"))
+    np.testing.assert_array_equal(read_groups(f"groups:{path}", train), list("aabbcc"))
+
+
+def test_read_groups_file_missing_ids_errors(train, tmp_path):
+    path = _write_groups(tmp_path / "g.csv", train["ID"][:4], group=list("aabb"))
+    with pytest.raises(ValueError, match="2 train IDs") as err:
+        read_groups(f"groups:{path}", train)
+    assert "TRAIN_0004" in str(err.value) and "TRAIN_0005" in str(err.value)
+    assert "g.csv" in str(err.value)
+
+
+def test_read_groups_missing_column_errors(train, tmp_path):
+    path = _write_groups(tmp_path / "g.csv", train["ID"], group=list("aabbcc"))
+    with pytest.raises(ValueError, match="'slice'"):
+        read_groups(f"groups:{path}:slice", train)
+
+
+def test_read_groups_unknown_file_and_no_source_error(train, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="not found") as err:
+        read_groups("groups:nope.csv", train, tmp_path)
+    assert "nope.csv" in str(err.value)
+    with pytest.raises(ValueError, match="needs a file"):
+        read_groups("groups", train)
+
+
+@pytest.mark.parametrize("cv", ["blocks", "random", "blocks:whatever"])
+def test_read_groups_none_for_other_splitters(cv, train):
+    assert read_groups(cv, train) is None
+
+
+def test_score_folds_overall_is_mean_and_oof_is_pooled():
+    rng = np.random.default_rng(0)
+    y = rng.gamma(2.0, 1.0, size=(30, 6))
+    oof = y + rng.normal(size=y.shape)
+    folds = make_folds("blocks", 30, 3)
+    cv = score_folds(y, oof, folds, "blocks")
+    assert set(cv) == {"splitter", "n_folds", "folds", "overall", "oof"}
+    assert cv["splitter"] == "blocks" and cv["n_folds"] == 3 and len(cv["folds"]) == 3
+    per_fold = [score(y[folds == k], oof[folds == k]) for k in range(3)]
+    for key in KEYS:
+        assert cv["overall"][key] == pytest.approx(np.mean([f[key] for f in per_fold]),
+                                                   abs=1e-12), key
+        assert [f[key] for f in cv["folds"]] == pytest.approx([f[key] for f in per_fold])
+    assert cv["oof"] == pytest.approx(score(y, oof))
+
+
+def test_format_cv_mentions_splitter_and_rows():
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=(20, 4))
+    text = format_cv(score_folds(y, y + rng.normal(size=y.shape), make_folds("random", 20, 2),
+                                 "random"))
+    assert "'random'" in text
+    lines = text.splitlines()
+    assert lines[-2].startswith("mean") and lines[-1].startswith("OOF")
+    assert sum(line.startswith("fold") for line in lines) == 2
+    for key in KEYS:
+        assert key in lines[1]

@@ -1,0 +1,149 @@
+"""utils.submit: building, validating and atomically writing a submission."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from utils.submit import SubmissionError, make_submission, validate_submission, write_submission
+
+GENES = ["G1", "G2", "G3", "MT-CO1"]
+
+
+@pytest.fixture
+def sample() -> pd.DataFrame:
+    """A sample submission whose ID order differs from test.csv's."""
+    frame = pd.DataFrame(0.0, index=range(5), columns=GENES)
+    frame.insert(0, "ID", [f"TEST_{i:04d}" for i in (3, 0, 4, 1, 2)])
+    return frame
+
+
+@pytest.fixture
+def test_ids() -> list[str]:
+    return [f"TEST_{i:04d}" for i in range(5)]
+
+
+@pytest.fixture
+def pred() -> np.ndarray:
+    return np.random.default_rng(0).gamma(2.0, 1.0, size=(5, len(GENES)))
+
+
+@pytest.fixture
+def good(pred, test_ids, sample) -> pd.DataFrame:
+    return make_submission(pred, test_ids, sample)
+
+
+def test_make_submission_reorders_rows_and_keeps_columns(pred, test_ids, sample):
+    frame = make_submission(pred, test_ids, sample)
+    assert list(frame.columns) == list(sample.columns)
+    assert frame["ID"].tolist() == sample["ID"].tolist()
+    order = [test_ids.index(i) for i in sample["ID"]]
+    np.testing.assert_array_equal(frame[GENES].to_numpy(), pred[order])
+    assert frame.index.tolist() == list(range(5))
+    validate_submission(frame, sample)
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (4, 4), (5, 5), (20,)])
+def test_make_submission_wrong_shape(shape, test_ids, sample):
+    with pytest.raises(SubmissionError, match="shape"):
+        make_submission(np.ones(shape), test_ids, sample)
+
+
+def test_make_submission_missing_ids(pred, test_ids, sample):
+    ids = [*test_ids[:4], "TEST_9999"]
+    with pytest.raises(SubmissionError, match="TEST_0004"):
+        make_submission(pred, ids, sample)
+
+
+def _error(frame: pd.DataFrame, sample: pd.DataFrame) -> str:
+    with pytest.raises(SubmissionError) as err:
+        validate_submission(frame, sample)
+    return str(err.value)
+
+
+def test_validate_missing_column(good, sample):
+    msg = _error(good.drop(columns="G2"), sample)
+    assert "1 missing ['G2']" in msg and "0 extra" in msg
+
+
+def test_validate_extra_column(good, sample):
+    msg = _error(good.assign(G9=good["G1"]), sample)
+    assert "0 missing" in msg and "1 extra ['G9']" in msg
+
+
+def test_validate_same_columns_other_order(good, sample):
+    msg = _error(good[["ID", "G2", "G1", "G3", "MT-CO1"]], sample)
+    assert "different order" in msg
+
+
+def test_validate_wrong_row_count(good, sample):
+    assert "4 rows" in _error(good.iloc[:4], sample)
+    assert "6 rows" in _error(pd.concat([good, good.iloc[:1]], ignore_index=True), sample)
+
+
+def test_validate_wrong_id_order(good, sample):
+    swapped = good.iloc[[1, 0, 2, 3, 4]].reset_index(drop=True)
+    assert "same order" in _error(swapped, sample)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_validate_non_finite_names_ids_and_genes(good, sample, bad):
+    frame = good.copy()
+    frame.loc[1, "G3"] = bad
+    frame.loc[3, "MT-CO1"] = bad
+    msg = _error(frame, sample)
+    assert sample["ID"][1] in msg and sample["ID"][3] in msg
+    assert "'G3'" in msg and "'MT-CO1'" in msg and "'G1'" not in msg
+    assert sample["ID"][0] not in msg
+
+
+def test_validate_constant_column_names_gene(good, sample):
+    frame = good.assign(G2=0.25)
+    msg = _error(frame, sample)
+    assert "constant" in msg and "'G2'" in msg and "'G1'" not in msg
+
+
+def _files(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_write_submission_round_trip(good, sample, tmp_path):
+    path = write_submission(good, sample, tmp_path / "sub" / "submission.csv")
+    assert path == tmp_path / "sub" / "submission.csv"
+    assert _files(tmp_path / "sub") == ["submission.csv"]
+    back = pd.read_csv(path, dtype={"ID": str})
+    assert list(back.columns) == list(sample.columns)
+    assert back["ID"].tolist() == sample["ID"].tolist()
+    np.testing.assert_allclose(back[GENES].to_numpy(), good[GENES].to_numpy(), rtol=1e-6)
+
+
+def test_write_submission_failing_validation_creates_nothing(good, sample, tmp_path):
+    with pytest.raises(SubmissionError):
+        write_submission(good.assign(G1=np.nan), sample, tmp_path / "submission.csv")
+    assert _files(tmp_path) == []
+
+
+def test_write_submission_keeps_existing_good_file(good, sample, tmp_path):
+    path = write_submission(good, sample, tmp_path / "submission.csv")
+    before = path.read_bytes()
+    with pytest.raises(SubmissionError):
+        write_submission(good.assign(G3=1.0), sample, path)
+    assert path.read_bytes() == before and _files(tmp_path) == ["submission.csv"]
+
+
+def test_write_submission_refuses_column_constant_after_rounding(good, sample, tmp_path):
+    """1 + 1e-12·i varies in memory but is written as "1" in every row: constant on disk."""
+    frame = good.assign(G2=1.0 + 1e-12 * np.arange(5))
+    validate_submission(frame, sample)  # fine in memory
+    with pytest.raises(SubmissionError, match="'G2'"):
+        write_submission(frame, sample, tmp_path / "submission.csv")
+    assert _files(tmp_path) == []
+
+
+def test_validate_accepts_any_row_index(good, sample, tmp_path):
+    """Only the ID column counts: a frame with other index labels but the right IDs is valid."""
+    frame = good.set_axis(range(10, 15))
+    validate_submission(frame, sample)
+    path = write_submission(frame, sample, tmp_path / "submission.csv")
+    assert pd.read_csv(path)["ID"].tolist() == sample["ID"].tolist()
