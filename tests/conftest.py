@@ -14,6 +14,15 @@ if str(KIT_ROOT) not in sys.path:  # `import utils` however pytest is started
     sys.path.insert(0, str(KIT_ROOT))
 
 GENES = ("G1", "G2", "G3", "MT-CO1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_in_tmp(tmp_path_factory):
+    """Image and feature caches of the tests go to a temporary folder, not the kit's cache/."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KIT_CACHE_DIR", str(tmp_path_factory.mktemp("kit-cache")))
+    yield
+    mp.undo()
 SIZE = (16, 16)
 
 

@@ -154,9 +154,9 @@ def test_load_images_is_read_only_memmap_equal_to_pngs(data, tmp_path):
         "test_images.json", "test_images.npy", "train_images.json", "train_images.npy"]
 
 
-def test_default_cache_folder_is_in_data_folder(data):
+def test_default_cache_folder_is_cache_dir_for(data):
     load_images(data, "test", size=SIZE)
-    assert (data.root / "cache" / "test_images.npy").is_file()
+    assert (cache_dir_for(data) / "test_images.npy").is_file()
 
 
 def test_size_none_takes_first_image_size(data, tmp_path):
@@ -225,16 +225,20 @@ def test_rgba_and_greyscale_become_rgb(data, tmp_path):
     np.testing.assert_array_equal(images[2], np.repeat(grey[..., None], 3, axis=2))
 
 
-def test_cache_dir_for_writable_and_read_only(data, tmp_path, monkeypatch):
-    assert cache_dir_for(data) == data.root / "cache"
+def test_cache_goes_to_the_kit_never_into_the_data_folder(data, tmp_path, monkeypatch):
+    monkeypatch.delenv(data_mod.CACHE_ENV_VAR, raising=False)
     monkeypatch.setattr(data_mod, "kit_root", lambda: tmp_path / "kit")
-    monkeypatch.setattr(data_mod.os, "access", lambda *args, **kwargs: False)
     folder = cache_dir_for(data)
     assert folder.parent == tmp_path / "kit" / "cache"
     assert folder.name.startswith(f"{data.root.name}-") and folder == cache_dir_for(data)
     images = load_images(data, "test", size=SIZE)
     assert (folder / "test_images.npy").is_file() and len(images) == 5
     assert not (data.root / "cache").exists()
+
+
+def test_cache_dir_env_var(data, tmp_path, monkeypatch):
+    monkeypatch.setenv(data_mod.CACHE_ENV_VAR, str(tmp_path / "elsewhere"))
+    assert cache_dir_for(data).parent == tmp_path / "elsewhere"
 
 
 # --- PatchDataset ----------------------------------------------------------------------------

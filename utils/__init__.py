@@ -1,5 +1,18 @@
 """H&E → gene-expression kit: data, metric, CV, models and submission helpers.
 
-Importing `utils` is cheap: heavy libraries (torch, timm, umap, …) are imported inside the
-functions that need them.
+Importing `utils` is cheap and has no side effects: submodules load on first use
+(`utils.metric`, `utils.data`, …), and heavy libraries (torch, timm, umap, …) only inside the
+functions and modules that need them.
 """
+
+import importlib
+
+__all__ = ["backbones", "config", "cv", "data", "demo", "io", "metric", "paths", "pipeline",
+           "plots", "recipes", "ridge", "runs", "submit"]
+
+
+def __getattr__(name: str):
+    """Import a submodule on first attribute access (`utils.data.load_data`)."""
+    if name in __all__:
+        return importlib.import_module(f"utils.{name}")
+    raise AttributeError(f"module 'utils' has no attribute {name!r}")

@@ -2,8 +2,8 @@
 
 `load_data` reads train.csv, test.csv and sample_submission.csv and refuses anything that would
 make a run or a submission silently wrong. `load_images` decodes the PNGs once into a uint8
-(N, H, W, 3) `.npy` file and memory-maps it afterwards, so no later epoch or notebook decodes
-PNGs again. `PatchDataset` serves that array to a torch DataLoader.
+(N, H, W, 3) `.npy` file (under the kit's `cache/`) and memory-maps it afterwards, so no later
+epoch or notebook decodes PNGs again. `PatchDataset` serves that array to a torch DataLoader.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from utils.io import atomic_path, read_json, write_json
 from utils.paths import find_data_dir, kit_root
 
 ID_COLUMNS = ("ID", "path")
-IMAGE_SIZE = (224, 224)
+CACHE_ENV_VAR = "KIT_CACHE_DIR"
 
 
 class DataError(ValueError):
@@ -52,7 +52,8 @@ def load_data(data_dir: str | os.PathLike | None = None) -> KitData:
     _check_columns(train, test, sample)
     genes = list(sample.columns[1:])
     y = _read_targets(train, genes, root / "train.csv")
-    for frame, name in ((train, "train.csv"), (test, "test.csv"), (sample, "sample_submission.csv")):
+    for frame, name in ((train, "train.csv"), (test, "test.csv"),
+                        (sample, "sample_submission.csv")):
         _check_unique_ids(frame, name)
     _check_same_ids(test, sample)
     _check_images_exist(root, train, "train.csv")
@@ -142,19 +143,20 @@ def _split_frame(data: KitData, split: str) -> pd.DataFrame:
 # --- image cache ------------------------------------------------------------------------------
 
 def cache_dir_for(data: KitData) -> Path:
-    """Where caches go: `cache/` in the data folder if writable (not on Kaggle), else the kit's."""
-    if os.access(data.root, os.W_OK):
-        return data.root / "cache"
+    """Where a data folder's caches go: `$KIT_CACHE_DIR` or the kit's `cache/`, one subfolder
+    per data folder. Data folders are never written to (Kaggle input is read-only)."""
     digest = hashlib.sha1(str(data.root).encode()).hexdigest()[:10]
-    return kit_root() / "cache" / f"{data.root.name}-{digest}"
+    base = os.environ.get(CACHE_ENV_VAR) or kit_root() / "cache"
+    return Path(base) / f"{data.root.name}-{digest}"
 
 
 def load_images(data: KitData, split: str, cache_dir: str | os.PathLike | None = None,
-                size: tuple[int, int] | None = IMAGE_SIZE, workers: int = 4) -> np.ndarray:
+                size: tuple[int, int] | None = None, workers: int = 4) -> np.ndarray:
     """All patches of a split as a read-only memory-mapped uint8 (N, H, W, 3) array.
 
     The first call decodes the PNGs into `<cache_dir>/<split>_images.npy`; later calls only map
-    it. The cache is rebuilt when the image files change (names, sizes or times).
+    it. The cache is rebuilt when the image files change (names, sizes or times). Every patch
+    must have `size` (H, W); None takes the first patch's size (224x224 on DACON).
     """
     paths = data.image_paths(split)
     folder = Path(cache_dir) if cache_dir else cache_dir_for(data)
@@ -169,7 +171,7 @@ def load_images(data: KitData, split: str, cache_dir: str | os.PathLike | None =
 
 
 def images_fingerprint(data: KitData, split: str,
-                       size: tuple[int, int] | None = IMAGE_SIZE) -> dict:
+                       size: tuple[int, int] | None = None) -> dict:
     """What a split's image cache is built from: file names, sizes and modification times."""
     paths, digest = data.image_paths(split), hashlib.sha1()
     for p in paths:
@@ -245,3 +247,12 @@ class PatchDataset:
         if self.targets is None:
             return tensor
         return tensor, torch.from_numpy(np.asarray(self.targets[row], dtype=np.float32))
+
+
+def describe(data: KitData) -> str:
+    """A few lines on what was loaded."""
+    y = data.y
+    return (f"data: {data.root}\n"
+            f"train: {len(data.train)} spots x {len(data.genes)} genes; test: {len(data.test)} "
+            f"spots\ntargets: min {y.min():.3g}, mean {y.mean():.3g}, max {y.max():.3g}; "
+            f"{(y < 0).mean():.2%} negative, {(y == 0).mean():.1%} exact zeros")

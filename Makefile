@@ -1,0 +1,27 @@
+# Two commands: `make demo` (venv + demo set + every notebook → submissions/demo.csv) and
+# `make test` (venv + test suite). PYTHON picks the interpreter that creates the venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: demo test lint clean-demo
+
+$(BIN)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/python -m utils.pipeline demo
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+
+clean-demo:
+	rm -rf data/demo runs/demo submissions/demo.csv

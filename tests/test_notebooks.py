@@ -1,0 +1,101 @@
+"""Notebooks: committed clean, one parameters cell, and (smoke tier) run top to bottom on the
+demo set with a tiny timm model, checked by what they wrote."""
+
+import ast
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from utils.metric import score
+from utils.pipeline import demo_parameters, list_notebooks, run_notebooks
+from utils.runs import load_run
+from utils.submit import validate_submission
+
+NOTEBOOKS = list_notebooks()
+REQUIRED_PARAMETERS = {
+    "04_train": {"DATA_DIR", "RUN_DIR", "RECIPE", "BACKBONE", "PRETRAINED", "IMG_SIZE", "CV",
+                 "N_FOLDS", "SEED", "SMOKE"},
+    "06_ensemble_submit": {"DATA_DIR", "RUNS", "SUBMISSION"},
+}
+
+
+def _cells(path):
+    return json.loads(path.read_text())["cells"]
+
+
+def _parameters(path) -> dict[str, str]:
+    """Names assigned in the parameters cell → their source line."""
+    cells = [c for c in _cells(path) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
+    source = "".join(cells[0]["source"])
+    lines = source.splitlines()
+    return {t.id: lines[node.lineno - 1] for node in ast.parse(source).body
+            for t in node.targets}
+
+
+def test_the_pipeline_notebooks_exist():
+    assert {p.stem for p in NOTEBOOKS} >= set(REQUIRED_PARAMETERS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs(path):
+    dirty = [i for i, c in enumerate(_cells(path))
+             if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+    assert not dirty, f"{path.name}: cells {dirty} have outputs; strip them before committing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_is_upper_case_literals_with_comments(path):
+    params = _parameters(path)
+    assert REQUIRED_PARAMETERS.get(path.stem, set()) <= set(params), path.name
+    for name, line in params.items():
+        assert name.isupper(), f"{path.name}: parameter {name} is not UPPER_CASE"
+        assert "#" in line, f"{path.name}: parameter {name} has no comment"
+        ast.literal_eval(line.split("=", 1)[1].split("#", 1)[0].strip())
+
+
+@pytest.fixture(scope="session")
+def demo_pipeline(tmp_path_factory):
+    """The demo set (small) and every notebook executed on it with SMOKE settings."""
+    from utils.demo import write_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    data_dir = write_demo(root / "data", n_train=240, n_test=80, n_genes=400, seed=1)
+    params = demo_parameters(str(data_dir), str(root / "runs"), str(root / "demo.csv"),
+                             smoke=True)
+    executed = run_notebooks(params, root / "executed")
+    return {"data": data_dir, "runs": root / "runs", "submission": root / "demo.csv",
+            "executed": executed}
+
+
+@pytest.mark.smoke
+def test_every_notebook_ran(demo_pipeline):
+    assert [p.name for p in demo_pipeline["executed"]] == [p.name for p in NOTEBOOKS]
+    for path in demo_pipeline["executed"]:
+        errors = [o for c in _cells(path) for o in c.get("outputs", [])
+                  if o.get("output_type") == "error"]
+        assert not errors, f"{path.name}: {errors}"
+
+
+@pytest.mark.smoke
+def test_train_notebook_wrote_a_sane_run(demo_pipeline):
+    run = load_run(demo_pipeline["runs"] / "ridge")
+    assert run.cv["splitter"] == "blocks" and run.cv["n_folds"] == 4
+    overall = run.cv["overall"]
+    assert 0.0 < overall["score"] < 1.0, overall
+    assert overall["cells"] > 0.5 and overall["hvg50"] > 0.0, overall  # image signal learnt
+    assert run.config["backbone"] == "test_convnext" and run.config["smoke"] is True
+
+
+@pytest.mark.smoke
+def test_submission_is_valid_and_scores_on_the_unseen_slice(demo_pipeline):
+    data = demo_pipeline["data"]
+    sample = pd.read_csv(data / "sample_submission.csv", dtype={"ID": str})
+    submission = pd.read_csv(demo_pipeline["submission"], dtype={"ID": str})
+    validate_submission(submission, sample)
+    truth = pd.read_csv(data / "demo_test_truth.csv", dtype={"ID": str}).set_index("ID")
+    truth = truth.loc[submission["ID"], submission.columns[1:]].to_numpy()
+    parts = score(truth, submission.iloc[:, 1:].to_numpy())
+    assert parts["score"] > 0.1 and np.isfinite(list(parts.values())).all(), parts

@@ -1,0 +1,65 @@
+"""Ridge path vs sklearn, nested alpha selection, predictions on the target scale."""
+
+import numpy as np
+import pytest
+from sklearn.decomposition import PCA
+from sklearn.linear_model import Ridge
+from sklearn.preprocessing import StandardScaler
+
+from utils.cv import make_folds
+from utils.ridge import cv_ridge, fit_ridge_path
+
+
+def _data(n=120, d=15, g=8, seed=0, offset=5.0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)) * rng.uniform(0.1, 10, d) + rng.normal(size=d) * 3
+    y = x @ rng.normal(size=(d, g)) * 0.1 + rng.normal(size=(n, g)) + offset
+    return x, y
+
+
+@pytest.mark.parametrize("alpha", [0.01, 1.0, 100.0])
+def test_ridge_path_equals_sklearn_ridge_on_standardised_features(alpha):
+    x, y = _data()
+    scaler = StandardScaler().fit(x)
+    ref = Ridge(alpha=alpha).fit(scaler.transform(x), y).predict(scaler.transform(x[:10]))
+    np.testing.assert_allclose(fit_ridge_path(x, y).predict(x[:10], alpha), ref, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_pca_dim_equals_ridge_on_principal_components():
+    x, y = _data()
+    xs = StandardScaler().fit_transform(x)
+    pca = PCA(n_components=5, svd_solver="full").fit(xs)
+    ref = Ridge(alpha=3.0).fit(pca.transform(xs), y).predict(pca.transform(xs[:10]))
+    np.testing.assert_allclose(fit_ridge_path(x, y, pca_dim=5).predict(x[:10], 3.0), ref,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_huge_alpha_predicts_the_train_mean_on_original_scale():
+    x, y = _data(offset=50.0)
+    pred = fit_ridge_path(x, y).predict(x[:4], 1e12)
+    np.testing.assert_allclose(pred, np.broadcast_to(y.mean(0), pred.shape), rtol=1e-4)
+
+
+def test_constant_feature_is_harmless():
+    x, y = _data()
+    x[:, 3] = 7.0
+    assert np.isfinite(fit_ridge_path(x, y).predict(x, 1.0)).all()
+
+
+def test_cv_ridge_nested_choice_and_outputs():
+    x, y = _data(n=160, g=60)
+    folds = make_folds("blocks", len(x), 4)
+    alphas = (1e-2, 1.0, 1e2, 1e6)
+    result = cv_ridge(x, y, x[:9], folds, alphas)
+    assert result.oof.shape == y.shape and result.test_pred.shape == (9, y.shape[1])
+    assert result.alpha in alphas and all(a in alphas for a in result.fold_alphas)
+    assert result.alpha != 1e6  # a signal is there: the largest alpha (mean only) never wins
+    assert result.cv["splitter"] == "blocks" and len(result.cv["folds"]) == 4
+    assert result.cv["overall"]["mean_gene"] > 0.3
+    # each OOF block comes from a model that never saw it, with that fold's nested alpha
+    k = 2
+    fit = fit_ridge_path(x[folds != k], y[folds != k])
+    np.testing.assert_allclose(result.oof[folds == k],
+                               fit.predict(x[folds == k], result.fold_alphas[k]), rtol=1e-5)
+    assert result.alpha_curve["alpha"] == list(alphas) and len(result.alpha_curve["score"]) == 4
