@@ -62,3 +62,18 @@ def make_dacon(tmp_path: Path, n_train: int = 12, n_test: int = 5,
 def dacon_dir(tmp_path: Path) -> Path:
     """A fresh tiny DACON folder (12 train, 5 test patches of 16x16, genes G1 G2 G3 MT-CO1)."""
     return make_dacon(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def demo_pipeline(tmp_path_factory):
+    """The demo set (small) and every notebook executed on it with SMOKE settings."""
+    from utils.demo import write_demo
+    from utils.pipeline import demo_parameters, run_notebooks
+
+    root = tmp_path_factory.mktemp("demo")
+    data_dir = write_demo(root / "data", n_train=240, n_test=80, n_genes=400, seed=1)
+    params = demo_parameters(str(data_dir), str(root / "runs"), str(root / "demo.csv"),
+                             smoke=True)
+    executed = run_notebooks(params, root / "executed")
+    return {"data": data_dir, "runs": root / "runs", "submission": root / "demo.csv",
+            "executed": executed}

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from utils.metric import score
-from utils.pipeline import demo_parameters, list_notebooks, run_notebooks
+from utils.pipeline import list_notebooks
 from utils.runs import load_run
 from utils.submit import validate_submission
 
@@ -54,20 +54,6 @@ def test_parameters_cell_is_upper_case_literals_with_comments(path):
         assert name.isupper(), f"{path.name}: parameter {name} is not UPPER_CASE"
         assert "#" in line, f"{path.name}: parameter {name} has no comment"
         ast.literal_eval(line.split("=", 1)[1].split("#", 1)[0].strip())
-
-
-@pytest.fixture(scope="session")
-def demo_pipeline(tmp_path_factory):
-    """The demo set (small) and every notebook executed on it with SMOKE settings."""
-    from utils.demo import write_demo
-
-    root = tmp_path_factory.mktemp("demo")
-    data_dir = write_demo(root / "data", n_train=240, n_test=80, n_genes=400, seed=1)
-    params = demo_parameters(str(data_dir), str(root / "runs"), str(root / "demo.csv"),
-                             smoke=True)
-    executed = run_notebooks(params, root / "executed")
-    return {"data": data_dir, "runs": root / "runs", "submission": root / "demo.csv",
-            "executed": executed}
 
 
 @pytest.mark.smoke
