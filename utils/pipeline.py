@@ -48,15 +48,21 @@ def execute_notebook(notebook: Path, parameters: dict, output: Path) -> Path:
     return output
 
 
-def run_notebooks(parameters: dict[str, dict], executed_dir: str | os.PathLike) -> list[Path]:
-    """Execute every numbered notebook in order with its parameters; return executed copies."""
+def run_notebooks(parameters: dict[str, dict | list[dict]],
+                  executed_dir: str | os.PathLike) -> list[Path]:
+    """Execute every numbered notebook in order; a list of parameter sets runs it once per set
+    (e.g. 04_train once per recipe). Returns the executed copies."""
     done = []
     for notebook in list_notebooks():
-        start = time.perf_counter()
-        output = resolve(executed_dir) / notebook.name
-        execute_notebook(notebook, parameters.get(notebook.stem, {}), output)
-        print(f"{notebook.name}: {time.perf_counter() - start:.0f} s → {output}", flush=True)
-        done.append(output)
+        runs = parameters.get(notebook.stem, {})
+        runs = runs if isinstance(runs, list) else [runs]
+        for i, params in enumerate(runs):
+            start = time.perf_counter()
+            suffix = f".{i}" if len(runs) > 1 else ""
+            output = resolve(executed_dir) / f"{notebook.stem}{suffix}.ipynb"
+            execute_notebook(notebook, params, output)
+            print(f"{output.name}: {time.perf_counter() - start:.0f} s → {output}", flush=True)
+            done.append(output)
     return done
 
 
