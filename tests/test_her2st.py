@@ -1,0 +1,31 @@
+"""Checks on the real HER2ST benchmark in ../shared (skipped in users' clones, which lack it)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from utils.cv import make_folds
+from utils.data import load_data
+from utils.paths import kit_root
+
+HER2ST = kit_root().parent / "shared" / "her2st"
+pytestmark = [
+    pytest.mark.her2st,
+    pytest.mark.skipif(not HER2ST.is_dir(), reason=f"{HER2ST} is absent (benchmark data lives "
+                       "beside the kit in the founders' workspace only)"),
+]
+
+
+def test_her2st_passes_every_data_check():
+    data = load_data(HER2ST)
+    assert data.y.shape == (732, 1541) and len(data.test) == 178
+    assert np.isfinite(data.y).all()
+
+
+def test_block_folds_recover_the_sections():
+    """Rows are stored section by section, so 4 contiguous blocks ≈ the 4 sections."""
+    data = load_data(HER2ST)
+    sections = pd.read_csv(HER2ST / "train_sections.csv").set_index("ID").loc[data.train["ID"]]
+    section_index = pd.factorize(sections["section"])[0]
+    folds = make_folds("blocks", len(data.train), 4)
+    assert (folds == section_index).mean() > 0.95
