@@ -19,17 +19,49 @@ from torch import nn
 
 from utils.paths import resolve
 
+# Pathology foundation models on the Hugging Face hub, usable as BACKBONE by their preset name.
+# They need network access and, for gated ones, an accepted licence and `huggingface-cli login`
+# (or a local weights file as PRETRAINED). Layer classes are named, resolved in `resolve_preset`.
+HUB_PRESETS: dict[str, dict] = {
+    "uni": {"model": "hf-hub:MahmoodLab/uni",  # ViT-L/16, gated
+            "kwargs": {"init_values": 1e-5, "dynamic_img_size": True}},
+    "uni2-h": {"model": "hf-hub:MahmoodLab/UNI2-h",  # ViT-H/14 with registers, gated
+               "kwargs": {"patch_size": 14, "depth": 24, "num_heads": 24,
+                          "init_values": 1e-5, "embed_dim": 1536, "mlp_ratio": 2.66667 * 2,
+                          "no_embed_class": True, "mlp_layer": "SwiGLUPacked",
+                          "act_layer": "SiLU", "reg_tokens": 8, "dynamic_img_size": True}},
+    "h-optimus-0": {"model": "hf-hub:bioptimus/H-optimus-0",  # ViT-g/14, 1.1B parameters
+                    "kwargs": {"init_values": 1e-5, "dynamic_img_size": False}},
+    "phikon": {"model": "hf-hub:1aurent/vit_base_patch16_224.owkin_pancancer",  # ViT-B/16
+               "kwargs": {}},
+    "virchow2": {"model": "hf-hub:paige-ai/Virchow2",  # ViT-H/14, gated
+                 "kwargs": {"mlp_layer": "SwiGLUPacked", "act_layer": "SiLU"}},
+    "prov-gigapath": {"model": "hf-hub:prov-gigapath/prov-gigapath", "kwargs": {}},  # gated
+}
+
+
+def resolve_preset(name: str) -> tuple[str, dict]:
+    """A preset name → (timm model name, create_model kwargs); other names pass through."""
+    preset = HUB_PRESETS.get(name.lower())
+    if preset is None:
+        return name, {}
+    layers = {"SwiGLUPacked": timm.layers.SwiGLUPacked, "SiLU": nn.SiLU}
+    return preset["model"], {k: layers.get(v, v) if isinstance(v, str) else v
+                             for k, v in preset["kwargs"].items()}
+
 
 def create_backbone(name: str, pretrained: bool | str = True, img_size: int | None = None,
                     seed: int = 0, **kwargs) -> nn.Module:
     """A timm model without classifier (`num_classes=0`) that returns pooled features.
 
-    `pretrained` is True (download from the hub), False (random init, seeded) or the path of a
-    local weights file (e.g. a Kaggle dataset), loaded through timm's pretrained_cfg_overlay.
-    `img_size` is passed to models that take it (ViTs), so position embeddings match.
+    `name` is a timm model name, "hf-hub:<repo>" or a `HUB_PRESETS` name. `pretrained` is True
+    (download from the hub), False (random init, seeded) or the path of a local weights file
+    (e.g. a Kaggle dataset), loaded through timm's pretrained_cfg_overlay. `img_size` is passed
+    to models that take it (ViTs), so position embeddings match.
     """
     torch.manual_seed(seed)
-    kwargs = {"num_classes": 0, **kwargs}
+    name, preset_kwargs = resolve_preset(name)
+    kwargs = {"num_classes": 0, **preset_kwargs, **kwargs}
     if isinstance(pretrained, (str, os.PathLike)) and not isinstance(pretrained, bool):
         path = resolve(pretrained)
         if not path.is_file():
@@ -111,12 +143,25 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def autocast(device: torch.device):
-    """Mixed precision where it pays: bf16 if supported, else fp16 on CUDA; off on CPU."""
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed-precision dtype: bf16 on GPUs with native bf16 (Ampere+), fp16 on older ones
+    (T4, P100: bf16 would only be emulated there), None (full precision) off CUDA."""
     if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+
+
+def autocast(device: torch.device):
+    """Mixed precision where it pays (see `amp_dtype`); off on CPU and MPS."""
+    dtype = amp_dtype(device)
+    if dtype is None:
         return torch.autocast("cpu", enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 training (a no-op for bf16 and full precision)."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
 
 
 def inference_batch_size(device: torch.device) -> int:

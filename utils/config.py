@@ -42,6 +42,28 @@ class TrainConfig:
     alphas: tuple[float, ...] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
     batch_size: int | None = None
     overwrite: bool = False
+    # fine-tuning (RECIPE="finetune"); see utils.finetune
+    epochs: int = 5
+    lr: float = 2e-4
+    head_lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_epochs: float = 1.0
+    grad_clip: float | None = 1.0
+    accumulate: int = 1
+    ema: float | None = None
+    patience: int | None = 2
+    loss_weights: tuple[float, float] = (0.3, 0.6)
+    target: str = "genes"
+    groups: str | None = None
+    gene_groups: str = "runs/genes/gene_groups.csv"
+    group_mode: str = "heads"
+    augment: str = "flips"
+    freeze: int = 0
+    freeze_bn: bool = True
+    head_init: str = "ridge"
+    drop_path: float = 0.0
+    num_workers: int | None = None
+    resume: bool = True
 
     def __post_init__(self):
         from utils.recipes import list_recipes
@@ -54,22 +76,106 @@ class TrainConfig:
         if self.pretrained in ("True", "False"):  # papermill -p passes text for some shells
             _set(self, "pretrained", self.pretrained == "True")
         _set(self, "alphas", tuple(float(a) for a in self.alphas))
-        for name in ("n_folds", "batch_size", "img_size", "pca_dim"):
+        for name in ("n_folds", "batch_size", "img_size", "pca_dim", "epochs", "accumulate",
+                     "patience"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name.upper()} must be a positive integer; got {value!r}")
+        _check_finetune(self)
+
+
+GROUP_MODES = ("heads", "models")
+HEAD_INITS = ("ridge", "random")
+
+
+def _check_finetune(cfg: TrainConfig) -> None:
+    """Validate (and normalise) the fine-tuning parameters; each error names the parameter."""
+    _set(cfg, "loss_weights", check_loss_weights(cfg.loss_weights))
+    parse_target(cfg.target)
+    checks = {
+        "LR": cfg.lr > 0, "HEAD_LR": cfg.head_lr > 0, "WEIGHT_DECAY": cfg.weight_decay >= 0,
+        "WARMUP_EPOCHS": cfg.warmup_epochs >= 0, "DROP_PATH": 0 <= cfg.drop_path < 1,
+        "GRAD_CLIP": cfg.grad_clip is None or cfg.grad_clip > 0,
+        "EMA": cfg.ema is None or 0 < cfg.ema < 1,
+        "FREEZE": isinstance(cfg.freeze, int) and cfg.freeze >= 0,
+        "NUM_WORKERS": cfg.num_workers is None or (isinstance(cfg.num_workers, int)
+                                                   and cfg.num_workers >= 0),
+        "GROUP_MODE": cfg.group_mode in GROUP_MODES, "HEAD_INIT": cfg.head_init in HEAD_INITS,
+    }
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        values = {name: getattr(cfg, name.lower()) for name in bad}
+        raise ValueError(f"invalid fine-tuning parameters {values}: LR, HEAD_LR > 0; "
+                         "WEIGHT_DECAY, WARMUP_EPOCHS, FREEZE, NUM_WORKERS >= 0; 0 <= DROP_PATH "
+                         "< 1; GRAD_CLIP None or > 0; EMA None or a decay in (0, 1); GROUP_MODE in "
+                         f"{GROUP_MODES}; HEAD_INIT in {HEAD_INITS}")
+    if cfg.group_mode == "models" and not cfg.groups:
+        raise ValueError("GROUP_MODE='models' trains one model per gene group: set GROUPS to a "
+                         "strategy of GENE_GROUPS (a gene_groups.csv from 02_gene_clustering)")
+    if cfg.recipe == "finetune":
+        from utils.augment import read_recipe
+
+        read_recipe(cfg.augment)  # a preset name or an existing recipe file
+
+
+def check_loss_weights(weights) -> tuple[float, float]:
+    """LOSS_WEIGHTS (α, β) as floats: both ≥ 0 and α + β ≤ 1 (the rest weighs covariance)."""
+    try:
+        alpha, beta = (float(w) for w in weights)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"LOSS_WEIGHTS must be two numbers (α, β); got {weights!r}") from err
+    if alpha < 0 or beta < 0 or alpha + beta > 1 + 1e-9:
+        raise ValueError(f"LOSS_WEIGHTS=({alpha}, {beta}): need α ≥ 0, β ≥ 0 and α + β ≤ 1 "
+                         "(α·MSE + β·(1 − Pearson) + (1 − α − β)·covariance MSE)")
+    return alpha, beta
+
+
+def parse_target(target: str) -> int | None:
+    """TARGET → number of principal components (None: predict the genes directly)."""
+    if target == "genes":
+        return None
+    name, _, k = str(target).partition(":")
+    if name == "pca" and k.isdigit() and int(k) > 0:
+        return int(k)
+    raise ValueError(f"TARGET={target!r} is unknown; use 'genes' or 'pca:K' (K > 0 components)")
 
 
 @dataclass(frozen=True)
 class SubmitConfig:
-    """Parameters of notebooks/06_ensemble_submit.ipynb."""
+    """Parameters of notebooks/06_ensemble_submit.ipynb (see its parameters cell)."""
 
     data_dir: str | None = None
-    runs: tuple[str, ...] = ("runs/ridge",)
+    runs: tuple[str, ...] = ("runs/ridge",)  # empty or None: every finished run under runs_root
+    runs_root: str = "runs"
     submission: str = "submissions/submission.csv"
+    blend: str = "global"
+    gene_groups: str | None = "runs/genes/gene_groups.csv"
+    groups: str | None = "kmeans"
+    shrink: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    postprocess: tuple[str, ...] = ("shrink_to_mean", "clip")
 
     def __post_init__(self):
-        runs = (self.runs,) if isinstance(self.runs, str) else tuple(self.runs)
-        if not runs:
-            raise ValueError("RUNS is empty: list at least one run folder written by 04_train")
-        _set(self, "runs", runs)
+        from utils.ensemble import BLENDS
+        from utils.postprocess import list_steps
+
+        _set(self, "runs", _as_tuple(self.runs))
+        _set(self, "postprocess", _as_tuple(self.postprocess))
+        _set(self, "shrink", tuple(float(s) for s in _as_tuple(self.shrink)))
+        if self.blend not in BLENDS:
+            raise ValueError(f"BLEND={self.blend!r} is unknown; choose from {list(BLENDS)}")
+        if self.blend == "group" and not (self.gene_groups and self.groups):
+            raise ValueError("BLEND='group' needs GENE_GROUPS (a gene_groups.csv written by "
+                             "02_gene_clustering) and GROUPS (one of its strategies)")
+        if not self.shrink or not all(0.0 <= s <= 1.0 for s in self.shrink):
+            raise ValueError(f"SHRINK must list amounts between 0 and 1; got {self.shrink}")
+        unknown = sorted(set(self.postprocess) - set(list_steps()))
+        if unknown:
+            raise ValueError(f"POSTPROCESS has unknown steps {unknown}; choose from "
+                             f"{list_steps()} (or [] for none)")
+
+
+def _as_tuple(value) -> tuple:
+    """A parameter given as one item, a list or None, as a tuple."""
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, (str, int, float)) else tuple(value)

@@ -1,6 +1,7 @@
 """Training recipes by name; each turns (config, data, folds) into a finished run folder.
 
 `ridge` — frozen timm features (D4 TTA) → standardise → optional PCA → ridge (utils.ridge).
+`finetune` — a timm backbone fine-tuned per fold with gene-group heads (utils.finetune).
 """
 
 from __future__ import annotations
@@ -42,8 +43,16 @@ def train_ridge(cfg: TrainConfig, data: KitData, folds: np.ndarray) -> RecipeRes
     return RecipeResult(fit.oof, fit.test_pred, fit.cv, details)
 
 
+def train_finetune(cfg: TrainConfig, data: KitData, folds: np.ndarray) -> RecipeResult:
+    """Fine-tuned backbone + gene-group heads per fold, early-stopped on the metric; resumable."""
+    from utils.finetune import run_finetune
+
+    return run_finetune(cfg, data, folds)
+
+
 RECIPES: dict[str, Callable[[TrainConfig, KitData, np.ndarray], RecipeResult]] = {
     "ridge": train_ridge,
+    "finetune": train_finetune,
 }
 
 

@@ -1,0 +1,103 @@
+"""Each loss term against a direct numpy computation; small batches and constant columns."""
+
+import numpy as np
+import pytest
+import torch
+
+from utils.config import check_loss_weights
+from utils.losses import GeneLoss, covariance_term, create_loss, mse_term, pearson_term
+
+
+def _pair(n=7, genes=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, genes)), rng.normal(size=(n, genes))
+
+
+def _t(a):
+    return torch.tensor(a, dtype=torch.float64)
+
+
+def _np_pearson_loss(p, t):
+    r = []
+    for j in range(p.shape[1]):
+        if np.ptp(p[:, j]) == 0 or np.ptp(t[:, j]) == 0:
+            r.append(0.0)
+        else:
+            r.append(np.corrcoef(p[:, j], t[:, j])[0, 1])
+    return 1 - np.mean(r)
+
+
+def _np_cov_loss(p, t):
+    return np.mean((np.cov(p, rowvar=False) - np.cov(t, rowvar=False)) ** 2)
+
+
+def test_mse_matches_numpy():
+    p, t = _pair()
+    assert mse_term(_t(p), _t(t)).item() == pytest.approx(np.mean((p - t) ** 2))
+
+
+def test_pearson_matches_numpy_with_a_constant_column():
+    p, t = _pair()
+    p[:, 1] = 3.0  # constant prediction: r counts as 0, as in the metric
+    t[:, 3] = -1.0  # constant truth
+    assert pearson_term(_t(p), _t(t)).item() == pytest.approx(_np_pearson_loss(p, t), abs=1e-6)
+
+
+def test_perfect_pearson_is_zero_loss_and_scale_free():
+    p, _ = _pair()
+    assert pearson_term(_t(3 * p + 1), _t(p)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_covariance_matches_numpy_gene_by_gene_matrices():
+    p, t = _pair(n=9, genes=6)
+    assert covariance_term(_t(p), _t(t)).item() == pytest.approx(_np_cov_loss(p, t), rel=1e-9)
+
+
+@pytest.mark.parametrize("term", [mse_term, pearson_term, covariance_term])
+@pytest.mark.parametrize("n", [1, 2])
+def test_tiny_batches_give_finite_values_and_gradients(term, n):
+    p, t = _pair(n=n, genes=4)
+    pred = _t(p).requires_grad_(True)
+    value = term(pred, _t(t))
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(pred.grad).all()
+
+
+def test_constant_columns_give_finite_gradients():
+    p, t = np.ones((5, 3)), np.ones((5, 3))
+    pred = _t(p).requires_grad_(True)
+    for term in (pearson_term, covariance_term):
+        term(pred, _t(t)).backward()
+        assert torch.isfinite(pred.grad).all()
+
+
+def test_weights_combine_the_three_terms():
+    p, t = _pair()
+    loss, parts = GeneLoss((0.2, 0.5))(_t(p), _t(t))
+    expected = 0.2 * np.mean((p - t) ** 2) + 0.5 * _np_pearson_loss(p, t) + \
+        0.3 * _np_cov_loss(p, t)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert set(parts) == {"mse", "pearson", "cov"}
+
+
+def test_terms_without_weight_are_not_computed():
+    p, t = _pair()
+    loss, parts = create_loss((1.0, 0.0))(_t(p), _t(t))
+    assert loss.item() == pytest.approx(np.mean((p - t) ** 2), rel=1e-6)
+    assert np.isnan(parts["pearson"].item()) and np.isnan(parts["cov"].item())
+
+
+def test_groups_are_size_weighted_and_covariance_stays_within_groups():
+    p, t = _pair(n=8, genes=5)
+    groups = [np.array([0, 2, 4]), np.array([1, 3])]
+    loss, _ = create_loss((0.3, 0.3), groups)(_t(p), _t(t))
+    expected = sum(len(g) / 5 * (0.3 * np.mean((p[:, g] - t[:, g]) ** 2)
+                                 + 0.3 * _np_pearson_loss(p[:, g], t[:, g])
+                                 + 0.4 * _np_cov_loss(p[:, g], t[:, g])) for g in groups)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("weights", [(0.8, 0.5), (-0.1, 0.5), (0.5,), "ab"])
+def test_bad_loss_weights_are_named(weights):
+    with pytest.raises(ValueError, match="LOSS_WEIGHTS"):
+        check_loss_weights(weights)

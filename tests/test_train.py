@@ -1,0 +1,254 @@
+"""Fine-tuning engine: schedule, optimizer, seeded loaders, resume equivalence, gene-group
+bookkeeping, clear errors, a short run that learns, and 04_train smoke runs in both group modes."""
+
+from dataclasses import fields, replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from utils import recipes, units
+from utils.config import TrainConfig
+from utils.data import PatchDataset, load_data
+from utils.metric import score
+from utils.models import load_unit_model
+from utils.train import make_loader, make_optimizer, make_scheduler, oom_error, predict
+
+
+def write_gene_groups(path, genes, strategy="prefix"):
+    """A gene_groups.csv grouping genes by name prefix (MT-, RP, the rest)."""
+    names = pd.Series(genes)
+    group = np.where(names.str.startswith("MT-"), "MT",
+                     np.where(names.str.match(r"RP[LS]"), "RP", "other"))
+    pd.DataFrame({"gene": genes, "group": group, "strategy": strategy}).to_csv(path, index=False)
+    return path
+
+
+class Killed(Exception):
+    """Stands for the session dying mid-run."""
+
+
+@pytest.fixture
+def tiny(dacon_dir, tmp_path):
+    """A finetune config on the tiny DACON folder (12 train rows, 4 genes) and its data."""
+    cfg = TrainConfig(data_dir=str(dacon_dir), run_dir=str(tmp_path / "run"), recipe="finetune",
+                      backbone="test_convnext", pretrained=False, img_size=32, n_folds=2,
+                      epochs=3, batch_size=4, patience=None, ema=0.9, smoke=True,
+                      alphas=(1.0, 100.0))
+    data = load_data(cfg.data_dir)
+    return cfg, data, recipes.make_cv_folds(cfg, data)
+
+
+def test_warmup_then_cosine_to_zero():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_scheduler(opt, warmup_steps=3, total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose(lrs[:4], [0.25, 0.5, 0.75, 1.0])
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:])) and lrs[-1] < 0.05
+
+
+def test_optimizer_groups_learning_rates_and_weight_decay():
+    from utils.models import ModelSpec, build_model, freeze_stages
+
+    model = build_model(ModelSpec("test_convnext", 32, [0, 1], {"all": [0, 1]}))
+    frozen = freeze_stages(model, 1)
+    opt = make_optimizer(model, lr=1e-4, head_lr=1e-2, weight_decay=0.05)
+    by_name = {(g["name"], g["weight_decay"]): g for g in opt.param_groups}
+    assert by_name[("heads", 0.05)]["lr"] == 1e-2 and by_name[("backbone", 0.05)]["lr"] == 1e-4
+    assert all(p.ndim == 1 for g in opt.param_groups if g["weight_decay"] == 0
+               for p in g["params"])
+    in_optimizer = {id(p) for g in opt.param_groups for p in g["params"]}
+    params = dict(model.backbone.named_parameters())
+    assert not any(id(params[n]) in in_optimizer for n in frozen)
+
+
+def _batches(seed, workers=0):
+    from utils.augment import build_augment
+
+    images = np.random.default_rng(0).integers(0, 255, (10, 8, 8, 3), dtype=np.uint8)
+    dataset = PatchDataset(images, np.arange(10, dtype=np.float32)[:, None], None,
+                           build_augment("flips"))
+    loader = make_loader(dataset, 4, seed, workers, torch.device("cpu"))
+    return [(x.numpy(), y.numpy()) for x, y in loader]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_order_and_augmentations_are_fixed_by_the_seed(workers):
+    first, again, other = _batches(1, workers), _batches(1, workers), _batches(2, workers)
+    assert len(first) == 2  # the last incomplete batch is dropped (batch norm needs two)
+    for (xa, ya), (xb, yb) in zip(first, again):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    assert any(not np.array_equal(xa, xb) for (xa, _), (xb, _) in zip(first, other))
+
+
+def test_out_of_memory_says_what_to_change(tmp_path):
+    err = oom_error(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+                    32, 224, tmp_path, resume=True)
+    message = str(err)
+    assert "BATCH_SIZE=32" in message and "IMG_SIZE" in message and "RESUME=True" in message
+
+
+def test_out_of_memory_during_training_is_explained(tiny, monkeypatch):
+    cfg, data, folds = tiny
+
+    def boom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(units, "train_epoch", boom)
+    with pytest.raises(RuntimeError, match="lower BATCH_SIZE"):
+        recipes.train(cfg, data, folds)
+
+
+def test_resumed_run_ends_as_an_uninterrupted_one(tiny, tmp_path, monkeypatch):
+    cfg, data, folds = tiny
+    full = recipes.train(replace(cfg, run_dir=str(tmp_path / "full")), data, folds)
+    calls, original = [], units.train_epoch
+
+    def killed_in_third_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # fold0 epochs 1 and 2 are checkpointed, epoch 3 dies
+            raise Killed
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(units, "train_epoch", killed_in_third_epoch)
+    with pytest.raises(Killed):
+        recipes.train(cfg, data, folds)
+    assert (tmp_path / "run" / "checkpoints" / "fold0" / "last.pt").is_file()
+    calls[:] = [0] * 10  # no more kills; count the epochs the resumed run trains
+    resumed = recipes.train(cfg, data, folds)
+    calls[:] = calls[10:]
+    assert len(calls) == 1 + 3  # fold0 epoch 3 only, then fold1 from scratch
+    np.testing.assert_array_equal(resumed.oof, full.oof)
+    np.testing.assert_array_equal(resumed.test_pred, full.test_pred)
+    keys = ("unit", "epoch", "loss", "val_score")
+    strip = [[{k: row[k] for k in keys if k in row} for row in run_history(r.path)]
+             for r in (full, resumed)]
+    assert strip[0] == strip[1]
+    assert not (tmp_path / "run" / "checkpoints" / "fold0" / "last.pt").exists()
+
+
+def run_history(path):
+    from utils.finetune import load_history
+
+    return load_history(path)
+
+
+def test_checkpoints_of_other_settings_are_not_resumed(tiny, monkeypatch):
+    cfg, data, folds = tiny
+    monkeypatch.setattr(units, "train_epoch", lambda *a, **k: (_ for _ in ()).throw(
+        Killed))
+    with pytest.raises(Killed):
+        recipes.train(cfg, data, folds)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="RESUME=False"):
+        recipes.train(replace(cfg, lr=1e-3), data, folds)
+    run = recipes.train(replace(cfg, lr=1e-3, resume=False, epochs=1), data, folds)
+    assert run.config["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("mode", ["heads", "models"])
+def test_gene_groups_as_heads_or_models(tiny, tmp_path, mode):
+    cfg, data, folds = tiny
+    csv = write_gene_groups(tmp_path / "gene_groups.csv", data.genes)
+    cfg = replace(cfg, groups="prefix", gene_groups=str(csv), group_mode=mode, epochs=1)
+    run = recipes.train(cfg, data, folds)
+    assert run.oof.shape == data.y.shape and np.isfinite(run.oof).all()
+    model_info = __import__("json").loads((run.path / "model.json").read_text())
+    expected = ["fold0", "fold1"] if mode == "heads" else \
+        ["fold0-MT", "fold0-other", "fold1-MT", "fold1-other"]
+    assert list(model_info["units"]) == expected and model_info["group_mode"] == mode
+    assert run.config["details"]["group_mode"] == mode and run.config["details"]["n_groups"] == 2
+    unit = expected[-1]
+    spec = model_info["units"][unit]["spec"]
+    if mode == "heads":
+        assert set(spec["heads"]) == {"MT", "other"} and spec["genes"] == [0, 1, 2, 3]
+    else:
+        assert spec["genes"] == [0, 1, 2] and list(spec["heads"]) == ["other"]
+    model = load_unit_model(run.path, unit)  # what Grad-CAM rebuilds
+    images = np.stack([np.asarray(__import__("PIL.Image").Image.open(p))
+                       for p in data.image_paths("test")])
+    z = predict(model, images)
+    fold1_test = units.load_result(run.path / "checkpoints" / unit / "result.npz")["test_pred"]
+    np.testing.assert_allclose(units.to_original(model, z), fold1_test, rtol=1e-4, atol=1e-4)
+
+
+def test_every_config_field_is_a_notebook_parameter():
+    from tests.test_notebooks import _parameters
+    from utils.pipeline import list_notebooks
+
+    notebook = next(p for p in list_notebooks() if p.stem == "04_train")
+    assert {f.name.upper() for f in fields(TrainConfig)} <= set(_parameters(notebook))
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"EPOCHS": 0}, "EPOCHS"), ({"LR": 0.0}, "LR"), ({"EMA": 1.5}, "EMA"),
+    ({"GROUP_MODE": "trees"}, "GROUP_MODE"), ({"GROUP_MODE": "models"}, "GROUPS"),
+    ({"TARGET": "pca:-1"}, "TARGET"), ({"LOSS_WEIGHTS": [0.9, 0.9]}, "LOSS_WEIGHTS"),
+    ({"RECIPE": "finetune", "AUGMENT": "nope"}, "AUGMENT"), ({"HEAD_INIT": "zeros"}, "HEAD_INIT"),
+])
+def test_bad_finetune_parameters_are_named(params, message):
+    from utils.config import from_params
+
+    with pytest.raises(ValueError, match=message):
+        from_params(TrainConfig, params)
+
+
+def test_short_cpu_run_on_the_demo_set_learns(tmp_path):
+    from utils.demo import write_demo
+
+    data_dir = write_demo(tmp_path / "demo", n_train=160, n_test=20, n_genes=100, image_size=64,
+                          seed=3)
+    cfg = TrainConfig(data_dir=str(data_dir), run_dir=str(tmp_path / "run"), recipe="finetune",
+                      backbone="test_convnext", pretrained=False, img_size=64, n_folds=2,
+                      epochs=3, batch_size=16, lr=1e-3, head_lr=3e-3, patience=None,
+                      head_init="random", smoke=True)
+    data = load_data(cfg.data_dir)
+    folds = recipes.make_cv_folds(cfg, data)
+    run = recipes.train(cfg, data, folds)
+    mean_profile = np.zeros_like(data.y)
+    for k in np.unique(folds):
+        mean_profile[folds == k] = data.y[folds != k].mean(0)
+    baseline = np.mean([score(data.y[folds == k], mean_profile[folds == k])["score"]
+                        for k in np.unique(folds)])
+    assert run.cv["overall"]["score"] > baseline + 0.05, (run.cv["overall"], baseline)
+    history = run_history(run.path)
+    assert all(max(r["val_score"] for r in history if r["unit"] == u and r["epoch"] > 0)
+               > next(r["val_score"] for r in history if r["unit"] == u and r["epoch"] == 0)
+               for u in ("fold0", "fold1"))
+
+
+@pytest.mark.smoke
+def test_pipeline_finetune_run_is_complete(demo_pipeline):
+    from utils.runs import load_run
+
+    run = load_run(demo_pipeline["runs"] / "finetune")
+    assert run.config["recipe"] == "finetune" and run.cv["n_folds"] == 4
+    assert 0.0 < run.cv["overall"]["score"] < 1.0
+    for name in ("model.json", "history.json", "curves.png", "weights/fold3.safetensors"):
+        assert (run.path / name).is_file(), name
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("mode", ["heads", "models"])
+def test_train_notebook_finetunes_in_both_group_modes(demo_pipeline, tmp_path, mode):
+    from utils.pipeline import DEMO_MODEL, execute_notebook, list_notebooks
+    from utils.runs import load_run
+
+    data = load_data(demo_pipeline["data"])
+    csv = write_gene_groups(tmp_path / "gene_groups.csv", data.genes)
+    notebook = next(p for p in list_notebooks() if p.stem == "04_train")
+    params = {"DATA_DIR": str(demo_pipeline["data"]), "RUN_DIR": str(tmp_path / mode),
+              "RECIPE": "finetune", **DEMO_MODEL, "SMOKE": True, "N_FOLDS": 2, "EPOCHS": 1,
+              "BATCH_SIZE": 32, "GROUPS": "prefix", "GENE_GROUPS": str(csv), "GROUP_MODE": mode}
+    execute_notebook(notebook, params, tmp_path / f"04_{mode}.ipynb")
+    run = load_run(tmp_path / mode)
+    assert run.config["group_mode"] == mode and run.config["details"]["n_groups"] == 3
+    assert run.oof.shape == data.y.shape and 0.0 < run.cv["overall"]["score"] < 1.0
+    n_weights = 2 if mode == "heads" else 2 * 3
+    assert len(list((run.path / "weights").glob("*.safetensors"))) == n_weights
