@@ -10,6 +10,7 @@ that has it is complete.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,41 @@ def check_shapes(runs: list[Run], n_train: int, n_test: int, n_genes: int) -> No
                 raise ValueError(f"run {run.path}: {what}.npy has shape {array.shape}, but the "
                                  f"data has {rows} rows x {n_genes} genes; was it trained on "
                                  f"other data (config data_dir={run.config.get('data_dir')})?")
+
+
+def select_runs(runs: Sequence[str] | None, root: str | os.PathLike = "runs") -> list[Path]:
+    """The listed run folders; if none are listed, every finished run found under `root`."""
+    if runs:
+        return [resolve(run) for run in runs]
+    found = find_runs(root)
+    if not found:
+        raise FileNotFoundError(f"RUNS is empty and there is no finished run folder under "
+                                f"{resolve(root)} (RUNS_ROOT); run notebooks/04_train.ipynb "
+                                "first, or list run folders in RUNS")
+    return found
+
+
+def _canonical_folds(folds: np.ndarray) -> np.ndarray:
+    """Fold labels renumbered by first appearance: the same split with other numbers is equal."""
+    _, first, inverse = np.unique(folds, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse.ravel()]
+
+
+def check_folds(runs: list[Run]) -> None:
+    """All runs share one CV split (folds.npy, up to fold numbering), or an error naming which
+    runs hold which split: blending or comparing runs fitted on different folds is not honest."""
+    splits: dict[bytes, list[Run]] = {}
+    for run in runs:
+        splits.setdefault(_canonical_folds(run.folds).tobytes(), []).append(run)
+    if len(splits) > 1:
+        listing = "; ".join(
+            f"split {i + 1}: " + ", ".join(f"{run.name} ({run.cv['splitter']}, "
+                                          f"{run.cv['n_folds']} folds)" for run in group)
+            for i, group in enumerate(splits.values()))
+        raise ValueError(f"the runs were cross-validated on {len(splits)} different splits "
+                         f"(folds.npy differ), so their OOF predictions cannot be blended: "
+                         f"{listing}. List only runs of one split in RUNS, or retrain with the "
+                         "same CV, N_FOLDS and SEED")
 
 
 def mean_test_pred(runs: list[Run]) -> np.ndarray:
