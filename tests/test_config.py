@@ -41,5 +41,4 @@ def test_groups_splitter_is_accepted_and_config_is_json_ready():
 def test_submit_config_runs():
     assert from_params(SubmitConfig, {"RUNS": "runs/a"}).runs == ("runs/a",)
     assert from_params(SubmitConfig, {"RUNS": ["runs/a", "runs/b"]}).runs == ("runs/a", "runs/b")
-    with pytest.raises(ValueError, match="RUNS is empty"):
-        from_params(SubmitConfig, {"RUNS": []})
+    assert from_params(SubmitConfig, {"RUNS": []}).runs == ()  # empty: found under RUNS_ROOT

@@ -15,9 +15,19 @@ from utils.submit import validate_submission
 
 NOTEBOOKS = list_notebooks()
 REQUIRED_PARAMETERS = {
+    "01_eda": {"DATA_DIR", "RUN_DIR", "SMOKE", "SEED", "IMAGE_STRIDE", "WINDOW"},
+    "02_gene_clustering": {"DATA_DIR", "RUN_DIR", "SMOKE", "SEED", "STRATEGIES", "K", "K_RANGE",
+                           "GROUPS_FILE"},
+    "03_augmentation_screening": {"DATA_DIR", "RUN_DIR", "CANDIDATES", "N_PATCHES", "SEED",
+                                  "SMOKE", "DINO_MODEL", "DINO_PRETRAINED", "LPIPS_NET",
+                                  "MIN_DINO_SIM", "MAX_LPIPS", "MAX_STAIN_SHIFT", "MIN_SSIM"},
     "04_train": {"DATA_DIR", "RUN_DIR", "RECIPE", "BACKBONE", "PRETRAINED", "IMG_SIZE", "CV",
-                 "N_FOLDS", "SEED", "SMOKE"},
-    "06_ensemble_submit": {"DATA_DIR", "RUNS", "SUBMISSION"},
+                 "N_FOLDS", "SEED", "SMOKE", "EPOCHS", "BATCH_SIZE", "LR", "HEAD_LR",
+                 "WEIGHT_DECAY", "WARMUP_EPOCHS", "GRAD_CLIP", "ACCUMULATE", "EMA", "PATIENCE",
+                 "LOSS_WEIGHTS", "TARGET", "GROUPS", "GENE_GROUPS", "GROUP_MODE", "AUGMENT",
+                 "FREEZE", "FREEZE_BN", "HEAD_INIT", "DROP_PATH", "NUM_WORKERS", "RESUME"},
+    "06_ensemble_submit": {"DATA_DIR", "RUNS", "RUNS_ROOT", "SUBMISSION", "BLEND", "GENE_GROUPS",
+                           "GROUPS", "SHRINK", "POSTPROCESS"},
 }
 
 

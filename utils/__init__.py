@@ -6,9 +6,9 @@ functions and modules that need them.
 """
 
 import importlib
+import pkgutil
 
-__all__ = ["backbones", "config", "cv", "data", "demo", "io", "metric", "paths", "pipeline",
-           "plots", "recipes", "ridge", "runs", "submit"]
+__all__ = sorted(m.name for m in pkgutil.iter_modules(__path__))
 
 
 def __getattr__(name: str):

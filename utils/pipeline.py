@@ -18,6 +18,8 @@ DEMO_RUNS = "runs/demo"
 DEMO_SUBMISSION = "submissions/demo.csv"
 # A tiny timm model at 64 px: the demo runs in minutes on a laptop CPU, with no download.
 DEMO_MODEL = {"BACKBONE": "test_convnext", "PRETRAINED": False, "IMG_SIZE": 64}
+# Fine-tuning that tiny random-init model: a few epochs (one under --smoke), seconds per fold.
+DEMO_FINETUNE = {"EPOCHS": 4, "BATCH_SIZE": 32, "LR": 5e-4, "PATIENCE": None}
 
 
 def list_notebooks() -> list[Path]:
@@ -26,15 +28,30 @@ def list_notebooks() -> list[Path]:
 
 
 def demo_parameters(data_dir: str = DEMO_DATA, runs_root: str = DEMO_RUNS,
-                    submission: str = DEMO_SUBMISSION, smoke: bool = False) -> dict[str, dict]:
-    """Parameters of each notebook for a run on the demo set (papermill overrides)."""
+                    submission: str = DEMO_SUBMISSION,
+                    smoke: bool = False) -> dict[str, dict | list[dict]]:
+    """Parameters of each notebook for a run on the demo set (papermill overrides); a list runs
+    the notebook once per parameter set."""
     data_dir, runs_root = str(data_dir), str(runs_root)
-    ridge = f"{runs_root}/ridge"
+    ridge, finetune = f"{runs_root}/ridge", f"{runs_root}/finetune"
+    common = {"DATA_DIR": data_dir, **DEMO_MODEL, "SMOKE": smoke, "OVERWRITE": True}
     return {
-        "04_train": {"DATA_DIR": data_dir, "RUN_DIR": ridge, "RECIPE": "ridge", **DEMO_MODEL,
-                     "SMOKE": smoke, "OVERWRITE": True},
-        "06_ensemble_submit": {"DATA_DIR": data_dir, "RUNS": [ridge],
-                               "SUBMISSION": str(submission)},
+        "01_eda": {"DATA_DIR": data_dir, "RUN_DIR": f"{runs_root}/eda", "SMOKE": smoke},
+        # writes f"{runs_root}/genes/gene_groups.csv", the GENE_GROUPS that 04/06 can read
+        "02_gene_clustering": {"DATA_DIR": data_dir, "RUN_DIR": f"{runs_root}/genes",
+                               "SMOKE": smoke},
+        # random-weight networks at 64 px: no download; they show the mechanics, never select
+        "03_augmentation_screening": {"DATA_DIR": data_dir, "RUN_DIR": f"{runs_root}/augment",
+                                      "SMOKE": smoke, "DINO_MODEL": "test_vit",
+                                      "DINO_PRETRAINED": False, "IMG_SIZE": 64,
+                                      "LPIPS_PRETRAINED": False},
+        "04_train": [
+            {**common, "RUN_DIR": ridge, "RECIPE": "ridge"},
+            {**common, "RUN_DIR": finetune, "RECIPE": "finetune", **DEMO_FINETUNE,
+             "EPOCHS": 1 if smoke else DEMO_FINETUNE["EPOCHS"]},
+        ],
+        "06_ensemble_submit": {"DATA_DIR": data_dir, "RUNS": None, "RUNS_ROOT": runs_root,
+                               "SUBMISSION": str(submission), "BLEND": "global"},
     }
 
 
