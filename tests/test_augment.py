@@ -29,6 +29,7 @@ from utils.augment import (
     rgb_to_hed,
     save_recipe,
 )
+from utils.config import from_params
 
 ISSUE_NAMES = {"HorizontalFlip", "VerticalFlip", "RandomRotate90", "Affine",
                "RandomBrightnessContrast", "ColorJitter", "HueSaturationValue", "Equalize",
@@ -251,7 +252,8 @@ def test_screen_config_checks_its_parameters():
     assert cfg.n_screen == 8 and cfg.candidates == tuple(list_candidates())
     assert is_geometric("Affine") and not is_geometric("CLAHE:weak")
     assert ScreenConfig(candidates="CLAHE:weak").candidates == ("CLAHE:weak",)
-    assert ScreenConfig(lpips_pretrained="False").lpips_pretrained is False
+    text = from_params(ScreenConfig, {"LPIPS_PRETRAINED": "False", "DINO_PRETRAINED": "True"})
+    assert text.lpips_pretrained is False and text.dino_pretrained is True
     with pytest.raises(ValueError, match="unknown augmentation candidate"):
         ScreenConfig(candidates=["Flip"])
     with pytest.raises(ValueError, match="LPIPS_NET='resnet'"):

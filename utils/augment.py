@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.config import _set
+from utils.config import set_field
 from utils.io import read_json
 from utils.paths import resolve
 
@@ -201,10 +201,7 @@ class ScreenConfig:
         keys = (keys,) if isinstance(keys, str) else tuple(keys)
         for key in keys:
             candidate_spec(key)  # raises on an unknown key, listing the known ones
-        _set(self, "candidates", keys)
-        for name in ("dino_pretrained", "lpips_pretrained"):  # papermill -p may pass text
-            if getattr(self, name) in ("True", "False"):
-                _set(self, name, getattr(self, name) == "True")
+        set_field(self, "candidates", keys)
         from utils.augment_scores import LPIPS_TRUNKS
 
         if self.lpips_net not in (None, *LPIPS_TRUNKS):

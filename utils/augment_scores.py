@@ -181,9 +181,9 @@ def make_scorers(images: np.ndarray, cfg: ScreenConfig) -> Scorers:
     dino, sc.notes["dino_sim"] = load_dino(cfg.dino_model, cfg.dino_pretrained, cfg.img_size,
                                            cfg.seed)
     if dino is not None:
-        reference = extract_features(dino, images, cfg.img_size, tta=False)
+        reference = extract_features(dino, images, cfg.img_size, tta=False, progress=False)
         sc.fns["dino_sim"] = lambda aug: cosine_similarity(
-            reference, extract_features(dino, aug, cfg.img_size, tta=False))
+            reference, extract_features(dino, aug, cfg.img_size, tta=False, progress=False))
     model, sc.notes["lpips"] = load_lpips(cfg.lpips_net, cfg.lpips_pretrained)
     if model is not None:
         sc.fns["lpips"] = lambda aug: lpips_distance(model, images, aug)

@@ -169,24 +169,26 @@ def inference_batch_size(device: torch.device) -> int:
     return 64 if device.type == "cuda" else 16
 
 
-@torch.inference_mode()
 def extract_features(model: nn.Module, images: np.ndarray, img_size: int | None = None,
                      batch_size: int | None = None, tta: bool = True,
-                     device: torch.device | None = None) -> np.ndarray:
+                     device: torch.device | None = None, progress: bool = True) -> np.ndarray:
     """Pooled features (N, D) float32 of uint8 (N, H, W, 3) patches, averaged over D4 views."""
     from tqdm import tqdm
 
     device = device or default_device()
     batch_size = batch_size or inference_batch_size(device)
     preprocess = Preprocess(data_config(model, img_size)).to(device)
+    # Moved outside inference mode: the weights stay ordinary tensors the model can train with.
     model = model.eval().to(device, memory_format=torch.channels_last)
     out = []
-    for start in tqdm(range(0, len(images), batch_size), desc="features", mininterval=10):
-        x = torch.from_numpy(np.array(images[start:start + batch_size]))  # copy off the memmap
-        x = preprocess(x.to(device).permute(0, 3, 1, 2))
-        with autocast(device):
-            views = [model(v).float() for v in d4_views(x, tta)]
-        out.append(torch.stack(views).mean(0).cpu().numpy())
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(images), batch_size), desc="features", mininterval=10,
+                          disable=not progress):
+            x = torch.from_numpy(np.array(images[start:start + batch_size]))  # off the memmap
+            x = preprocess(x.to(device).permute(0, 3, 1, 2))
+            with autocast(device):
+                views = [model(v).float() for v in d4_views(x, tta)]
+            out.append(torch.stack(views).mean(0).cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 
 

@@ -9,8 +9,16 @@ from utils.cv import list_splitters
 
 
 def from_params(cls: type, params: dict):
-    """Build config `cls` from the notebook's globals: field `x` is read from parameter `X`."""
-    return cls(**{f.name: params[f.name.upper()] for f in fields(cls) if f.name.upper() in params})
+    """Build config `cls` from the notebook's globals: field `x` is read from parameter `X`.
+
+    "True"/"False" given as text (some shells and papermill calls) become booleans for fields
+    that take a bool.
+    """
+    values = {f.name: params[f.name.upper()] for f in fields(cls) if f.name.upper() in params}
+    for f in fields(cls):
+        if "bool" in str(f.type) and values.get(f.name) in ("True", "False"):
+            values[f.name] = values[f.name] == "True"
+    return cls(**values)
 
 
 def to_dict(config) -> dict:
@@ -18,7 +26,7 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def _set(config, name: str, value) -> None:
+def set_field(config, name: str, value) -> None:
     """Normalise a field of a frozen dataclass during __post_init__."""
     object.__setattr__(config, name, value)
 
@@ -73,9 +81,7 @@ class TrainConfig:
         if self.cv.split(":", 1)[0] not in list_splitters():
             raise ValueError(f"CV={self.cv!r} is unknown; choose from {list_splitters()} "
                              "(groups as 'groups:<column or file>')")
-        if self.pretrained in ("True", "False"):  # papermill -p passes text for some shells
-            _set(self, "pretrained", self.pretrained == "True")
-        _set(self, "alphas", tuple(float(a) for a in self.alphas))
+        set_field(self, "alphas", tuple(float(a) for a in self.alphas))
         for name in ("n_folds", "batch_size", "img_size", "pca_dim", "epochs", "accumulate",
                      "patience"):
             value = getattr(self, name)
@@ -90,7 +96,7 @@ HEAD_INITS = ("ridge", "random")
 
 def _check_finetune(cfg: TrainConfig) -> None:
     """Validate (and normalise) the fine-tuning parameters; each error names the parameter."""
-    _set(cfg, "loss_weights", check_loss_weights(cfg.loss_weights))
+    set_field(cfg, "loss_weights", check_loss_weights(cfg.loss_weights))
     parse_target(cfg.target)
     checks = {
         "LR": cfg.lr > 0, "HEAD_LR": cfg.head_lr > 0, "WEIGHT_DECAY": cfg.weight_decay >= 0,
@@ -158,9 +164,9 @@ class SubmitConfig:
         from utils.ensemble import BLENDS
         from utils.postprocess import list_steps
 
-        _set(self, "runs", _as_tuple(self.runs))
-        _set(self, "postprocess", _as_tuple(self.postprocess))
-        _set(self, "shrink", tuple(float(s) for s in _as_tuple(self.shrink)))
+        set_field(self, "runs", _as_tuple(self.runs))
+        set_field(self, "postprocess", _as_tuple(self.postprocess))
+        set_field(self, "shrink", tuple(float(s) for s in _as_tuple(self.shrink)))
         if self.blend not in BLENDS:
             raise ValueError(f"BLEND={self.blend!r} is unknown; choose from {list(BLENDS)}")
         if self.blend == "group" and not (self.gene_groups and self.groups):
