@@ -26,6 +26,9 @@ REQUIRED_PARAMETERS = {
                  "WEIGHT_DECAY", "WARMUP_EPOCHS", "GRAD_CLIP", "ACCUMULATE", "EMA", "PATIENCE",
                  "LOSS_WEIGHTS", "TARGET", "GROUPS", "GENE_GROUPS", "GROUP_MODE", "AUGMENT",
                  "FREEZE", "FREEZE_BN", "HEAD_INIT", "DROP_PATH", "NUM_WORKERS", "RESUME"},
+    "05_gradcam": {"DATA_DIR", "RUN_DIR", "SMOKE", "FOLD", "PATCHES", "N_PATCHES", "METHOD",
+                   "TARGETS", "GENE_GROUPS", "GROUPS", "STRATEGIES", "GENES_PER_GROUP", "SCALE",
+                   "LAYER", "RESHAPE", "SEED"},
     "06_ensemble_submit": {"DATA_DIR", "RUNS", "RUNS_ROOT", "SUBMISSION", "BLEND", "GENE_GROUPS",
                            "GROUPS", "SHRINK", "POSTPROCESS"},
 }

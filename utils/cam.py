@@ -62,8 +62,8 @@ class Target:
 def make_targets(specs: Sequence[str], genes: Sequence[str],
                  groups: dict[str, np.ndarray] | None = None,
                  y: np.ndarray | None = None) -> list[Target]:
-    """Targets from names: a gene, `gene:<name>`, `group:<name>`, `groups` (every group), or
-    `heg50` / `hvg50` (needs the train targets `y`)."""
+    """Targets from names: a gene, `gene:<name>`, `group:<name>`, `groups` (every group but
+    `other`), or `heg50` / `hvg50` (needs the train targets `y`)."""
     index = {g: i for i, g in enumerate(genes)}
     groups = groups or {}
     targets: list[Target] = []
@@ -78,7 +78,8 @@ def make_targets(specs: Sequence[str], genes: Sequence[str],
         elif spec == "groups":
             if not groups:
                 raise ValueError("target 'groups' needs gene groups (GENE_GROUPS and GROUPS)")
-            targets += [Target(g, "group", np.asarray(c)) for g, c in groups.items()]
+            targets += [Target(g, "group", np.asarray(c)) for g, c in groups.items()
+                        if g != OTHER]
         elif kind != "group" and name in index:
             targets.append(Target(name, "gene", np.array([index[name]])))
         elif kind != "gene" and name in groups:
@@ -112,6 +113,30 @@ def top_variable_per_group(groups: dict[str, np.ndarray], y: np.ndarray, per_gro
     return np.unique(np.concatenate(picked)) if picked else np.zeros(0, int)
 
 
+def load_groupings(path: str | os.PathLike | None, genes: Sequence[str],
+                   strategies: Sequence[str] = (), also: str | None = None,
+                   ) -> dict[str, dict[str, np.ndarray]]:
+    """Strategy → {group: gene columns} from a gene_groups.csv (None: no groups): the given
+    strategies (none: every one in the file) plus `also`."""
+    from utils.genes import load_gene_groups
+    from utils.paths import resolve
+
+    if path is None:
+        return {}
+    if not strategies and resolve(path).is_file():
+        strategies = pd.read_csv(resolve(path), usecols=["strategy"])["strategy"].unique()
+    names = dict.fromkeys([*strategies, *([also] if also else [])])
+    return {s: load_gene_groups(path, list(genes), s) for s in names}
+
+
+def similarity_genes(groupings: dict[str, dict[str, np.ndarray]], y: np.ndarray,
+                     per_group: int) -> np.ndarray:
+    """Gene columns whose CAMs are compared: the most variable genes of every named group of
+    every strategy (one set, so all strategies are judged on the same maps)."""
+    picked = [top_variable_per_group(groups, y, per_group) for groups in groupings.values()]
+    return np.unique(np.concatenate(picked)) if picked else np.zeros(0, int)
+
+
 def gene_labels(groups: dict[str, np.ndarray], n_genes: int) -> np.ndarray:
     """Group name of every gene column."""
     labels = np.full(n_genes, OTHER, dtype=object)
@@ -137,6 +162,13 @@ def read_model_info(run_dir: str | os.PathLike) -> dict:
                          "RUN_DIR to a run of 04_train with RECIPE='finetune'")
     raise FileNotFoundError(f"{folder} is not a run folder (no model.json, no config.json); set "
                             "RUN_DIR to a run of 04_train with RECIPE='finetune'")
+
+
+def check_run_genes(info: dict, genes: Sequence[str]) -> None:
+    """The run was trained on these genes (same names, same order), or an error."""
+    if list(info["genes"]) != list(genes):
+        raise ValueError(f"the run's model.json lists {len(info['genes'])} genes, the data "
+                         f"{len(genes)} (or another order): was it trained on other data?")
 
 
 def fold_units(info: dict, fold: int) -> dict[str, np.ndarray]:

@@ -185,3 +185,46 @@ def _as_tuple(value) -> tuple:
     if value is None:
         return ()
     return (value,) if isinstance(value, (str, int, float)) else tuple(value)
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    """Parameters of notebooks/05_gradcam.ipynb (see its parameters cell)."""
+
+    data_dir: str | None = None
+    run_dir: str = "runs/finetune"
+    fold: int = 0
+    patches: str = "val"
+    n_patches: int = 32
+    n_show: int = 6
+    method: str = "GradCAM"
+    targets: tuple[str, ...] = ("heg50", "hvg50", "groups")
+    gene_groups: str | None = "runs/genes/gene_groups.csv"
+    groups: str = "prefix"
+    strategies: tuple[str, ...] = ()  # empty: every strategy of gene_groups
+    genes_per_group: int = 5
+    n_permutations: int = 1000
+    scale: str = "standardised"
+    layer: str | None = None
+    reshape: str | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    smoke: bool = False
+
+    def __post_init__(self):
+        from utils.cam import SCALES, check_method
+
+        set_field(self, "method", check_method(self.method))
+        set_field(self, "targets", _as_tuple(self.targets))
+        set_field(self, "strategies", _as_tuple(self.strategies))
+        if self.patches not in ("val", "test") or self.scale not in SCALES:
+            raise ValueError(f"PATCHES={self.patches!r} must be 'val' or 'test' and "
+                             f"SCALE={self.scale!r} one of {SCALES}")
+        for name in ("n_patches", "n_show", "genes_per_group", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name.upper()} must be a positive integer; got {value!r}")
+        if self.smoke:  # a few patches and genes: seconds on a CPU
+            for name, cap in (("n_patches", 4), ("n_show", 2), ("genes_per_group", 2),
+                              ("n_permutations", 100)):
+                set_field(self, name, min(getattr(self, name), cap))

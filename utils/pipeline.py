@@ -50,6 +50,9 @@ def demo_parameters(data_dir: str = DEMO_DATA, runs_root: str = DEMO_RUNS,
             {**common, "RUN_DIR": finetune, "RECIPE": "finetune", **DEMO_FINETUNE,
              "EPOCHS": 1 if smoke else DEMO_FINETUNE["EPOCHS"]},
         ],
+        # explains the fine-tuned demo model; figures and tables go to f"{finetune}/gradcam"
+        "05_gradcam": {"DATA_DIR": data_dir, "RUN_DIR": finetune,
+                       "GENE_GROUPS": f"{runs_root}/genes/gene_groups.csv", "SMOKE": smoke},
         "06_ensemble_submit": {"DATA_DIR": data_dir, "RUNS": None, "RUNS_ROOT": runs_root,
                                "SUBMISSION": str(submission), "BLEND": "global"},
     }
