@@ -30,6 +30,7 @@ from utils.augment import (
     save_recipe,
 )
 from utils.config import from_params
+from utils.plots import save_figure
 
 ISSUE_NAMES = {"HorizontalFlip", "VerticalFlip", "RandomRotate90", "Affine",
                "RandomBrightnessContrast", "ColorJitter", "HueSaturationValue", "Equalize",
@@ -291,5 +292,5 @@ def test_figures_are_returned_and_saved_even_with_nothing_to_show(tmp_path, patc
     fig = screening.plot_examples(patches, table, ["CLAHE:weak"], n=2)
     assert len(fig.axes) == 4 and "rejected" in fig.axes[0].get_ylabel()
     assert len(screening.plot_examples(patches, table, [], n=2).axes) == 4
-    path = screening.save_figure(fig, tmp_path / "examples.png")
+    path = save_figure(fig, tmp_path, "examples")
     assert path.read_bytes()[:4] == b"\x89PNG"

@@ -288,11 +288,3 @@ def plot_examples(images: np.ndarray, table: pd.DataFrame, keys: list[str], n: i
     for i, ax in enumerate(axes.flat):
         ax.set(xticks=[], yticks=[], title=("original", "augmented")[i % 2] if i < 2 * n else "")
     return fig
-
-
-def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Save a figure atomically (format from the suffix; relative paths from the kit root)."""
-    from utils.io import write_with
-    from utils.paths import resolve
-
-    return write_with(resolve(path), lambda tmp: fig.savefig(tmp, dpi=90))

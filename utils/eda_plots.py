@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from utils.io import write_with
+from utils.plots import figure as _figure
 
 OTHER_COLOUR = "#d0d0d0"
-
-
-def _figure(width: float = 8, height: float = 3.5, nrows: int = 1, ncols: int = 1, **kwargs):
-    """A new figure and its axes (matplotlib imported only when plotting)."""
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(nrows, ncols, figsize=(width, height), layout="constrained", **kwargs)
 
 
 def _no_minor_labels(ax) -> None:
@@ -26,12 +16,6 @@ def _no_minor_labels(ax) -> None:
 
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.yaxis.set_minor_formatter(NullFormatter())
-
-
-def save_figure(fig, folder: str | os.PathLike, name: str) -> Path:
-    """Save a figure as `<folder>/<name>.png` (atomically) and return the path."""
-    return write_with(Path(folder) / f"{name}.png",
-                      lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
 
 
 # --- 01: genes --------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ This module imports torch and timm; `import utils` does not import it.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -26,8 +25,9 @@ import numpy as np
 
 from utils.config import TrainConfig, to_dict
 from utils.data import KitData
-from utils.io import read_json, write_json, write_with
+from utils.io import as_json, read_json, write_json
 from utils.paths import resolve
+from utils.plots import figure, save_figure
 from utils.recipes import RecipeResult
 from utils.units import Unit, fit_unit, unit_spec
 
@@ -101,7 +101,7 @@ def prepare_checkpoints(cfg: TrainConfig, run: Path, n_train: int, n_genes: int)
     folder = run / "checkpoints"
     settings = {**{k: v for k, v in to_dict(cfg).items() if k not in NOT_TRAINING},
                 "n_train": n_train, "n_genes": n_genes}
-    settings = json.loads(json.dumps(settings))  # as read back from JSON (tuples → lists)
+    settings = as_json(settings)
     if not cfg.resume or is_complete(run):
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(run / "weights", ignore_errors=True)
@@ -132,7 +132,7 @@ def write_outputs(cfg: TrainConfig, data: KitData, run: Path, units: list[Unit],
     write_json(run / "model.json", model)
     write_json(run / "history.json", history)
     fig = plot_history(history)
-    write_with(run / "curves.png", lambda tmp: fig.savefig(tmp, dpi=100))
+    save_figure(fig, run, "curves")
     plt.close(fig)
 
 
@@ -162,9 +162,8 @@ def load_history(run_dir: str | Path) -> list[dict]:
 
 def plot_history(history: list[dict]):
     """Training loss and validation score per epoch, one line per unit, best epochs marked."""
-    import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5), layout="constrained")
+    fig, (left, right) = figure(10, 3.5, ncols=2)
     for name in dict.fromkeys(row["unit"] for row in history):
         rows = [row for row in history if row["unit"] == name]
         trained = [row for row in rows if "loss" in row]

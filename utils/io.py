@@ -41,6 +41,11 @@ def write_json(path: str | os.PathLike, obj: object) -> Path:
     return write_text(path, json.dumps(obj, indent=2, default=_plain) + "\n")
 
 
+def as_json(obj: object) -> object:
+    """`obj` as it reads back from a JSON file (tuples → lists, numpy → plain), for comparing."""
+    return json.loads(json.dumps(obj, default=_plain))
+
+
 def read_json(path: str | os.PathLike) -> object:
     """Read a JSON file."""
     return json.loads(Path(path).read_text())
@@ -71,7 +76,7 @@ def cached_array(path: str | os.PathLike, key: dict,
     """Load `path` if it was computed for the same `key` (stored beside it), else compute it."""
     path = Path(path)
     stamp = path.with_suffix(".json")
-    key = json.loads(json.dumps(key, default=_plain))
+    key = as_json(key)
     if path.is_file() and stamp.is_file() and read_json(stamp) == key:
         return np.load(path)
     array = np.asarray(compute())

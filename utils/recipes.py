@@ -15,6 +15,7 @@ import numpy as np
 from utils.config import TrainConfig, to_dict
 from utils.cv import make_folds, read_groups
 from utils.data import KitData
+from utils.io import as_json
 from utils.runs import Run, is_complete, load_run, save_run
 
 
@@ -71,8 +72,8 @@ def train(cfg: TrainConfig, data: KitData, folds: np.ndarray) -> Run:
     """Run the configured recipe and save its run folder; reuse a finished identical run."""
     if is_complete(cfg.run_dir) and not cfg.overwrite:
         run = load_run(cfg.run_dir)
-        changed = {k: (run.config.get(k), v) for k, v in to_dict(cfg).items()
-                   if k != "overwrite" and run.config.get(k) != _plain(v)}
+        changed = {k: (run.config.get(k), v) for k, v in as_json(to_dict(cfg)).items()
+                   if k != "overwrite" and run.config.get(k) != v}
         if changed:
             raise FileExistsError(f"{run.path} holds a run with other parameters "
                                   f"(saved, now): {changed}; set OVERWRITE=True or a new RUN_DIR")
@@ -86,11 +87,6 @@ def train(cfg: TrainConfig, data: KitData, folds: np.ndarray) -> Run:
               "elapsed_s": round(time.perf_counter() - start, 1), "peak_rss_gb": peak_rss_gb()}
     save_run(cfg.run_dir, config, folds, result.oof, result.test_pred, result.cv)
     return load_run(cfg.run_dir)
-
-
-def _plain(value):
-    """A config value as JSON would give it back (tuples become lists)."""
-    return list(value) if isinstance(value, tuple) else value
 
 
 def peak_rss_gb() -> float:
