@@ -15,7 +15,7 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/python -m utils.pipeline demo
+	$(BIN)/python -m utils.dev.pipeline demo
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

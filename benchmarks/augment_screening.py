@@ -15,8 +15,9 @@ import time
 
 import pandas as pd
 
-from utils import augment_scores as screening
-from utils.augment import ScreenConfig, is_geometric
+from utils import augment as screening
+from utils.augment import is_geometric
+from utils.config import ScreenConfig
 from utils.data import load_data
 from utils.paths import kit_root
 

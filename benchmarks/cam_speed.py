@@ -1,5 +1,5 @@
 """Grad-CAM speed: 100 patches × 10 targets on CPU, batched (one forward pass per batch, one
-backward pass per target down to the target layer: `utils.cam_model.compute_cams`) against
+backward pass per target down to the target layer: `utils.cam.compute_cams`) against
 pytorch-grad-cam called once per target (a forward and a full backward pass every time).
 
     .venv/bin/python benchmarks/cam_speed.py [--patches 100] [--targets 10] [--genes 1000]
@@ -17,8 +17,7 @@ import time
 import numpy as np
 import torch
 
-from utils.cam_layers import choose_layer
-from utils.cam_model import compute_cams, make_method
+from utils.cam import choose_layer, compute_cams, make_method
 from utils.models import ModelSpec, build_model
 
 

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/gene_clustering.py --all-pairs     # + UMAP's slow default path
 
 Prints numba's first-compile time apart, then for both neighbour methods of
-`utils.gene_embedding.embed_genes` ("exact": kNN by correlation, passed to UMAP as
+`utils.genes.embed_genes` ("exact": kNN by correlation, passed to UMAP as
 precomputed_knn; "approx": UMAP's NN-descent on the PCA scores) the seconds of each step and
 the coherence of the resulting groups. Only the expression is generated (no images).
 """
@@ -19,14 +19,14 @@ import time
 import numpy as np
 
 from utils import genes
-from utils.gene_embedding import correlate_genes, embed_genes, warm_up_umap
+from utils.genes import correlate_genes, embed_genes, warm_up_umap
 
 
 def make_expression(n_spots: int, n_genes: int, n_slices: int = 3,
                     seed: int = 0) -> tuple[np.ndarray, list[str]]:
     """Train expression (spots × genes, float32) from the demo generator's public parts, as
-    `utils.demo.write_demo` composes them (n_slices slices in row order), without images."""
-    from utils.demo import make_gene_names, make_slice_factors, simulate_expression
+    `utils.dev.demo.write_demo` composes them (n_slices slices in row order), without images."""
+    from utils.dev.demo import make_gene_names, make_slice_factors, simulate_expression
 
     names = make_gene_names(n_genes, seed)
     sizes = np.diff(np.linspace(0, n_spots, n_slices + 1).round().astype(int))
@@ -56,7 +56,7 @@ def time_all_pairs(corr: np.ndarray) -> float:
     """Seconds of UMAP's default path for < 4096 points (all pairwise distances), same PCA."""
     import umap
 
-    from utils.gene_embedding import pca_genes
+    from utils.genes import pca_genes
 
     scores = pca_genes(corr, 50)
     start = time.perf_counter()

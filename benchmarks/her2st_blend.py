@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import ensemble, postprocess
-from utils.cv import format_cv
-from utils.recipes import peak_rss_gb
-from utils.runs import Run, check_folds, check_shapes, find_runs, load_run
+from utils import ensemble
+from utils.metric import format_cv
+from utils.runs import Run, check_folds, check_shapes, find_runs, load_run, peak_rss_gb
 
 HER2ST = Path(__file__).resolve().parent.parent.parent / "shared" / "her2st"
 SHRINKS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -56,12 +55,12 @@ def blend_all(y, runs: list[Run], genes: list[str], groups: dict | None) -> None
     best = None
     for mode in modes:
         start = time.perf_counter()
-        unit, units = ensemble.gene_units(mode, genes, groups)
+        unit, units = ensemble.weight_sets(mode, genes, groups)
         result = ensemble.cv_blend(y, oof, test, folds, mode, unit, units, SHRINKS, splitter)
         fit_s = time.perf_counter() - start
         start = time.perf_counter()
-        post = postprocess.cv_postprocess(y, result.oof, result.test_pred, folds,
-                                          postprocess.STEPS, result.cv, splitter)
+        post = ensemble.cv_postprocess(y, result.oof, result.test_pred, folds,
+                                          ensemble.STEPS, result.cv, splitter)
         post_s = time.perf_counter() - start
         cvs[f"blend {mode} (nested)"] = result.cv
         cvs[f"blend {mode} + post (nested)"] = post.cv
@@ -86,13 +85,13 @@ def dacon_scale(n_spots: int = 6992, n_genes: int = 3467, n_runs: int = 3) -> No
     genes = [f"g{i}" for i in range(n_genes)]
     for mode in ("global", "gene"):
         start, cpu = time.perf_counter(), time.process_time()
-        unit, units = ensemble.gene_units(mode, genes)
+        unit, units = ensemble.weight_sets(mode, genes)
         result = ensemble.cv_blend(y, oof, oof[:, :2277], folds, mode, unit, units, SHRINKS)
         print(f"DACON scale {n_spots}x{n_genes}, {n_runs} runs, {mode}: nested blend "
               f"{time.perf_counter() - start:.1f} s wall, {time.process_time() - cpu:.1f} s CPU "
               f"(score {result.cv['overall']['score']:.4f})")
     start, cpu = time.perf_counter(), time.process_time()
-    postprocess.cv_postprocess(y, result.oof, result.test_pred, folds, postprocess.STEPS,
+    ensemble.cv_postprocess(y, result.oof, result.test_pred, folds, ensemble.STEPS,
                                result.cv)
     print(f"post-processing (nested, 4 candidates): {time.perf_counter() - start:.1f} s wall, "
           f"{time.process_time() - cpu:.1f} s CPU; peak RSS {peak_rss_gb()} GB")

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from utils import recipes
+from utils import train
 from utils.config import TrainConfig
 from utils.data import load_data
 from utils.metric import KEYS
@@ -82,12 +82,12 @@ def main() -> None:
                       augment=args.augment, target=args.target, tta=not args.no_tta,
                       patience=None, overwrite=args.overwrite)
     data = load_data(cfg.data_dir)
-    folds = recipes.make_cv_folds(cfg, data)
+    folds = train.make_cv_folds(cfg, data)
     if not np.array_equal(folds, ridge.folds):
         raise SystemExit(f"{ridge.path} was cross-validated on other folds; rerun it with "
                          "CV='blocks', N_FOLDS=4")
     start = time.perf_counter()
-    run = recipes.train(cfg, data, folds)
+    run = train.train(cfg, data, folds)
     print(f"\n{run.path}: {time.perf_counter() - start:.0f} s in this process")
     print_comparison(ridge, run)
 

@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="/tmp/dacon_scale")
     args = parser.parse_args()
-    from utils.demo import write_demo
+    from utils.dev.demo import write_demo
 
     start = time.perf_counter()
     write_demo(args.data, n_train=6992, n_test=2277, n_genes=3467)

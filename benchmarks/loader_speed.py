@@ -19,10 +19,15 @@ import numpy as np
 import torch
 
 from utils.augment import build_augment
-from utils.backbones import default_device, grad_scaler
 from utils.data import PatchDataset, load_data, load_images
-from utils.losses import create_loss
-from utils.models import ModelSpec, build_model, set_targets
+from utils.models import (
+    ModelSpec,
+    build_model,
+    create_loss,
+    default_device,
+    grad_scaler,
+    set_targets,
+)
 from utils.paths import kit_root
 from utils.train import Stepper, make_loader, make_optimizer, make_scheduler, train_epoch
 
@@ -83,7 +88,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data or (SHARED_HER2ST if SHARED_HER2ST.is_dir() else None)
         if data_dir is None:
-            from utils.demo import write_demo
+            from utils.dev.demo import write_demo
 
             os.environ["KIT_CACHE_DIR"] = tmp
             data_dir = write_demo(Path(tmp) / "demo", n_train=600, n_test=20, n_genes=500)

@@ -1,4 +1,4 @@
-"""Augmentation candidates, the HED stain jitter, recipe files and the screening scores."""
+"""Augmentation candidates, the HED stain jitter, policy files and the screening scores."""
 
 import json
 import os
@@ -11,11 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import augment_scores as screening
+from utils import augment as screening
 from utils.augment import (
-    CANDIDATES,
-    LEVELS,
-    ScreenConfig,
     build_augment,
     build_transform,
     candidate_spec,
@@ -24,13 +21,14 @@ from utils.augment import (
     jitter_hed,
     kit_transforms,
     list_candidates,
-    make_recipe,
-    read_recipe,
+    make_policy,
+    read_policy,
     rgb_to_hed,
-    save_recipe,
+    save_policy,
 )
-from utils.config import from_params
-from utils.plots import save_figure
+from utils.config import AUGMENT_CANDIDATES as CANDIDATES
+from utils.config import LEVELS, ScreenConfig, from_params
+from utils.paths import save_figure
 
 ISSUE_NAMES = {"HorizontalFlip", "VerticalFlip", "RandomRotate90", "Affine",
                "RandomBrightnessContrast", "ColorJitter", "HueSaturationValue", "Equalize",
@@ -141,19 +139,19 @@ def test_recipe_file_round_trips_into_a_compose(tmp_path, patches):
 
     kept = ["HorizontalFlip", "Affine", "GaussianBlur:weak", "GaussianBlur:strong",
             "HEDJitter:medium"]
-    transforms = make_recipe(kept)
+    transforms = make_policy(kept)
     assert [t["name"] for t in transforms] == ["HorizontalFlip", "Affine", "GaussianBlur",
                                                "HEDJitter"]
     assert transforms[2] == candidate_spec("GaussianBlur:strong")  # the strongest kept level
-    path = save_recipe(tmp_path / "augment_recipe.json", transforms, kept=kept)
-    assert json.loads(path.read_text())["kept"] == kept and read_recipe(path) == transforms
+    path = save_policy(tmp_path / "augment_policy.json", transforms, kept=kept)
+    assert json.loads(path.read_text())["kept"] == kept and read_policy(path) == transforms
     compose = build_augment(path)
     assert isinstance(compose, A.Compose)
     assert [type(t).__name__ for t in compose.transforms] == [t["name"] for t in transforms]
     affine = compose.transforms[1]
     assert affine.rotate == (-15, 15) and affine.border_mode == 4 and affine.p == 0.5
     direct = screening.augment_images(transforms, patches, seed=3)
-    assert np.array_equal(screening.augment_images(read_recipe(path), patches, seed=3), direct)
+    assert np.array_equal(screening.augment_images(read_policy(path), patches, seed=3), direct)
 
 
 def test_presets_build():
@@ -164,10 +162,10 @@ def test_presets_build():
 
 def test_bad_recipes_are_errors_that_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="neither a preset"):
-        read_recipe(tmp_path / "missing.json")
+        read_policy(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text('{"transforms": {"name": "HorizontalFlip"}}')
     with pytest.raises(ValueError, match="needs a 'transforms' list"):
-        read_recipe(tmp_path / "bad.json")
+        read_policy(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="unknown transform.*NoSuchFlip"):
         build_transform({"name": "NoSuchFlip"})
     with pytest.raises(ValueError, match=r"GaussNoise takes no argument\(s\) \['var_limit'\]"):
@@ -212,7 +210,7 @@ def test_random_networks_give_similarity_one_and_distance_zero_for_identity(patc
 
 
 def test_without_network_dino_and_lpips_are_left_out_with_the_reason(tmp_path):
-    code = ("from utils import augment_scores as s; "
+    code = ("from utils import augment as s; "
             "print(s.load_dino('vit_small_patch16_224.dino', True)[1]); "
             "print(s.load_lpips('alex', True)[1])")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
@@ -268,16 +266,16 @@ def test_screen_config_checks_its_parameters():
 @pytest.mark.smoke
 def test_screening_notebook_wrote_recipe_table_and_figures(demo_pipeline):
     folder = demo_pipeline["runs"] / "augment"
-    recipe = json.loads((folder / "augment_recipe.json").read_text())
+    recipe = json.loads((folder / "augment_policy.json").read_text())
     table = pd.read_csv(folder / "screening.csv")
     assert table["candidate"].tolist() == list_candidates()
     assert {"stain_shift", "ssim", "dino_sim", "lpips", "kept", "reason"} <= set(table.columns)
     flips = table["candidate"].isin(["HorizontalFlip", "VerticalFlip", "RandomRotate90"])
     assert (table.loc[flips, "stain_shift"] == 0).all() and table.loc[flips, "kept"].all()
     assert recipe["kept"] == table.loc[table["kept"], "candidate"].tolist()
-    assert recipe["transforms"] == make_recipe(recipe["kept"])
+    assert recipe["transforms"] == make_policy(recipe["kept"])
     assert set(recipe["limits"]) == {"stain_shift", "ssim"}  # random networks never select
-    assert len(build_augment(folder / "augment_recipe.json").transforms) >= 3
+    assert len(build_augment(folder / "augment_policy.json").transforms) >= 3
     config = json.loads((folder / "config.json").read_text())
     assert config["smoke"] is True and config["n_screened"] == 8
     for name in ("scores.png", "examples_kept.png", "examples_rejected.png"):

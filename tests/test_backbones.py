@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.backbones import (
+from utils.models import (
     Preprocess,
     cached_features,
     create_backbone,
@@ -89,7 +89,7 @@ def test_cache_names_differ_by_what_changes_features():
 
 
 def test_cached_features_are_computed_once(dacon_dir, tmp_path, monkeypatch):
-    from utils import backbones
+    from utils import models as backbones
     from utils.data import load_data
 
     data = load_data(dacon_dir)

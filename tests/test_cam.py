@@ -10,11 +10,12 @@ import timm
 import torch
 
 from utils import cam
-from utils.cam_layers import choose_layer, parse_reshape
-from utils.cam_model import LayerTap, compute_cams, explain_run, make_method, upsample_maps
-from utils.config import CamConfig
+from utils.cam import LayerTap, choose_layer, compute_cams, explain_run, make_method, parse_reshape
+from utils.config import CAM_METHODS, CamConfig
+from utils.genes import within_between
 from utils.metric import top_genes
 from utils.models import ModelSpec, build_model, save_weights
+from utils.runs import read_model_info
 
 GENES = ["MT-CO1", "MT-ND1", "RPL3", "RPS6", "ACTB", "KRT8"]
 GROUPS = {"MT": np.array([0, 1]), "RIBO": np.array([2, 3]), "other": np.array([4, 5])}
@@ -41,16 +42,14 @@ def _outputs(model, images):
 # --- CAMs -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backbone", ["test_convnext", "test_vit"])
-@pytest.mark.parametrize("method", cam.list_methods())
+@pytest.mark.parametrize("method", list(CAM_METHODS))
 def test_cams_have_patch_shape_and_finite_values(backbone, method):
     model, images = _model(backbone), _images()
     choice = choose_layer(model.backbone, model.preprocess.size)
     weights = np.eye(6, dtype=np.float32)[:3]
     maps, scores = compute_cams(model, images, weights, choice, method, batch_size=2)
     assert maps.shape == (3, 5, *choice.grid) and scores.shape == (3, 5)
-    full = upsample_maps(maps, images.shape[1:3])
-    assert full.shape == (3, 5, 48, 48)
-    assert np.isfinite(full).all() and full.min() >= 0 and full.max() <= 1 + 1e-6
+    assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1 + 1e-6
     assert maps.reshape(15, -1).max(axis=1).max() > 0.99  # scaled to [0, 1] like the library
 
 
@@ -110,7 +109,7 @@ FAMILIES = [  # name, img_size, expected layer, layout, grid
 @pytest.mark.parametrize("name, size, layer, layout, grid", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_the_target_layer_is_chosen_per_family_and_gets_gradients(name, size, layer, layout,
                                                                      grid):
-    from utils.backbones import create_backbone
+    from utils.models import create_backbone
 
     backbone = create_backbone(name, pretrained=False, img_size=size).eval()
     choice = choose_layer(backbone, (size, size))
@@ -223,9 +222,9 @@ def test_explain_run_with_one_model_per_group_combines_the_parts(tmp_path):
 def test_a_ridge_run_has_nothing_to_explain(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"recipe": "ridge"}))
     with pytest.raises(ValueError, match="RECIPE='ridge' run.*finetune"):
-        cam.read_model_info(tmp_path)
+        read_model_info(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a run folder"):
-        cam.read_model_info(tmp_path / "nothing")
+        read_model_info(tmp_path / "nothing")
 
 
 # --- similarity -------------------------------------------------------------------------------
@@ -239,7 +238,7 @@ def test_within_and_between_similarity_on_a_known_case():
     labels = np.array(["A", "A", "A", "B", "B", "B", "other"])
     sim = cam.map_similarity(maps)
     expected_between = np.mean([np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(p1, p2)])
-    result = cam.within_between(sim, labels, n_permutations=400, seed=0)
+    result = within_between(sim, labels, n_permutations=400, seed=0)
     assert result["within"] == pytest.approx(1.0)
     assert result["between"] == pytest.approx(expected_between)
     assert (result["genes"], result["groups"], result["within_pairs"]) == (6, 2, 6)

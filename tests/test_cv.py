@@ -1,4 +1,4 @@
-"""utils.cv: splitters by name, group sources and the CV report."""
+"""utils.metric, CV side: splitters by name, group sources and the CV report."""
 
 from __future__ import annotations
 
@@ -6,8 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.cv import format_cv, list_splitters, make_folds, read_groups, score_folds
-from utils.metric import KEYS, score
+from utils.metric import (
+    KEYS,
+    format_cv,
+    list_splitters,
+    make_folds,
+    read_groups,
+    score,
+    score_folds,
+)
 
 
 @pytest.mark.parametrize("n_rows,n_folds", [(10, 3), (12, 4), (7, 7), (101, 5), (5, 2)])

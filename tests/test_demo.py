@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import utils.demo as demo
+import utils.dev.demo as demo
 from utils.data import load_data, load_images
-from utils.demo import label_families, make_gene_names, make_stains, write_demo
+from utils.dev.demo import label_families, make_gene_names, make_stains, write_demo
 from utils.metric import score
 
 SMALL = dict(n_train=90, n_test=30, n_genes=200, image_size=64)
@@ -186,7 +186,7 @@ def test_interrupted_run_leaves_no_complete_looking_folder(tmp_path, monkeypatch
 
 
 def test_command_line(tmp_path):
-    cmd = [sys.executable, "-m", "utils.demo", str(tmp_path / "cli"), "--n-train", "12",
+    cmd = [sys.executable, "-m", "utils.dev.demo", str(tmp_path / "cli"), "--n-train", "12",
            "--n-test", "4", "--n-genes", "20", "--image-size", "32"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     assert "demo set in" in out and "12 train" in out and " s" in out

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from utils import eda
+from utils.config import EdaConfig
 from utils.metric import top_genes
 
 
@@ -125,12 +126,12 @@ def test_shift_auc_sees_a_colour_shift_and_not_its_absence():
 
 
 def test_eda_config_checks_values_and_shrinks_for_smoke():
-    cfg = eda.EdaConfig(smoke=True)
+    cfg = EdaConfig(smoke=True)
     assert cfg.n_heatmap_genes == 30 and cfg.image_stride == 8
     assert cfg.window_for(6992) == 139 and cfg.window_for(100) == 10
-    assert eda.EdaConfig(window=7).window_for(6992) == 7
+    assert EdaConfig(window=7).window_for(6992) == 7
     with pytest.raises(ValueError, match="N_PATCHES must be a positive integer"):
-        eda.EdaConfig(n_patches=0)
+        EdaConfig(n_patches=0)
 
 
 @pytest.mark.smoke

@@ -6,13 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import ensemble, postprocess
+from utils import ensemble
 from utils.config import SubmitConfig, from_params
-from utils.cv import score_folds
+from utils.ensemble import make_submission, validate_submission, write_submission
 from utils.genes import load_gene_groups
-from utils.metric import pearson_genes, score, top_genes
+from utils.metric import pearson_genes, score, score_folds, top_genes
 from utils.runs import check_folds, load_run, save_run, select_runs
-from utils.submit import make_submission, validate_submission, write_submission
 
 N, G, N_TEST = 160, 60, 20
 SHRINKS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -33,7 +32,7 @@ def _good_and_noise(y, seed=1):
 
 def _blend(y, oof, folds, mode, groups=None, genes=None):
     genes = genes or [f"g{i}" for i in range(y.shape[1])]
-    unit, units = ensemble.gene_units(mode, genes, groups)
+    unit, units = ensemble.weight_sets(mode, genes, groups)
     test = oof[:, :N_TEST]
     return ensemble.cv_blend(y, oof, test, folds, mode, unit, units, SHRINKS, "blocks")
 
@@ -152,12 +151,12 @@ def test_comparison_rows_and_seed_weights():
 
 def test_group_units_need_every_gene():
     genes = ["a", "b", "c"]
-    unit, units = ensemble.gene_units("group", genes, {"x": np.array([0, 2]), "y": np.array([1])})
+    unit, units = ensemble.weight_sets("group", genes, {"x": np.array([0, 2]), "y": np.array([1])})
     assert unit.tolist() == [0, 1, 0] and units == ["x", "y"]
     with pytest.raises(ValueError, match="in no group"):
-        ensemble.gene_units("group", genes, {"x": np.array([0, 2])})
+        ensemble.weight_sets("group", genes, {"x": np.array([0, 2])})
     with pytest.raises(ValueError, match="unknown"):
-        ensemble.gene_units("stack", genes)
+        ensemble.weight_sets("stack", genes)
 
 
 def _save(folder, y, oof, folds, test):
@@ -192,25 +191,25 @@ def test_postprocess_shrink_keeps_gene_r_and_clip_keeps_the_train_range():
     y, _ = _truth()
     rng = np.random.default_rng(2)
     pred = y + rng.normal(0, 3, y.shape)
-    params = postprocess.fit_postprocess(y, pred)
-    assert ((params["slope"] >= postprocess.MIN_SLOPE) & (params["slope"] <= 1)).all()
-    shrunk = postprocess.apply_postprocess(pred, params, ["shrink_to_mean"])
+    params = ensemble.fit_postprocess(y, pred)
+    assert ((params["slope"] >= ensemble.MIN_SLOPE) & (params["slope"] <= 1)).all()
+    shrunk = ensemble.apply_postprocess(pred, params, ["shrink_to_mean"])
     np.testing.assert_allclose(pearson_genes(y, shrunk), pearson_genes(y, pred), atol=1e-5)
     assert np.abs(shrunk - y.mean(axis=0)).mean() < np.abs(pred - y.mean(axis=0)).mean()
-    clipped = postprocess.apply_postprocess(pred, params, ["clip"])
+    clipped = ensemble.apply_postprocess(pred, params, ["clip"])
     assert (clipped >= params["low"] - 1e-5).all() and (clipped <= params["high"] + 1e-5).all()
     pred[:, 0] = params["high"][0] + np.arange(len(pred))  # clipping would flatten column 0
-    assert np.ptp(postprocess.apply_postprocess(pred, params, ["clip"])[:, 0]) > 0
+    assert np.ptp(ensemble.apply_postprocess(pred, params, ["clip"])[:, 0]) > 0
     with pytest.raises(ValueError, match="unknown steps"):
-        postprocess.step_candidates(["smooth"])
+        ensemble.step_candidates(["smooth"])
 
 
 def test_postprocess_stats_of_folds_add_up():
     y, folds = _truth()
     pred = y + np.random.default_rng(1).normal(0, 1, y.shape)
-    parts = [postprocess.postprocess_stats(y[folds == k], pred[folds == k]) for k in range(4)]
-    pooled = postprocess.fit_postprocess(stats=postprocess.combine_stats(parts))
-    for key, value in postprocess.fit_postprocess(y, pred).items():
+    parts = [ensemble.postprocess_stats(y[folds == k], pred[folds == k]) for k in range(4)]
+    pooled = ensemble.fit_postprocess(stats=ensemble.combine_stats(parts))
+    for key, value in ensemble.fit_postprocess(y, pred).items():
         np.testing.assert_allclose(pooled[key], value, rtol=1e-9, atol=1e-12)
 
 
@@ -219,13 +218,13 @@ def test_postprocess_is_applied_only_when_it_helps():
     rng = np.random.default_rng(4)
     noisy = (y + rng.normal(0, 2, y.shape) * y.std(axis=0)).astype(np.float32)
     baseline = score_folds(y, noisy, folds, "blocks")
-    post = postprocess.cv_postprocess(y, noisy, noisy[:N_TEST], folds,
+    post = ensemble.cv_postprocess(y, noisy, noisy[:N_TEST], folds,
                                       ["shrink_to_mean", "clip"], baseline)
     assert post.gain > 0 and "shrink_to_mean" in post.steps, post.curve
     assert not np.allclose(post.test_pred, noisy[:N_TEST])
     exact = y.astype(np.float32)  # nothing to gain from shrinking a perfect prediction
     test = exact[:N_TEST]
-    post = postprocess.cv_postprocess(y, exact, test, folds, ["shrink_to_mean"],
+    post = ensemble.cv_postprocess(y, exact, test, folds, ["shrink_to_mean"],
                                       score_folds(y, exact, folds, "blocks"))
     assert post.steps == () and post.gain <= 0 and post.test_pred is test
 
@@ -236,13 +235,13 @@ def test_audit_flags_flat_and_shifted_columns():
     test = y[:N_TEST].copy()
     test[:, 0] = 1.0
     test[:, 1] += 5 * y[:, 1].std()
-    table = postprocess.audit_predictions(y, oof, test, [f"g{i}" for i in range(G)])
-    flags = postprocess.audit_flags(table)
+    table = ensemble.audit_predictions(y, oof, test, [f"g{i}" for i in range(G)])
+    flags = ensemble.audit_flags(table)
     assert flags["near_constant_predictions"] == ["g0"]
     assert "g1" in flags["test_shift_over_1_sd"] and flags["constant_in_train"] == []
     top = top_genes(y)
     assert set(np.flatnonzero(table["scored"])) == set(top["heg50"]) | set(top["hvg50"])
-    summary = postprocess.summarize_audit(table)
+    summary = ensemble.summarize_audit(table)
     assert "train_sd" in summary.index and summary.shape[1] == 6
 
 
@@ -251,8 +250,8 @@ def test_figures_are_returned():
 
     matplotlib.use("Agg")
     y, _ = _truth()
-    table = postprocess.audit_predictions(y, y, y[:N_TEST], [f"g{i}" for i in range(G)])
-    for fig in (postprocess.plot_audit(table), postprocess.plot_prediction_pca(y, y[:N_TEST]),
+    table = ensemble.audit_predictions(y, y, y[:N_TEST], [f"g{i}" for i in range(G)])
+    for fig in (ensemble.plot_audit(table), ensemble.plot_prediction_pca(y, y[:N_TEST]),
                 ensemble.plot_weights(pd.DataFrame({"a": [0.7], "b": [0.3]})),
                 ensemble.plot_weights(pd.DataFrame(np.full((40, 2), 0.5), columns=["a", "b"],
                                                    index=pd.Index(range(40), name="gene")))):
@@ -289,7 +288,7 @@ def test_demo_submission_has_a_blend_report(demo_pipeline):
     """06 found every run 04 wrote under the runs root and blended them."""
     from utils.runs import find_runs
 
-    report = json.loads(postprocess.report_path(demo_pipeline["submission"]).read_text())
+    report = json.loads(ensemble.report_path(demo_pipeline["submission"]).read_text())
     found = find_runs(demo_pipeline["runs"])
     assert [run["path"] for run in report["runs"]] == [str(p) for p in found] and found
     assert report["blend"]["mode"] == "global"
@@ -304,7 +303,7 @@ def test_demo_submission_has_a_blend_report(demo_pipeline):
 @pytest.mark.smoke
 def test_notebook_blends_per_gene_and_prefers_the_better_run(demo_pipeline, tmp_path):
     from utils.data import load_data
-    from utils.pipeline import execute_notebook, list_notebooks
+    from utils.dev.pipeline import execute_notebook, list_notebooks
 
     ridge = load_run(demo_pipeline["runs"] / "ridge")
     rng = np.random.default_rng(0)
@@ -324,7 +323,7 @@ def test_notebook_blends_per_gene_and_prefers_the_better_run(demo_pipeline, tmp_
     assert executed.is_file()
     sample = pd.read_csv(demo_pipeline["data"] / "sample_submission.csv", dtype={"ID": str})
     validate_submission(pd.read_csv(submission, dtype={"ID": str}), sample)
-    report = json.loads(postprocess.report_path(submission).read_text())
+    report = json.loads(ensemble.report_path(submission).read_text())
     weights = report["blend"]["weights"]
     assert len(weights["ridge"]) == sample.shape[1] - 1
     assert np.mean(weights["ridge"]) > np.mean(weights["noisy"])

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from utils import genes
-from utils.gene_embedding import correlate_genes, embed_genes, knn_from_corr, pca_genes, silhouette
+from utils.config import GENE_PREFIXES, GeneClusteringConfig
+from utils.genes import correlate_genes, embed_genes, knn_from_corr, pca_genes, silhouette
 
 PLANTED = {"MT": 12, "RPL": 10, "ZNF": 8}  # family → genes; each family shares one factor
 
@@ -172,7 +173,7 @@ def test_registry_errors_name_the_choices(planted):
 def test_every_gene_is_in_exactly_one_group_per_strategy(tmp_path, planted):
     sets = tmp_path / "sets.csv"
     pd.DataFrame({"gene": ["MT-1", "RPL2"], "group": ["x", "y"]}).to_csv(sets, index=False)
-    cfg = genes.GeneClusteringConfig(k_range=(2, 5), n_neighbors=5, umap_epochs=60,
+    cfg = GeneClusteringConfig(k_range=(2, 5), n_neighbors=5, umap_epochs=60,
                                      min_group_size=3, groups_file=str(sets))
     groupings = genes.make_groupings(cfg, planted["genes"], planted["corr"])
     assert list(groupings) == ["kmeans", "prefix", "correlation", "file"]
@@ -238,14 +239,14 @@ def test_planted_groupings_are_more_coherent_than_names_alone(planted):
 # --- config -----------------------------------------------------------------------------------
 
 def test_config_checks_strategies_and_shrinks_for_smoke():
-    cfg = genes.GeneClusteringConfig(strategies=["prefix"], k_range=[4, 30], smoke=True)
+    cfg = GeneClusteringConfig(strategies=["prefix"], k_range=[4, 30], smoke=True)
     assert cfg.strategies == ("prefix",) and cfg.k_range == (4, 7) and cfg.umap_epochs == 50
-    assert cfg.prefixes == genes.PREFIXES
-    assert "file" in genes.GeneClusteringConfig(groups_file="sets.csv").strategies
+    assert cfg.prefixes == GENE_PREFIXES
+    assert "file" in GeneClusteringConfig(groups_file="sets.csv").strategies
     with pytest.raises(ValueError, match=r"unknown \['umap'\]"):
-        genes.GeneClusteringConfig(strategies=["umap"])
+        GeneClusteringConfig(strategies=["umap"])
     with pytest.raises(ValueError, match="needs GROUPS_FILE"):
-        genes.GeneClusteringConfig(strategies=["file"])
+        GeneClusteringConfig(strategies=["file"])
     assert replace(cfg, k=6).options("kmeans") == {"k": 6, "k_range": (4, 7), "seed": 0}
 
 

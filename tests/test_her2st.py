@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.cv import make_folds
 from utils.data import load_data
+from utils.metric import make_folds
 from utils.paths import kit_root
 
 HER2ST = kit_root().parent / "shared" / "her2st"

@@ -1,15 +1,23 @@
-"""`import utils` stays fast and light: no heavy library is imported until used."""
+"""The package's shape: `import utils` stays light, the import graph points one way (no cycles,
+no function-local import of a sibling module), and every registry matches config's names."""
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import utils
 
 HEAVY = ("torch", "timm", "umap", "pytorch_grad_cam", "lpips", "albumentations", "matplotlib",
          "sklearn", "papermill", "cv2", "numba")
+# Modules a notebook without a network (01, 02, 06) imports: numpy/pandas only at import time.
+LIGHT = ("metric", "data", "runs", "config", "paths", "eda", "genes", "ensemble", "dev.pipeline",
+         "dev.demo")
+PACKAGE = Path(utils.__file__).parent
 
 
 def test_import_utils_loads_no_heavy_library():
-    code = ("import sys, utils, utils.metric, utils.cv, utils.data, utils.submit, utils.runs, "
-            "utils.config, utils.paths, utils.io, utils.plots, utils.recipes, utils.pipeline; "
+    code = (f"import sys, utils, {', '.join('utils.' + m for m in LIGHT)}; "
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
@@ -21,3 +29,53 @@ def test_submodules_load_lazily():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
+
+
+def _sibling_imports(path: Path) -> tuple[set[str], list[str]]:
+    """Kit modules a file imports, and those it imports inside a function."""
+    tree = ast.parse(path.read_text())
+    top = {id(node) for node in tree.body}
+    names, local = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("utils"):
+            target = node.module.split(".")[1] if "." in node.module else None
+            targets = [target] if target else [a.name for a in node.names]
+            names.update(targets)
+            if id(node) not in top:
+                local += targets
+    return names, local
+
+
+def test_import_graph_has_no_cycle_and_no_function_local_sibling_import():
+    modules = {p.stem: p for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    graph, local = {}, {}
+    for name, path in modules.items():
+        imports, inside = _sibling_imports(path)
+        graph[name] = imports & set(modules) - {name}
+        if inside:
+            local[name] = inside
+    assert not local, f"function-local imports of sibling modules: {local}"
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            assert state.get(nxt) != 1, f"import cycle: {' → '.join([*trail, node, nxt])}"
+            if nxt not in state:
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [])
+    assert "config" in graph and graph["config"] == set(), "config imports nothing from the kit"
+
+
+def test_registries_match_the_names_config_accepts():
+    from utils import augment, config, ensemble, genes, metric, train
+
+    assert sorted(train.RECIPES) == sorted(config.RECIPES)
+    assert sorted(metric.SPLITTERS) == sorted(config.SPLITTERS)
+    assert list(genes.STRATEGIES) == list(config.STRATEGIES)
+    assert list(ensemble.STEPS) == list(config.POSTPROCESS_STEPS)
+    assert augment.list_presets() == sorted(config.AUGMENT_PRESETS)

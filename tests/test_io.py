@@ -1,4 +1,4 @@
-"""utils.io: JSON round trips and atomic writes that leave nothing half-written behind."""
+"""utils.paths, atomic writes: JSON round trips and atomic writes that leave nothing half-written behind."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.io import (
+from utils.paths import (
     atomic_path,
     cached_array,
     read_json,

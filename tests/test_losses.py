@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from utils.config import check_loss_weights
-from utils.losses import GeneLoss, covariance_term, create_loss, mse_term, pearson_term
+from utils.models import GeneLoss, covariance_term, create_loss, mse_term, pearson_term
 
 
 def _pair(n=7, genes=5, seed=0):

@@ -4,20 +4,23 @@ import numpy as np
 import pytest
 import torch
 
-from utils.backbones import HUB_PRESETS, amp_dtype, grad_scaler, resolve_preset
 from utils.config import parse_target
 from utils.models import (
+    HUB_PRESETS,
     ModelSpec,
+    amp_dtype,
     build_model,
     fit_pca,
     fit_scaler,
     freeze_stages,
-    init_heads_ridge,
+    grad_scaler,
     load_weights,
     plan_heads,
+    resolve_preset,
     save_weights,
     set_targets,
 )
+from utils.train import init_heads_ridge
 
 
 def _spec(heads=None, dims=None, n_genes=5):
@@ -56,7 +59,7 @@ def test_pca_heads_decode_to_genes_and_fit_on_training_rows():
 
 
 def test_ridge_heads_reproduce_the_ridge_solution():
-    from utils.ridge import fit_ridge_path
+    from utils.train import fit_ridge_path
 
     rng = np.random.default_rng(1)
     model = build_model(_spec()).eval()

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from utils.dev.pipeline import list_notebooks
+from utils.ensemble import validate_submission
 from utils.metric import score
-from utils.pipeline import list_notebooks
 from utils.runs import load_run
-from utils.submit import validate_submission
 
 NOTEBOOKS = list_notebooks()
 REQUIRED_PARAMETERS = {
@@ -67,6 +67,32 @@ def test_parameters_cell_is_upper_case_literals_with_comments(path):
         assert name.isupper(), f"{path.name}: parameter {name} is not UPPER_CASE"
         assert "#" in line, f"{path.name}: parameter {name} has no comment"
         ast.literal_eval(line.split("=", 1)[1].split("#", 1)[0].strip())
+
+
+CONFIGS = {"01_eda": "EdaConfig", "02_gene_clustering": "GeneClusteringConfig",
+           "03_augmentation_screening": "ScreenConfig", "04_train": "TrainConfig",
+           "05_gradcam": "CamConfig", "06_ensemble_submit": "SubmitConfig"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_and_config_defaults_agree(path):
+    """One source of defaults: every parameter is a config field with the same default, and
+    every config field is a parameter."""
+    import dataclasses
+
+    from utils import config
+    from utils.paths import as_json
+
+    cls = getattr(config, CONFIGS[path.stem])
+    defaults = {f.name.upper(): f.default for f in dataclasses.fields(cls)}
+    params = {name: ast.literal_eval(line.split("=", 1)[1].split("#", 1)[0].strip())
+              for name, line in _parameters(path).items()}
+    assert set(params) == set(defaults), (f"{path.name}: parameters without a field "
+                                          f"{set(params) - set(defaults)}, fields without a "
+                                          f"parameter {set(defaults) - set(params)}")
+    differ = {k: (params[k], defaults[k]) for k in params
+              if as_json(params[k]) != as_json(defaults[k])}
+    assert not differ, f"{path.name}: notebook default vs {cls.__name__} default: {differ}"
 
 
 @pytest.mark.smoke

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from utils import recipes
+from utils import train
 from utils.config import TrainConfig
 from utils.data import load_data
 
@@ -17,8 +17,8 @@ def cfg(dacon_dir, tmp_path):
 
 def test_ridge_recipe_writes_a_run_folder(cfg):
     data = load_data(cfg.data_dir)
-    folds = recipes.make_cv_folds(cfg, data)
-    run = recipes.train(cfg, data, folds)
+    folds = train.make_cv_folds(cfg, data)
+    run = train.train(cfg, data, folds)
     assert run.oof.shape == data.y.shape
     assert run.test_pred.shape == (len(data.test), len(data.genes))
     assert np.array_equal(run.folds, folds)
@@ -29,13 +29,13 @@ def test_ridge_recipe_writes_a_run_folder(cfg):
 
 def test_finished_run_is_reused_changed_one_refused(cfg, monkeypatch):
     data = load_data(cfg.data_dir)
-    folds = recipes.make_cv_folds(cfg, data)
-    first = recipes.train(cfg, data, folds)
-    monkeypatch.setitem(recipes.RECIPES, "ridge", lambda *a: 1 / 0)
-    again = recipes.train(cfg, data, folds)
+    folds = train.make_cv_folds(cfg, data)
+    first = train.train(cfg, data, folds)
+    monkeypatch.setitem(train.RECIPES, "ridge", lambda *a: 1 / 0)
+    again = train.train(cfg, data, folds)
     np.testing.assert_array_equal(first.test_pred, again.test_pred)
     changed = TrainConfig(**{**cfg.__dict__, "alphas": (5.0,)})
     with pytest.raises(FileExistsError, match="alphas"):
-        recipes.train(changed, data, folds)
+        train.train(changed, data, folds)
     with pytest.raises(ZeroDivisionError):  # OVERWRITE retrains
-        recipes.train(TrainConfig(**{**cfg.__dict__, "overwrite": True}), data, folds)
+        train.train(TrainConfig(**{**cfg.__dict__, "overwrite": True}), data, folds)

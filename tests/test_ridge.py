@@ -6,8 +6,8 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 
-from utils.cv import make_folds
-from utils.ridge import cv_ridge, fit_ridge_path
+from utils.metric import make_folds
+from utils.train import cv_ridge, fit_ridge_path
 
 
 def _data(n=120, d=15, g=8, seed=0, offset=5.0):

@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 
-from utils.cv import score_folds
+from utils.metric import score_folds
 from utils.runs import (
     check_shapes,
     find_runs,
     is_complete,
     load_run,
-    mean_test_pred,
     runs_table,
     save_run,
 )
@@ -56,11 +55,8 @@ def test_check_shapes_names_the_run(tmp_path):
         check_shapes([run], 20, 5, 6)
 
 
-def test_mean_and_table(tmp_path):
+def test_runs_table(tmp_path):
     runs = [load_run(_save(tmp_path / f"r{i}", seed=i)) for i in range(2)]
-    np.testing.assert_allclose(mean_test_pred(runs), (runs[0].test_pred + runs[1].test_pred) / 2)
     table = runs_table(runs)
     assert list(table.index) == ["r0", "r1"]
     assert {"splitter", "score", "cells", "max_gene", "heg50", "hvg50", "oof_score"} <= set(table)
-    with pytest.raises(ValueError, match="empty"):
-        mean_test_pred([])

@@ -1,4 +1,4 @@
-"""utils.submit: building, validating and atomically writing a submission."""
+"""utils.ensemble, the submission file: building, validating and atomically writing a submission."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.submit import SubmissionError, make_submission, validate_submission, write_submission
+from utils.ensemble import SubmissionError, make_submission, validate_submission, write_submission
 
 GENES = ["G1", "G2", "G3", "MT-CO1"]
 

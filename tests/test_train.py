@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from utils import recipes, units
+from utils import train
 from utils.config import TrainConfig
 from utils.data import PatchDataset, load_data
 from utils.metric import score
@@ -37,7 +37,7 @@ def tiny(dacon_dir, tmp_path):
                       epochs=3, batch_size=4, patience=None, ema=0.9, smoke=True,
                       alphas=(1.0, 100.0))
     data = load_data(cfg.data_dir)
-    return cfg, data, recipes.make_cv_folds(cfg, data)
+    return cfg, data, train.make_cv_folds(cfg, data)
 
 
 def test_warmup_then_cosine_to_zero():
@@ -100,15 +100,15 @@ def test_out_of_memory_during_training_is_explained(tiny, monkeypatch):
     def boom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(units, "train_epoch", boom)
+    monkeypatch.setattr(train, "train_epoch", boom)
     with pytest.raises(RuntimeError, match="lower BATCH_SIZE"):
-        recipes.train(cfg, data, folds)
+        train.train(cfg, data, folds)
 
 
 def test_resumed_run_ends_as_an_uninterrupted_one(tiny, tmp_path, monkeypatch):
     cfg, data, folds = tiny
-    full = recipes.train(replace(cfg, run_dir=str(tmp_path / "full")), data, folds)
-    calls, original = [], units.train_epoch
+    full = train.train(replace(cfg, run_dir=str(tmp_path / "full")), data, folds)
+    calls, original = [], train.train_epoch
 
     def killed_in_third_epoch(*args, **kwargs):
         calls.append(1)
@@ -116,12 +116,12 @@ def test_resumed_run_ends_as_an_uninterrupted_one(tiny, tmp_path, monkeypatch):
             raise Killed
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(units, "train_epoch", killed_in_third_epoch)
+    monkeypatch.setattr(train, "train_epoch", killed_in_third_epoch)
     with pytest.raises(Killed):
-        recipes.train(cfg, data, folds)
+        train.train(cfg, data, folds)
     assert (tmp_path / "run" / "checkpoints" / "fold0" / "last.pt").is_file()
     calls[:] = [0] * 10  # no more kills; count the epochs the resumed run trains
-    resumed = recipes.train(cfg, data, folds)
+    resumed = train.train(cfg, data, folds)
     calls[:] = calls[10:]
     assert len(calls) == 1 + 3  # fold0 epoch 3 only, then fold1 from scratch
     np.testing.assert_array_equal(resumed.oof, full.oof)
@@ -134,21 +134,21 @@ def test_resumed_run_ends_as_an_uninterrupted_one(tiny, tmp_path, monkeypatch):
 
 
 def run_history(path):
-    from utils.finetune import load_history
+    from utils.runs import load_history
 
     return load_history(path)
 
 
 def test_checkpoints_of_other_settings_are_not_resumed(tiny, monkeypatch):
     cfg, data, folds = tiny
-    monkeypatch.setattr(units, "train_epoch", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(train, "train_epoch", lambda *a, **k: (_ for _ in ()).throw(
         Killed))
     with pytest.raises(Killed):
-        recipes.train(cfg, data, folds)
+        train.train(cfg, data, folds)
     monkeypatch.undo()
     with pytest.raises(ValueError, match="RESUME=False"):
-        recipes.train(replace(cfg, lr=1e-3), data, folds)
-    run = recipes.train(replace(cfg, lr=1e-3, resume=False, epochs=1), data, folds)
+        train.train(replace(cfg, lr=1e-3), data, folds)
+    run = train.train(replace(cfg, lr=1e-3, resume=False, epochs=1), data, folds)
     assert run.config["lr"] == 1e-3
 
 
@@ -157,7 +157,7 @@ def test_gene_groups_as_heads_or_models(tiny, tmp_path, mode):
     cfg, data, folds = tiny
     csv = write_gene_groups(tmp_path / "gene_groups.csv", data.genes)
     cfg = replace(cfg, groups="prefix", gene_groups=str(csv), group_mode=mode, epochs=1)
-    run = recipes.train(cfg, data, folds)
+    run = train.train(cfg, data, folds)
     assert run.oof.shape == data.y.shape and np.isfinite(run.oof).all()
     model_info = __import__("json").loads((run.path / "model.json").read_text())
     expected = ["fold0", "fold1"] if mode == "heads" else \
@@ -174,13 +174,13 @@ def test_gene_groups_as_heads_or_models(tiny, tmp_path, mode):
     images = np.stack([np.asarray(__import__("PIL.Image").Image.open(p))
                        for p in data.image_paths("test")])
     z = predict(model, images)
-    fold1_test = units.load_result(run.path / "checkpoints" / unit / "result.npz")["test_pred"]
-    np.testing.assert_allclose(units.to_original(model, z), fold1_test, rtol=1e-4, atol=1e-4)
+    fold1_test = train.load_result(run.path / "checkpoints" / unit / "result.npz")["test_pred"]
+    np.testing.assert_allclose(train.to_original(model, z), fold1_test, rtol=1e-4, atol=1e-4)
 
 
 def test_every_config_field_is_a_notebook_parameter():
     from tests.test_notebooks import _parameters
-    from utils.pipeline import list_notebooks
+    from utils.dev.pipeline import list_notebooks
 
     notebook = next(p for p in list_notebooks() if p.stem == "04_train")
     assert {f.name.upper() for f in fields(TrainConfig)} <= set(_parameters(notebook))
@@ -200,7 +200,7 @@ def test_bad_finetune_parameters_are_named(params, message):
 
 
 def test_short_cpu_run_on_the_demo_set_learns(tmp_path):
-    from utils.demo import write_demo
+    from utils.dev.demo import write_demo
 
     data_dir = write_demo(tmp_path / "demo", n_train=160, n_test=20, n_genes=100, image_size=64,
                           seed=3)
@@ -209,8 +209,8 @@ def test_short_cpu_run_on_the_demo_set_learns(tmp_path):
                       epochs=3, batch_size=16, lr=1e-3, head_lr=3e-3, patience=None,
                       head_init="random", smoke=True)
     data = load_data(cfg.data_dir)
-    folds = recipes.make_cv_folds(cfg, data)
-    run = recipes.train(cfg, data, folds)
+    folds = train.make_cv_folds(cfg, data)
+    run = train.train(cfg, data, folds)
     mean_profile = np.zeros_like(data.y)
     for k in np.unique(folds):
         mean_profile[folds == k] = data.y[folds != k].mean(0)
@@ -237,7 +237,7 @@ def test_pipeline_finetune_run_is_complete(demo_pipeline):
 @pytest.mark.smoke
 @pytest.mark.parametrize("mode", ["heads", "models"])
 def test_train_notebook_finetunes_in_both_group_modes(demo_pipeline, tmp_path, mode):
-    from utils.pipeline import DEMO_MODEL, execute_notebook, list_notebooks
+    from utils.dev.pipeline import DEMO_MODEL, execute_notebook, list_notebooks
     from utils.runs import load_run
 
     data = load_data(demo_pipeline["data"])

@@ -1,10 +1,22 @@
-"""Training augmentations by name or from a screened recipe file (albumentations 2.x).
+"""03_augmentation_screening and 04's training augmentations (albumentations 2.x).
 
-A recipe is JSON: `{"transforms": [{"name": "HorizontalFlip", "params": {"p": 0.5}}, ...]}`;
-`notebooks/03_augmentation_screening` writes one as `augment_recipe.json`, and 04_train reads
-it through `AUGMENT` (a path, or a preset name below). A name is an albumentations class or a
-kit transform (`HEDJitter`, the H&E stain jitter below). `CANDIDATES` are what 03 screens.
-albumentations (and cv2) load only when a transform is built: this module is light to import.
+A policy is a list of transforms, `[{"name": ..., "params": {...}}, ...]`, stored as JSON
+(`{"transforms": [...], ...}`): `notebooks/03_augmentation_screening` writes one as
+`augment_policy.json`, and 04_train reads it through `AUGMENT` (a path, or a preset name of
+`utils.config.AUGMENT_PRESETS`). A name is an albumentations class or a kit transform
+(`HEDJitter`, the H&E stain jitter below). `utils.config.AUGMENT_CANDIDATES` are what 03 screens.
+
+Screening scores each candidate by how much it changes a patch, original vs augmented, averaged
+over a sample of train patches:
+- `dino_sim`: cosine similarity of DINO ViT features (any timm name); 1 = unchanged.
+- `lpips`: LPIPS perceptual distance (the `lpips` package); 0 = unchanged.
+- `stain_shift`: 1-D Wasserstein distance between the haematoxylin and between the eosin density
+  distributions of a patch, in units of their spread over the sample; 0 = same stain.
+- `ssim`: structural similarity (skimage); 1 = unchanged.
+DINO needs its weights from the Hugging Face hub and LPIPS its AlexNet/VGG trunk from
+torchvision's download (its small linear layers ship inside the package). When they cannot be
+fetched the score is left out and the screening uses the weight-free ones (stain_shift, ssim).
+albumentations (and cv2) load only when a transform is built.
 """
 
 from __future__ import annotations
@@ -12,89 +24,43 @@ from __future__ import annotations
 import copy
 import functools
 import os
-from dataclasses import dataclass
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from utils.config import set_field
-from utils.io import read_json
-from utils.paths import resolve
-
-BORDER_REFLECT_101 = 4  # cv2.BORDER_REFLECT_101, without importing cv2 here
-
-PRESETS: dict[str, list[dict]] = {
-    "none": [],
-    # the eight dihedral views (flips × 90° rotations), each equally likely
-    "flips": [{"name": "SquareSymmetry", "params": {"p": 1.0}}],
-    # the seed team's final list: flips, mild shift-scale-rotate, mild brightness/contrast
-    "seed": [
-        {"name": "SquareSymmetry", "params": {"p": 1.0}},
-        {"name": "Affine", "params": {"translate_percent": [-0.0625, 0.0625], "scale": [0.9, 1.1],
-                                      "rotate": [-15, 15], "border_mode": BORDER_REFLECT_101,
-                                      "p": 0.5}},
-        {"name": "RandomBrightnessContrast", "params": {"brightness_limit": 0.1,
-                                                        "contrast_limit": 0.1, "p": 0.5}},
-    ],
-}
-
-# --- candidates screened by 03 ---------------------------------------------------------------
-# "p" is the probability in an exported recipe; screening always applies a candidate (p=1).
-# Geometric candidates only move pixels (Affine reflects at the border instead of padding black).
-GEOMETRIC: dict[str, dict] = {
-    "HorizontalFlip": {"p": 0.5},
-    "VerticalFlip": {"p": 0.5},
-    "RandomRotate90": {"p": 1.0},  # k ∈ {0, 1, 2, 3} quarter turns, k = 0 included
-    "Affine": PRESETS["seed"][1]["params"],
-}
-LEVELS = ("weak", "medium", "strong")
-# Photometric candidates: one parameter set per level in LEVELS (Equalize has no strength).
-PHOTOMETRIC: dict[str, tuple[dict, ...]] = {
-    "RandomBrightnessContrast": tuple({"brightness_limit": s, "contrast_limit": s}
-                                      for s in (0.05, 0.1, 0.2)),
-    "ColorJitter": tuple({"brightness": s, "contrast": s, "saturation": s, "hue": h}
-                         for s, h in ((0.05, 0.01), (0.1, 0.02), (0.2, 0.05))),
-    "HueSaturationValue": tuple({"hue_shift_limit": h, "sat_shift_limit": s, "val_shift_limit": s}
-                                for h, s in ((2, 5), (5, 10), (10, 20))),
-    "Equalize": ({},),
-    "GaussianBlur": tuple({"sigma_limit": [0.1, s]} for s in (0.5, 1.0, 2.0)),
-    "GaussNoise": tuple({"std_range": [s / 2, s]} for s in (0.02, 0.05, 0.1)),
-    "CLAHE": tuple({"clip_limit": [1.0, c]} for c in (1.5, 2.0, 4.0)),
-    "HEDJitter": tuple({"alpha_limit": a, "beta_limit": b}
-                       for a, b in ((0.02, 0.002), (0.05, 0.005), (0.1, 0.01))),
-}
-PHOTOMETRIC_P = 0.5  # recipe probability of a kept photometric candidate
+from utils.config import (
+    AUGMENT_CANDIDATES,
+    AUGMENT_PRESETS,
+    GEOMETRIC,
+    LPIPS_TRUNKS,
+    ScreenConfig,
+    check_candidate,
+    to_dict,
+)
+from utils.data import load_images
+from utils.models import create_backbone, extract_features
+from utils.paths import read_json, resolve, run_dir, write_csv, write_json
 
 
 def list_presets() -> list[str]:
-    """Preset names accepted by AUGMENT (besides a recipe file path)."""
-    return sorted(PRESETS)
-
-
-def _candidates() -> dict[str, dict]:
-    """Every candidate key (`Name`, or `Name:level` when there are levels) → recipe item."""
-    table = {name: {"name": name, "params": dict(params)} for name, params in GEOMETRIC.items()}
-    for name, levels in PHOTOMETRIC.items():
-        for level, params in zip(LEVELS, levels):
-            key = name if len(levels) == 1 else f"{name}:{level}"
-            table[key] = {"name": name, "params": {**params, "p": PHOTOMETRIC_P}}
-    return table
-
-
-CANDIDATES: dict[str, dict] = _candidates()
+    """Preset names accepted by AUGMENT (besides a policy file path)."""
+    return sorted(AUGMENT_PRESETS)
 
 
 def list_candidates() -> list[str]:
     """Candidate keys in registry order (geometric first, each transform weak → strong)."""
-    return list(CANDIDATES)
+    return list(AUGMENT_CANDIDATES)
 
 
 def candidate_spec(key: str) -> dict:
-    """The recipe item `{"name", "params"}` of a candidate key (params include the recipe p)."""
-    if key not in CANDIDATES:
-        raise ValueError(f"unknown augmentation candidate {key!r}; choose from "
-                         f"{list_candidates()}")
-    return copy.deepcopy(CANDIDATES[key])
+    """The policy item `{"name", "params"}` of a candidate key (params include the policy p)."""
+    check_candidate(key)
+    return copy.deepcopy(AUGMENT_CANDIDATES[key])
 
 
 def is_geometric(key: str) -> bool:
@@ -102,33 +68,33 @@ def is_geometric(key: str) -> bool:
     return key.split(":", 1)[0] in GEOMETRIC
 
 
-# --- recipes ---------------------------------------------------------------------------------
+# --- policies --------------------------------------------------------------------------------
 
-def read_recipe(spec: str | os.PathLike) -> list[dict]:
-    """The transform list of a preset name or a recipe JSON file."""
-    if str(spec) in PRESETS:
-        return PRESETS[str(spec)]
+def read_policy(spec: str | os.PathLike) -> list[dict]:
+    """The transform list of a preset name or a policy JSON file."""
+    if str(spec) in AUGMENT_PRESETS:
+        return AUGMENT_PRESETS[str(spec)]
     path = resolve(spec)
     if not path.is_file():
         raise ValueError(f"AUGMENT={str(spec)!r} is neither a preset {list_presets()} nor an "
-                         f"existing recipe file ({path})")
-    recipe = read_json(path)
-    if not isinstance(recipe, dict) or not isinstance(recipe.get("transforms"), list):
-        raise ValueError(f"{path}: a recipe needs a 'transforms' list of {{name, params}}")
-    return recipe["transforms"]
+                         f"existing policy file ({path})")
+    policy = read_json(path)
+    if not isinstance(policy, dict) or not isinstance(policy.get("transforms"), list):
+        raise ValueError(f"{path}: a policy needs a 'transforms' list of {{name, params}}")
+    return policy["transforms"]
 
 
 def build_augment(spec: str | os.PathLike | None):
-    """An albumentations Compose for a preset or recipe file; None when there is nothing to do."""
+    """An albumentations Compose for a preset or policy file; None when there is nothing to do."""
     import albumentations as A
 
-    transforms = read_recipe(spec or "none")
+    transforms = read_policy(spec or "none")
     if not transforms:
         return None
     return A.Compose([build_transform(item, f"AUGMENT={str(spec)!r}") for item in transforms])
 
 
-def build_transform(item: dict, source: str = "recipe"):
+def build_transform(item: dict, source: str = "policy"):
     """One transform from `{"name", "params"}`: a kit transform or an albumentations class.
 
     A misspelt or deprecated argument is an error naming it (albumentations only warns).
@@ -158,68 +124,18 @@ def _tuples(params: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
 
 
-def save_recipe(path: str | os.PathLike, transforms: list[dict], **info) -> Path:
-    """Write a recipe file (transform list plus any screening info) atomically."""
-    from utils.io import write_json
-
+def save_policy(path: str | os.PathLike, transforms: list[dict], **info) -> Path:
+    """Write a policy file (transform list plus any screening info) atomically."""
     return write_json(resolve(path), {"transforms": transforms, **info})
 
 
-def make_recipe(kept: list[str]) -> list[dict]:
-    """Recipe items of kept candidate keys: the strongest kept level of each transform."""
+def make_policy(kept: list[str]) -> list[dict]:
+    """Policy items of kept candidate keys: the strongest kept level of each transform."""
     strongest: dict[str, str] = {}
     for key in kept:
         strongest[key.split(":", 1)[0]] = key  # keys come weak → strong in registry order
     order = [k.split(":", 1)[0] for k in list_candidates()]
     return [candidate_spec(strongest[n]) for n in sorted(strongest, key=order.index)]
-
-
-# --- the screening notebook's config ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class ScreenConfig:
-    """Parameters of notebooks/03_augmentation_screening.ipynb (see its parameters cell)."""
-
-    data_dir: str | None = None
-    run_dir: str = "runs/augment"
-    candidates: tuple[str, ...] | None = None
-    n_patches: int = 64
-    seed: int = 0
-    smoke: bool = False
-    dino_model: str | None = "vit_small_patch16_224.dino"
-    dino_pretrained: bool | str = True
-    img_size: int | None = None
-    lpips_net: str | None = "alex"
-    lpips_pretrained: bool = True
-    min_dino_sim: float | None = 0.9
-    max_lpips: float | None = 0.2
-    max_stain_shift: float | None = 0.25
-    min_ssim: float | None = 0.9
-
-    def __post_init__(self):
-        keys = self.candidates if self.candidates is not None else list_candidates()
-        keys = (keys,) if isinstance(keys, str) else tuple(keys)
-        for key in keys:
-            candidate_spec(key)  # raises on an unknown key, listing the known ones
-        set_field(self, "candidates", keys)
-        from utils.augment_scores import LPIPS_TRUNKS
-
-        if self.lpips_net not in (None, *LPIPS_TRUNKS):
-            raise ValueError(f"LPIPS_NET={self.lpips_net!r}: choose from {list(LPIPS_TRUNKS)} "
-                             "or None")
-        if not isinstance(self.n_patches, int) or self.n_patches < 1:
-            raise ValueError(f"N_PATCHES must be a positive integer; got {self.n_patches!r}")
-
-    @property
-    def n_screen(self) -> int:
-        """Patches to screen: N_PATCHES, at most 8 in a smoke run."""
-        return min(self.n_patches, 8) if self.smoke else self.n_patches
-
-    @property
-    def limits(self) -> dict[str, float | None]:
-        """Selection limit per score (None: not a criterion)."""
-        return {"dino_sim": self.min_dino_sim, "lpips": self.max_lpips,
-                "stain_shift": self.max_stain_shift, "ssim": self.min_ssim}
 
 
 # --- H&E stain jitter in HED space -----------------------------------------------------------
@@ -253,7 +169,7 @@ def jitter_hed(image: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.nda
 
 @functools.cache
 def kit_transforms() -> dict[str, type]:
-    """Transforms the kit defines, by recipe name (built on first use: albumentations loads)."""
+    """Transforms the kit defines, by policy name (built on first use: albumentations loads)."""
     import albumentations as A
     from pydantic import Field
 
@@ -290,3 +206,257 @@ def __getattr__(name: str):
     if name in ("HEDJitter",):
         return kit_transforms()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --- screening ------------------------------------------------------------------------------
+
+# score → "min" (keep candidates at or above the limit) or "max" (at or below)
+SCORES = {"dino_sim": "min", "lpips": "max", "stain_shift": "max", "ssim": "min"}
+# compared pixel by pixel: a flip looks like a new image to them, so they judge photometric
+# candidates only (geometric ones by dino_sim and stain_shift)
+PIXEL_ALIGNED = ("lpips", "ssim")
+
+
+def sample_patches(data, n: int, seed: int = 0) -> np.ndarray:
+    """n random train patches (uint8 (n, H, W, 3), in row order), or all if there are fewer."""
+    images = load_images(data, "train")
+    rows = np.sort(np.random.default_rng(seed).permutation(len(images))[:n])
+    return np.asarray(images[rows])
+
+
+def augment_images(what: str | list[dict], images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Every patch through a candidate key (always applied: p=1) or through a policy's
+    transform list (each with its own p), seeded."""
+    import albumentations as A
+
+    if isinstance(what, str):
+        spec = candidate_spec(what)
+        what = [{**spec, "params": {**spec["params"], "p": 1.0}}]
+    compose = A.Compose([build_transform(item) for item in what], seed=seed)
+    return np.stack([compose(image=image)["image"] for image in images])
+
+
+# --- scores: each compares augmented patches with the originals, one value per patch ---------
+
+def sorted_stains(images: np.ndarray) -> np.ndarray:
+    """Each patch's haematoxylin and eosin densities, sorted: float32 (N, 2, H·W)."""
+    hed = rgb_to_hed(images)[..., :2]
+    return np.sort(hed.reshape(len(hed), -1, 2).transpose(0, 2, 1), axis=-1)
+
+
+def stain_shift(original: np.ndarray, augmented: np.ndarray,
+                scale: np.ndarray | None = None) -> np.ndarray:
+    """Per patch: mean over H and E of the Wasserstein-1 distance between the densities of
+    original and augmented pixels, divided by `scale` (per stain; default 1)."""
+    a, b = sorted_stains(original), sorted_stains(augmented)
+    if a.shape != b.shape:
+        raise ValueError(f"augmented patches changed size: {original.shape} → {augmented.shape}")
+    scale = np.ones(2, np.float32) if scale is None else np.asarray(scale, np.float32)
+    return (np.abs(a - b).mean(-1) / scale).mean(-1)
+
+
+def stain_spread(images: np.ndarray) -> np.ndarray:
+    """Standard deviation of the H and E densities over all pixels of a sample: (2,)."""
+    return rgb_to_hed(images)[..., :2].reshape(-1, 2).std(0)
+
+
+def ssim_scores(original: np.ndarray, augmented: np.ndarray) -> np.ndarray:
+    """Per patch SSIM (skimage, RGB, 7×7 window); 1 for identical patches."""
+    from skimage.metrics import structural_similarity
+
+    return np.array([structural_similarity(a, b, channel_axis=-1, data_range=255)
+                     for a, b in zip(original, augmented)], dtype=np.float32)
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (N, D) arrays."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def load_dino(name: str | None, pretrained: bool | str = True, img_size: int | None = None,
+              seed: int = 0):
+    """(timm model, note), or (None, why not) when the hub weights cannot be fetched."""
+    if not name:
+        return None, "off (DINO_MODEL is None)"
+    try:
+        model = create_backbone(name, pretrained, img_size, seed)
+    except RuntimeError as err:  # create_backbone turns a failed hub download into this
+        if not isinstance(err.__cause__, OSError):
+            raise
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        return None, (f"unavailable: the weights of {name} could not be fetched{offline}: "
+                      f"{type(err.__cause__).__name__}: {str(err.__cause__)[:160]}")
+    return model, f"{name}, {_weights_note(pretrained)}"
+
+
+def _weights_note(pretrained: bool | str) -> str:
+    """How a network's weights were obtained, for the notes."""
+    return {False: "random weights: mechanics only, not used for selection",
+            True: "pretrained"}.get(pretrained, f"weights file {pretrained}")
+
+
+def torchvision_checkpoint(net: str) -> Path:
+    """Where torchvision keeps the ImageNet weights of an LPIPS trunk once downloaded."""
+    import torch
+    from torchvision import models
+
+    url = getattr(models, LPIPS_TRUNKS[net]).IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def load_lpips(net: str | None, pretrained: bool = True):
+    """(LPIPS model, note), or (None, why not) when its torchvision trunk cannot be fetched."""
+    if not net:
+        return None, "off (LPIPS_NET is None)"
+    import lpips
+
+    checkpoint = torchvision_checkpoint(net)
+    if pretrained and not checkpoint.is_file() and os.environ.get("HF_HUB_OFFLINE"):
+        return None, (f"unavailable: HF_HUB_OFFLINE is set and torchvision's {net} weights are "
+                      f"not in {checkpoint.parent}")
+    try:
+        with warnings.catch_warnings():  # torchvision: 'pretrained' is deprecated (lpips's call)
+            warnings.simplefilter("ignore", UserWarning)
+            model = lpips.LPIPS(net=net, pnet_rand=not pretrained, verbose=False)
+    except OSError as err:  # urllib's URLError: no network
+        return None, f"unavailable: torchvision could not download the {net} trunk: {err}"
+    return model, f"LPIPS {net}, {_weights_note(bool(pretrained))}"
+
+
+def lpips_distance(model, original: np.ndarray, augmented: np.ndarray,
+                   batch_size: int = 16) -> np.ndarray:
+    """Per patch LPIPS distance; 0 for identical patches."""
+    import torch
+
+    def tensor(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(original), batch_size):
+            a, b = original[s:s + batch_size], augmented[s:s + batch_size]
+            out.append(model(tensor(a), tensor(b)).flatten())
+    return torch.cat(out).numpy()
+
+
+@dataclass
+class Scorers:
+    """Score functions of augmented patches (vs the originals), and what each one runs on."""
+
+    fns: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    selecting: list[str] = field(default_factory=list)  # scores that may reject a candidate
+
+
+def make_scorers(images: np.ndarray, cfg: ScreenConfig) -> Scorers:
+    """The four scores against `images`; networks whose weights cannot be loaded are left out."""
+    scale = stain_spread(images)
+    sc = Scorers(notes={"stain_shift": "weight-free", "ssim": "weight-free"})
+    sc.fns["stain_shift"] = lambda aug: stain_shift(images, aug, scale)
+    sc.fns["ssim"] = lambda aug: ssim_scores(images, aug)
+    dino, sc.notes["dino_sim"] = load_dino(cfg.dino_model, cfg.dino_pretrained, cfg.img_size,
+                                           cfg.seed)
+    if dino is not None:
+        reference = extract_features(dino, images, cfg.img_size, tta=False, progress=False)
+        sc.fns["dino_sim"] = lambda aug: cosine_similarity(
+            reference, extract_features(dino, aug, cfg.img_size, tta=False, progress=False))
+    model, sc.notes["lpips"] = load_lpips(cfg.lpips_net, cfg.lpips_pretrained)
+    if model is not None:
+        sc.fns["lpips"] = lambda aug: lpips_distance(model, images, aug)
+    random = {"dino_sim": cfg.dino_pretrained is False, "lpips": not cfg.lpips_pretrained}
+    sc.selecting = [s for s in SCORES if s in sc.fns and not random.get(s, False)]
+    return sc
+
+
+# --- screening, selection, outputs -----------------------------------------------------------
+
+def score_augmented(what: str | list[dict], images: np.ndarray, scorers: Scorers,
+                    seed: int = 0) -> dict[str, float]:
+    """Mean of each available score over the patches augmented by `what`, and the seconds."""
+    start = time.perf_counter()
+    augmented = augment_images(what, images, seed)
+    scores = {name: float(np.mean(fn(augmented))) for name, fn in scorers.fns.items()}
+    return {**scores, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def screen_candidates(images: np.ndarray, keys: list[str], scorers: Scorers,
+                      seed: int = 0) -> pd.DataFrame:
+    """One row per candidate: mean of each available score over the patches, and seconds."""
+    table = pd.DataFrame([{"candidate": key, "geometric": is_geometric(key),
+                           **score_augmented(key, images, scorers, seed)} for key in keys])
+    return table[["candidate", "geometric", *(s for s in SCORES if s in table), "seconds"]]
+
+
+def select_candidates(table: pd.DataFrame, limits: dict[str, float | None],
+                      selecting: list[str]) -> pd.DataFrame:
+    """The table plus `kept` and `reason` (limits broken) by the `selecting` scores only."""
+    reasons = pd.Series("", index=table.index)
+    for score in selecting:
+        limit = limits.get(score)
+        if limit is None or score not in table:
+            continue
+        sign = "<" if SCORES[score] == "min" else ">"
+        breaks = table[score] < limit if sign == "<" else table[score] > limit
+        if score in PIXEL_ALIGNED:
+            breaks &= ~table["geometric"]
+        text = f"{score} " + table[score].map("{:.4g}".format) + f" {sign} {limit:g}; "
+        reasons = reasons.where(~breaks, reasons + text)
+    return table.assign(kept=reasons == "", reason=reasons.str.rstrip("; "))
+
+
+def write_screening(cfg: ScreenConfig, table: pd.DataFrame, scorers: Scorers,
+                    n_screened: int) -> Path:
+    """config.json, screening.csv and augment_policy.json in RUN_DIR; returns the policy path."""
+    folder = run_dir(cfg.run_dir)
+    write_json(folder / "config.json", {**to_dict(cfg), "n_screened": n_screened})
+    write_csv(folder / "screening.csv", table)
+    kept, rejected = table[table["kept"]], table[~table["kept"]]
+    return save_policy(
+        folder / "augment_policy.json", make_policy(kept["candidate"].tolist()),
+        kept=kept["candidate"].tolist(), rejected=dict(zip(rejected["candidate"],
+                                                           rejected["reason"])),
+        limits={s: cfg.limits[s] for s in scorers.selecting}, scores=scorers.notes,
+        n_screened=n_screened, source="notebooks/03_augmentation_screening")
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+def plot_scores(table: pd.DataFrame, limits: dict[str, float | None]):
+    """One bar chart per score: kept (blue), rejected (red), not judged (grey); limits dashed."""
+    import matplotlib.pyplot as plt
+
+    scores = [s for s in SCORES if s in table]
+    fig, axes = plt.subplots(1, len(scores), figsize=(2.6 * len(scores) + 2, 0.22 * len(table) + 1),
+                             sharey=True, layout="constrained", squeeze=False)
+    for ax, score in zip(axes[0], scores):
+        colors = np.where(table["kept"], "tab:blue", "tab:red")
+        if score in PIXEL_ALIGNED:
+            colors = np.where(table["geometric"], "lightgray", colors)
+        ax.barh(table["candidate"], table[score], color=colors)
+        if limits.get(score) is not None:
+            ax.axvline(limits[score], color="k", ls="--", lw=1)
+        ax.set(title=score, xlabel=f"{'higher' if SCORES[score] == 'min' else 'lower'} = closer")
+    axes[0, 0].invert_yaxis()
+    return fig
+
+
+def plot_examples(images: np.ndarray, table: pd.DataFrame, keys: list[str], n: int = 3,
+                  seed: int = 0):
+    """Rows of (original | augmented) pairs for `keys`, labelled kept or rejected."""
+    import matplotlib.pyplot as plt
+
+    n = min(n, len(images))
+    fig, axes = plt.subplots(max(len(keys), 1), 2 * n, layout="constrained", squeeze=False,
+                             figsize=(2.4 * n + 1.6, 1.3 * len(keys) + 0.3))
+    kept = dict(zip(table["candidate"], table["kept"]))
+    for row, key in zip(axes, keys):
+        augmented = augment_images(key, images[:n], seed)
+        for i in range(n):
+            row[2 * i].imshow(images[i])
+            row[2 * i + 1].imshow(augmented[i])
+        label = key.replace(":", "\n") + ("\nkept" if kept.get(key) else "\nrejected")
+        row[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    for i, ax in enumerate(axes.flat):
+        ax.set(xticks=[], yticks=[], title=("original", "augmented")[i % 2] if i < 2 * n else "")
+    return fig

@@ -1,51 +1,60 @@
-"""Grad-CAM of a fine-tuned run: targets by name, the run's models, and CAM similarity by group.
+"""05_gradcam: Grad-CAM of a fine-tuned run, per gene, gene group or the metric's top genes.
 
-What `notebooks/05_gradcam.ipynb` explains is a target: a weighted sum of a model's outputs.
+What the notebook explains is a target: a weighted sum of a model's outputs.
 - one gene (`"ACTB"` or `"gene:ACTB"`): its output;
 - a gene group (`"group:MT"`; `"groups"`: every group of a strategy of `gene_groups.csv`): the
   mean of its genes' outputs;
 - `"heg50"` / `"hvg50"`: the mean over the metric's 50 most expressed / most variable genes.
-CAM methods are pytorch-grad-cam classes chosen by name (`list_methods`); the torch side lives in
-`utils.cam_model`, the figures in `utils.cam_plots`. This module needs only numpy and pandas.
+CAM methods are pytorch-grad-cam classes chosen by name (`utils.config.CAM_METHODS`).
+
+Per batch: one forward pass of the model (with the preprocessing it was trained with) records
+the target layer's output; then one backward pass per target, from the target to that layer
+only; the pytorch-grad-cam method turns activations and gradients into maps. A target's CAM is
+therefore exactly what the library computes for it alone, at a fraction of the cost.
+
+Where a CAM is computed (`choose_layer`; `LAYER`, `RESHAPE` override it):
+- token models (ViT, DeiT, EVA, XCiT, … : `patch_embed` + `blocks`): the last block's input
+  norm (`blocks.<last>.norm1`: the patch tokens that the class token attends to in the last
+  block; their outputs after it never reach a class-token head). XCiT: the last XCA block, whose
+  patch tokens feed its class-attention blocks. Tokens are laid out on the model's own patch
+  grid (input size // patch size) after dropping class and register tokens.
+- every other model (CNNs, CoAtNet, MaxViT, MambaOut): the last top-level module with a spatial
+  output before pooling (`stages.3`, `layer4`, `bn2`, …), found by one probe forward;
+  channels-last outputs are permuted.
 
 The prefix observation as a number: per gene, a CAM over the same patches; the similarity of two
-genes is the Pearson r of their maps on a patch, averaged over patches; `within` is the mean over
-pairs of genes in the same group, `between` over pairs in different groups (`other` left out).
+genes is the Pearson r of their maps on a patch, averaged over patches; `within` and `between`
+are `utils.genes.within_between` of that similarity (`other` left out).
+
+This module imports torch (and pytorch-grad-cam on use); `import utils` does not import it.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
-from utils.genes import OTHER
+from utils.config import CAM_METHODS, CAM_SCALES, check_method, to_dict
+from utils.data import load_images
+from utils.genes import OTHER, by_group, load_gene_groups, within_between
+from utils.metric import top_genes
+from utils.models import default_device, inference_batch_size, load_unit_model
+from utils.paths import resolve, write_csv, write_json, write_with
+from utils.runs import read_model_info
 
-# name → pytorch_grad_cam class. Every one is computed from the target layer's activations and
-# gradients, so one forward pass per batch serves every target (see utils.cam_model).
-METHODS = {"GradCAM": "GradCAM", "GradCAM++": "GradCAMPlusPlus", "XGradCAM": "XGradCAM",
-           "LayerCAM": "LayerCAM", "HiResCAM": "HiResCAM", "EigenCAM": "EigenCAM",
-           "EigenGradCAM": "EigenGradCAM", "GradCAMElementWise": "GradCAMElementWise"}
 TOP_TARGETS = ("heg50", "hvg50")  # utils.metric.top_genes
-SCALES = ("standardised", "original")
 
 
-def list_methods() -> list[str]:
-    """CAM method names accepted by `utils.cam_model.make_method`."""
-    return list(METHODS)
-
-
-def check_method(name: str) -> str:
-    """A method's registry name (case-insensitive; pytorch-grad-cam class names work too)."""
-    lookup = {k.lower(): k for k in METHODS} | {v.lower(): k for k, v in METHODS.items()}
-    if str(name).lower() not in lookup:
-        raise ValueError(f"unknown CAM method {name!r}; choose from {list_methods()}")
-    return lookup[str(name).lower()]
 
 
 # --- targets ----------------------------------------------------------------------------------
@@ -72,7 +81,6 @@ def make_targets(specs: Sequence[str], genes: Sequence[str],
         if spec in TOP_TARGETS:
             if y is None:
                 raise ValueError(f"target {spec!r} needs the train targets y")
-            from utils.metric import top_genes
 
             targets.append(Target(spec, "top", np.sort(top_genes(y)[spec])))
         elif spec == "groups":
@@ -118,9 +126,6 @@ def load_groupings(path: str | os.PathLike | None, genes: Sequence[str],
                    ) -> dict[str, dict[str, np.ndarray]]:
     """Strategy → {group: gene columns} from a gene_groups.csv (None: no groups): the given
     strategies (none: every one in the file) plus `also`."""
-    from utils.genes import load_gene_groups
-    from utils.paths import resolve
-
     if path is None:
         return {}
     if not strategies and resolve(path).is_file():
@@ -147,21 +152,6 @@ def gene_labels(groups: dict[str, np.ndarray], n_genes: int) -> np.ndarray:
 
 # --- the run's models -------------------------------------------------------------------------
 
-def read_model_info(run_dir: str | os.PathLike) -> dict:
-    """`model.json` of a fine-tuning run; any other folder is an error that says why."""
-    from utils.io import read_json
-    from utils.paths import resolve
-
-    folder = resolve(run_dir)
-    if (folder / "model.json").is_file():
-        return read_json(folder / "model.json")
-    if (folder / "config.json").is_file():
-        recipe = read_json(folder / "config.json").get("recipe")
-        raise ValueError(f"{folder} is a RECIPE={recipe!r} run: it has no fine-tuned network to "
-                         "explain (a frozen backbone + ridge has no model.json or weights/). Set "
-                         "RUN_DIR to a run of 04_train with RECIPE='finetune'")
-    raise FileNotFoundError(f"{folder} is not a run folder (no model.json, no config.json); set "
-                            "RUN_DIR to a run of 04_train with RECIPE='finetune'")
 
 
 def check_run_genes(info: dict, genes: Sequence[str]) -> None:
@@ -230,33 +220,6 @@ def map_similarity(maps: np.ndarray) -> np.ndarray:
         return np.where(counts > 0, r_sum / counts, np.nan)
 
 
-def _pair_means(sim: np.ndarray, labels: np.ndarray) -> tuple[float, float, int, int]:
-    """Mean similarity over pairs (i ≠ j) with the same label and with different labels."""
-    known = np.isfinite(sim) & ~np.eye(len(sim), dtype=bool)
-    same = labels[:, None] == labels[None, :]
-    values = np.where(known, sim, 0.0)
-    n_within, n_between = (known & same).sum(), (known & ~same).sum()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return ((values * same).sum() / n_within, (values * ~same).sum() / n_between,
-                int(n_within) // 2, int(n_between) // 2)
-
-
-def within_between(sim: np.ndarray, labels: np.ndarray, n_permutations: int = 0,
-                   seed: int = 0, leave_out: Sequence[str] = (OTHER,)) -> dict:
-    """Mean CAM similarity within and between groups (genes in `leave_out` dropped), their
-    difference, and the permutation p-value of the difference (labels shuffled among genes)."""
-    keep = ~np.isin(labels, list(leave_out))
-    sim, labels = sim[np.ix_(keep, keep)], np.asarray(labels)[keep]
-    within, between, n_w, n_b = _pair_means(sim, labels)
-    result = {"genes": int(keep.sum()), "groups": len(np.unique(labels)), "within": within,
-              "between": between, "contrast": within - between, "within_pairs": n_w,
-              "between_pairs": n_b, "p_value": np.nan}
-    if n_permutations and n_w and n_b:
-        rng = np.random.default_rng(seed)
-        null = np.array([np.subtract(*_pair_means(sim, rng.permutation(labels))[:2])
-                         for _ in range(n_permutations)])
-        result["p_value"] = (1 + (null >= result["contrast"] - 1e-12).sum()) / (1 + len(null))
-    return result
 
 
 def similarity_table(sim: np.ndarray, label_sets: dict[str, np.ndarray],
@@ -271,28 +234,12 @@ def similarity_by_group(sim: np.ndarray, labels: np.ndarray,
                         leave_out: Sequence[str] = (OTHER,)) -> pd.DataFrame:
     """Per group: genes, mean similarity among its genes and to genes of other groups."""
     keep = ~np.isin(labels, list(leave_out))
-    sim, labels = sim[np.ix_(keep, keep)], np.asarray(labels)[keep]
-    off = np.where(np.eye(len(sim), dtype=bool), np.nan, sim)
-    rows = []
-    for name in np.unique(labels):
-        member = labels == name
-        rows.append({"group": name, "genes": int(member.sum()),
-                     "within": _nanmean(off[np.ix_(member, member)]),
-                     "between": _nanmean(off[np.ix_(member, ~member)])})
-    return pd.DataFrame(rows, columns=["group", "genes", "within", "between"])
-
-
-def _nanmean(values: np.ndarray) -> float:
-    """Mean of the finite values; NaN if there is none."""
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if values.size else float("nan")
+    return by_group(sim[np.ix_(keep, keep)], np.asarray(labels)[keep])
 
 
 def write_cams(path: str | os.PathLike, maps: np.ndarray, scores: np.ndarray,
                targets: Sequence[Target], patch_ids: Sequence[str]) -> Path:
     """CAMs (targets, patches, h, w), target values and names into one .npz, atomically."""
-    from utils.io import write_with
-
     arrays = {"maps": maps.astype(np.float32), "scores": scores.astype(np.float32),
               "targets": np.array([t.name for t in targets]),
               "kinds": np.array([t.kind for t in targets]), "patch_ids": np.array(patch_ids)}
@@ -302,3 +249,491 @@ def write_cams(path: str | os.PathLike, maps: np.ndarray, scores: np.ndarray,
             np.savez_compressed(f, **arrays)
 
     return write_with(path, write)
+
+
+# --- target layers --------------------------------------------------------------------------
+
+LAYOUTS = ("nchw", "nhwc", "tokens")
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """The layer a CAM is computed at and how its output becomes (B, C, h, w) maps."""
+
+    name: str  # module name in the backbone
+    module: nn.Module
+    layout: str  # "nchw", "nhwc" or "tokens"
+    reshape: Callable[[torch.Tensor], torch.Tensor]
+    grid: tuple[int, int]  # h, w of the maps
+
+    def describe(self) -> str:
+        """e.g. `stages.3 (nchw, 7x7)`."""
+        return f"{self.name} ({self.layout}, {self.grid[0]}x{self.grid[1]})"
+
+
+class TokenGrid:
+    """(B, prefix + h·w, C) tokens → (B, C, h, w): class/register tokens dropped, patches laid
+    out on the model's patch grid."""
+
+    def __init__(self, grid: tuple[int, int], n_prefix: int):
+        self.grid, self.n_prefix = grid, n_prefix
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.grid
+        if x.ndim != 3 or x.shape[1] != self.n_prefix + h * w:
+            raise ValueError(f"expected tokens (B, {self.n_prefix} + {h}x{w}, C); got "
+                             f"{tuple(x.shape)}")
+        return x[:, self.n_prefix:].reshape(x.shape[0], h, w, x.shape[2]).permute(0, 3, 1, 2)
+
+
+def _nchw(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2)
+
+
+def probe_shapes(backbone: nn.Module, input_size: tuple[int, int],
+                 names: list[str]) -> dict[str, tuple[int, ...]]:
+    """Output shapes of the named modules for one blank input, in execution order."""
+    modules, shapes = dict(backbone.named_modules()), {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            if torch.is_tensor(output):
+                shapes[name] = tuple(output.shape)
+        return hook
+
+    handles = [modules[n].register_forward_hook(record(n)) for n in names]
+    try:
+        param = next(backbone.parameters())
+        with torch.inference_mode():
+            backbone.eval()(torch.zeros(1, 3, *input_size, device=param.device, dtype=param.dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def default_layer(backbone: nn.Module, input_size: tuple[int, int]) -> str:
+    """The name of the layer a CAM of this timm backbone is computed at (see module docstring)."""
+    blocks = getattr(backbone, "blocks", None)
+    if hasattr(backbone, "patch_embed") and isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+        last = f"blocks.{len(blocks) - 1}"
+        if hasattr(backbone, "cls_attn_blocks") or not hasattr(blocks[-1], "norm1"):
+            return last
+        return f"{last}.norm1"
+    children = dict(backbone.named_children())
+    shapes = probe_shapes(backbone, input_size, list(children))
+    spatial = [n for n, s in shapes.items() if len(s) == 4 and sorted(s[1:])[1] > 1
+               and not isinstance(children[n], nn.Identity)]  # maps of at least 2x2
+    if not spatial:
+        raise ValueError(f"no spatial output among the backbone's top-level modules "
+                         f"{ {n: s for n, s in shapes.items()} }; set LAYER to a module name")
+    name = spatial[-1]
+    container = children[name]
+    if isinstance(container, (nn.Sequential, nn.ModuleList)) and len(container):
+        name = f"{name}.{len(container) - 1}"  # stages → stages.3: the same output, clearer
+    return name
+
+
+def infer_layout(shape: tuple[int, ...], channels: int | None = None) -> str:
+    """"tokens" for (B, N, C); "nchw" or "nhwc" for 4-d outputs (by the channel count if it
+    tells, else by which two axes are the square spatial ones)."""
+    if len(shape) == 3:
+        return "tokens"
+    if len(shape) != 4:
+        raise ValueError(f"cannot make CAM maps from an output of shape {shape}; choose another "
+                         "LAYER")
+    if channels is not None and (shape[1] == channels) != (shape[3] == channels):
+        return "nchw" if shape[1] == channels else "nhwc"
+    return "nhwc" if shape[1] == shape[2] and shape[2] != shape[3] else "nchw"
+
+
+def token_grid(backbone: nn.Module, input_size: tuple[int, int], n_tokens: int,
+               grid: tuple[int, int] | None = None) -> TokenGrid:
+    """The patch grid of a token layer: given, or input size // the model's patch size; the
+    leading tokens beyond it (class, registers: `num_prefix_tokens`) are dropped."""
+    explicit = grid is not None
+    if not explicit:
+        patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
+        if patch is None:
+            raise ValueError("the backbone has no patch_embed.patch_size: set RESHAPE to "
+                             "'tokens:HxW' with its patch grid")
+        ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+        grid = (input_size[0] // ph, input_size[1] // pw)
+    n_prefix = n_tokens - grid[0] * grid[1]
+    allowed = {0, int(getattr(backbone, "num_prefix_tokens", 0) or 0)}
+    if n_prefix < 0 or (n_prefix not in allowed and not explicit):
+        raise ValueError(f"{n_tokens} tokens do not fit the patch grid {grid[0]}x{grid[1]} plus "
+                         f"{sorted(allowed)} prefix tokens; set RESHAPE='tokens:HxW'")
+    return TokenGrid(tuple(grid), n_prefix)
+
+
+def parse_reshape(reshape: str | None) -> tuple[str | None, tuple[int, int] | None]:
+    """RESHAPE → (layout or None for automatic, explicit token grid or None)."""
+    if reshape is None:
+        return None, None
+    layout, _, grid = str(reshape).lower().partition(":")
+    layout = "nchw" if layout == "none" else layout
+    if layout not in LAYOUTS or (grid and layout != "tokens"):
+        raise ValueError(f"RESHAPE={reshape!r}: use None (automatic), 'nchw', 'nhwc', 'tokens' "
+                         "or 'tokens:HxW'")
+    if not grid:
+        return layout, None
+    try:
+        h, w = (int(v) for v in grid.split("x"))
+    except ValueError as err:
+        raise ValueError(f"RESHAPE={reshape!r}: the grid must read like 'tokens:14x14'") from err
+    return layout, (h, w)
+
+
+def choose_layer(backbone: nn.Module, input_size: tuple[int, int], layer: str | None = None,
+                 reshape: str | None = None) -> LayerChoice:
+    """Target layer (`layer`: a module name, or automatic) and its reshape (`reshape`: see
+    `parse_reshape`, or inferred from the layer's output) for a timm backbone."""
+    modules = dict(backbone.named_modules())
+    name = layer or default_layer(backbone, input_size)
+    if name not in modules:
+        top = [n for n in modules if n and n.count(".") <= 1]
+        raise ValueError(f"LAYER={name!r} is not a module of the backbone; e.g. {top[-12:]}")
+    shape = probe_shapes(backbone, input_size, [name]).get(name)
+    if shape is None:
+        raise ValueError(f"LAYER={name!r} returns no tensor (or is not used); choose another")
+    layout, grid = parse_reshape(reshape)
+    layout = layout or infer_layout(shape, getattr(backbone, "num_features", None))
+    if layout == "tokens":
+        fn = token_grid(backbone, input_size, shape[1], grid)
+        return LayerChoice(name, modules[name], layout, fn, fn.grid)
+    fn = _nhwc if layout == "nhwc" else _nchw
+    return LayerChoice(name, modules[name], layout, fn, tuple(fn(torch.empty(shape)).shape[2:]))
+
+
+# --- computing CAMs -------------------------------------------------------------------------
+
+def make_method(name: str, model: nn.Module, layer: nn.Module):
+    """A pytorch-grad-cam method object by name (see `utils.cam.list_methods`); its own hooks
+    are removed, since `compute_cams` runs the passes for every target at once."""
+    import pytorch_grad_cam
+
+    cam = getattr(pytorch_grad_cam, CAM_METHODS[check_method(name)])(model, [layer])
+    cam.activations_and_grads.release()
+    return cam
+
+
+class LayerTap:
+    """Forward hook that makes a layer's output the start of the autograd graph (nothing before
+    it is recorded) and keeps it, so gradients of any target can be taken with respect to it."""
+
+    def __init__(self, module: nn.Module):
+        self.module, self.output, self.handle = module, None, None
+
+    def _hook(self, module, inputs, output):
+        self.output = output.detach().requires_grad_(True)
+        return self.output.clone()  # later in-place ops act on a copy, never on the leaf
+
+    def __enter__(self) -> LayerTap:
+        self.handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+
+@contextmanager
+def no_parameter_grads(model: nn.Module):
+    """Parameters need no gradients for a CAM: switch them off, then restore the flags."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def output_weights(model: nn.Module, weights: np.ndarray,
+                   scale: str = "standardised") -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets as (weights over the model's outputs, offset): on the standardised scale the
+    model predicts, or on the original expression scale (genes weighted by their std)."""
+    if scale not in CAM_SCALES:
+        raise ValueError(f"SCALE={scale!r}: choose from {CAM_SCALES}")
+    w = torch.as_tensor(weights, dtype=torch.float32, device=model.y_std.device)
+    if scale == "standardised":
+        return w, torch.zeros(len(w), device=w.device)
+    return w * model.y_std, w @ model.y_mean
+
+
+def normalise_maps(maps: np.ndarray) -> np.ndarray:
+    """ReLU, then each map scaled to [0, 1] (pytorch-grad-cam's convention); all-zero stays 0."""
+    maps = np.maximum(maps, 0).astype(np.float32)
+    low = maps.min(axis=(-2, -1), keepdims=True)
+    return (maps - low) / (1e-7 + maps.max(axis=(-2, -1), keepdims=True) - low)
+
+
+def cam_batch(cam, x: torch.Tensor, tap: LayerTap, choice: LayerChoice,
+              scores: torch.Tensor) -> np.ndarray:
+    """(targets, B, h, w) maps of one batch: one backward pass per target to the layer only."""
+    acts = choice.reshape(tap.output).detach().cpu().numpy()
+    if not cam.uses_gradients:  # EigenCAM: the same map for every target
+        one = cam.get_cam_image(x, choice.module, None, acts, None, False)
+        return np.broadcast_to(normalise_maps(one), (scores.shape[1], *one.shape)).copy()
+    maps = []
+    for t in range(scores.shape[1]):
+        grad, = torch.autograd.grad(scores[:, t].sum(), tap.output,
+                                    retain_graph=t < scores.shape[1] - 1)
+        grads = choice.reshape(grad).cpu().numpy()
+        maps.append(cam.get_cam_image(x, choice.module, None, acts, grads, False))
+    return normalise_maps(np.stack(maps))
+
+
+def compute_cams(model: nn.Module, images: np.ndarray, weights: np.ndarray, choice: LayerChoice,
+                 method: str = "GradCAM", scale: str = "standardised",
+                 batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """CAMs (targets, N, h, w) in [0, 1] and target values (targets, N) of uint8 (N, H, W, 3)
+    patches; `weights` (targets, outputs) defines each target as a weighted sum of outputs."""
+    device = next(model.parameters()).device
+    batch_size = batch_size or inference_batch_size(device)
+    cam = make_method(method, model, choice.module)
+    w, offset = output_weights(model, weights, scale)
+    maps, values = [], []
+    with LayerTap(choice.module) as tap, no_parameter_grads(model), torch.enable_grad():
+        for start in range(0, len(images), batch_size):
+            batch = np.asarray(images[start:start + batch_size])  # copy off the memmap
+            x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2)
+            scores = model.eval()(x).float() @ w.T  # model applies its own preprocessing
+            maps.append(cam_batch(cam, x, tap, choice, scores))
+            values.append((scores + offset).detach().cpu().numpy().T)
+    return np.concatenate(maps, axis=1), np.concatenate(values, axis=1)
+
+
+
+
+def explain_run(run_dir: str | os.PathLike, fold: int, images: np.ndarray, weights: np.ndarray,
+                method: str = "GradCAM", layer: str | None = None, reshape: str | None = None,
+                scale: str = "standardised", batch_size: int | None = None,
+                device: torch.device | str | None = None) -> dict:
+    """CAMs of targets (`weights`: targets × the data's genes) with the fold's model(s) of a
+    fine-tuning run: {"maps": (T, N, h, w), "scores": (T, N), "layers": {unit: layer}}."""
+    if not len(weights):
+        raise ValueError("no targets to explain: list genes, groups or heg50/hvg50 in TARGETS")
+    device = device or default_device()
+    parts = split_targets(weights, fold_units(read_model_info(run_dir), fold))
+    maps, scores, layers = 0.0, 0.0, {}
+    for unit, (w, share) in parts.items():
+        used = share > 0
+        if not used.any():
+            continue
+        model = load_unit_model(run_dir, unit, device)
+        choice = choose_layer(model.backbone, model.preprocess.size, layer, reshape)
+        m, s = compute_cams(model, images, w[used], choice, method, scale, batch_size)
+        part_maps = np.zeros((len(w), *m.shape[1:]), np.float32)
+        part_scores = np.zeros((len(w), m.shape[1]), np.float32)
+        part_maps[used], part_scores[used] = m, s
+        maps = maps + share[:, None, None, None] * part_maps
+        scores = scores + share[:, None] * part_scores
+        layers[unit] = choice.describe()
+    return {"maps": np.asarray(maps, np.float32), "scores": np.asarray(scores, np.float32),
+            "layers": layers}
+
+
+# --- the notebook's steps ---------------------------------------------------------------------
+
+@dataclass
+class CamJob:
+    """What 05 explains: the run's model info, the patches and the targets."""
+
+    info: dict  # the run's model.json
+    units: dict[str, np.ndarray]  # the fold's units → gene columns they predict
+    out: Path  # RUN_DIR/gradcam
+    genes: list[str]
+    images: np.ndarray  # uint8 (N, H, W, 3)
+    patch_ids: list[str]
+    groupings: dict[str, dict[str, np.ndarray]]  # strategy → group → gene columns
+    targets: list[Target]  # the grid targets (TARGETS)
+    compared: np.ndarray  # gene columns whose CAMs are compared by similarity
+
+    @property
+    def everything(self) -> list[Target]:
+        """Grid targets, then one target per compared gene."""
+        return self.targets + gene_targets(self.genes, self.compared)
+
+    def units_table(self) -> pd.DataFrame:
+        """The fold's models: group, best epoch and its validation score, genes predicted."""
+        rows = {name: {"group": self.info["units"][name]["group"],
+                       "best_epoch": self.info["units"][name]["best_epoch"],
+                       "best_score": self.info["units"][name]["best_score"], "genes": len(cols)}
+                for name, cols in self.units.items()}
+        return pd.DataFrame.from_dict(rows, orient="index")
+
+    def describe(self) -> str:
+        """A few lines on the run, the patches and the targets."""
+        info = self.info
+        return (f"{info['backbone']} at {info['img_size'] or 'its default size'} px, "
+                f"GROUP_MODE={info['group_mode']!r}: {len(self.units)} model(s) {list(self.units)}"
+                f"\n{len(self.images)} patches of {self.images.shape[1]}x{self.images.shape[2]} px;"
+                f" {len(self.targets)} grid targets, {len(self.compared)} genes compared over "
+                f"{list(self.groupings)}")
+
+
+def prepare(cfg, data) -> CamJob:
+    """Check the run (a ridge run stops here, saying so), write the config, pick the patches of
+    FOLD that its model never trained on, and build the targets."""
+    info = read_model_info(cfg.run_dir)
+    units = fold_units(info, cfg.fold)
+    check_run_genes(info, data.genes)
+    out = resolve(cfg.run_dir) / "gradcam"
+    write_json(out / "config.json", to_dict(cfg))
+    folds = np.load(resolve(cfg.run_dir) / "folds.npy")
+    rows = choose_patches(cfg.patches, folds, cfg.fold, len(data.test), cfg.n_patches, cfg.seed)
+    split = "train" if cfg.patches == "val" else "test"
+    frame = data.train if split == "train" else data.test
+    groupings = load_groupings(cfg.gene_groups, data.genes, cfg.strategies, also=cfg.groups)
+    return CamJob(info, units, out, list(data.genes), np.asarray(load_images(data, split)[rows]),
+                  frame["ID"].iloc[rows].tolist(), groupings,
+                  make_targets(cfg.targets, data.genes, groupings.get(cfg.groups), data.y),
+                  similarity_genes(groupings, data.y, cfg.genes_per_group))
+
+
+def run_cams(cfg, job: CamJob) -> dict:
+    """Every CAM of the job (grid targets and compared genes), written to `cams.npz` and
+    `targets.csv`: {"maps", "scores", "layers", "seconds", "table"}."""
+    start = time.perf_counter()
+    everything = job.everything
+    weights = target_weights(everything, len(job.genes))
+    result = explain_run(cfg.run_dir, cfg.fold, job.images, weights, cfg.method, cfg.layer,
+                         cfg.reshape, cfg.scale, cfg.batch_size)
+    result["seconds"] = time.perf_counter() - start
+    maps, scores = result["maps"], result["scores"]
+    write_cams(job.out / "cams.npz", maps, scores, everything, job.patch_ids)
+    result["table"] = pd.DataFrame({
+        "target": [t.name for t in everything], "kind": [t.kind for t in everything],
+        "genes": [len(t.genes) for t in everything], "mean_value": scores.mean(axis=1),
+        "mean_cam": maps.mean(axis=(1, 2, 3))})
+    write_csv(job.out / "targets.csv", result["table"])
+    return result
+
+
+def plot_job_grid(job: CamJob, result: dict, n_show: int):
+    """The first `n_show` patches × the grid targets."""
+    n_grid, n_show = len(job.targets), min(n_show, len(job.images))
+    return plot_cam_grid(job.images[:n_show], result["maps"][:n_grid, :n_show],
+                         [t.name for t in job.targets], result["scores"][:n_grid, :n_show],
+                         job.patch_ids[:n_show])
+
+
+def plot_job_groups(job: CamJob, result: dict):
+    """The mean CAM of every group target (None if TARGETS has no group)."""
+    rows = [i for i, t in enumerate(job.targets) if t.kind == "group"]
+    if not rows:
+        return None
+    return plot_group_average(result["maps"][rows], [job.targets[i].name for i in rows],
+                              [len(job.targets[i].genes) for i in rows])
+
+
+def gene_similarity(cfg, job: CamJob, result: dict) -> dict:
+    """CAM similarity of the compared genes, within vs between groups per strategy
+    (`similarity.csv`) and per group of GROUPS (`similarity_by_group.csv`)."""
+    sim = map_similarity(result["maps"][len(job.targets):])
+    labels = {s: gene_labels(g, len(job.genes))[job.compared] for s, g in job.groupings.items()}
+    table = similarity_table(sim, labels, cfg.n_permutations, cfg.seed)
+    write_csv(job.out / "similarity.csv", table, index=True)
+    groups = None
+    if cfg.groups in labels:
+        groups = similarity_by_group(sim, labels[cfg.groups])
+        write_csv(job.out / "similarity_by_group.csv", groups)
+    return {"sim": sim, "labels": labels, "table": table, "by_group": groups}
+
+
+# --- figures --------------------------------------------------------------------------------
+
+CMAP = "jet"  # pytorch-grad-cam's overlay colours: red = where the target's gradient points
+
+
+def _subplots(nrows: int, ncols: int, cell: float = 1.6, **kwargs):
+    """A grid of square cells without ticks."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, cell * nrows + 0.4),
+                             squeeze=False, layout="constrained", **kwargs)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig, axes
+
+
+def overlay(ax, patch: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> None:
+    """A patch with its CAM (any resolution, stretched over the patch) on top."""
+    height, width = patch.shape[:2]
+    ax.imshow(patch)
+    ax.imshow(cam, cmap=CMAP, alpha=alpha, vmin=0, vmax=1, interpolation="bilinear",
+              extent=(0, width, height, 0))
+
+
+def plot_cam_grid(patches: np.ndarray, maps: np.ndarray, names: Sequence[str],
+                  scores: np.ndarray, patch_ids: Sequence[str]):
+    """Patches (rows) × targets (columns): each CAM over its patch, the predicted target value
+    (standardised unless SCALE='original') in the corner."""
+    n_targets, n_patches = maps.shape[:2]
+    fig, axes = _subplots(n_patches, n_targets + 1)
+    for i in range(n_patches):
+        axes[i, 0].imshow(patches[i])
+        axes[i, 0].set_ylabel(str(patch_ids[i]), fontsize=7)
+        for t in range(n_targets):
+            ax = axes[i, t + 1]
+            overlay(ax, patches[i], maps[t, i])
+            ax.text(0.03, 0.04, f"{scores[t, i]:+.2f}", transform=ax.transAxes, fontsize=7,
+                    color="white", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1})
+    axes[0, 0].set_title("patch", fontsize=8)
+    for t, name in enumerate(names):
+        axes[0, t + 1].set_title(str(name), fontsize=8)
+    return fig
+
+
+def plot_group_average(maps: np.ndarray, names: Sequence[str], sizes: Sequence[int],
+                       ncols: int = 8):
+    """Per gene group, its CAM averaged over the patches (where in a patch the group looks)."""
+    ncols = max(1, min(ncols, len(names)))
+    nrows = -(-len(names) // ncols)
+    fig, axes = _subplots(nrows, ncols)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    mean = maps.mean(axis=1)
+    for ax, name, size, image in zip(axes.flat, names, sizes, mean):
+        ax.imshow(image, cmap=CMAP, vmin=0, vmax=1, interpolation="bilinear")
+        ax.set_title(f"{name} ({size})", fontsize=8)
+    fig.suptitle("mean CAM over patches per gene group (genes)", fontsize=9)
+    return fig
+
+
+def plot_similarity(sim: np.ndarray, labels: np.ndarray, table: pd.DataFrame, strategy: str):
+    """Left: gene × gene CAM similarity, genes sorted by `strategy`'s groups (`other` left out);
+    right: mean similarity within vs between groups per strategy, with permutation p-values."""
+    import matplotlib.pyplot as plt
+
+    keep = np.flatnonzero(labels != OTHER)
+    order = keep[np.argsort(labels[keep], kind="stable")]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained",
+                                      gridspec_kw={"width_ratios": [1.15, 1]})
+    image = left.imshow(sim[np.ix_(order, order)], cmap="RdBu_r", vmin=-1, vmax=1,
+                        interpolation="nearest")
+    names, starts = np.unique(labels[order], return_index=True)
+    for start in starts[1:]:
+        left.axhline(start - 0.5, color="black", lw=0.6)
+        left.axvline(start - 0.5, color="black", lw=0.6)
+    ends = np.append(starts[1:], len(order))
+    left.set_yticks((starts + ends - 1) / 2, names, fontsize=7)
+    left.set_xticks([])
+    left.set_title(f"CAM similarity of genes, by {strategy} group", fontsize=9)
+    fig.colorbar(image, ax=left, shrink=0.8, label="mean Pearson r over patches")
+    x = np.arange(len(table))
+    right.bar(x - 0.2, table["within"], 0.4, label="within groups")
+    right.bar(x + 0.2, table["between"], 0.4, label="between groups")
+    right.set_xticks(x, [f"{s}\np={p:.3g}" for s, p in zip(table.index, table["p_value"])],
+                     fontsize=8)
+    right.axhline(0, color="grey", lw=0.6)
+    right.set_ylabel("mean CAM similarity (r)")
+    right.legend(fontsize=8)
+    return fig

@@ -1,12 +1,102 @@
-"""Typed, frozen configs built from a notebook's `parameters` cell (UPPER_CASE names)."""
+"""Every notebook's parameters as a typed, frozen config, and the names each parameter accepts.
+
+Each numbered notebook has one `parameters` cell of UPPER_CASE literals; the next cell turns it
+into one of the configs below with `from_params` (field `x` is read from parameter `X`). The
+defaults here are the notebooks' defaults (a test checks that they agree), and every error names
+the parameter. This module imports nothing from the kit: the vocabularies below (recipes,
+splitters, blends, CAM methods, augmentation presets and candidates, …) are the single list that
+the stage modules register their implementations under.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
 
-from utils.cv import list_splitters
+# --- vocabularies: what each name-valued parameter accepts ------------------------------------
 
+RECIPES = ("finetune", "ridge")  # 04 RECIPE (utils.train registers one function per name)
+SPLITTERS = ("blocks", "groups", "random")  # 04 CV, the part before any ':' (utils.metric)
+GROUP_MODES = ("heads", "models")  # 04 GROUP_MODE
+HEAD_INITS = ("ridge", "random")  # 04 HEAD_INIT
+BLENDS = ("mean", "global", "group", "gene")  # 06 BLEND (utils.ensemble)
+POSTPROCESS_STEPS = ("shrink_to_mean", "clip")  # 06 POSTPROCESS (utils.ensemble)
+STRATEGIES = ("kmeans", "prefix", "correlation", "file")  # 02 gene-grouping strategies
+DEFAULT_GROUPS = "prefix"  # the gene-group strategy 05 and 06 use unless told otherwise
+# 05 METHOD → pytorch-grad-cam class. Every one is computed from the target layer's activations
+# and gradients, so one forward pass per batch serves every target (utils.cam).
+CAM_METHODS = {"GradCAM": "GradCAM", "GradCAM++": "GradCAMPlusPlus", "XGradCAM": "XGradCAM",
+               "LayerCAM": "LayerCAM", "HiResCAM": "HiResCAM", "EigenCAM": "EigenCAM",
+               "EigenGradCAM": "EigenGradCAM", "GradCAMElementWise": "GradCAMElementWise"}
+CAM_SCALES = ("standardised", "original")  # 05 SCALE
+LPIPS_TRUNKS = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights",  # 03 LPIPS_NET → torchvision
+                "squeeze": "SqueezeNet1_1_Weights"}
+# 02 `prefix` strategy: name families, first match wins; regular expressions on the gene name.
+GENE_PREFIXES = {
+    "MT": r"^MT-", "RPL/RPS": r"^RP[LS]\d+[A-Z]?$|^RPLP\d$", "LINC": r"^LINC\d",
+    "ZNF": r"^ZNF\d", "SLC": r"^SLC\d", "AC": r"^AC\d{6}\.\d+$", "AL": r"^AL\d{6}\.\d+$",
+    "AP": r"^AP\d{6}\.\d+$", "HLA": r"^HLA-", "KRT": r"^KRT\d", "COL": r"^COL\d+A\d",
+    "IG": r"^IG[HKL](?:V|D|J|C|G\d|A\d|M$|E$|LL)", "CD": r"^CD\d+[A-Z]?$", "S100": r"^S100"}
+
+
+# --- augmentation: 04's AUGMENT presets and the candidates 03 screens ------------------------
+# A policy is a list of `{"name": albumentations class or kit transform, "params": {...}}`.
+BORDER_REFLECT_101 = 4  # cv2.BORDER_REFLECT_101, without importing cv2
+AUGMENT_PRESETS: dict[str, list[dict]] = {
+    "none": [],
+    # the eight dihedral views (flips × 90° rotations), each equally likely
+    "flips": [{"name": "SquareSymmetry", "params": {"p": 1.0}}],
+    # the seed team's final list: flips, mild shift-scale-rotate, mild brightness/contrast
+    "seed": [
+        {"name": "SquareSymmetry", "params": {"p": 1.0}},
+        {"name": "Affine", "params": {"translate_percent": [-0.0625, 0.0625], "scale": [0.9, 1.1],
+                                      "rotate": [-15, 15], "border_mode": BORDER_REFLECT_101,
+                                      "p": 0.5}},
+        {"name": "RandomBrightnessContrast", "params": {"brightness_limit": 0.1,
+                                                        "contrast_limit": 0.1, "p": 0.5}},
+    ],
+}
+# "p" is the probability in an exported policy; screening always applies a candidate (p=1).
+# Geometric candidates only move pixels (Affine reflects at the border instead of padding black).
+GEOMETRIC: dict[str, dict] = {
+    "HorizontalFlip": {"p": 0.5},
+    "VerticalFlip": {"p": 0.5},
+    "RandomRotate90": {"p": 1.0},  # k ∈ {0, 1, 2, 3} quarter turns, k = 0 included
+    "Affine": AUGMENT_PRESETS["seed"][1]["params"],
+}
+LEVELS = ("weak", "medium", "strong")
+# Photometric candidates: one parameter set per level in LEVELS (Equalize has no strength).
+PHOTOMETRIC: dict[str, tuple[dict, ...]] = {
+    "RandomBrightnessContrast": tuple({"brightness_limit": s, "contrast_limit": s}
+                                      for s in (0.05, 0.1, 0.2)),
+    "ColorJitter": tuple({"brightness": s, "contrast": s, "saturation": s, "hue": h}
+                         for s, h in ((0.05, 0.01), (0.1, 0.02), (0.2, 0.05))),
+    "HueSaturationValue": tuple({"hue_shift_limit": h, "sat_shift_limit": s, "val_shift_limit": s}
+                                for h, s in ((2, 5), (5, 10), (10, 20))),
+    "Equalize": ({},),
+    "GaussianBlur": tuple({"sigma_limit": [0.1, s]} for s in (0.5, 1.0, 2.0)),
+    "GaussNoise": tuple({"std_range": [s / 2, s]} for s in (0.02, 0.05, 0.1)),
+    "CLAHE": tuple({"clip_limit": [1.0, c]} for c in (1.5, 2.0, 4.0)),
+    "HEDJitter": tuple({"alpha_limit": a, "beta_limit": b}
+                       for a, b in ((0.02, 0.002), (0.05, 0.005), (0.1, 0.01))),
+}
+PHOTOMETRIC_P = 0.5  # policy probability of a kept photometric candidate
+
+
+def _candidates() -> dict[str, dict]:
+    """Every candidate key (`Name`, or `Name:level` when there are levels) → policy item."""
+    table = {name: {"name": name, "params": dict(params)} for name, params in GEOMETRIC.items()}
+    for name, levels in PHOTOMETRIC.items():
+        for level, params in zip(LEVELS, levels):
+            key = name if len(levels) == 1 else f"{name}:{level}"
+            table[key] = {"name": name, "params": {**params, "p": PHOTOMETRIC_P}}
+    return table
+
+
+AUGMENT_CANDIDATES: dict[str, dict] = _candidates()
+
+
+# --- building configs -------------------------------------------------------------------------
 
 def from_params(cls: type, params: dict):
     """Build config `cls` from the notebook's globals: field `x` is read from parameter `X`.
@@ -31,97 +121,20 @@ def set_field(config, name: str, value) -> None:
     object.__setattr__(config, name, value)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Parameters of notebooks/04_train.ipynb (see its parameters cell for what each means)."""
-
-    data_dir: str | None = None
-    run_dir: str = "runs/ridge"
-    recipe: str = "ridge"
-    backbone: str = "tf_efficientnet_lite0"
-    pretrained: bool | str = True
-    img_size: int | None = None
-    cv: str = "blocks"
-    n_folds: int = 4
-    seed: int = 0
-    smoke: bool = False
-    tta: bool = True
-    pca_dim: int | None = None
-    alphas: tuple[float, ...] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
-    batch_size: int | None = None
-    overwrite: bool = False
-    # fine-tuning (RECIPE="finetune"); see utils.finetune
-    epochs: int = 5
-    lr: float = 2e-4
-    head_lr: float = 2e-4
-    weight_decay: float = 0.01
-    warmup_epochs: float = 1.0
-    grad_clip: float | None = 1.0
-    accumulate: int = 1
-    ema: float | None = None
-    patience: int | None = 2
-    loss_weights: tuple[float, float] = (0.3, 0.6)
-    target: str = "genes"
-    groups: str | None = None
-    gene_groups: str = "runs/genes/gene_groups.csv"
-    group_mode: str = "heads"
-    augment: str = "flips"
-    freeze: int = 0
-    freeze_bn: bool = True
-    head_init: str = "ridge"
-    drop_path: float = 0.0
-    num_workers: int | None = None
-    resume: bool = True
-
-    def __post_init__(self):
-        from utils.recipes import list_recipes
-
-        if self.recipe not in list_recipes():
-            raise ValueError(f"RECIPE={self.recipe!r} is unknown; choose from {list_recipes()}")
-        if self.cv.split(":", 1)[0] not in list_splitters():
-            raise ValueError(f"CV={self.cv!r} is unknown; choose from {list_splitters()} "
-                             "(groups as 'groups:<column or file>')")
-        set_field(self, "alphas", tuple(float(a) for a in self.alphas))
-        for name in ("n_folds", "batch_size", "img_size", "pca_dim", "epochs", "accumulate",
-                     "patience"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name.upper()} must be a positive integer; got {value!r}")
-        _check_finetune(self)
+def as_tuple(value) -> tuple:
+    """A parameter given as one item, a list or None, as a tuple."""
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, (str, int, float)) else tuple(value)
 
 
-GROUP_MODES = ("heads", "models")
-HEAD_INITS = ("ridge", "random")
-
-
-def _check_finetune(cfg: TrainConfig) -> None:
-    """Validate (and normalise) the fine-tuning parameters; each error names the parameter."""
-    set_field(cfg, "loss_weights", check_loss_weights(cfg.loss_weights))
-    parse_target(cfg.target)
-    checks = {
-        "LR": cfg.lr > 0, "HEAD_LR": cfg.head_lr > 0, "WEIGHT_DECAY": cfg.weight_decay >= 0,
-        "WARMUP_EPOCHS": cfg.warmup_epochs >= 0, "DROP_PATH": 0 <= cfg.drop_path < 1,
-        "GRAD_CLIP": cfg.grad_clip is None or cfg.grad_clip > 0,
-        "EMA": cfg.ema is None or 0 < cfg.ema < 1,
-        "FREEZE": isinstance(cfg.freeze, int) and cfg.freeze >= 0,
-        "NUM_WORKERS": cfg.num_workers is None or (isinstance(cfg.num_workers, int)
-                                                   and cfg.num_workers >= 0),
-        "GROUP_MODE": cfg.group_mode in GROUP_MODES, "HEAD_INIT": cfg.head_init in HEAD_INITS,
-    }
-    bad = [name for name, ok in checks.items() if not ok]
-    if bad:
-        values = {name: getattr(cfg, name.lower()) for name in bad}
-        raise ValueError(f"invalid fine-tuning parameters {values}: LR, HEAD_LR > 0; "
-                         "WEIGHT_DECAY, WARMUP_EPOCHS, FREEZE, NUM_WORKERS >= 0; 0 <= DROP_PATH "
-                         "< 1; GRAD_CLIP None or > 0; EMA None or a decay in (0, 1); GROUP_MODE in "
-                         f"{GROUP_MODES}; HEAD_INIT in {HEAD_INITS}")
-    if cfg.group_mode == "models" and not cfg.groups:
-        raise ValueError("GROUP_MODE='models' trains one model per gene group: set GROUPS to a "
-                         "strategy of GENE_GROUPS (a gene_groups.csv from 02_gene_clustering)")
-    if cfg.recipe == "finetune":
-        from utils.augment import read_recipe
-
-        read_recipe(cfg.augment)  # a preset name or an existing recipe file
+def check_positive_ints(config, names: tuple[str, ...]) -> None:
+    """Each named field is None or a positive integer, or a ValueError naming the parameter."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < 1):
+            raise ValueError(f"{name.upper()} must be a positive integer; got {value!r}")
 
 
 def check_loss_weights(weights) -> tuple[float, float]:
@@ -146,53 +159,255 @@ def parse_target(target: str) -> int | None:
     raise ValueError(f"TARGET={target!r} is unknown; use 'genes' or 'pca:K' (K > 0 components)")
 
 
+def check_augment(spec) -> None:
+    """AUGMENT is a preset name or the path of a policy JSON file (read when training starts)."""
+    if str(spec) in AUGMENT_PRESETS or str(spec).endswith(".json"):
+        return
+    raise ValueError(f"AUGMENT={str(spec)!r} is neither a preset {sorted(AUGMENT_PRESETS)} nor "
+                     "a policy file (*.json, e.g. runs/augment/augment_policy.json from 03)")
+
+
+def check_candidate(key: str) -> None:
+    """An augmentation candidate key that 03 can screen, or an error listing them."""
+    if key not in AUGMENT_CANDIDATES:
+        raise ValueError(f"unknown augmentation candidate {key!r}; choose from "
+                         f"{list(AUGMENT_CANDIDATES)}")
+
+
+def check_method(name: str) -> str:
+    """A CAM method's registry name (case-insensitive; pytorch-grad-cam class names work too)."""
+    lookup = {k.lower(): k for k in CAM_METHODS} | {v.lower(): k for k, v in CAM_METHODS.items()}
+    if str(name).lower() not in lookup:
+        raise ValueError(f"unknown CAM method {name!r}; choose from {list(CAM_METHODS)}")
+    return lookup[str(name).lower()]
+
+
+# --- 01_eda -----------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
-class SubmitConfig:
-    """Parameters of notebooks/06_ensemble_submit.ipynb (see its parameters cell)."""
+class EdaConfig:
+    """Parameters of notebooks/01_eda.ipynb (see its parameters cell)."""
 
     data_dir: str | None = None
-    runs: tuple[str, ...] = ("runs/ridge",)  # empty or None: every finished run under runs_root
-    runs_root: str = "runs"
-    submission: str = "submissions/submission.csv"
-    blend: str = "global"
-    gene_groups: str | None = "runs/genes/gene_groups.csv"
-    groups: str | None = "kmeans"
-    shrink: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    postprocess: tuple[str, ...] = ("shrink_to_mean", "clip")
+    run_dir: str = "runs/eda"
+    near_zero: float = 0.01
+    n_example_genes: int = 6
+    n_heatmap_genes: int = 60
+    window: int | None = None
+    change_ratio: float = 6.0
+    max_change_points: int = 10
+    image_stride: int = 4
+    n_patches: int = 8
+    seed: int = 0
+    smoke: bool = False
 
     def __post_init__(self):
-        from utils.ensemble import BLENDS
-        from utils.postprocess import list_steps
+        if self.smoke:  # the quickest settings: a small heatmap, coarse colour statistics
+            set_field(self, "n_heatmap_genes", min(self.n_heatmap_genes, 30))
+            set_field(self, "image_stride", max(self.image_stride, 8))
+        for name in ("n_example_genes", "n_heatmap_genes", "image_stride", "n_patches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name.upper()} must be a positive integer; got {value!r}")
 
-        set_field(self, "runs", _as_tuple(self.runs))
-        set_field(self, "postprocess", _as_tuple(self.postprocess))
-        set_field(self, "shrink", tuple(float(s) for s in _as_tuple(self.shrink)))
-        if self.blend not in BLENDS:
-            raise ValueError(f"BLEND={self.blend!r} is unknown; choose from {list(BLENDS)}")
-        if self.blend == "group" and not (self.gene_groups and self.groups):
-            raise ValueError("BLEND='group' needs GENE_GROUPS (a gene_groups.csv written by "
-                             "02_gene_clustering) and GROUPS (one of its strategies)")
-        if not self.shrink or not all(0.0 <= s <= 1.0 for s in self.shrink):
-            raise ValueError(f"SHRINK must list amounts between 0 and 1; got {self.shrink}")
-        unknown = sorted(set(self.postprocess) - set(list_steps()))
-        if unknown:
-            raise ValueError(f"POSTPROCESS has unknown steps {unknown}; choose from "
-                             f"{list_steps()} (or [] for none)")
+    def window_for(self, n_rows: int) -> int:
+        """Rows per rolling window: WINDOW, or 2% of the rows (at least 10)."""
+        return self.window or max(10, n_rows // 50)
 
 
-def _as_tuple(value) -> tuple:
-    """A parameter given as one item, a list or None, as a tuple."""
-    if value is None:
-        return ()
-    return (value,) if isinstance(value, (str, int, float)) else tuple(value)
+# --- 02_gene_clustering -----------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class GeneClusteringConfig:
+    """Parameters of notebooks/02_gene_clustering.ipynb (see its parameters cell)."""
+
+    data_dir: str | None = None
+    run_dir: str = "runs/genes"
+    strategies: tuple[str, ...] = ("kmeans", "prefix", "correlation")
+    k: int | None = None
+    k_range: tuple[int, int] = (4, 30)
+    n_pca: int = 50
+    n_neighbors: int = 15
+    neighbors: str = "exact"
+    umap_epochs: int = 200
+    n_modules: int = 20
+    min_group_size: int = 10
+    prefixes: dict[str, str] | None = None
+    groups_file: str | None = None
+    seed: int = 0
+    smoke: bool = False
+
+    def __post_init__(self):
+        names = as_tuple(self.strategies)
+        if self.groups_file and "file" not in names:
+            names += ("file",)
+        unknown = [s for s in names if s not in STRATEGIES]
+        if unknown or not names:
+            raise ValueError(f"STRATEGIES {list(names)}: unknown {unknown}; choose from "
+                             f"{list(STRATEGIES)}")
+        if "file" in names and not self.groups_file:
+            raise ValueError("strategy 'file' needs GROUPS_FILE, a CSV with columns gene, group")
+        k_range = tuple(int(k) for k in self.k_range)
+        epochs = self.umap_epochs
+        if self.smoke:  # the quickest settings: four values of K, a short UMAP
+            k_range, epochs = (k_range[0], min(k_range[1], k_range[0] + 3)), min(epochs, 50)
+        prefixes = dict(GENE_PREFIXES if self.prefixes is None else self.prefixes)
+        for name, value in (("strategies", names), ("k_range", k_range), ("umap_epochs", epochs),
+                            ("prefixes", prefixes)):
+            set_field(self, name, value)
+
+    def embed_options(self) -> dict:
+        """Keyword arguments of utils.genes.embed_genes."""
+        return {"n_pca": self.n_pca, "n_neighbors": self.n_neighbors, "seed": self.seed,
+                "n_epochs": self.umap_epochs, "neighbors": self.neighbors}
+
+    def options(self, strategy: str) -> dict:
+        """Keyword arguments of utils.genes.make_groups for one strategy."""
+        return {"kmeans": {"k": self.k, "k_range": self.k_range, "seed": self.seed},
+                "prefix": {"prefixes": self.prefixes, "min_size": self.min_group_size},
+                "correlation": {"n_modules": self.n_modules, "min_size": self.min_group_size},
+                "file": {"path": self.groups_file}}[strategy]
+
+
+# --- 03_augmentation_screening ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScreenConfig:
+    """Parameters of notebooks/03_augmentation_screening.ipynb (see its parameters cell)."""
+
+    data_dir: str | None = None
+    run_dir: str = "runs/augment"
+    candidates: tuple[str, ...] | None = None
+    n_patches: int = 64
+    seed: int = 0
+    smoke: bool = False
+    dino_model: str | None = "vit_small_patch16_224.dino"
+    dino_pretrained: bool | str = True
+    img_size: int | None = None
+    lpips_net: str | None = "alex"
+    lpips_pretrained: bool = True
+    min_dino_sim: float | None = 0.9
+    max_lpips: float | None = 0.2
+    max_stain_shift: float | None = 0.25
+    min_ssim: float | None = 0.9
+
+    def __post_init__(self):
+        keys = as_tuple(self.candidates) if self.candidates is not None else tuple(
+            AUGMENT_CANDIDATES)
+        for key in keys:
+            check_candidate(key)
+        set_field(self, "candidates", keys)
+        if self.lpips_net not in (None, *LPIPS_TRUNKS):
+            raise ValueError(f"LPIPS_NET={self.lpips_net!r}: choose from {list(LPIPS_TRUNKS)} "
+                             "or None")
+        if not isinstance(self.n_patches, int) or self.n_patches < 1:
+            raise ValueError(f"N_PATCHES must be a positive integer; got {self.n_patches!r}")
+
+    @property
+    def n_screen(self) -> int:
+        """Patches to screen: N_PATCHES, at most 8 in a smoke run."""
+        return min(self.n_patches, 8) if self.smoke else self.n_patches
+
+    @property
+    def limits(self) -> dict[str, float | None]:
+        """Selection limit per score (None: not a criterion)."""
+        return {"dino_sim": self.min_dino_sim, "lpips": self.max_lpips,
+                "stain_shift": self.max_stain_shift, "ssim": self.min_ssim}
+
+
+# --- 04_train ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Parameters of notebooks/04_train.ipynb (see its parameters cell for what each means)."""
+
+    data_dir: str | None = None
+    run_dir: str = "runs/ridge_effnet_lite0"
+    recipe: str = "ridge"
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: bool | str = True
+    img_size: int | None = None
+    cv: str = "blocks"
+    n_folds: int = 4
+    seed: int = 0
+    smoke: bool = False
+    tta: bool = True
+    pca_dim: int | None = None
+    alphas: tuple[float, ...] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
+    batch_size: int | None = None
+    overwrite: bool = False
+    # fine-tuning (RECIPE="finetune"); see utils.train
+    epochs: int = 5
+    lr: float = 2e-4
+    head_lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_epochs: float = 1.0
+    grad_clip: float | None = 1.0
+    accumulate: int = 1
+    ema: float | None = None
+    patience: int | None = 2
+    loss_weights: tuple[float, float] = (0.3, 0.6)
+    target: str = "genes"
+    groups: str | None = None
+    gene_groups: str = "runs/genes/gene_groups.csv"
+    group_mode: str = "heads"
+    augment: str = "flips"
+    freeze: int = 0
+    freeze_bn: bool = True
+    head_init: str = "ridge"
+    drop_path: float = 0.0
+    num_workers: int | None = None
+    resume: bool = True
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"RECIPE={self.recipe!r} is unknown; choose from {list(RECIPES)}")
+        if self.cv.split(":", 1)[0] not in SPLITTERS:
+            raise ValueError(f"CV={self.cv!r} is unknown; choose from {list(SPLITTERS)} "
+                             "(groups as 'groups:<column or file>')")
+        set_field(self, "alphas", tuple(float(a) for a in self.alphas))
+        check_positive_ints(self, ("n_folds", "batch_size", "img_size", "pca_dim", "epochs",
+                                   "accumulate", "patience"))
+        self._check_finetune()
+
+    def _check_finetune(self) -> None:
+        """Validate (and normalise) the fine-tuning parameters; each error names the parameter."""
+        set_field(self, "loss_weights", check_loss_weights(self.loss_weights))
+        parse_target(self.target)
+        checks = {
+            "LR": self.lr > 0, "HEAD_LR": self.head_lr > 0, "WEIGHT_DECAY": self.weight_decay >= 0,
+            "WARMUP_EPOCHS": self.warmup_epochs >= 0, "DROP_PATH": 0 <= self.drop_path < 1,
+            "GRAD_CLIP": self.grad_clip is None or self.grad_clip > 0,
+            "EMA": self.ema is None or 0 < self.ema < 1,
+            "FREEZE": isinstance(self.freeze, int) and self.freeze >= 0,
+            "NUM_WORKERS": self.num_workers is None or (isinstance(self.num_workers, int)
+                                                        and self.num_workers >= 0),
+            "GROUP_MODE": self.group_mode in GROUP_MODES,
+            "HEAD_INIT": self.head_init in HEAD_INITS,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            values = {name: getattr(self, name.lower()) for name in bad}
+            raise ValueError(f"invalid fine-tuning parameters {values}: LR, HEAD_LR > 0; "
+                             "WEIGHT_DECAY, WARMUP_EPOCHS, FREEZE, NUM_WORKERS >= 0; 0 <= "
+                             "DROP_PATH < 1; GRAD_CLIP None or > 0; EMA None or a decay in (0, 1);"
+                             f" GROUP_MODE in {GROUP_MODES}; HEAD_INIT in {HEAD_INITS}")
+        if self.group_mode == "models" and not self.groups:
+            raise ValueError("GROUP_MODE='models' trains one model per gene group: set GROUPS "
+                             "to a strategy of GENE_GROUPS (a gene_groups.csv from "
+                             "02_gene_clustering)")
+        if self.recipe == "finetune":
+            check_augment(self.augment)
+
+
+# --- 05_gradcam -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class CamConfig:
     """Parameters of notebooks/05_gradcam.ipynb (see its parameters cell)."""
 
     data_dir: str | None = None
-    run_dir: str = "runs/finetune"
+    run_dir: str = "runs/finetune_effnet_lite0"
     fold: int = 0
     patches: str = "val"
     n_patches: int = 32
@@ -200,7 +415,7 @@ class CamConfig:
     method: str = "GradCAM"
     targets: tuple[str, ...] = ("heg50", "hvg50", "groups")
     gene_groups: str | None = "runs/genes/gene_groups.csv"
-    groups: str = "prefix"
+    groups: str = DEFAULT_GROUPS
     strategies: tuple[str, ...] = ()  # empty: every strategy of gene_groups
     genes_per_group: int = 5
     n_permutations: int = 1000
@@ -212,19 +427,47 @@ class CamConfig:
     smoke: bool = False
 
     def __post_init__(self):
-        from utils.cam import SCALES, check_method
-
         set_field(self, "method", check_method(self.method))
-        set_field(self, "targets", _as_tuple(self.targets))
-        set_field(self, "strategies", _as_tuple(self.strategies))
-        if self.patches not in ("val", "test") or self.scale not in SCALES:
+        set_field(self, "targets", as_tuple(self.targets))
+        set_field(self, "strategies", as_tuple(self.strategies))
+        if self.patches not in ("val", "test") or self.scale not in CAM_SCALES:
             raise ValueError(f"PATCHES={self.patches!r} must be 'val' or 'test' and "
-                             f"SCALE={self.scale!r} one of {SCALES}")
-        for name in ("n_patches", "n_show", "genes_per_group", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name.upper()} must be a positive integer; got {value!r}")
+                             f"SCALE={self.scale!r} one of {CAM_SCALES}")
+        check_positive_ints(self, ("n_patches", "n_show", "genes_per_group", "batch_size"))
         if self.smoke:  # a few patches and genes: seconds on a CPU
             for name, cap in (("n_patches", 4), ("n_show", 2), ("genes_per_group", 2),
                               ("n_permutations", 100)):
                 set_field(self, name, min(getattr(self, name), cap))
+
+
+# --- 06_ensemble_submit -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SubmitConfig:
+    """Parameters of notebooks/06_ensemble_submit.ipynb (see its parameters cell)."""
+
+    data_dir: str | None = None
+    runs: tuple[str, ...] = ("runs/ridge_effnet_lite0",)  # empty or None: every finished run
+    runs_root: str = "runs"
+    submission: str = "submissions/submission.csv"
+    blend: str = "global"
+    gene_groups: str | None = "runs/genes/gene_groups.csv"
+    groups: str | None = DEFAULT_GROUPS
+    shrink: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    postprocess: tuple[str, ...] = ("shrink_to_mean", "clip")
+
+    def __post_init__(self):
+        set_field(self, "runs", as_tuple(self.runs))
+        set_field(self, "postprocess", as_tuple(self.postprocess))
+        set_field(self, "shrink", tuple(float(s) for s in as_tuple(self.shrink)))
+        if self.blend not in BLENDS:
+            raise ValueError(f"BLEND={self.blend!r} is unknown; choose from {list(BLENDS)}")
+        if self.blend == "group" and not (self.gene_groups and self.groups):
+            raise ValueError("BLEND='group' needs GENE_GROUPS (a gene_groups.csv written by "
+                             "02_gene_clustering) and GROUPS (one of its strategies)")
+        if not self.shrink or not all(0.0 <= s <= 1.0 for s in self.shrink):
+            raise ValueError(f"SHRINK must list amounts between 0 and 1; got {self.shrink}")
+        unknown = sorted(set(self.postprocess) - set(POSTPROCESS_STEPS))
+        if unknown:
+            raise ValueError(f"POSTPROCESS has unknown steps {unknown}; choose from "
+                             f"{list(POSTPROCESS_STEPS)} (or [] for none)")

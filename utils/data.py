@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.io import atomic_path, read_json, write_json
-from utils.paths import find_data_dir, kit_root
+from utils.paths import atomic_path, find_data_dir, kit_root, read_json, write_json
 
 ID_COLUMNS = ("ID", "path")
 CACHE_ENV_VAR = "KIT_CACHE_DIR"

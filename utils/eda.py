@@ -1,5 +1,5 @@
-"""Exploratory statistics for 01_eda: per-gene distributions, slice structure along row order,
-image colour (RGB and HED stains) and a classifier that tells train patches from test patches.
+"""01_eda: per-gene distributions, slice structure along row order, image colour (RGB and HED
+stains), a classifier that tells train patches from test patches, and the figures of all that.
 
 Train rows are stored slice by slice and the test set is an unseen slice, so the row order
 carries structure: `find_change_points` looks for the rows where expression and colour jump.
@@ -7,45 +7,15 @@ carries structure: `find_change_points` looks for the rows where expression and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
-from utils.metric import top_genes
+from utils.metric import make_folds, top_genes
+from utils.paths import figure
 
 CHANNELS = ("R", "G", "B", "H", "E", "D")  # RGB, then haematoxylin, eosin, DAB optical density
 
 
-@dataclass(frozen=True)
-class EdaConfig:
-    """Parameters of notebooks/01_eda.ipynb (see its parameters cell)."""
-
-    data_dir: str | None = None
-    run_dir: str = "runs/eda"
-    near_zero: float = 0.01
-    n_example_genes: int = 6
-    n_heatmap_genes: int = 60
-    window: int | None = None
-    change_ratio: float = 6.0
-    max_change_points: int = 10
-    image_stride: int = 4
-    n_patches: int = 8
-    seed: int = 0
-    smoke: bool = False
-
-    def __post_init__(self):
-        if self.smoke:  # the quickest settings: a small heatmap, coarse colour statistics
-            object.__setattr__(self, "n_heatmap_genes", min(self.n_heatmap_genes, 30))
-            object.__setattr__(self, "image_stride", max(self.image_stride, 8))
-        for name in ("n_example_genes", "n_heatmap_genes", "image_stride", "n_patches"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name.upper()} must be a positive integer; got {value!r}")
-
-    def window_for(self, n_rows: int) -> int:
-        """Rows per rolling window: WINDOW, or 2% of the rows (at least 10)."""
-        return self.window or max(10, n_rows // 50)
 
 
 # --- genes ------------------------------------------------------------------------------------
@@ -138,6 +108,18 @@ def rolling_mean(frame: pd.DataFrame, window: int) -> pd.DataFrame:
     return frame.rolling(window, center=True, min_periods=1).mean()
 
 
+def row_structure(y: np.ndarray, image_features: pd.DataFrame | None, window: int,
+                  ratio: float = 6.0, max_points: int = 10, n_folds: int = 4,
+                  seed: int = 0) -> dict:
+    """Signals along row order (rolling means), their change points, and the edges of the
+    default block-CV folds: `change_points.json` of 01 plus the frame to plot."""
+    signals = row_signals(y, image_features, seed=seed)
+    change_points = find_change_points(signals.to_numpy(), window, ratio, max_points)
+    edges = np.flatnonzero(np.diff(make_folds("blocks", len(signals), n_folds))) + 1
+    return {"window": window, "change_points": change_points,
+            "block_fold_edges": edges.tolist(), "rolling": rolling_mean(signals, window)}
+
+
 # --- images -----------------------------------------------------------------------------------
 
 def to_channels(rgb: np.ndarray) -> np.ndarray:
@@ -202,3 +184,142 @@ def shift_auc(train: pd.DataFrame, test: pd.DataFrame, n_folds: int = 5, seed: i
     return {"auc": float(roc_auc_score(is_test, proba)), "n_folds": n_folds,
             "n_train": len(train), "n_test": len(test),
             "features": feature_auc(train, test).round(4).to_dict()}
+
+
+# --- figures --------------------------------------------------------------------------------
+
+def _no_minor_labels(ax) -> None:
+    """Log axes: label the decades only (minor labels overlap on narrow ranges)."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+# --- 01: genes --------------------------------------------------------------------------------
+
+def plot_gene_scales(stats: pd.DataFrame):
+    """Distribution of per-gene means and variances on log scales."""
+    fig, axes = figure(ncols=2)
+    for ax, column in zip(axes, ("mean", "var")):
+        values = stats[column].to_numpy()
+        positive = values[values > 0]
+        ax.hist(positive, bins=np.geomspace(positive.min(), positive.max(), 50), color="C0")
+        ax.set(xscale="log", xlabel=f"per-gene {column}", ylabel="genes",
+               title=f"{column} ({(values <= 0).sum()} genes ≤ 0 not shown)")
+        _no_minor_labels(ax)
+    return fig
+
+
+def plot_example_genes(y: np.ndarray, stats: pd.DataFrame, indices: np.ndarray):
+    """Histograms of a few genes from the lowest to the highest mean expression."""
+    ncols = min(3, len(indices))
+    nrows = int(np.ceil(len(indices) / ncols))
+    fig, axes = figure(3.2 * ncols, 2.4 * nrows, nrows, ncols, squeeze=False)
+    for ax, i in zip(axes.flat, indices):
+        row = stats.iloc[i]
+        ax.hist(y[:, i], bins=40, color="C0")
+        ax.set(title=f"{row['gene']}: mean {row['mean']:.2g}, {row['near_zero']:.0%} ≈ 0",
+               xlabel="expression", ylabel="spots")
+    for ax in axes.flat[len(indices):]:
+        ax.axis("off")
+    return fig
+
+
+def plot_mean_variance(stats: pd.DataFrame):
+    """Mean against variance per gene, the genes the metric scores (heg50, hvg50) highlighted."""
+    fig, ax = figure(6, 4.5)
+    keep = (stats["mean"] > 0) & (stats["var"] > 0)
+    ax.scatter(stats["mean"][keep], stats["var"][keep], s=4, c="lightgray", label="all genes")
+    for column, colour, label in (("heg50", "C1", "50 most expressed"),
+                                  ("hvg50", "C0", "50 most variable")):
+        top = stats[keep & stats[column]]
+        ax.scatter(top["mean"], top["var"], s=14, c=colour, label=label, alpha=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="mean", ylabel="variance",
+           title="mean–variance (genes with mean and variance > 0)")
+    _no_minor_labels(ax)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_pair_correlations(values: np.ndarray):
+    """Histogram of gene–gene correlations, with their mean and 1st/99th percentiles."""
+    fig, ax = figure(6, 3.5)
+    ax.hist(values, bins=100, color="C0")
+    for q, style in ((1, ":"), (99, ":")):
+        ax.axvline(np.percentile(values, q), color="k", ls=style)
+    ax.axvline(values.mean(), color="k", label=f"mean {values.mean():.3f}")
+    ax.set(xlabel="Pearson r between two genes", ylabel="gene pairs", yscale="log",
+           title=f"{len(values):,} gene pairs (dotted: 1st and 99th percentile)")
+    ax.legend()
+    return fig
+
+
+def plot_clustermap(corr: np.ndarray, names: list[str]):
+    """Clustered heatmap of a gene–gene correlation matrix (seaborn clustermap)."""
+    import seaborn as sns
+
+    frame = pd.DataFrame(corr, index=names, columns=names)
+    size = min(14, 4 + 0.12 * len(names))
+    grid = sns.clustermap(frame, cmap="RdBu_r", vmin=-1, vmax=1, figsize=(size, size),
+                          xticklabels=len(names) <= 80, yticklabels=len(names) <= 80,
+                          cbar_kws={"label": "r"})
+    return grid.figure
+
+
+# --- 01: slice structure and images -----------------------------------------------------------
+
+def plot_row_structure(rolling: pd.DataFrame, change_points: list[int],
+                       fold_edges: list[int] | None = None):
+    """Rolling signals against train row, detected change points (red) and CV fold edges."""
+    fig, axes = figure(10, 1.3 * len(rolling.columns) + 0.6, nrows=len(rolling.columns),
+                        sharex=True, squeeze=False)
+    for ax, column in zip(axes[:, 0], rolling.columns):
+        ax.plot(rolling[column].to_numpy(), lw=1)
+        ax.set_ylabel(column, rotation=0, ha="right", va="center", fontsize="small")
+        for row in change_points:
+            ax.axvline(row, color="C3", lw=1.2)
+        for row in fold_edges or []:
+            ax.axvline(row, color="k", ls=":", lw=1)
+    axes[0, 0].set_title("rolling means along row order (red: detected change points, "
+                         "dotted: block-CV fold edges)")
+    axes[-1, 0].set_xlabel("train row")
+    return fig
+
+
+def plot_channels(train: pd.DataFrame, test: pd.DataFrame):
+    """Pixel distributions of R, G, B and H, E, D (stain optical densities), train vs test."""
+    fig, axes = figure(10, 5, nrows=2, ncols=3)
+    for ax, channel in zip(axes.flat, train.columns):
+        both = np.r_[train[channel], test[channel]]
+        bins = np.linspace(*np.percentile(both, [0.5, 99.5]), 60)
+        ax.hist(train[channel], bins=bins, density=True, alpha=0.6, label="train")
+        ax.hist(test[channel], bins=bins, density=True, alpha=0.6, label="test")
+        ax.set(title=channel, yticks=[])
+    axes.flat[0].legend()
+    return fig
+
+
+def plot_patches(train: np.ndarray, test: np.ndarray, n: int = 8, seed: int = 0):
+    """A row of random train patches above a row of random test patches."""
+    rng = np.random.default_rng(seed)
+    fig, axes = figure(1.4 * n, 3.2, nrows=2, ncols=n, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for row, (name, images) in enumerate((("train", train), ("test", test))):
+        picks = np.sort(rng.choice(len(images), min(n, len(images)), replace=False))
+        for ax, i in zip(axes[row], picks):
+            ax.imshow(images[i])
+            ax.set_title(f"{name} {i}", fontsize="small")
+    return fig
+
+
+def plot_shift(shift: dict):
+    """Per-feature AUC of telling test from train (0.5: no shift), with the classifier's AUC."""
+    auc = pd.Series(shift["features"]).sort_values()
+    fig, ax = figure(6, 0.25 * len(auc) + 1)
+    ax.barh(auc.index, auc.to_numpy() - 0.5, left=0.5, color=np.where(auc > 0.5, "C1", "C0"))
+    ax.axvline(0.5, color="k", lw=1)
+    ax.set(xlim=(0, 1), xlabel="AUC of the feature alone (>0.5: higher in test)",
+           title=f"train vs test: classifier AUC {shift['auc']:.3f} ({shift['n_folds']}-fold)")
+    return fig

@@ -1,5 +1,5 @@
-"""Gene groups: grouping strategies by name, their coherence, and the `gene_groups.csv` contract
-between 02_gene_clustering and training.
+"""02_gene_clustering: group the genes by strategy, measure how coherent the groups are, and the
+`gene_groups.csv` contract between 02 and training (04), Grad-CAM (05) and blending (06).
 
 `gene_groups.csv` has columns `gene, group, strategy`: for each strategy, every gene of the
 data in exactly one group. Strategies (`list_strategies()`, `make_groups(name, ...)`):
@@ -7,29 +7,32 @@ data in exactly one group. Strategies (`list_strategies()`, `make_groups(name, .
 - `prefix`: name families (MT-, RPL/RPS, LINC, ZNF, SLC, AC/AL clones, …), small ones → other;
 - `correlation`: modules cut from a complete-linkage tree of 1 − r (gene–gene Pearson r);
 - `file`: a user CSV `gene, group` (pathway or GO sets); genes it does not list → other.
+
+Genes as points: the gene–gene correlation matrix is one matrix product; PCA comes from it by
+subspace iteration; UMAP gets exact neighbours from it (or runs its approximate
+nearest-neighbour descent), never its slow all-pairs path for < 4096 points. At DACON scale
+(3467 genes × 6992 spots) that takes seconds.
+
+Coherence: `within_between` is the one statistic the kit uses to say whether a grouping holds
+together, here on gene–gene expression correlation and in 05 on Grad-CAM map similarity.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from utils.gene_embedding import choose_k, embed_genes, fit_kmeans
-from utils.io import write_with
-from utils.paths import resolve
+from utils.config import GENE_PREFIXES, GeneClusteringConfig
+from utils.paths import figure, resolve, write_csv, write_json
 
 GROUP_COLUMNS = ("gene", "group", "strategy")
 OTHER = "other"
-# Name families, first match wins; regular expressions on the gene name.
-PREFIXES = {"MT": r"^MT-", "RPL/RPS": r"^RP[LS]\d+[A-Z]?$|^RPLP\d$", "LINC": r"^LINC\d",
-            "ZNF": r"^ZNF\d", "SLC": r"^SLC\d", "AC": r"^AC\d{6}\.\d+$", "AL": r"^AL\d{6}\.\d+$",
-            "AP": r"^AP\d{6}\.\d+$", "HLA": r"^HLA-", "KRT": r"^KRT\d", "COL": r"^COL\d+A\d",
-            "IG": r"^IG[HKL](?:V|D|J|C|G\d|A\d|M$|E$|LL)", "CD": r"^CD\d+[A-Z]?$", "S100": r"^S100"}
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ def group_kmeans(genes: Sequence[str], corr: np.ndarray, k: int | None = None,
 def group_prefix(genes: Sequence[str], corr: np.ndarray | None = None,
                  prefixes: dict[str, str] | None = None, min_size: int = 10) -> Grouping:
     """Name families by regular expression (first match wins); small families → other."""
-    prefixes = PREFIXES if prefixes is None else prefixes
+    prefixes = GENE_PREFIXES if prefixes is None else prefixes
     names = pd.Series(list(genes), dtype=str)
     masks = [names.str.contains(pattern, regex=True).to_numpy() for pattern in prefixes.values()]
     labels = np.select(masks, list(prefixes), OTHER) if masks else np.full(len(names), OTHER)
@@ -151,56 +154,34 @@ def make_groups(name: str, genes: Sequence[str], corr: np.ndarray | None = None,
     return grouping
 
 
-@dataclass(frozen=True)
-class GeneClusteringConfig:
-    """Parameters of notebooks/02_gene_clustering.ipynb (see its parameters cell)."""
 
-    data_dir: str | None = None
-    run_dir: str = "runs/genes"
-    strategies: tuple[str, ...] = ("kmeans", "prefix", "correlation")
-    k: int | None = None
-    k_range: tuple[int, int] = (4, 30)
-    n_pca: int = 50
-    n_neighbors: int = 15
-    neighbors: str = "exact"
-    umap_epochs: int = 200
-    n_modules: int = 20
-    min_group_size: int = 10
-    prefixes: dict[str, str] | None = None
-    groups_file: str | None = None
-    seed: int = 0
-    smoke: bool = False
 
-    def __post_init__(self):
-        names = (self.strategies,) if isinstance(self.strategies, str) else tuple(self.strategies)
-        if self.groups_file and "file" not in names:
-            names += ("file",)
-        unknown = [s for s in names if s not in STRATEGIES]
-        if unknown or not names:
-            raise ValueError(f"STRATEGIES {list(names)}: unknown {unknown}; choose from "
-                             f"{list_strategies()}")
-        if "file" in names and not self.groups_file:
-            raise ValueError("strategy 'file' needs GROUPS_FILE, a CSV with columns gene, group")
-        k_range = tuple(int(k) for k in self.k_range)
-        epochs = self.umap_epochs
-        if self.smoke:  # the quickest settings: four values of K, a short UMAP
-            k_range, epochs = (k_range[0], min(k_range[1], k_range[0] + 3)), min(epochs, 50)
-        for name, value in (("strategies", names), ("k_range", k_range), ("umap_epochs", epochs),
-                            ("prefixes", dict(PREFIXES if self.prefixes is None else
-                                              self.prefixes))):
-            object.__setattr__(self, name, value)
+def cluster_genes(cfg: GeneClusteringConfig, y: np.ndarray, genes: Sequence[str]) -> dict:
+    """Gene–gene correlation, the UMAP embedding and every strategy of the config, with the
+    seconds of each step (numba's one-off compile of UMAP timed apart)."""
+    seconds = {"numba compile (once per kernel)": warm_up_umap(cfg.neighbors)}
+    start = time.perf_counter()
+    corr = correlate_genes(y)
+    seconds["correlation"] = time.perf_counter() - start
+    start = time.perf_counter()
+    embedding = embed_genes(corr, **cfg.embed_options())
+    seconds["PCA + UMAP"] = time.perf_counter() - start
+    groupings = make_groupings(cfg, genes, corr, embedding)
+    seconds.update({name: g.info["seconds"] for name, g in groupings.items()})
+    return {"corr": corr, "embedding": embedding, "groupings": groupings, "seconds": seconds}
 
-    def embed_options(self) -> dict:
-        """Keyword arguments of gene_embedding.embed_genes."""
-        return {"n_pca": self.n_pca, "n_neighbors": self.n_neighbors, "seed": self.seed,
-                "n_epochs": self.umap_epochs, "neighbors": self.neighbors}
 
-    def options(self, strategy: str) -> dict:
-        """Keyword arguments of make_groups for one strategy."""
-        return {"kmeans": {"k": self.k, "k_range": self.k_range, "seed": self.seed},
-                "prefix": {"prefixes": self.prefixes, "min_size": self.min_group_size},
-                "correlation": {"n_modules": self.n_modules, "min_size": self.min_group_size},
-                "file": {"path": self.groups_file}}[strategy]
+def write_clustering(folder: str | os.PathLike, genes: Sequence[str], clustering: dict) -> dict:
+    """gene_groups.csv, gene_embedding.csv and groupings.json in `folder`; returns each
+    strategy's groups as training reads them back (`load_gene_groups`)."""
+    folder = resolve(folder)
+    groupings = clustering["groupings"]
+    write_gene_groups(folder / "gene_groups.csv", genes, groupings)
+    embedding = pd.DataFrame(clustering["embedding"], columns=["umap_1", "umap_2"])
+    write_csv(folder / "gene_embedding.csv", embedding.assign(gene=list(genes)))
+    write_json(folder / "groupings.json", {name: g.info for name, g in groupings.items()})
+    return {name: load_gene_groups(folder / "gene_groups.csv", list(genes), name)
+            for name in groupings}
 
 
 def make_groupings(cfg: GeneClusteringConfig, genes: Sequence[str], corr: np.ndarray,
@@ -213,24 +194,65 @@ def make_groupings(cfg: GeneClusteringConfig, genes: Sequence[str], corr: np.nda
 
 # --- coherence --------------------------------------------------------------------------------
 
-def _block_sums(corr: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Group names, sizes and the groups × groups sums of r."""
-    names, inverse = np.unique(labels, return_inverse=True)
-    member = np.zeros((len(labels), len(names)), dtype=np.float32)
-    member[np.arange(len(labels)), inverse] = 1.0
-    blocks = member.T.astype(np.float64) @ (corr @ member)
-    return names, member.sum(0).astype(np.float64), blocks
+def label_sums(sim: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group names, and the groups × groups sums and counts of the finite off-diagonal entries
+    of a genes × genes similarity matrix (correlation of expression, or of CAMs)."""
+    names, inverse = np.unique(np.asarray(labels), return_inverse=True)
+    member = np.zeros((len(inverse), len(names)), dtype=np.float32)
+    member[np.arange(len(inverse)), inverse] = 1.0
+    known = np.isfinite(sim)
+    np.fill_diagonal(known, False)
+    values = np.where(known, sim, 0.0).astype(np.float32)
+    sums = member.T.astype(np.float64) @ (values @ member)
+    counts = member.T.astype(np.float64) @ (known.astype(np.float32) @ member)
+    return names, sums, counts
+
+
+def _pair_means(sim: np.ndarray, labels: np.ndarray) -> tuple[float, float, int, int]:
+    """Mean similarity over pairs (i ≠ j) with the same label and with different labels, and the
+    number of such pairs."""
+    _, sums, counts = label_sums(sim, labels)
+    n_within, n_all = np.trace(counts), counts.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.trace(sums) / n_within, (sums.sum() - np.trace(sums)) / (n_all - n_within),
+                int(n_within) // 2, int(n_all - n_within) // 2)
+
+
+def within_between(sim: np.ndarray, labels: np.ndarray, n_permutations: int = 0,
+                   seed: int = 0, leave_out: Sequence[str] = (OTHER,)) -> dict:
+    """Mean similarity of genes within and between groups (genes in `leave_out` dropped),
+    their difference, and the permutation p-value of the difference (labels shuffled among
+    genes). NaN similarities (undefined) are left out of every mean."""
+    keep = ~np.isin(labels, list(leave_out))
+    sim, labels = sim[np.ix_(keep, keep)], np.asarray(labels)[keep]
+    within, between, n_w, n_b = _pair_means(sim, labels)
+    result = {"genes": int(keep.sum()), "groups": len(np.unique(labels)), "within": within,
+              "between": between, "contrast": within - between, "within_pairs": n_w,
+              "between_pairs": n_b, "p_value": np.nan}
+    if n_permutations and n_w and n_b:
+        rng = np.random.default_rng(seed)
+        null = np.array([np.subtract(*_pair_means(sim, rng.permutation(labels))[:2])
+                         for _ in range(n_permutations)])
+        result["p_value"] = (1 + (null >= result["contrast"] - 1e-12).sum()) / (1 + len(null))
+    return result
+
+
+def by_group(sim: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+    """Per group: genes, mean similarity among its genes (within) and to every other gene
+    (between); NaN where a group has no pair."""
+    names, sums, counts = label_sums(sim, labels)
+    inside, n_inside = np.diag(sums), np.diag(counts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        within = inside / n_inside
+        between = (sums.sum(1) - inside) / (counts.sum(1) - n_inside)
+    sizes = np.unique(np.asarray(labels), return_counts=True)[1]
+    return pd.DataFrame({"group": names, "genes": sizes, "within": within, "between": between})
 
 
 def group_coherence(corr: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
     """Per group: size, mean r between its genes (within_r) and to all other genes (between_r)."""
-    names, n, blocks = _block_sums(corr, labels)
-    inside = np.diag(blocks) - n
-    with np.errstate(invalid="ignore", divide="ignore"):
-        within = np.where(n > 1, inside / (n * (n - 1)), np.nan)
-        between = (blocks.sum(1) - np.diag(blocks)) / (n * (len(labels) - n))
-    table = pd.DataFrame({"group": names, "size": n.astype(int), "within_r": within,
-                          "between_r": between})
+    table = by_group(corr, labels).rename(columns={"genes": "size", "within": "within_r",
+                                                  "between": "between_r"})
     return table.sort_values("size", ascending=False, ignore_index=True)
 
 
@@ -240,15 +262,13 @@ def coherence_table(corr: np.ndarray, groupings: dict[str, Grouping]) -> pd.Data
     within_r − between_r (contrast)."""
     rows = []
     for name, grouping in groupings.items():
-        names, n, blocks = _block_sums(corr, grouping.labels)
-        inside, pairs = np.diag(blocks) - n, n * (n - 1)
-        named, g = names != OTHER, len(grouping.labels)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            within = inside.sum() / pairs.sum()
-            between = (blocks.sum() - np.trace(blocks)) / (g * g - (n * n).sum())
-            within_named = inside[named].sum() / pairs[named].sum()
-        rows.append({"strategy": name, "groups": len(n), "largest": int(n.max()),
-                     "other": int(n[~named].sum()), "within_r": within,
+        labels = np.asarray(grouping.labels)
+        sizes = grouping.sizes()
+        within, between, _, _ = _pair_means(corr, labels)
+        named = labels != OTHER
+        within_named = _pair_means(corr[np.ix_(named, named)], labels[named])[0]
+        rows.append({"strategy": name, "groups": len(sizes), "largest": int(sizes.max()),
+                     "other": int(sizes.get(OTHER, 0)), "within_r": within,
                      "within_named_r": within_named, "between_r": between,
                      "contrast": within - between})
     return pd.DataFrame(rows).set_index("strategy")
@@ -266,7 +286,7 @@ def write_gene_groups(path: str | os.PathLike, genes: Sequence[str],
                              f"has {len(genes)}")
     table = pd.concat([pd.DataFrame({"gene": genes, "group": g.labels, "strategy": name})
                        for name, g in groupings.items()], ignore_index=True)
-    write_with(resolve(path), lambda tmp: table.to_csv(tmp, index=False))
+    write_csv(resolve(path), table)
     return table
 
 
@@ -295,3 +315,169 @@ def load_gene_groups(path: str | os.PathLike, genes: list[str],
     index = pd.Series(np.arange(len(genes)), index=genes)
     return {name: np.sort(index[part["gene"]].to_numpy())
             for name, part in rows.groupby("group", sort=True)}
+
+
+# --- genes as points: correlation, PCA, UMAP, K by silhouette ------------------------------
+
+def correlate_genes(y: np.ndarray) -> np.ndarray:
+    """Gene–gene Pearson r (float32, genes × genes) across spots; a constant gene has r = 0."""
+    y = np.asarray(y, dtype=np.float32)
+    z = y - y.mean(axis=0, dtype=np.float64).astype(np.float32)
+    norm = np.sqrt(np.einsum("ij,ij->j", z, z))
+    z /= np.where(norm > 0, norm, np.inf)
+    corr = np.clip(z.T @ z, -1.0, 1.0)
+    np.fill_diagonal(corr, 1.0)
+    return corr
+
+
+def pca_genes(corr: np.ndarray, n: int = 50, seed: int = 0) -> np.ndarray:
+    """Principal-component scores of the standardised genes (genes × n), from their correlation
+    matrix by randomized subspace iteration: no pass over the spots."""
+    from threadpoolctl import threadpool_limits
+
+    n = min(n, len(corr) - 1)
+    # One BLAS thread: small QRs stall for seconds when threads spin on a busy, shared CPU.
+    with threadpool_limits(1, user_api="blas"):
+        if len(corr) <= 4 * (n + 10):
+            w, v = np.linalg.eigh(corr.astype(np.float64))
+        else:
+            q = np.random.default_rng(seed).standard_normal((len(corr), n + 10))
+            q = q.astype(np.float32)
+            for _ in range(5):
+                q = np.linalg.qr(corr @ q)[0]
+            w, v = np.linalg.eigh((q.T @ corr @ q).astype(np.float64))
+            v = q @ v
+    top = np.argsort(w)[::-1][:n]
+    return (v[:, top] * np.sqrt(np.clip(w[top], 0, None))).astype(np.float32)
+
+
+def knn_from_corr(corr: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest genes (self first) by correlation distance sqrt(2·(1 − r))."""
+    dist = np.sqrt(np.clip(2.0 * (1.0 - corr), 0.0, None))
+    np.fill_diagonal(dist, 0.0)
+    idx = np.argpartition(dist, k - 1, axis=1)[:, :k]
+    near = np.take_along_axis(dist, idx, axis=1)
+    order = np.argsort(near, axis=1, kind="stable")
+    return np.take_along_axis(idx, order, 1), np.take_along_axis(near, order, 1)
+
+
+def embed_genes(corr: np.ndarray, n_components: int = 2, n_pca: int = 50, n_neighbors: int = 15,
+                n_epochs: int = 200, neighbors: str = "exact", seed: int = 0) -> np.ndarray:
+    """UMAP coordinates of the genes (genes × n_components) after PCA.
+
+    neighbors="exact": kNN by correlation from `corr` (cheap: it is already computed);
+    "approx": UMAP's nearest-neighbour descent on the PCA scores. Either way UMAP skips its
+    all-pairs path for fewer than 4096 points, which is slow.
+    """
+    import umap
+
+    if neighbors not in ("exact", "approx"):
+        raise ValueError(f"neighbors must be 'exact' or 'approx'; got {neighbors!r}")
+    k = min(n_neighbors, len(corr) - 1)
+    scores = pca_genes(corr, n_pca, seed)
+    knn = knn_from_corr(corr, k) if neighbors == "exact" else (None, None, None)
+    model = umap.UMAP(n_neighbors=k, n_components=n_components, n_epochs=n_epochs,
+                      min_dist=0.0, random_state=seed, n_jobs=1, precomputed_knn=knn,
+                      force_approximation_algorithm=True)
+    with warnings.catch_warnings():  # "transform will be unavailable": we never transform
+        warnings.filterwarnings("ignore", message="precomputed_knn")
+        return model.fit_transform(scores).astype(np.float32)
+
+
+
+def fit_kmeans(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """KMeans labels (0..k-1) of the rows of x."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    # One thread: OpenMP on a few thousand 2-D points is ~50x slower on a busy, shared CPU.
+    with threadpool_limits(1):
+        return KMeans(k, n_init=4, random_state=seed).fit_predict(x)
+
+
+
+
+def silhouette(x: np.ndarray, labels: np.ndarray, max_points: int = 2000, seed: int = 0) -> float:
+    """Mean silhouette (Euclidean) of a labelling, on at most max_points random rows."""
+    from sklearn.metrics import silhouette_score
+
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        return 0.0
+    size = min(max_points, len(x)) if len(x) > max_points else None
+    return float(silhouette_score(x, labels, sample_size=size, random_state=seed))
+
+
+def choose_k(embedding: np.ndarray, k_range: tuple[int, int], seed: int = 0) -> dict[int, float]:
+    """Silhouette of KMeans on the embedding for every K in k_range (inclusive), on one sample
+    of at most 2000 genes (sklearn's silhouette on distances computed once)."""
+    from sklearn.metrics import pairwise_distances, silhouette_score
+
+    low, high = int(k_range[0]), min(int(k_range[1]), len(embedding) - 1)
+    if low < 2 or low > high:
+        raise ValueError(f"K range must satisfy 2 <= min <= max < number of genes; got {k_range}")
+    rows = np.arange(len(embedding))
+    if len(rows) > 2000:
+        rows = np.sort(np.random.default_rng(seed).choice(len(rows), 2000, replace=False))
+    dist = pairwise_distances(np.asarray(embedding[rows], dtype=np.float64))
+    scores = {}
+    for k in range(low, high + 1):
+        labels = fit_kmeans(embedding, k, seed)[rows]
+        scores[k] = (float(silhouette_score(dist, labels, metric="precomputed"))
+                     if len(np.unique(labels)) > 1 else 0.0)
+    return scores
+
+
+def warm_up_umap(neighbors: str = "exact") -> float:
+    """Compile UMAP's numba code (and NN-descent's for "approx") on a tiny problem, once per
+    kernel; returns the seconds taken, so the real embedding can be timed without them."""
+    import time
+
+    start = time.perf_counter()
+    x = np.random.default_rng(0).standard_normal((40, 60)).astype(np.float32)
+    embed_genes(correlate_genes(x), n_pca=5, n_neighbors=5, n_epochs=5, neighbors=neighbors)
+    return time.perf_counter() - start
+
+
+# --- figures --------------------------------------------------------------------------------
+
+OTHER_COLOUR = "#d0d0d0"
+
+
+def plot_silhouette(scores: dict[int, float], k: int):
+    """Silhouette of KMeans on the gene embedding against K, the chosen K marked."""
+    fig, ax = figure(5, 3)
+    ax.plot(list(scores), list(scores.values()), "o-")
+    ax.axvline(k, color="k", ls=":", label=f"K = {k}")
+    ax.set(xlabel="K (clusters)", ylabel="mean silhouette", title="choosing K")
+    ax.legend()
+    return fig
+
+
+def plot_gene_umap(embedding: np.ndarray, groupings: dict, max_legend: int = 14):
+    """The genes' UMAP embedding, one panel per strategy, coloured by group (`other` grey)."""
+    fig, axes = figure(4.6 * len(groupings), 4.6, ncols=len(groupings), squeeze=False)
+    for ax, (name, grouping) in zip(axes[0], groupings.items()):
+        labels = np.asarray(grouping.labels)
+        sizes = pd.Series(labels).value_counts()
+        other = labels == "other"
+        if other.any():
+            ax.scatter(*embedding[other].T, s=3, c=OTHER_COLOUR, label="other")
+        for j, group in enumerate(g for g in sizes.index if g != "other"):
+            ax.scatter(*embedding[labels == group].T, s=3, color=f"C{j % 10}",
+                       marker="os^D"[j // 10 % 4], label=group if j < max_legend else None)
+        ax.set(title=f"{name}: {len(sizes)} groups", xticks=[], yticks=[])
+        ax.legend(fontsize="x-small", markerscale=3, loc="best", ncols=2)
+    return fig
+
+
+def plot_group_coherence(tables: dict[str, pd.DataFrame]):
+    """Within-group mean r against group size, per strategy (coherent groups sit high)."""
+    fig, ax = figure(6, 4)
+    for j, (name, table) in enumerate(tables.items()):
+        ax.scatter(table["size"], table["within_r"], s=20, color=f"C{j}", label=name, alpha=0.8)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set(xscale="log", xlabel="genes in the group", ylabel="mean r within the group",
+           title="group coherence")
+    ax.legend()
+    return fig

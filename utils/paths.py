@@ -1,4 +1,4 @@
-"""Where the data and the runs live, on Kaggle, Colab or a local clone.
+"""Where things live and how the kit writes them.
 
 Data root, first match wins:
 1. the notebook's `DATA_DIR` parameter;
@@ -8,12 +8,21 @@ Data root, first match wins:
 5. `data/` in the kit's root folder.
 An explicit DATA_DIR or KIT_DATA_DIR is never second-guessed: if it is incomplete, that is the
 error. Relative paths are relative to the kit's root folder, wherever the notebook runs from.
+
+Every file the kit writes (text, JSON, CSV, arrays, figures) is written atomically: to a
+temporary file beside the target, renamed into place only when complete, so a crash or a bad
+input never leaves a half-written output behind.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 REQUIRED = ("train.csv", "test.csv", "sample_submission.csv", "train/", "test/")
 ENV_VAR = "KIT_DATA_DIR"
@@ -75,3 +84,99 @@ def run_dir(path: str | os.PathLike) -> Path:
     folder = resolve(path)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+# --- atomic writes ----------------------------------------------------------------------------
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_with(path: str | os.PathLike, writer: Callable[[Path], object]) -> Path:
+    """Call `writer(tmp_path)` and move the result onto `path` atomically."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically."""
+    return write_with(path, lambda tmp: tmp.write_text(text))
+
+
+def write_csv(path: str | os.PathLike, frame, **to_csv) -> Path:
+    """Write a pandas frame as CSV atomically (keyword arguments go to `DataFrame.to_csv`)."""
+    return write_with(path, lambda tmp: frame.to_csv(tmp, **{"index": False, **to_csv}))
+
+
+def write_json(path: str | os.PathLike, obj: object) -> Path:
+    """Write JSON atomically (indented, paths and numpy scalars turned into plain values)."""
+    return write_text(path, json.dumps(obj, indent=2, default=_plain) + "\n")
+
+
+def as_json(obj: object) -> object:
+    """`obj` as it reads back from a JSON file (tuples → lists, numpy → plain), for comparing."""
+    return json.loads(json.dumps(obj, default=_plain))
+
+
+def read_json(path: str | os.PathLike) -> object:
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text())
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Save an array as .npy atomically."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
+            np.save(f, np.asarray(array))
+
+    return write_with(path, write)
+
+
+def _plain(value: object) -> object:
+    """JSON fallback for Paths, numpy scalars/arrays and tuples of them."""
+    if isinstance(value, os.PathLike):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def cached_array(path: str | os.PathLike, key: dict,
+                 compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """Load `path` if it was computed for the same `key` (stored beside it), else compute it."""
+    path = Path(path)
+    stamp = path.with_suffix(".json")
+    key = as_json(key)
+    if path.is_file() and stamp.is_file() and read_json(stamp) == key:
+        return np.load(path)
+    array = np.asarray(compute())
+    save_npy(path, array)
+    write_json(stamp, key)
+    return array
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+def figure(width: float = 8, height: float = 3.5, nrows: int = 1, ncols: int = 1, **kwargs):
+    """A new figure and its axes (matplotlib imported only when plotting)."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(nrows, ncols, figsize=(width, height), layout="constrained", **kwargs)
+
+
+def save_figure(fig, folder: str | os.PathLike, name: str) -> Path:
+    """Save a figure as `<folder>/<name>.png` atomically (relative folders from the kit root)."""
+    return write_with(resolve(folder) / f"{name}.png",
+                      lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))

@@ -1,23 +1,27 @@
-"""Run folders: what a training run leaves behind and what the ensemble notebook reads.
+"""Run folders: what a training run leaves behind, and what later notebooks read from it.
 
 A run folder holds `config.json` (the resolved config), `folds.npy` (fold of every train row),
 `oof.npy` (out-of-fold predictions, train order), `test_pred.npy` (test predictions, test.csv
 order) and `cv.json` (`{"splitter", "n_folds", "folds": [parts], "overall": mean of folds,
 "oof": parts}`), all on the original target scale. `config.json` is written last, so a folder
-that has it is complete.
+that has it is complete. A fine-tuning run adds `model.json` (how to rebuild every trained
+model: backbone, size, genes and heads per unit), `weights/<unit>.safetensors`, `history.json`
+(one row per unit and epoch) and `checkpoints/` (`settings.json`; per unit `last.pt` while it
+trains, `result.npz` when done). A unit is one trained model: a fold (`fold0`), or a fold and a
+gene group (`fold0-<group>`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from utils.io import read_json, save_npy, write_json
-from utils.paths import resolve
+from utils.paths import as_json, read_json, resolve, save_npy, write_json
 
 RUN_FILES = ("folds.npy", "oof.npy", "test_pred.npy", "cv.json", "config.json")
 
@@ -118,11 +122,6 @@ def check_folds(runs: list[Run]) -> None:
                          "same CV, N_FOLDS and SEED")
 
 
-def mean_test_pred(runs: list[Run]) -> np.ndarray:
-    """The plain average of the runs' test predictions."""
-    if not runs:
-        raise ValueError("no runs to average: RUNS is empty")
-    return np.mean([run.test_pred for run in runs], axis=0)
 
 
 def runs_table(runs: list[Run]):
@@ -134,3 +133,74 @@ def runs_table(runs: list[Run]):
              "folds": run.cv["n_folds"], **run.cv["overall"], "oof_score": run.cv["oof"]["score"]}
             for run in runs]
     return pd.DataFrame(rows).set_index("run")
+
+
+def reuse_run(run_dir: str | os.PathLike, config: dict) -> Run | None:
+    """The finished run in `run_dir` if it was trained with the same parameters (OVERWRITE
+    aside); None if there is none; an error naming what changed if the parameters differ."""
+    if not is_complete(run_dir):
+        return None
+    run = load_run(run_dir)
+    changed = {k: (run.config.get(k), v) for k, v in as_json(config).items()
+               if k != "overwrite" and run.config.get(k) != v}
+    if changed:
+        raise FileExistsError(f"{run.path} holds a run with other parameters "
+                              f"(saved, now): {changed}; set OVERWRITE=True or a new RUN_DIR")
+    return run
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far, in GB (Linux reports kB); NaN on Windows."""
+    try:
+        import resource
+    except ImportError:
+        return float("nan")
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2)
+
+
+# --- fine-tuning runs: model.json, weights, history, checkpoints ------------------------------
+
+def weights_file(unit: str) -> str:
+    """Where a unit's weights go, relative to the run folder."""
+    return f"weights/{unit}.safetensors"
+
+
+def prepare_checkpoints(run_dir: str | os.PathLike, settings: dict, resume: bool) -> Path:
+    """The checkpoint folder of a fine-tuning run: kept to resume an unfinished run with the same
+    `settings`, cleared for a fresh start (RESUME=False, or retraining a finished run)."""
+    run = resolve(run_dir)
+    folder = run / "checkpoints"
+    settings = as_json(settings)
+    if not resume or is_complete(run):
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(run / "weights", ignore_errors=True)
+    saved = folder / "settings.json"
+    if saved.is_file() and read_json(saved) != settings:
+        old = read_json(saved)
+        changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        raise ValueError(f"{folder} holds checkpoints of an unfinished run with other settings "
+                         f"(saved, now): {changed}. Set RESUME=False to start over, or use "
+                         "another RUN_DIR")
+    write_json(saved, settings)
+    return folder
+
+
+def read_model_info(run_dir: str | os.PathLike) -> dict:
+    """`model.json` of a fine-tuning run; any other folder is an error that says why."""
+    folder = resolve(run_dir)
+    if (folder / "model.json").is_file():
+        return read_json(folder / "model.json")
+    if (folder / "config.json").is_file():
+        recipe = read_json(folder / "config.json").get("recipe")
+        raise ValueError(f"{folder} is a RECIPE={recipe!r} run: it has no fine-tuned network to "
+                         "explain (a frozen backbone + ridge has no model.json or weights/). Set "
+                         "RUN_DIR to a run of 04_train with RECIPE='finetune'")
+    raise FileNotFoundError(f"{folder} is not a run folder (no model.json, no config.json): run "
+                            f"notebooks/04_train.ipynb with RECIPE='finetune' and "
+                            f"RUN_DIR={str(run_dir)!r} first, or set RUN_DIR to a fine-tuning run")
+
+
+def load_history(run_dir: str | os.PathLike) -> list[dict]:
+    """The per-epoch history of a fine-tuning run folder (empty for other recipes)."""
+    path = resolve(run_dir) / "history.json"
+    return read_json(path) if path.is_file() else []

@@ -1,27 +1,536 @@
-"""Training building blocks for fine-tuning: seeded loaders, AdamW, warmup + cosine, one epoch
-with mixed precision, gradient accumulation, clipping and EMA, and D4-TTA prediction.
+"""04_train: training recipes by name, each turning (config, data, folds) into a run folder.
 
-Mixed precision follows `utils.backbones.amp_dtype` (bf16 on Ampere+, fp16 with loss scaling on
-T4/P100, off on CPU). `utils.units` puts these together for one model with checkpoints.
+`ridge` — frozen timm features (D4 TTA) → standardise → optional PCA → ridge. One SVD per
+training set gives the ridge solution for every alpha at once (the same solution as sklearn's
+`Ridge(alpha)` on standardised features; a test checks it), so choosing alpha by nested CV on
+the official metric costs little.
 
-This module imports torch; `import utils` does not import it.
+`finetune` — a timm backbone fine-tuned on every CV fold. Per fold, one model (GROUP_MODE=
+"heads": one backbone, one head per gene group) or one model per gene group (GROUP_MODE=
+"models", the seed team's way) is a *unit*. `fit_unit` fits the unit's target scaling on its
+training rows, optionally starts the heads from a ridge linear probe, trains with the loop
+below (AdamW, warmup + cosine, mixed precision, gradient accumulation, clipping, EMA), scores the
+validation rows with the official metric after every epoch (epoch 0 is the starting point),
+keeps the best weights and stops early. After every epoch `last.pt` holds the full training
+state, written atomically; the data order and augmentations of an epoch are seeded from (SEED,
+unit, epoch), so a killed run resumed from its last checkpoint ends exactly as an uninterrupted
+one. Besides the run files (`utils.runs`) it writes model.json, weights/, history.json,
+curves.png and checkpoints/.
+
+Mixed precision follows `utils.models.amp_dtype` (bf16 on Ampere+, fp16 with loss scaling on
+T4/P100, off on CPU). This module imports torch; `import utils` does not import it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
+import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from utils.backbones import autocast, d4_views, inference_batch_size
+from utils.augment import build_augment, read_policy
+from utils.config import TrainConfig, parse_target, to_dict
+from utils.data import KitData, PatchDataset, load_images
+from utils.genes import load_gene_groups
+from utils.metric import (
+    KEYS,
+    make_folds,
+    max_gene_floor,
+    pearson_genes,
+    read_groups,
+    score,
+    score_folds,
+    top_genes,
+)
+from utils.models import (
+    GeneRegressor,
+    ModelSpec,
+    amp_dtype,
+    autocast,
+    build_model,
+    cached_features,
+    create_loss,
+    d4_views,
+    default_device,
+    freeze_stages,
+    grad_scaler,
+    inference_batch_size,
+    load_weights,
+    plan_heads,
+    save_weights,
+    set_targets,
+)
+from utils.paths import figure, resolve, save_figure, write_json, write_with
+from utils.runs import (
+    Run,
+    load_run,
+    peak_rss_gb,
+    prepare_checkpoints,
+    reuse_run,
+    save_run,
+    weights_file,
+)
 
+
+@dataclass
+class RecipeResult:
+    """What a recipe returns: predictions on the original scale, CV report, recipe details."""
+
+    oof: np.ndarray
+    test_pred: np.ndarray
+    cv: dict
+    details: dict = field(default_factory=dict)
+
+
+def make_cv_folds(cfg: TrainConfig, data: KitData) -> np.ndarray:
+    """The fold of every train row for the configured splitter."""
+    groups = read_groups(cfg.cv, data.train, data.root)
+    return make_folds(cfg.cv, len(data.train), cfg.n_folds, cfg.seed, groups)
+
+
+def train(cfg: TrainConfig, data: KitData, folds: np.ndarray) -> Run:
+    """Run the configured recipe and save its run folder; reuse a finished identical run."""
+    if cfg.recipe == "finetune":
+        read_policy(cfg.augment)  # a missing or broken AUGMENT file fails now, not after hours
+    run = None if cfg.overwrite else reuse_run(cfg.run_dir, to_dict(cfg))
+    if run is not None:
+        print(f"{run.path} is already trained with these parameters: loaded it "
+              "(OVERWRITE=True retrains)")
+        return run
+    start = time.perf_counter()
+    result = RECIPES[cfg.recipe](cfg, data, folds)
+    config = {**to_dict(cfg), "data_root": str(data.root), "n_train": len(data.train),
+              "n_test": len(data.test), "n_genes": len(data.genes), "details": result.details,
+              "elapsed_s": round(time.perf_counter() - start, 1), "peak_rss_gb": peak_rss_gb()}
+    save_run(cfg.run_dir, config, folds, result.oof, result.test_pred, result.cv)
+    return load_run(cfg.run_dir)
+
+
+# --- ridge ----------------------------------------------------------------------------------
+
+@dataclass
+class RidgePath:
+    """Ridge fitted for many alphas at once on standardised (optionally PCA-reduced) features."""
+
+    x_mean: np.ndarray
+    x_scale: np.ndarray
+    y_mean: np.ndarray
+    components: np.ndarray  # (k, d) right singular vectors
+    singular: np.ndarray  # (k,)
+    uty: np.ndarray  # (k, g) = U^T (y - y_mean)
+
+    def predict(self, x: np.ndarray, alpha: float) -> np.ndarray:
+        """Predictions (n, genes) on the original target scale for one alpha."""
+        z = ((x - self.x_mean) / self.x_scale) @ self.components.T
+        shrink = self.singular / (self.singular ** 2 + alpha)
+        return ((z * shrink) @ self.uty + self.y_mean).astype(np.float32)
+
+
+def fit_ridge_path(x: np.ndarray, y: np.ndarray, pca_dim: int | None = None) -> RidgePath:
+    """Standardise x, take its SVD (keeping `pca_dim` components if set), project y."""
+    x = np.asarray(x, dtype=np.float64)
+    x_mean, x_scale = x.mean(axis=0), x.std(axis=0)
+    x_scale[x_scale < 1e-12] = 1.0
+    y_mean = y.mean(axis=0, dtype=np.float64)
+    u, s, vt = np.linalg.svd((x - x_mean) / x_scale, full_matrices=False)
+    k = len(s) if pca_dim is None else min(pca_dim, len(s))
+    return RidgePath(x_mean, x_scale, y_mean, vt[:k], s[:k], u[:, :k].T @ (y - y_mean))
+
+
+@dataclass
+class RidgeResult:
+    """Out-of-fold and test predictions, the CV report and how alpha was chosen."""
+
+    oof: np.ndarray
+    test_pred: np.ndarray
+    cv: dict
+    alpha: float  # used for the test predictions (best mean-over-folds score)
+    fold_alphas: list[float]  # chosen by inner CV inside each outer fold (nested, honest)
+    alpha_curve: dict[str, list[float]] = field(default_factory=dict)  # alpha → fold mean
+
+
+def _alpha_scores(fit: RidgePath, x: np.ndarray, y: np.ndarray,
+                  alphas: tuple[float, ...]) -> np.ndarray:
+    """The official score of each alpha on one held-out set."""
+    return np.array([score(y, fit.predict(x, a))["score"] for a in alphas])
+
+
+def cv_ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.ndarray,
+             alphas: tuple[float, ...], pca_dim: int | None = None,
+             splitter: str = "blocks") -> RidgeResult:
+    """Nested CV: each outer fold picks alpha on the other folds, then predicts its own rows.
+
+    The test model is fitted on all rows with the alpha whose mean per-fold score is best.
+    """
+    ids = np.unique(folds)
+    fits: dict[frozenset, RidgePath] = {}  # inner fit without {k, j} serves both k and j
+
+    def fit_without(held: frozenset) -> RidgePath:
+        if held not in fits:
+            rows = ~np.isin(folds, list(held))
+            fits[held] = fit_ridge_path(x[rows], y[rows], pca_dim)
+        return fits[held]
+
+    oof, curve, fold_alphas = np.zeros(y.shape, np.float32), [], []
+    for k in ids:
+        inner = np.mean([_alpha_scores(fit_without(frozenset((k, j))), x[folds == j],
+                                       y[folds == j], alphas) for j in ids if j != k], axis=0)
+        best = alphas[int(np.argmax(inner))]
+        outer = fit_without(frozenset((k,)))
+        oof[folds == k] = outer.predict(x[folds == k], best)
+        curve.append(_alpha_scores(outer, x[folds == k], y[folds == k], alphas))
+        fold_alphas.append(best)
+    mean_curve = np.mean(curve, axis=0)
+    alpha = alphas[int(np.argmax(mean_curve))]
+    test_pred = fit_ridge_path(x, y, pca_dim).predict(x_test, alpha)
+    return RidgeResult(oof, test_pred, score_folds(y, oof, folds, splitter), alpha, fold_alphas,
+                       {"alpha": list(alphas), "score": mean_curve.tolist()})
+
+
+def train_ridge(cfg: TrainConfig, data: KitData, folds: np.ndarray) -> RecipeResult:
+    """Frozen-feature ridge: cached features, nested-CV alpha, refit on all rows for test."""
+    tta = cfg.tta and not cfg.smoke
+    features = cached_features(data, cfg.backbone, cfg.pretrained, cfg.img_size, tta,
+                               cfg.seed, cfg.batch_size)
+    fit = cv_ridge(features["train"], data.y, features["test"], folds, cfg.alphas, cfg.pca_dim,
+                   cfg.cv)
+    details = {"n_features": features["train"].shape[1], "tta": tta, "alpha": fit.alpha,
+               "fold_alphas": fit.fold_alphas, "alpha_curve": fit.alpha_curve}
+    return RecipeResult(fit.oof, fit.test_pred, fit.cv, details)
+
+
+# --- fine-tuning: the recipe ----------------------------------------------------------------
+
+NOT_TRAINING = ("run_dir", "overwrite", "resume", "num_workers", "data_dir")
+
+
+def train_finetune(cfg: TrainConfig, data: KitData, folds: np.ndarray) -> RecipeResult:
+    """Fine-tuned backbone + gene-group heads per fold, early-stopped on the metric; resumable:
+    train (or resume) every unit, then assemble OOF and fold-averaged test predictions."""
+    images, test_images = load_images(data, "train"), load_images(data, "test")
+    groups = resolve_groups(cfg, data.genes)
+    units = plan_units(folds, groups, cfg.group_mode)
+    run = resolve(cfg.run_dir)
+    checkpoints = prepare_checkpoints(run, checkpoint_settings(cfg, data), cfg.resume)
+    results = {unit.name: fit_unit(unit, cfg, images, test_images, data.y,
+                                   checkpoints / unit.name, run / weights_file(unit.name))
+               for unit in units}
+    oof = np.zeros(data.y.shape, np.float32)
+    test_pred = np.zeros((len(data.test), len(data.genes)), np.float32)
+    for unit in units:
+        oof[np.ix_(unit.val_idx, unit.genes)] = results[unit.name]["val_pred"]
+        test_pred[:, unit.genes] += results[unit.name]["test_pred"] / len(np.unique(folds))
+    history = [row for result in results.values() for row in result["history"]]
+    write_outputs(cfg, data, run, units, results, history)
+    return RecipeResult(oof, test_pred, score_folds(data.y, oof, folds, cfg.cv),
+                        run_details(cfg, units, results, history))
+
+
+def resolve_groups(cfg: TrainConfig, genes: list[str]) -> dict[str, np.ndarray]:
+    """Gene groups of the GROUPS strategy in GENE_GROUPS, or one group of every gene."""
+    if not cfg.groups:
+        return {"all": np.arange(len(genes))}
+
+    return load_gene_groups(cfg.gene_groups, genes, cfg.groups)
+
+
+def plan_units(folds: np.ndarray, groups: dict[str, np.ndarray], group_mode: str) -> list[Unit]:
+    """The models to train: one per fold ("heads") or one per fold and group ("models")."""
+    n_genes = sum(len(cols) for cols in groups.values())
+    units: list[Unit] = []
+    for k in np.unique(folds):
+        rows = {"train_idx": np.flatnonzero(folds != k), "val_idx": np.flatnonzero(folds == k)}
+        if group_mode == "heads":
+            units.append(Unit(f"fold{k}", len(units), int(k), genes=np.arange(n_genes),
+                              heads=dict(groups), **rows))
+            continue
+        for name, cols in groups.items():
+            units.append(Unit(f"fold{k}-{slug(name)}", len(units), int(k), genes=np.asarray(cols),
+                              heads={name: np.arange(len(cols))}, group=name, **rows))
+    return units
+
+
+def slug(name: str) -> str:
+    """A group name made safe for file names."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "group"
+
+
+def checkpoint_settings(cfg: TrainConfig, data: KitData) -> dict:
+    """What a checkpoint folder must have been trained with to be resumed."""
+    return {**{k: v for k, v in to_dict(cfg).items() if k not in NOT_TRAINING},
+            "n_train": len(data.train), "n_genes": len(data.genes)}
+
+
+def write_outputs(cfg: TrainConfig, data: KitData, run: Path, units: list[Unit],
+                  results: dict, history: list[dict]) -> None:
+    """model.json (to rebuild every unit's model), history.json and curves.png."""
+    import matplotlib.pyplot as plt
+
+    model = {"recipe": "finetune", "backbone": cfg.backbone, "pretrained": cfg.pretrained,
+             "img_size": cfg.img_size, "target": cfg.target, "group_mode": cfg.group_mode,
+             "groups": cfg.groups, "gene_groups": cfg.gene_groups if cfg.groups else None,
+             "genes": data.genes,
+             "units": {u.name: {"fold": u.fold, "group": u.group,
+                                "spec": unit_spec(u, cfg).to_dict(),
+                                "weights": weights_file(u.name),
+                                "best_epoch": results[u.name]["best_epoch"],
+                                "best_score": results[u.name]["best_score"]} for u in units}}
+    write_json(run / "model.json", model)
+    write_json(run / "history.json", history)
+    fig = plot_history(history)
+    save_figure(fig, run, "curves")
+    plt.close(fig)
+
+
+def run_details(cfg: TrainConfig, units: list[Unit], results: dict,
+                history: list[dict]) -> dict:
+    """What config.json records about the fine-tuning beyond the parameters."""
+    device = default_device()
+    speeds = [row["images_per_s"] for row in history if "images_per_s" in row]
+    return {"group_mode": cfg.group_mode, "groups": cfg.groups,
+            "n_groups": len({u.group for u in units}) if cfg.group_mode == "models"
+            else len(units[0].heads), "target": cfg.target, "tta": cfg.tta and not cfg.smoke,
+            "device": device.type, "amp": str(amp_dtype(device)),
+            "batch_size": cfg.batch_size or train_batch_size(device),
+            "train_images_per_s": round(float(np.mean(speeds)), 1) if speeds else None,
+            "units": {name: {"best_epoch": r["best_epoch"], "best_score": r["best_score"],
+                             "epochs_run": max(row["epoch"] for row in r["history"])}
+                      for name, r in results.items()}}
+
+
+# --- fine-tuning: one unit ------------------------------------------------------------------
+
+@dataclass
+class Unit:
+    """One model to train: a fold's rows and the genes (and heads over them) it predicts."""
+
+    name: str  # "fold0" or "fold0-<group>"
+    index: int  # position in the run's list of units (part of every epoch's seed)
+    fold: int
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    genes: np.ndarray  # column indices into the data's genes
+    heads: dict[str, np.ndarray]  # head name → positions in `genes`
+    group: str | None = None
+
+
+def fit_unit(unit: Unit, cfg, images: np.ndarray, test_images: np.ndarray, y: np.ndarray,
+             folder: Path, weights: Path) -> dict:
+    """Train one unit (resuming from `folder/last.pt` if present) and predict with its best
+    weights: validation rows and test patches on the original scale, plus the epoch history.
+
+    A finished unit leaves `folder/result.npz` and is not trained again; the best weights go to
+    `weights` (safetensors) whenever the validation score improves.
+    """
+    if (folder / "result.npz").is_file():
+        return load_result(folder / "result.npz")
+    setup = setup_unit(unit, cfg, images, y, resume=(folder / "last.pt").is_file())
+    step, device, batch_size = setup["step"], setup["device"], setup["batch_size"]
+    state = {"best": -math.inf, "best_epoch": None, "bad": 0, "history": [], "epoch": 0}
+    try:
+        if (folder / "last.pt").is_file():
+            state = load_checkpoint(folder / "last.pt", step)
+        else:
+            _end_epoch(unit, cfg, step, images, y, state, {"epoch": 0}, folder, weights)
+        dataset = PatchDataset(images, setup["z"], unit.train_idx, setup["transform"])
+        workers = loader_workers(cfg.num_workers, device)
+        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+            if cfg.patience and state["bad"] >= cfg.patience:
+                break
+            seed = epoch_seed(cfg.seed, unit.index, epoch)
+            seed_everything(seed)
+            loader = make_loader(dataset, batch_size, seed, workers, device)
+            start = time.perf_counter()
+            stats = train_epoch(step, loader, f"{unit.name} epoch {epoch}/{cfg.epochs}")
+            stats.update(epoch=epoch, lr=step.optimizer.param_groups[0]["lr"],
+                         train_s=time.perf_counter() - start)
+            _end_epoch(unit, cfg, step, images, y, state, stats, folder, weights)
+        return _finish(unit, cfg, step.model, images, test_images, state, folder, weights)
+    except RuntimeError as err:
+        if is_oom(err):
+            raise oom_error(err, batch_size, cfg.img_size, folder, cfg.resume) from err
+        raise
+
+
+def setup_unit(unit: Unit, cfg, images: np.ndarray, y: np.ndarray, resume: bool) -> dict:
+    """Model (targets fitted on the unit's training rows, stages frozen, heads initialised by
+    ridge unless resuming), optimizer, schedule, scaler, EMA, loss and augmentation."""
+    device = default_device()
+    batch_size = cfg.batch_size or train_batch_size(device)
+    model = build_model(unit_spec(unit, cfg), cfg.pretrained, cfg.seed)
+    set_targets(model, y[unit.train_idx][:, unit.genes])
+    z = ((y[:, unit.genes] - model.y_mean.numpy()) / model.y_std.numpy()).astype(np.float32)
+    freeze_stages(model, cfg.freeze)
+    model.freeze_bn = cfg.freeze_bn
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        model.channels_last = True
+    if cfg.head_init == "ridge" and not resume:
+        init_heads_by_ridge(model, cfg, images, unit, z, y)
+    steps_per_epoch = math.ceil(max(1, len(unit.train_idx) // batch_size) / cfg.accumulate)
+    optimizer = make_optimizer(model, cfg.lr, cfg.head_lr, cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, round(cfg.warmup_epochs * steps_per_epoch),
+                               cfg.epochs * steps_per_epoch)
+    ema = None
+    if cfg.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True)
+    groups = list(unit.heads.values()) if len(unit.heads) > 1 else None
+    step = Stepper(model, create_loss(cfg.loss_weights, groups), optimizer, scheduler,
+                   grad_scaler(device), ema, device, cfg.grad_clip, cfg.accumulate)
+    return {"step": step, "device": device, "batch_size": batch_size, "z": z,
+            "transform": build_augment(cfg.augment)}
+
+
+def unit_spec(unit: Unit, cfg):
+    """The ModelSpec of a unit: backbone, size, genes, heads and their PCA dims."""
+    dims = plan_heads(unit.heads, parse_target(cfg.target), len(unit.train_idx))
+    return ModelSpec(cfg.backbone, cfg.img_size, unit.genes.tolist(),
+                     {k: v.tolist() for k, v in unit.heads.items()}, dims, cfg.drop_path)
+
+
+def init_heads_ridge(model: GeneRegressor, features: np.ndarray, z: np.ndarray,
+                     alpha: float, pca_dim: int | None = None) -> None:
+    """Set every head to the ridge solution on frozen features (linear probe, then fine-tune)."""
+    for head, cols in zip(model.heads, model.spec.heads.values()):
+        target = z[:, cols]
+        if head.decoder is not None:
+            target = target @ head.decoder.cpu().numpy().T  # PCA scores
+        fit = fit_ridge_path(features, target, pca_dim)
+        coef = fit.components.T @ ((fit.singular / (fit.singular ** 2 + alpha))[:, None]
+                                   * fit.uty)  # (features, outputs) on standardised features
+        weight = coef / fit.x_scale[:, None]
+        bias = fit.y_mean - fit.x_mean @ weight
+        head.linear.weight.data.copy_(torch.from_numpy(weight.T.astype(np.float32)))
+        head.linear.bias.data.copy_(torch.from_numpy(bias.astype(np.float32)))
+
+
+def init_heads_by_ridge(model: nn.Module, cfg, images: np.ndarray, unit: Unit, z: np.ndarray,
+                        y: np.ndarray) -> float:
+    """Linear probe: ridge from frozen features to every head's targets (alpha by inner block
+    CV on the metric over the training rows), then fine-tuning starts from it. Returns alpha."""
+    rows = unit.train_idx
+    features = predict(model, images, rows, features=True)
+    inner = make_folds("blocks", len(rows), min(3, len(rows)))
+    alpha = cv_ridge(features, y[rows][:, unit.genes], features[:1], inner, cfg.alphas,
+                     cfg.pca_dim).alpha
+    init_heads_ridge(model, features, z[rows], alpha, cfg.pca_dim)
+    return alpha
+
+
+def _end_epoch(unit: Unit, cfg, step: Stepper, images: np.ndarray, y: np.ndarray, state: dict,
+               stats: dict, folder: Path, weights: Path) -> None:
+    """Score the validation rows, keep the best weights, record the epoch, checkpoint."""
+    model = step.ema.module if step.ema is not None else step.model
+    pred = to_original(model, predict(model, images, unit.val_idx, device=step.device))
+    parts = score(y[unit.val_idx][:, unit.genes], pred)
+    row = {"unit": unit.name, "fold": unit.fold, "group": unit.group, **stats,
+           **{f"val_{k}": v for k, v in parts.items()}}
+    state["history"].append(row)
+    state["epoch"] = stats["epoch"]
+    if parts["score"] > state["best"]:
+        state.update(best=parts["score"], best_epoch=stats["epoch"], bad=0)
+        save_weights(model, weights)
+    else:
+        state["bad"] += 1
+    save_checkpoint(folder / "last.pt", step, state)
+    print(format_epoch(row, state, cfg.epochs), flush=True)
+
+
+def format_epoch(row: dict, state: dict, epochs: int) -> str:
+    """One log line per epoch: training loss terms, validation parts, best so far, speed."""
+    terms = " ".join(f"{k} {row[k]:.3g}" for k in ("mse", "pearson", "cov")
+                     if row.get(k) is not None)  # a term with weight 0 is None
+    train = "" if "loss" not in row else (
+        f"loss {row['loss']:.4f} ({terms}), {row['images_per_s']:.1f} img/s; ")
+    parts = " ".join(f"{k} {row['val_' + k]:.3f}" for k in ("cells", "max_gene", "heg50",
+                                                              "hvg50"))
+    return (f"{row['unit']} epoch {row['epoch']}/{epochs}: {train}val score "
+            f"{row['val_score']:.4f} ({parts}); best {state['best']:.4f} @ {state['best_epoch']}")
+
+
+def _finish(unit: Unit, cfg, model: nn.Module, images: np.ndarray, test_images: np.ndarray,
+            state: dict, folder: Path, weights: Path) -> dict:
+    """Predict validation rows and test patches with the best weights (D4 TTA if TTA and not
+    SMOKE), store the unit's result and drop its training state."""
+    load_weights(model, weights)
+    tta = cfg.tta and not cfg.smoke
+    result = {"val_pred": to_original(model, predict(model, images, unit.val_idx, tta)),
+              "test_pred": to_original(model, predict(model, test_images, None, tta)),
+              "history": state["history"], "best_epoch": state["best_epoch"],
+              "best_score": state["best"]}
+    save_result(folder / "result.npz", result)
+    (folder / "last.pt").unlink(missing_ok=True)
+    return result
+
+
+def to_original(model: nn.Module, z: np.ndarray) -> np.ndarray:
+    """Standardised model outputs back on the original expression scale (numpy)."""
+    return (z * model.y_std.cpu().numpy() + model.y_mean.cpu().numpy()).astype(np.float32)
+
+
+def save_checkpoint(path: Path, step: Stepper, state: dict) -> None:
+    """The full training state after an epoch, written atomically."""
+    ckpt = {"model": step.model.state_dict(), "optimizer": step.optimizer.state_dict(),
+            "scheduler": step.scheduler.state_dict(), "scaler": step.scaler.state_dict(),
+            "ema": step.ema.state_dict() if step.ema is not None else None,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            **state}
+    write_with(path, lambda tmp: torch.save(ckpt, tmp))
+
+
+def load_checkpoint(path: Path, step: Stepper) -> dict:
+    """Restore a training state saved by `save_checkpoint`; returns the loop state."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file
+    step.model.load_state_dict(ckpt["model"])
+    step.optimizer.load_state_dict(ckpt["optimizer"])
+    step.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt["scaler"]:
+        step.scaler.load_state_dict(ckpt["scaler"])
+    if step.ema is not None and ckpt["ema"] is not None:
+        step.ema.load_state_dict(ckpt["ema"])
+    rng = ckpt["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return {k: ckpt[k] for k in ("best", "best_epoch", "bad", "history", "epoch")}
+
+
+def save_result(path: Path, result: dict) -> None:
+    """A finished unit's predictions and history, written atomically."""
+    info = json.dumps({k: result[k] for k in ("history", "best_epoch", "best_score")})
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, val_pred=result["val_pred"], test_pred=result["test_pred"],
+                     info=np.array(info))
+
+    write_with(path, write)
+
+
+def load_result(path: Path) -> dict:
+    """A finished unit's result saved by `save_result`."""
+    with np.load(path) as data:
+        return {"val_pred": data["val_pred"], "test_pred": data["test_pred"],
+                **json.loads(str(data["info"]))}
+
+
+# --- fine-tuning: the loop ------------------------------------------------------------------
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
@@ -71,16 +580,16 @@ def make_loader(dataset, batch_size: int, seed: int, workers: int,
 
 def make_optimizer(model: nn.Module, lr: float, head_lr: float,
                    weight_decay: float) -> torch.optim.AdamW:
-    """AdamW: backbone at `lr`, heads at `head_lr`; no weight decay on biases and norms."""
-    groups: dict[tuple[str, bool], list] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            key = ("backbone" if name.startswith("backbone.") else "heads", param.ndim > 1)
-            groups.setdefault(key, []).append(param)
-    return torch.optim.AdamW([
-        {"params": params, "lr": lr if part == "backbone" else head_lr,
-         "weight_decay": weight_decay if decay else 0.0, "name": part}
-        for (part, decay), params in sorted(groups.items())])
+    """AdamW: backbone at `lr`, heads at `head_lr`; no weight decay on biases and norms (timm's
+    `param_groups_weight_decay` split); frozen parameters are left out."""
+    from timm.optim import param_groups_weight_decay
+
+    groups = []
+    for part, module, rate in (("backbone", model.backbone, lr), ("heads", model.heads, head_lr)):
+        for group in param_groups_weight_decay(module, weight_decay):
+            if group["params"]:
+                groups.append({**group, "lr": rate, "name": part})
+    return torch.optim.AdamW(groups)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int,
@@ -187,3 +696,82 @@ def oom_error(err: BaseException, batch_size: int, img_size: int | None, checkpo
 def is_oom(err: BaseException) -> bool:
     """Whether an exception is an accelerator out-of-memory error (CUDA or Apple MPS)."""
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+# --- figures --------------------------------------------------------------------------------
+
+def plot_folds(folds: np.ndarray, splitter: str):
+    """Fold of each train row along row order: blocks show as bands, random as noise."""
+    fig, ax = figure(height=1.6)
+    ax.imshow(folds[None, :], aspect="auto", cmap="tab10", interpolation="nearest")
+    ax.set(yticks=[], xlabel="train row", title=f"CV folds along row order ({splitter})")
+    return fig
+
+
+def plot_cv(cv: dict):
+    """Each metric part per fold, with the mean over folds and the pooled-OOF value."""
+    fig, ax = figure()
+    n, width = len(cv["folds"]), 0.8 / (len(cv["folds"]) + 2)
+    rows = [*(f"fold {i}" for i in range(n)), "mean", "OOF"]
+    values = [*cv["folds"], cv["overall"], cv["oof"]]
+    for i, (label, parts) in enumerate(zip(rows, values)):
+        ax.bar(np.arange(len(KEYS)) + i * width, [parts[k] for k in KEYS], width, label=label)
+    ax.set_xticks(np.arange(len(KEYS)) + width * (len(rows) - 1) / 2, KEYS)
+    ax.set(ylabel="Pearson r", title=f"CV by fold ({cv['splitter']}, {n} folds)")
+    ax.legend(ncols=len(rows), fontsize="small")
+    return fig
+
+
+def plot_gene_r(y: np.ndarray, oof: np.ndarray, folds: np.ndarray):
+    """Per-gene r of out-of-fold predictions (fold-wise mean), scored genes marked."""
+    ids = np.unique(folds)
+    r = np.mean([pearson_genes(y[folds == k], oof[folds == k]) for k in ids], axis=0)
+    floor = np.mean([max_gene_floor(y[folds == k], oof[folds == k]) for k in ids])
+    top = top_genes(y)
+    fig, ax = figure()
+    bins = np.linspace(min(r.min(), 0), max(r.max(), 0.1), 40)
+    ax.hist(r, bins=bins, color="lightgray", label=f"all {len(r)} genes")
+    ax.hist(r[top["heg50"]], bins=bins, alpha=0.7, label="50 most expressed")
+    ax.hist(r[top["hvg50"]], bins=bins, alpha=0.7, label="50 most variable")
+    ax.axvline(floor, color="k", ls="--", label=f"max-gene noise floor {floor:.2f}")
+    ax.set(xlabel="per-gene Pearson r (mean over folds)", ylabel="genes", yscale="log")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_alpha_curve(curve: dict):
+    """Mean per-fold score against the ridge strength alpha."""
+    fig, ax = figure(width=5)
+    ax.semilogx(curve["alpha"], curve["score"], "o-")
+    best = int(np.argmax(curve["score"]))
+    ax.axvline(curve["alpha"][best], color="k", ls=":", label=f"best {curve['alpha'][best]:g}")
+    ax.set(xlabel="alpha", ylabel="score (mean over folds)", title="ridge strength")
+    ax.legend()
+    return fig
+
+
+def plot_history(history: list[dict]):
+    """Training loss and validation score per epoch, one line per unit, best epochs marked."""
+    fig, (left, right) = figure(10, 3.5, ncols=2)
+    for name in dict.fromkeys(row["unit"] for row in history):
+        rows = [row for row in history if row["unit"] == name]
+        trained = [row for row in rows if "loss" in row]
+        left.plot([r["epoch"] for r in trained], [r["loss"] for r in trained], "o-", ms=3,
+                  label=name)
+        epochs, scores = [r["epoch"] for r in rows], [r["val_score"] for r in rows]
+        line, = right.plot(epochs, scores, "o-", ms=3, label=name)
+        best = int(np.argmax(scores))
+        right.plot(epochs[best], scores[best], "*", ms=12, color=line.get_color())
+    left.set(xlabel="epoch", ylabel="training loss", title="loss (mean over the epoch)")
+    right.set(xlabel="epoch (0: before training)", ylabel="official score",
+              title="validation score (★ best: weights kept)")
+    right.legend(fontsize="small", ncols=2)
+    for ax in (left, right):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return fig
+
+
+RECIPES: dict[str, Callable[[TrainConfig, KitData, np.ndarray], RecipeResult]] = {
+    "ridge": train_ridge,
+    "finetune": train_finetune,
+}

@@ -1,7 +1,7 @@
 """Run the numbered notebooks headless with papermill, in order: `make demo` and smoke tests.
 
-    python -m utils.pipeline demo            # demo set → every notebook → submissions/demo.csv
-    python -m utils.pipeline demo --smoke    # the same with the tiniest settings (CI)
+    python -m utils.dev.pipeline demo            # demo set → every notebook → submissions/demo.csv
+    python -m utils.dev.pipeline demo --smoke    # the same with the tiniest settings (CI)
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def run_notebooks(parameters: dict[str, dict | list[dict]],
 def run_demo(data_dir: str = DEMO_DATA, runs_root: str = DEMO_RUNS,
              submission: str = DEMO_SUBMISSION, smoke: bool = False, **demo_kwargs) -> Path:
     """Write the demo set (skipped if present), run every notebook on it, return the CSV."""
-    from utils.demo import write_demo
+    from utils.dev.demo import write_demo
 
     write_demo(resolve(data_dir), **demo_kwargs)
     run_notebooks(demo_parameters(data_dir, runs_root, submission, smoke),
@@ -98,7 +98,7 @@ def run_demo(data_dir: str = DEMO_DATA, runs_root: str = DEMO_RUNS,
 
 
 def main() -> None:
-    """Command line: `python -m utils.pipeline demo [--smoke]`."""
+    """Command line: `python -m utils.dev.pipeline demo [--smoke]`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["demo"])
     parser.add_argument("--smoke", action="store_true", help="tiniest settings (CI)")

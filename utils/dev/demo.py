@@ -277,7 +277,7 @@ def _write_demo_files(folder: Path, params: dict, workers: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: `python -m utils.demo OUT_DIR [--n-train N] [--overwrite] ...`."""
+    """Command line: `python -m utils.dev.demo OUT_DIR [--n-train N] [--overwrite] ...`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     for name, default in (("n-train", 600), ("n-test", 200), ("n-genes", 3467), ("seed", 0),
