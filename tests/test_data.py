@@ -151,7 +151,8 @@ def test_load_images_is_read_only_memmap_equal_to_pngs(data, tmp_path):
     test = load_images(data, "test", cache_dir=tmp_path / "cache", size=SIZE)
     np.testing.assert_array_equal(test, decode_all(data.root, data.test))
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
-        "test_images.json", "test_images.npy", "train_images.json", "train_images.npy"]
+        "test_images.json", "test_images.npy", "test_images.npy.lock",
+        "train_images.json", "train_images.npy", "train_images.npy.lock"]
 
 
 def test_default_cache_folder_is_cache_dir_for(data):
@@ -169,6 +170,7 @@ def test_second_call_does_not_decode(data, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("decoded again")
     monkeypatch.setattr(data_mod, "decode_image", boom)
+    monkeypatch.setattr(data_mod, "_image_size", boom)
     np.testing.assert_array_equal(load_images(data, "train", cache_dir=tmp_path, size=SIZE), first)
 
 
@@ -220,8 +222,10 @@ def test_rgba_and_greyscale_become_rgb(data, tmp_path):
     rgba, grey = rng.integers(0, 256, (*SIZE, 4)), rng.integers(0, 256, SIZE)
     write_png(data.root / "train" / "TRAIN_0001.png", rgba)
     write_png(data.root / "train" / "TRAIN_0002.png", grey)
-    images = load_images(data, "train", cache_dir=tmp_path, size=SIZE)
-    np.testing.assert_array_equal(images[1], rgba[..., :3])
+    with pytest.warns(data_mod.ImageConversionWarning, match="2 of 12 patches"):
+        images = load_images(data, "train", cache_dir=tmp_path, size=SIZE)
+    alpha = rgba[..., 3:] / 255
+    np.testing.assert_array_equal(images[1], np.rint(rgba[..., :3] * alpha + 255 * (1 - alpha)))
     np.testing.assert_array_equal(images[2], np.repeat(grey[..., None], 3, axis=2))
 
 

@@ -121,4 +121,4 @@ def test_cached_array_computes_once_per_key(tmp_path):
     other = cached_array(tmp_path / "feat.npy", {**key, "n": 5}, compute)
     assert len(calls) == 2
     np.testing.assert_array_equal(other, np.arange(4) * 2)
-    assert _files(tmp_path) == ["feat.json", "feat.npy"]
+    assert _files(tmp_path) == ["feat.json", "feat.npy", "feat.npy.lock"]

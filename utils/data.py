@@ -4,12 +4,21 @@
 make a run or a submission silently wrong. `load_images` decodes the PNGs once into a uint8
 (N, H, W, 3) `.npy` file (under the kit's `cache/`) and memory-maps it afterwards, so no later
 epoch or notebook decodes PNGs again. `PatchDataset` serves that array to a torch DataLoader.
+
+Every patch becomes uint8 RGB. Usable non-RGB files are converted as `CONVERSIONS` says, with
+one `ImageConversionWarning` per split naming how many files each conversion applied to; a
+fully transparent patch is an error. All train patches must have one size (the error lists the
+files that differ from the most common size); test patches of another size than the train
+patches are resized to it (bicubic), with the same warning.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
+import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +26,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.paths import atomic_path, find_data_dir, kit_root, read_json, write_json
+from utils.paths import (
+    atomic_path,
+    file_lock,
+    find_data_dir,
+    kit_root,
+    npy_is_complete,
+    read_json,
+    remove_temporaries,
+    write_json,
+)
 
 ID_COLUMNS = ("ID", "path")
 CACHE_ENV_VAR = "KIT_CACHE_DIR"
@@ -25,6 +43,10 @@ CACHE_ENV_VAR = "KIT_CACHE_DIR"
 
 class DataError(ValueError):
     """The competition files are inconsistent; the message names the file, rows or columns."""
+
+
+class ImageConversionWarning(UserWarning):
+    """Some patches were not 8-bit RGB (or not the train size) and were converted."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,7 @@ def load_data(data_dir: str | os.PathLike | None = None) -> KitData:
     y = _read_targets(train, genes, root / "train.csv")
     for frame, name in ((train, "train.csv"), (test, "test.csv"),
                         (sample, "sample_submission.csv")):
+        _check_blank_cells(frame, name)
         _check_unique_ids(frame, name)
     _check_same_ids(test, sample)
     _check_images_exist(root, train, "train.csv")
@@ -62,11 +85,30 @@ def load_data(data_dir: str | os.PathLike | None = None) -> KitData:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    """A CSV with ID/path columns read as text, or a DataError naming the file."""
+    """A CSV with ID/path columns read as text and at least one row, or a DataError naming the
+    file; duplicated column names are refused (pandas would rename the second `X` to `X.1`)."""
     try:
-        return pd.read_csv(path, dtype={"ID": str, "path": str}, low_memory=False)
+        _check_unique_header(path)
+        frame = pd.read_csv(path, dtype={"ID": str, "path": str}, low_memory=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise DataError(f"{path}: cannot be read as CSV ({err})") from err
+    if frame.empty:
+        raise DataError(f"{path}: no data rows (only the header line); expected one row per "
+                        f"spot")
+    return frame
+
+
+def _check_unique_header(path: Path) -> None:
+    """Every column name of the header line appears once."""
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    counts = Counter(header)
+    dup = [name for name, n in counts.items() if n > 1]
+    if dup:
+        where = {name: [i for i, h in enumerate(header) if h == name] for name in dup[:5]}
+        raise DataError(f"{path}: {len(dup)} column names appear more than once in the header; "
+                        f"expected unique gene names: " + ", ".join(
+                            f"{name!r} at columns {cols}" for name, cols in where.items()))
 
 
 def _check_columns(train: pd.DataFrame, test: pd.DataFrame, sample: pd.DataFrame) -> None:
@@ -105,6 +147,19 @@ def _read_targets(train: pd.DataFrame, genes: list[str], path: Path) -> np.ndarr
                         f"(IDs {train['ID'].iloc[rows[:10]].tolist()}) and {len(cols)} columns "
                         f"({[genes[c] for c in cols[:10]]})")
     return y.astype(np.float32)
+
+
+def _check_blank_cells(frame: pd.DataFrame, name: str) -> None:
+    """No empty ID or path cell (pandas reads them as NaN)."""
+    for column in (c for c in ID_COLUMNS if c in frame.columns):
+        cells = frame[column]
+        blank = np.flatnonzero(cells.isna().to_numpy() | (cells.astype(str).str.strip() == ""))
+        if len(blank):
+            lines = (blank[:10] + 2).tolist()  # line 1 is the header
+            ids = frame["ID"].iloc[blank[:10]].tolist()
+            raise DataError(f"{name}: empty {column!r} cell in {len(blank)} rows (CSV lines "
+                            f"{lines}, IDs {ids}); expected "
+                            + ("an ID" if column == "ID" else "an image path like ./train/X.png"))
 
 
 def _check_unique_ids(frame: pd.DataFrame, name: str) -> None:
@@ -154,67 +209,175 @@ def load_images(data: KitData, split: str, cache_dir: str | os.PathLike | None =
     """All patches of a split as a read-only memory-mapped uint8 (N, H, W, 3) array.
 
     The first call decodes the PNGs into `<cache_dir>/<split>_images.npy`; later calls only map
-    it. The cache is rebuilt when the image files change (names, sizes or times). Every patch
-    must have `size` (H, W); None takes the first patch's size (224x224 on DACON).
+    it. The cache is rebuilt when the image files change (names, sizes or times), when it is
+    incomplete, and never read while another process builds it. Every patch must have `size`
+    (H, W); None takes the most common train patch size (224x224 on DACON) and resizes test
+    patches of another size to it.
     """
-    paths = data.image_paths(split)
     folder = Path(cache_dir) if cache_dir else cache_dir_for(data)
     target, stamp = folder / f"{split}_images.npy", folder / f"{split}_images.json"
     fingerprint = images_fingerprint(data, split, size)
-    if target.is_file() and stamp.is_file() and read_json(stamp) == fingerprint:
-        return np.load(target, mmap_mode="r")
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_image_cache(paths, target, size or _image_size(paths[0]), workers)
-    write_json(stamp, fingerprint)
+    with file_lock(target):
+        built = read_json(stamp) if stamp.is_file() else {}
+        if {k: built.get(k) for k in fingerprint} != fingerprint or not npy_is_complete(target):
+            stamp.unlink(missing_ok=True)
+            remove_temporaries(target)
+            built = {**fingerprint, "conversions": _build_image_cache(data, split, target, size,
+                                                                      workers)}
+            write_json(stamp, built)
+    _warn_conversions(split, built.get("conversions", {}), fingerprint["n"])
     return np.load(target, mmap_mode="r")
 
 
 def images_fingerprint(data: KitData, split: str,
                        size: tuple[int, int] | None = None) -> dict:
-    """What a split's image cache is built from: file names, sizes and modification times."""
-    paths, digest = data.image_paths(split), hashlib.sha1()
+    """What a split's image cache is built from: file names, sizes and modification times (for
+    test without an explicit size, the train files' too: they set the patch size)."""
+    key = {"n": len(_split_frame(data, split)), "size": list(size) if size else None,
+           "files": _files_digest(data.image_paths(split))}
+    if split == "test" and size is None:
+        key["train_files"] = _files_digest(data.image_paths("train"))
+    return key
+
+
+def _files_digest(paths: list[Path]) -> str:
+    """A hash of the names, byte sizes and modification times of files."""
+    digest = hashlib.sha1()
     for p in paths:
         st = p.stat()
         digest.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return {"n": len(paths), "size": list(size) if size else None, "files": digest.hexdigest()}
+    return digest.hexdigest()
+
+
+def _build_image_cache(data: KitData, split: str, target: Path, size: tuple[int, int] | None,
+                       workers: int) -> dict[str, int]:
+    """Check the patch sizes, decode the split into `target`; how many files each conversion
+    applied to."""
+    paths = data.image_paths(split)
+    sizes = _image_sizes(paths, workers)
+    if size is not None:
+        expected, why = tuple(size), "the size asked for"
+    else:
+        train_sizes = sizes if split == "train" else _image_sizes(data.image_paths("train"),
+                                                                  workers)
+        (expected, count), = Counter(train_sizes).most_common(1)
+        why = f"the size of {count} of the {len(train_sizes)} train patches"
+    wrong = [i for i, s in enumerate(sizes) if s != expected]
+    if wrong and (split == "train" or size is not None):
+        examples = ", ".join(f"{paths[i]} is {sizes[i][1]}x{sizes[i][0]}" for i in wrong[:5])
+        raise DataError(f"{split}.csv: {len(wrong)} of {len(paths)} patches have another size "
+                        f"than expected {expected[1]}x{expected[0]} (WxH, {why}): {examples}")
+    return _write_image_cache(paths, target, expected, workers)
+
+
+def _image_sizes(paths: list[Path], workers: int) -> list[tuple[int, int]]:
+    """(height, width) of every image file, read from the headers only."""
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(_image_size, paths))
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.height, im.width
-
-
-def decode_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """One patch as uint8 (H, W, 3); an undecodable file or a wrong size names the file."""
+    """(height, width) of an image file; an unreadable file names itself."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB"))
+            return im.height, im.width
+    except Exception as err:  # PIL raises many types for broken files
+        raise DataError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
+
+
+# What becomes of a patch that is not 8-bit RGB of the train size (the key is counted per file).
+CONVERSIONS = {
+    "greyscale": "greyscale (8-bit or 1-bit), replicated to the three RGB channels",
+    "greyscale 16-bit": "16-bit greyscale, scaled to 8 bits (round(v * 255 / 65535)) and "
+                        "replicated to RGB",
+    "alpha": "with an alpha channel (RGBA, greyscale+alpha, transparent palette), composited "
+             "over white (opaque pixels keep their colour)",
+    "palette": "palette colours, expanded to RGB",
+    "CMYK/YCbCr": "CMYK or YCbCr, converted to RGB by PIL",
+    "resized": "test patches of another size than the train patches, resized (bicubic)",
+}
+_GREY16_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def decode_image(path: Path, size: tuple[int, int],
+                 resize: bool = False) -> tuple[np.ndarray, str | None]:
+    """One patch as uint8 (H, W, 3) and the CONVERSIONS key applied (None: it was RGB). An
+    undecodable, fully transparent or wrong-size file (unless `resize`) names the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            array, note = _to_rgb(im, path)
+    except DataError:
+        raise
     except Exception as err:  # PIL raises many types for broken files
         raise DataError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
     if array.shape[:2] != tuple(size):
-        raise DataError(f"{path}: image is {array.shape[1]}x{array.shape[0]} (WxH); "
-                        f"expected {size[1]}x{size[0]} like the other patches")
-    return array
+        if not resize:
+            raise DataError(f"{path}: image is {array.shape[1]}x{array.shape[0]} (WxH); "
+                            f"expected {size[1]}x{size[0]} like the other patches")
+        image = Image.fromarray(array).resize((size[1], size[0]), Image.Resampling.BICUBIC)
+        array, note = np.asarray(image), "resized"
+    return array, note
+
+
+def _to_rgb(im, path: Path) -> tuple[np.ndarray, str | None]:
+    """A decoded PIL image as uint8 RGB and the conversion used (see CONVERSIONS)."""
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im), None
+    if mode in ("L", "1"):
+        return np.asarray(im.convert("RGB")), "greyscale"
+    if mode in _GREY16_MODES:
+        grey = np.asarray(im).astype(np.int64).clip(0, 65535)
+        grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2), "greyscale 16-bit"
+    if mode in ("CMYK", "YCbCr"):
+        return np.asarray(im.convert("RGB")), "CMYK/YCbCr"
+    has_alpha = mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+    if mode == "P" and not has_alpha:
+        return np.asarray(im.convert("RGB")), "palette"
+    if not has_alpha:
+        raise DataError(f"{path}: unsupported image mode {mode!r}; expected RGB, RGBA, "
+                        f"greyscale (8 or 16 bit) or palette")
+    rgba = np.asarray(im.convert("RGBA")).astype(np.float64)
+    alpha = rgba[..., 3:] / 255.0
+    if not alpha.any():
+        raise DataError(f"{path}: the patch is fully transparent (alpha 0 in every pixel); "
+                        f"expected a patch with visible tissue")
+    return np.rint(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8), "alpha"
 
 
 def _write_image_cache(paths: list[Path], target: Path, size: tuple[int, int],
-                       workers: int, chunk: int = 256) -> None:
-    """Decode images in threads and stream them into an .npy file, renamed into place at the end.
+                       workers: int, chunk: int = 256) -> dict[str, int]:
+    """Decode images in threads and stream them into an .npy file, renamed into place at the
+    end; how many files each conversion applied to.
 
     Streaming with plain writes (not a memmap) keeps the resident memory to one chunk.
     """
     header = {"descr": "|u1", "fortran_order": False, "shape": (len(paths), *size, 3)}
+    notes: Counter = Counter()
     with atomic_path(target) as tmp, open(tmp, "wb") as f, ThreadPoolExecutor(workers) as pool:
         np.lib.format.write_array_header_1_0(f, header)
         for start in range(0, len(paths), chunk):
             batch = paths[start:start + chunk]
-            for array in pool.map(decode_image, batch, [size] * len(batch)):
+            for array, note in pool.map(decode_image, batch, [size] * len(batch),
+                                        [True] * len(batch)):
                 f.write(array.tobytes())
+                notes[note] += 1
+    notes.pop(None, None)
+    return dict(sorted(notes.items()))
+
+
+def _warn_conversions(split: str, conversions: dict[str, int], n: int) -> None:
+    """One warning listing how many of a split's patches each conversion applied to."""
+    if conversions:
+        parts = "; ".join(f"{count} {CONVERSIONS[key]}" for key, count in conversions.items())
+        warnings.warn(f"{split}: {sum(conversions.values())} of {n} patches were converted to "
+                      f"8-bit RGB: {parts} (see utils.data.CONVERSIONS)",
+                      ImageConversionWarning, stacklevel=3)
 
 
 # --- torch dataset ----------------------------------------------------------------------------

@@ -11,11 +11,16 @@ error. Relative paths are relative to the kit's root folder, wherever the notebo
 
 Every file the kit writes (text, JSON, CSV, arrays, figures) is written atomically: to a
 temporary file beside the target, renamed into place only when complete, so a crash or a bad
-input never leaves a half-written output behind.
+input never leaves a half-written output behind. Caches (`cached_array`, the image cache in
+utils.data) are built under a lock file beside them, so two notebooks building the same cache
+wait for each other instead of interleaving; the key file beside a cached array is removed
+before the array is rebuilt and written only after it is complete, and an `.npy` whose size
+does not match its header (a crash of an older version) is never trusted.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Callable
@@ -153,17 +158,63 @@ def _plain(value: object) -> object:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
+def npy_is_complete(path: str | os.PathLike) -> bool:
+    """Whether `path` is an .npy file holding all the bytes its header announces."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(f)
+            offset = f.tell()
+    except (OSError, ValueError, SyntaxError):
+        return False
+    if dtype.hasobject:
+        return False
+    return os.path.getsize(path) == offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike):
+    """Hold an exclusive lock on `<path>.lock` (other processes asking for it wait)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f"{path.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remove_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files `atomic_path` left beside `path` (a killed writer's); call it
+    only while holding `file_lock(path)`, so no live writer's file is removed."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.tmp-*"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
 def cached_array(path: str | os.PathLike, key: dict,
                  compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """Load `path` if it was computed for the same `key` (stored beside it), else compute it."""
+    """Load `path` if it was computed for the same `key` (stored beside it), else compute it.
+
+    Safe against a crash at any point and against several processes: under `file_lock`, the
+    key file goes first, the array is written atomically, and the key file is written last.
+    """
     path = Path(path)
     stamp = path.with_suffix(".json")
     key = as_json(key)
-    if path.is_file() and stamp.is_file() and read_json(stamp) == key:
-        return np.load(path)
-    array = np.asarray(compute())
-    save_npy(path, array)
-    write_json(stamp, key)
+    with file_lock(path):
+        if stamp.is_file() and read_json(stamp) == key and npy_is_complete(path):
+            return np.load(path)
+        stamp.unlink(missing_ok=True)
+        remove_temporaries(path)
+        array = np.asarray(compute())
+        save_npy(path, array)
+        write_json(stamp, key)
     return array
 
 
