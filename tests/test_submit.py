@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.ensemble import SubmissionError, make_submission, validate_submission, write_submission
+from utils.ensemble import (
+    ConstantColumnsWarning,
+    SubmissionError,
+    make_submission,
+    validate_submission,
+    write_submission,
+)
 
 GENES = ["G1", "G2", "G3", "MT-CO1"]
 
@@ -56,9 +62,9 @@ def test_make_submission_missing_ids(pred, test_ids, sample):
         make_submission(pred, ids, sample)
 
 
-def _error(frame: pd.DataFrame, sample: pd.DataFrame) -> str:
+def _error(frame: pd.DataFrame, sample: pd.DataFrame, strict: bool = False) -> str:
     with pytest.raises(SubmissionError) as err:
-        validate_submission(frame, sample)
+        validate_submission(frame, sample, strict=strict)
     return str(err.value)
 
 
@@ -98,10 +104,23 @@ def test_validate_non_finite_names_ids_and_genes(good, sample, bad):
     assert sample["ID"][0] not in msg
 
 
-def test_validate_constant_column_names_gene(good, sample):
+def test_validate_constant_column_warns_naming_gene_and_cost(good, sample):
     frame = good.assign(G2=0.25)
-    msg = _error(frame, sample)
-    assert "constant" in msg and "'G2'" in msg and "'G1'" not in msg
+    with pytest.warns(ConstantColumnsWarning) as record:
+        assert validate_submission(frame, sample) == ["G2"]
+    msg = str(record[0].message)
+    assert len(record) == 1 and "1 of 4 gene columns" in msg and "'G2'" in msg
+    assert "r = 0" in msg and "'G1'" not in msg
+
+
+def test_validate_constant_column_strict_refuses(good, sample):
+    msg = _error(good.assign(G2=0.25), sample, strict=True)
+    assert "constant" in msg and "'G2'" in msg and "STRICT" in msg and "'G1'" not in msg
+
+
+def test_validate_good_frame_no_warning(good, sample, recwarn):
+    assert validate_submission(good, sample, strict=True) == []
+    assert len(recwarn) == 0
 
 
 def _files(folder) -> list[str]:
@@ -127,18 +146,34 @@ def test_write_submission_failing_validation_creates_nothing(good, sample, tmp_p
 def test_write_submission_keeps_existing_good_file(good, sample, tmp_path):
     path = write_submission(good, sample, tmp_path / "submission.csv")
     before = path.read_bytes()
-    with pytest.raises(SubmissionError):
-        write_submission(good.assign(G3=1.0), sample, path)
+    for bad in (good.assign(G3=np.inf), good.iloc[:3]):
+        with pytest.raises(SubmissionError):
+            write_submission(bad, sample, path)
+    with pytest.raises(SubmissionError, match="'G3'"):
+        write_submission(good.assign(G3=1.0), sample, path, strict=True)
     assert path.read_bytes() == before and _files(tmp_path) == ["submission.csv"]
 
 
-def test_write_submission_refuses_column_constant_after_rounding(good, sample, tmp_path):
+def test_write_submission_constant_column_written_with_one_warning(good, sample, tmp_path):
+    """A gene constant in train: DACON accepts the file (that gene scores r = 0); so do we."""
+    with pytest.warns(ConstantColumnsWarning) as record:
+        path = write_submission(good.assign(G3=1.0), sample, tmp_path / "submission.csv")
+    assert len(record) == 1 and "'G3'" in str(record[0].message)
+    back = pd.read_csv(path, dtype={"ID": str})
+    assert (back["G3"] == 1.0).all() and _files(tmp_path) == ["submission.csv"]
+
+
+def test_write_submission_column_constant_after_rounding(good, sample, tmp_path, recwarn):
     """1 + 1e-12·i varies in memory but is written as "1" in every row: constant on disk."""
     frame = good.assign(G2=1.0 + 1e-12 * np.arange(5))
-    validate_submission(frame, sample)  # fine in memory
+    validate_submission(frame, sample, strict=True)  # fine in memory
+    assert len(recwarn) == 0
     with pytest.raises(SubmissionError, match="'G2'"):
-        write_submission(frame, sample, tmp_path / "submission.csv")
+        write_submission(frame, sample, tmp_path / "submission.csv", strict=True)
     assert _files(tmp_path) == []
+    with pytest.warns(ConstantColumnsWarning, match="'G2'"):
+        write_submission(frame, sample, tmp_path / "submission.csv")
+    assert _files(tmp_path) == ["submission.csv"]
 
 
 def test_validate_accepts_any_row_index(good, sample, tmp_path):

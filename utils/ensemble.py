@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -425,8 +426,11 @@ def summarize_audit(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def audit_flags(table: pd.DataFrame) -> dict[str, list[str]]:
-    """Genes worth a look before writing: flat predictions, flat train targets, big shifts."""
-    return {"near_constant_predictions": table.index[table["near_constant"]].tolist(),
+    """Genes worth a look before writing: constant predictions (scored r = 0), flat ones, flat
+    train targets, big shifts."""
+    constant = table["test_sd"] == 0
+    return {"constant_predictions": table.index[constant].tolist(),
+            "near_constant_predictions": table.index[table["near_constant"]].tolist(),
             "constant_in_train": table.index[table["train_constant"]].tolist(),
             "test_shift_over_1_sd": table.index[table["test_shift"].abs() > 1].tolist()}
 
@@ -525,8 +529,21 @@ def make_submission(test_pred: np.ndarray, test_ids: list[str],
     return frame.set_index("ID").loc[sample["ID"]].reset_index()
 
 
-def validate_submission(frame: pd.DataFrame, sample: pd.DataFrame) -> None:
-    """Refuse wrong columns, row count or ID order, NaN/inf and constant gene columns."""
+class ConstantColumnsWarning(UserWarning):
+    """The submission has constant gene columns: valid for DACON, but each is scored r = 0."""
+
+
+def validate_submission(frame: pd.DataFrame, sample: pd.DataFrame,
+                        strict: bool = False) -> list[str]:
+    """Refuse wrong columns, row count or ID order and NaN/inf; constant gene columns (scored
+    r = 0) give a ConstantColumnsWarning, or a SubmissionError if `strict`. The constant genes."""
+    constant = _check_submission(frame, sample)
+    _refuse_or_warn(constant, len(sample.columns) - 1, strict)
+    return constant
+
+
+def _check_submission(frame: pd.DataFrame, sample: pd.DataFrame) -> list[str]:
+    """Every hard check of validate_submission; the names of the constant gene columns."""
     columns, expected = list(frame.columns), list(sample.columns)
     if columns != expected:
         missing = [c for c in expected if c not in columns]
@@ -540,11 +557,21 @@ def validate_submission(frame: pd.DataFrame, sample: pd.DataFrame) -> None:
         raise SubmissionError("IDs are not those of sample_submission.csv in the same order")
     values = frame.iloc[:, 1:].to_numpy(dtype=np.float64)
     _check_finite(values, expected[1:], frame["ID"])
-    constant = np.flatnonzero(np.ptp(values, axis=0) == 0)
-    if len(constant):
-        raise SubmissionError(f"{len(constant)} gene columns are constant (scored as r = 0, "
-                              f"and a sign of a broken model), e.g. "
-                              f"{[expected[1 + c] for c in constant[:10]]}")
+    return [expected[1 + c] for c in np.flatnonzero(np.ptp(values, axis=0) == 0)]
+
+
+def _refuse_or_warn(constant: list[str], n_genes: int, strict: bool) -> None:
+    """Say what constant columns cost; refuse them if `strict`."""
+    if not constant:
+        return
+    what = (f"{len(constant)} of {n_genes} gene columns are constant, e.g. {constant[:10]}; "
+            f"DACON scores each of them r = 0 (no loss in cells or max_gene; -1/50 of heg50 or "
+            f"hvg50 for each that is among the test slice's 50 top genes)")
+    if strict:
+        raise SubmissionError(f"{what}. STRICT=True refuses such a file; set STRICT=False to "
+                              f"write it anyway")
+    warnings.warn(f"{what}. Written anyway (STRICT=False); the audit lists them as "
+                  f"constant_predictions", ConstantColumnsWarning, stacklevel=3)
 
 
 def _check_finite(values: np.ndarray, genes: list[str], ids: pd.Series) -> None:
@@ -557,15 +584,22 @@ def _check_finite(values: np.ndarray, genes: list[str], ids: pd.Series) -> None:
 
 
 def write_submission(frame: pd.DataFrame, sample: pd.DataFrame,
-                     path: str | os.PathLike) -> Path:
+                     path: str | os.PathLike, strict: bool = False) -> Path:
     """Validate, write to a temporary file, validate what was written, then rename into place.
 
-    Reading the file back catches columns that only become constant once rounded to text.
+    Reading the file back catches columns that only become constant once rounded to text; the
+    warning (or, with `strict`, the refusal) about constant columns is about the file on disk.
+    A crash at any point leaves the previous file (or none), never a half-written one.
     """
-    validate_submission(frame, sample)
+    n_genes = len(sample.columns) - 1
+    if strict:
+        _refuse_or_warn(_check_submission(frame, sample), n_genes, strict)
+    else:
+        _check_submission(frame, sample)
 
     def write_and_check(tmp: Path) -> None:
         frame.to_csv(tmp, index=False, float_format="%.7g")
-        validate_submission(pd.read_csv(tmp, dtype={"ID": str}), sample)
+        written = _check_submission(pd.read_csv(tmp, dtype={"ID": str}), sample)
+        _refuse_or_warn(written, n_genes, strict)
 
     return write_with(path, write_and_check)
