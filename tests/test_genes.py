@@ -163,22 +163,27 @@ def test_file_rejects_unknown_genes_listing_them(tmp_path, planted):
 
 
 def test_registry_errors_name_the_choices(planted):
-    assert genes.list_strategies() == ["kmeans", "prefix", "correlation", "file"]
+    assert genes.list_strategies() == ["kmeans", "prefix", "correlation", "file", "functional"]
     with pytest.raises(ValueError, match=r"unknown gene-grouping strategy 'wgcna'.*kmeans"):
         genes.make_groups("wgcna", planted["genes"])
     with pytest.raises(ValueError, match="needs corr"):
         genes.make_groups("correlation", planted["genes"])
+    with pytest.raises(ValueError, match="'functional' needs corr"):
+        genes.make_groups("functional", planted["genes"], sources=["x.gmt"])
 
 
 def test_every_gene_is_in_exactly_one_group_per_strategy(tmp_path, planted):
     sets = tmp_path / "sets.csv"
     pd.DataFrame({"gene": ["MT-1", "RPL2"], "group": ["x", "y"]}).to_csv(sets, index=False)
+    gmt = write_gmt(tmp_path / "sets.gmt", {"mito": ["MT-1", "MT-2", "MT-3", "RPL1"]})
     cfg = GeneClusteringConfig(k_range=(2, 5), n_neighbors=5, umap_epochs=60,
-                                     min_group_size=3, groups_file=str(sets))
+                                     min_group_size=3, groups_file=str(sets),
+                                     gene_sets=[str(gmt)])
     groupings = genes.make_groupings(cfg, planted["genes"], planted["corr"])
-    assert list(groupings) == ["kmeans", "prefix", "correlation", "file"]
+    assert list(groupings) == ["kmeans", "prefix", "correlation", "file", "functional"]
+    assert groupings["functional"].sizes().to_dict() == {"other": 26, "mito": 4}
     table = genes.write_gene_groups(tmp_path / "gene_groups.csv", planted["genes"], groupings)
-    assert len(table) == 4 * len(planted["genes"])
+    assert len(table) == 5 * len(planted["genes"])
     for name, grouping in groupings.items():
         loaded = genes.load_gene_groups(tmp_path / "gene_groups.csv", planted["genes"], name)
         members = np.sort(np.concatenate(list(loaded.values())))
@@ -203,6 +208,175 @@ def test_load_gene_groups_reports_missing_and_unknown_genes(tmp_path):
         genes.load_gene_groups(path, ["A", "B", "Z"], "kmeans")
     assert {k: v.tolist() for k, v in genes.load_gene_groups(path, ["Z", "A", "B"], "s").items()
             } == {"g1": [1, 2], "g2": [0]}
+
+
+# --- functional gene sets ----------------------------------------------------------------------
+
+def write_gmt(path, sets: dict[str, list[str]], newline: str = "\n"):
+    """A GMT file: one `name, description, genes…` line per set."""
+    path.write_text("".join(f"{name}\tmade by the test\t" + "\t".join(members) + newline
+                            for name, members in sets.items()))
+    return path
+
+
+def test_read_gmt_keeps_each_gene_once_and_drops_enrichr_weights(tmp_path):
+    path = tmp_path / "lib.gmt"
+    path.write_text("A\thttp://x\tTP53\tEGFR,1.0\tTP53\t\r\n\nB\t\tMYC\n")
+    assert genes.read_gmt(path) == {"A": ["TP53", "EGFR"], "B": ["MYC"]}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("A\td\tX\nB d X Y\n", r"bad.gmt, line 2: a GMT line is name<TAB>description"),
+    ("A\td\n", r"bad.gmt, line 1: .*at least one gene"),
+    ("A\td\tX\n\nA\td\tY\n", r"bad.gmt, line 3: gene set 'A' again \(first on line 1\)"),
+    ("\n\n", r"bad.gmt: no gene sets")])
+def test_read_gmt_names_the_file_and_line_of_a_malformed_set(tmp_path, text, message):
+    (tmp_path / "bad.gmt").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        genes.read_gmt(tmp_path / "bad.gmt")
+
+
+def test_load_gene_sets_reads_files_folders_and_cached_libraries(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "sets"
+    folder.mkdir()
+    write_gmt(folder / "b.gmt", {"S2": ["Y"]})
+    write_gmt(folder / "a.gmt", {"S1": ["X"]})
+    cached = tmp_path / "cache" / "enrichr-human" / "MSigDB_Hallmark_2020.gmt"
+    cached.parent.mkdir(parents=True)
+    write_gmt(cached, {"Hypoxia": ["VEGFA"]})
+    libraries = genes.load_gene_sets([str(folder), "MSigDB_Hallmark_2020"], tmp_path / "cache")
+    assert list(libraries) == ["a", "b", "MSigDB_Hallmark_2020"]
+    assert libraries["MSigDB_Hallmark_2020"] == (cached, {"Hypoxia": ["VEGFA"]})
+    with pytest.raises(FileNotFoundError, match="gene-set file not found: .*missing.gmt"):
+        genes.load_gene_sets(str(tmp_path / "missing.gmt"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no .gmt files in the folder"):
+        genes.load_gene_sets([str(tmp_path / "empty")])
+    with pytest.raises(ValueError, match="neither a GMT file, a folder nor an Enrichr"):
+        genes.load_gene_sets(["GO Biological Process"])
+
+
+def test_best_sets_prefers_the_most_correlated_set_and_dissolves_small_ones():
+    corr = np.eye(6, dtype=np.float32)
+    for a, b, r in [(0, 1, .9), (0, 2, .9), (1, 2, .9), (3, 4, .8), (2, 3, .1), (3, 0, .1),
+                    (3, 1, .1), (4, 5, .3)]:
+        corr[a, b] = corr[b, a] = r
+    member = np.zeros((6, 3), dtype=bool)
+    member[[0, 1, 2, 3], 0] = member[[3, 4], 1] = member[[2, 5], 2] = True
+    # gene 3: r .1 with set 0, r .8 with set 1; set 2 keeps only gene 5 and dissolves
+    assert genes.best_sets(corr, member, 2).tolist() == [0, 0, 0, 1, 1, -1]
+    assert genes.best_sets(corr, member, 3).tolist() == [0, 0, 0, 0, -1, -1]  # set 1 too small
+    member[:, 1] = False
+    member[[2, 3, 4], 1] = True  # 3 matched genes, but gene 2 joins set 0: set 1 dissolves
+    assert genes.best_sets(corr, member, 3).tolist() == [0, 0, 0, 0, -1, -1]
+    assert genes.nearest_groups(corr, np.array([0, 0, 0, 1, 1, -1])).tolist() == [0, 0, 0, 1, 1, 1]
+
+
+@pytest.fixture()
+def functional_data(tmp_path):
+    """Planted data plus two genes in no set (one follows the MT factor), and two GMT files:
+    overlapping sets, a duplicate set, a set too small, names in other cases, unknown genes."""
+    y, names, truth = make_planted()
+    noise = np.random.default_rng(5).standard_normal((len(y), 2)).astype(np.float32)
+    y = np.hstack([y, y[:, :1] + 0.3 * noise[:, :1], noise[:, 1:] + 3])
+    names = [*names, "AL645608.7", "AC000001.1"]
+    mt, rpl, znf = names[:12], names[12:22], names[22:30]
+    write_gmt(tmp_path / "hallmark.gmt", {
+        "HALLMARK_MITO": [g.lower() for g in mt] + ["NOTAGENE1"],
+        "ribosome (GO:0005840)": rpl + mt[:2],  # overlaps the MT set by two genes
+        "ZINC": znf + znf[:3],  # duplicated genes
+        "TINY": [rpl[0], znf[0]]})  # below the minimum size
+    write_gmt(tmp_path / "other.gmt", {"ZINC_COPY": znf, "UNMATCHED_SET": ["NOPE1", "NOPE2"]})
+    return {"y": y, "genes": names, "corr": correlate_genes(y),
+            "sources": [str(tmp_path / "hallmark.gmt"), str(tmp_path / "other.gmt")]}
+
+
+@pytest.mark.parametrize("unmatched", ["other", "nearest"])
+def test_functional_groups_put_every_gene_in_one_set(functional_data, unmatched):
+    d = functional_data
+    g = genes.make_groups("functional", d["genes"], d["corr"], sources=d["sources"],
+                          min_size=3, unmatched=unmatched)
+    expected = ["HALLMARK_MITO"] * 12 + ["ribosome_GO_0005840"] * 10 + ["ZINC"] * 8
+    names = np.array(expected)
+    groups = np.unique(names)
+    noise = groups[np.argmax([d["corr"][31, :30][names == n].mean() for n in groups])]
+    tail = ["HALLMARK_MITO", noise] if unmatched == "nearest" else ["other", "other"]
+    assert g.labels.tolist() == expected + tail
+    info = g.info
+    assert info["libraries"]["hallmark"] == {"path": d["sources"][0], "sets": 4,
+                                             "sets_matched": 4, "genes_listed": 31,
+                                             "genes_matched": 30}
+    assert info["libraries"]["other"] == {"path": d["sources"][1], "sets": 2, "sets_matched": 1,
+                                          "genes_listed": 10, "genes_matched": 8}
+    assert (info["genes_matched"], info["genes_in_several_sets"]) == (30, 8 + 2 + 1)
+    assert (info["sets_matched"], info["sets_kept"], info["genes_in_no_kept_set"]) == (5, 3, 2)
+    assert info["group_sets"]["ribosome_GO_0005840"] == "hallmark: ribosome (GO:0005840)"
+    json.dumps(info)  # groupings.json
+
+
+def test_functional_group_names_are_file_safe_and_unique():
+    sets = pd.DataFrame({"library": ["GO BP", "KEGG", "KEGG", "x"],
+                         "set": ["cell cycle/mitosis", "cell cycle/mitosis", "Other", "??"]})
+    assert genes.group_names(sets) == ["GO_BP.cell_cycle_mitosis", "KEGG.cell_cycle_mitosis",
+                                       "KEGG.Other", "set"]
+
+
+def test_functional_needs_sets_that_match_the_data(tmp_path, planted):
+    path = write_gmt(tmp_path / "mouse.gmt", {"Mito": ["mt-Co1x"], "Rib": ["Rpl99"]})
+    with pytest.raises(ValueError, match=r"none of the genes of \['mouse'\] is a gene"):
+        genes.make_groups("functional", planted["genes"], planted["corr"], sources=[str(path)])
+    with pytest.raises(ValueError, match="needs gene sets"):
+        genes.make_groups("functional", planted["genes"], planted["corr"], sources=[])
+
+
+def test_fetching_a_library_offline_fails_fast_with_what_to_do(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(genes.OfflineError, match=r"'GO_Biological_Process_2023' is not cached "
+                       r"at .*enrichr-human.*HF_HUB_OFFLINE is set\. Run 02 once with network"):
+        genes.fetch_library("GO_Biological_Process_2023", tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    import socket
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # a port nobody listens on: connection refused at once
+    monkeypatch.setattr(genes, "ENRICHR_HOST", closed.getsockname())
+    start = time.perf_counter()
+    with pytest.raises(genes.OfflineError, match=r"no connection to 127\.0\.0\.1"):
+        genes.fetch_library("MSigDB_Hallmark_2020", tmp_path, timeout=2.0)
+    assert time.perf_counter() - start < 2.5
+    closed.close()
+    assert not (tmp_path / "enrichr-human").exists()
+
+
+def test_fetch_library_writes_what_the_client_returns_as_a_cached_gmt(tmp_path, monkeypatch):
+    import gseapy.parser
+
+    calls = []
+
+    def download(name, organism):
+        calls.append((name, organism))
+        return {"HALLMARK_HYPOXIA": ["VEGFA", "CA9"], "EMPTY": [], "E2F": ["MKI67"]}
+
+    monkeypatch.setattr(genes, "offline_reason", lambda host, timeout: None)
+    monkeypatch.setattr(gseapy.parser, "download_library", download)
+    path = genes.fetch_library("MSigDB_Hallmark_2020", tmp_path)
+    assert genes.read_gmt(path) == {"HALLMARK_HYPOXIA": ["VEGFA", "CA9"], "E2F": ["MKI67"]}
+    assert genes.fetch_library("MSigDB_Hallmark_2020", tmp_path) == path
+    assert calls == [("MSigDB_Hallmark_2020", "Human")]  # the second call read the cache
+
+
+def test_fetch_library_downloads_and_caches_when_online(tmp_path):
+    reason = genes.offline_reason()
+    if reason:
+        pytest.skip(f"Enrichr unreachable, the online path is not tried: {reason}")
+    path = genes.fetch_library("MSigDB_Hallmark_2020", tmp_path)
+    sets = genes.read_gmt(path)
+    assert path == tmp_path / "enrichr-human" / "MSigDB_Hallmark_2020.gmt"
+    assert len(sets) == 50 and "ERBB2" not in sets and any("MKI67" in m for m in sets.values())
+    assert genes.fetch_library("MSigDB_Hallmark_2020", tmp_path) == path  # cached
 
 
 # --- coherence --------------------------------------------------------------------------------
@@ -248,6 +422,15 @@ def test_config_checks_strategies_and_shrinks_for_smoke():
     with pytest.raises(ValueError, match="needs GROUPS_FILE"):
         GeneClusteringConfig(strategies=["file"])
     assert replace(cfg, k=6).options("kmeans") == {"k": 6, "k_range": (4, 7), "seed": 0}
+    functional = GeneClusteringConfig(gene_sets="genesets/breast_tissue_kit.gmt")
+    assert functional.strategies[-1] == "functional"
+    assert functional.options("functional") == {
+        "sources": ("genesets/breast_tissue_kit.gmt",), "min_size": 10, "unmatched": "other",
+        "cache_dir": None}
+    with pytest.raises(ValueError, match="'functional' needs GENE_SETS"):
+        GeneClusteringConfig(strategies=["functional"])
+    with pytest.raises(ValueError, match=r"UNMATCHED='closest': choose from \['other'"):
+        GeneClusteringConfig(gene_sets=["a.gmt"], unmatched="closest")
 
 
 # --- the notebook (smoke tier) ----------------------------------------------------------------
