@@ -6,7 +6,12 @@ functions and modules that need them.
 """
 
 import importlib
+import os
 import pkgutil
+
+# albumentations asks the package index for a newer version at import unless this is set:
+# no notebook should make a network call it did not ask for.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __all__ = sorted(m.name for m in pkgutil.iter_modules(__path__))
 

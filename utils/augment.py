@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # before albumentations: no version check
+
 import numpy as np
 import pandas as pd
 

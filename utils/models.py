@@ -98,10 +98,48 @@ def create_backbone(name: str, pretrained: bool | str = True, img_size: int | No
             raise ValueError(f"unknown timm backbone {name!r}; closest names: "
                              f"{closest_models(name)}") from err
         raise
-    except OSError as err:  # hub download failed: offline, gated model, no token
-        raise RuntimeError(f"could not fetch pretrained weights for {name!r} ({err}). Without "
-                           "network access set PRETRAINED to a local weights file (or False); "
-                           "gated hub models need `huggingface-cli login`.") from err
+    except OSError as err:  # the hub refused or could not be reached: say why and what to do
+        raise HubAccessError(hub_error_message(name, err)) from None
+
+
+class HubAccessError(RuntimeError):
+    """Pretrained weights could not be fetched from the Hugging Face hub (the message says why
+    and what to do)."""
+
+
+def hub_error_message(name: str, err: OSError) -> str:
+    """What went wrong fetching `name`'s weights (gated, not found, offline, other), the model's
+    hub page and the fix, with the hub's own reason on one line (no hub traceback)."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    repo = name.removeprefix("hf-hub:").split("@")[0] if name.startswith("hf-hub:") else None
+    cfg = None if repo else timm.models.get_pretrained_cfg(name)
+    repo = repo or getattr(cfg, "hf_hub_id", None) or f"timm/{name}"
+    page = f"https://huggingface.co/{repo}"
+    login = ("log in on this machine: `from huggingface_hub import login; login()`, or add a "
+             "secret HF_TOKEN (Colab: the key icon; Kaggle: Add-ons → Secrets)")
+    local = "or set PRETRAINED to a local weights file (e.g. a Kaggle dataset)"
+    if isinstance(err, GatedRepoError):
+        why = (f"{repo} is a gated model: accept its licence at {page} with your Hugging Face "
+               f"account, then {login}; {local}.")
+    elif isinstance(err, RepositoryNotFoundError):
+        why = (f"the hub has no model {repo} you may read ({page}): check the name; if it is "
+               f"gated or private, accept its licence there and {login}; {local}.")
+    elif isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled)) or \
+            os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        why = (f"no network access to the hub (offline, or HF_HUB_OFFLINE set) and {repo} is "
+               f"not in the local cache: turn the internet on (Kaggle: Settings → Internet), "
+               f"{local}, or False for random weights. Model page: {page}.")
+    else:
+        why = (f"the download failed; check the network and {page}; gated models need their "
+               f"licence accepted and a login ({login}); {local}.")
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"could not fetch pretrained weights for {name!r}: {why}\n(hub said: {reason})"
 
 
 def _create(name: str, img_size: int | None, **kwargs) -> nn.Module:

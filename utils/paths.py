@@ -5,7 +5,9 @@ Data root, first match wins:
 2. the environment variable `KIT_DATA_DIR`;
 3. Kaggle: any folder under `/kaggle/input` (two levels deep) holding `train.csv`;
 4. Colab: the Google Drive folder `MyDrive/dacon_mai` (mounted at `/content/drive`);
-5. `data/` in the kit's root folder.
+5. Colab: `/content` or a folder right under it holding `train.csv` (files uploaded there, or
+   the DACON zip unpacked with `unpack_dacon_zip`);
+6. `data/` in the kit's root folder.
 An explicit DATA_DIR or KIT_DATA_DIR is never second-guessed: if it is incomplete, that is the
 error. Relative paths are relative to the kit's root folder, wherever the notebook runs from.
 
@@ -20,9 +22,14 @@ does not match its header (a crash of an older version) is never trusted.
 
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import json
 import os
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,7 +73,9 @@ def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[str,
     found = sorted({p.parent for pattern in ("*/train.csv", "*/*/train.csv")
                     for p in KAGGLE_INPUT.glob(pattern)}) if KAGGLE_INPUT.is_dir() else []
     kaggle = [("Kaggle input", p) for p in found] or [("Kaggle input", KAGGLE_INPUT)]
-    return [*kaggle, ("Colab Google Drive", COLAB_DRIVE), ("kit data folder", kit_root() / "data")]
+    uploads = [("Colab upload", p) for p in colab_upload_dirs()]
+    return [*kaggle, ("Colab Google Drive", COLAB_DRIVE), *uploads,
+            ("kit data folder", kit_root() / "data")]
 
 
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -231,3 +240,80 @@ def save_figure(fig, folder: str | os.PathLike, name: str) -> Path:
     """Save a figure as `<folder>/<name>.png` atomically (relative folders from the kit root)."""
     return write_with(resolve(folder) / f"{name}.png",
                       lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+
+
+# --- Colab: data uploaded to /content, the DACON zip --------------------------------------------
+
+COLAB_CONTENT = Path("/content")  # Colab's working folder (files uploaded in the browser land here)
+ZIP_JUNK = ("__MACOSX/", ".DS_Store")  # entries archivers add that are not data
+
+
+def colab_upload_dirs() -> list[Path]:
+    """Folders under Colab's /content that hold a train.csv: /content itself or one level down."""
+    if not COLAB_CONTENT.is_dir():
+        return []
+    return sorted({p.parent for pattern in ("train.csv", "*/train.csv")
+                   for p in COLAB_CONTENT.glob(pattern)})
+
+
+def dacon_zip_root(names: list[str]) -> str:
+    """The folder inside a DACON zip that holds train.csv ("" at the top, "open/" if the archive
+    wraps everything in one folder)."""
+    hits = sorted((n for n in names if n.rsplit("/", 1)[-1] == "train.csv"
+                   and not n.startswith(ZIP_JUNK)), key=lambda n: n.count("/"))
+    return hits[0][: -len("train.csv")] if hits else ""
+
+
+def zip_missing(names: list[str], root: str, read: Callable[[str], bytes]) -> list[str]:
+    """What a DACON zip lacks under `root`: required files/folders, then images its CSVs list."""
+    have = set(names)
+    folders = {n[len(root):].split("/", 1)[0] + "/" for n in names
+               if n.startswith(root) and "/" in n[len(root):]}
+    missing = [r for r in REQUIRED
+               if (r not in folders if r.endswith("/") else root + r not in have)]
+    for table in ("train.csv", "test.csv"):
+        if table in missing:
+            continue
+        rows = csv.DictReader(io.StringIO(read(root + table).decode("utf-8-sig")))
+        paths = [row["path"] for row in rows if row.get("path")]
+        lost = [p for p in paths if root + os.path.normpath(p) not in have]
+        if lost:
+            missing.append(f"{len(lost)} of the {len(paths)} images {table} lists "
+                           f"(first: {lost[0]})")
+    return missing
+
+
+def unpack_dacon_zip(zip_path: str | os.PathLike, dest: str | os.PathLike = "/content/data",
+                     overwrite: bool = False) -> Path:
+    """Unpack the DACON zip so that `dest` holds train.csv, test.csv, sample_submission.csv,
+    train/ and test/ (one folder wrapping them inside the zip is dropped). An incomplete archive
+    is refused before anything is written, naming what it lacks; unpacking goes to a temporary
+    folder beside `dest`, renamed into place when complete. A `dest` that already holds a
+    complete DACON folder is kept as it is (`overwrite=True` replaces it). Returns `dest`."""
+    dest = resolve(dest)
+    if dest.exists() and any(dest.iterdir()) and not overwrite:
+        if not missing_files(dest):
+            return dest
+        raise FileExistsError(f"{dest} exists and is not a complete DACON folder; choose another "
+                              "dest or pass overwrite=True")
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"{zip_path} is not a readable zip ({err}); was the download cut "
+                         "short?") from None
+    with archive:
+        names = [n for n in archive.namelist() if not n.startswith(ZIP_JUNK)]
+        root = dacon_zip_root(names)
+        missing = zip_missing(names, root, archive.read)
+        if missing:
+            raise ValueError(f"{zip_path} is not a complete DACON archive; it lacks: "
+                             f"{'; '.join(missing)}. Nothing was unpacked.")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-unpack-", dir=dest.parent))
+        try:
+            archive.extractall(tmp, members=[n for n in names if n.startswith(root)])
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tmp / root if root else tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest

@@ -1,0 +1,92 @@
+"""Colab data paths: files uploaded to /content are found, and the DACON zip unpacks to the
+layout the kit reads in one call, or is refused whole when incomplete."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import utils.paths as paths
+from tests.conftest import make_dacon
+from utils.paths import find_data_dir, missing_files, unpack_dacon_zip
+
+
+@pytest.fixture
+def colab(tmp_path, monkeypatch) -> Path:
+    """A fake Colab /content with no Drive, no Kaggle input and an empty kit data folder."""
+    content = tmp_path / "content"
+    content.mkdir()
+    monkeypatch.setattr(paths, "COLAB_CONTENT", content)
+    monkeypatch.setattr(paths, "COLAB_DRIVE", content / "drive" / "MyDrive" / "dacon_mai")
+    monkeypatch.setattr(paths, "KAGGLE_INPUT", tmp_path / "no-kaggle")
+    monkeypatch.setattr(paths, "kit_root", lambda: tmp_path / "kit")
+    monkeypatch.delenv(paths.ENV_VAR, raising=False)
+    return content
+
+
+def zip_folder(folder: Path, zip_path: Path, top: str = "", drop: tuple[str, ...] = ()) -> Path:
+    """Zip `folder`'s files under the prefix `top`, leaving out the relative paths in `drop`."""
+    with zipfile.ZipFile(zip_path, "w") as z:
+        for f in sorted(folder.rglob("*")):
+            rel = f.relative_to(folder).as_posix()
+            if f.is_file() and rel not in drop:
+                z.write(f, top + rel)
+        z.writestr("__MACOSX/._train.csv", b"junk")  # what a Mac archiver adds
+    return zip_path
+
+
+def test_data_uploaded_to_content_is_found(colab, tmp_path):
+    data = make_dacon(colab / "upload", n_train=3, n_test=2)  # /content/upload/dacon/...
+    with pytest.raises(paths.DataDirError, match="Colab"):
+        find_data_dir()  # two levels down is not looked at
+    moved = data.rename(colab / "my_data")
+    assert find_data_dir() == moved
+    paths.COLAB_DRIVE.parent.mkdir(parents=True)
+    drive = make_dacon(tmp_path / "d", n_train=3, n_test=2).rename(paths.COLAB_DRIVE)
+    assert find_data_dir() == drive  # the Drive folder comes first, as before
+
+
+@pytest.mark.parametrize("top", ["", "open/"])
+def test_zip_unpacks_to_the_layout_with_or_without_a_top_folder(colab, tmp_path, top):
+    data = make_dacon(tmp_path / "src", n_train=4, n_test=2)
+    archive = zip_folder(data, tmp_path / "open.zip", top)
+    dest = unpack_dacon_zip(archive, colab / "data")
+    assert dest == colab / "data" and missing_files(dest) == []
+    assert sorted(p.name for p in (dest / "train").iterdir()) == sorted(
+        p.name for p in (data / "train").iterdir())
+    assert not (dest / "__MACOSX").exists() and not (dest / "open").exists()
+    assert find_data_dir() == dest
+    assert [p.name for p in colab.iterdir()] == ["data"]  # no temporary folder left
+    assert unpack_dacon_zip(archive, dest) == dest  # already complete: kept as it is
+
+
+@pytest.mark.parametrize("drop, named", [
+    (("test.csv",), "test.csv"),
+    (("train/TRAIN_0001.png",),
+     "1 of the 4 images train.csv lists (first: ./train/TRAIN_0001.png)"),
+])
+def test_incomplete_zip_is_refused_and_nothing_is_unpacked(colab, tmp_path, drop, named):
+    data = make_dacon(tmp_path / "src", n_train=4, n_test=2)
+    archive = zip_folder(data, tmp_path / "open.zip", "open/", drop)
+    with pytest.raises(ValueError, match="not a complete DACON archive") as err:
+        unpack_dacon_zip(archive, colab / "data")
+    assert named in str(err.value) and "Nothing was unpacked" in str(err.value)
+    assert list(colab.iterdir()) == []
+
+
+def test_a_cut_download_and_an_occupied_dest_are_refused(colab, tmp_path):
+    data = make_dacon(tmp_path / "src", n_train=4, n_test=2)
+    archive = zip_folder(data, tmp_path / "open.zip")
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(ValueError, match="not a readable zip"):
+        unpack_dacon_zip(cut, colab / "data")
+    (colab / "data").mkdir()
+    (colab / "data" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a complete DACON folder"):
+        unpack_dacon_zip(archive, colab / "data")
+    assert [p.name for p in (colab / "data").iterdir()] == ["notes.txt"]
+    unpack_dacon_zip(archive, colab / "data", overwrite=True)
+    assert missing_files(colab / "data") == [] and not (colab / "data" / "notes.txt").exists()
