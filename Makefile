@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo test lint clean-demo
+.PHONY: demo test lint clean-demo kaggle first-contact
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,15 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
+
+# The offline kit for Kaggle (dist/kaggle/mai-kit): kit files, wheels Kaggle lacks, WEIGHTS.
+kaggle: $(BIN)/.installed
+	$(BIN)/python -m utils.dev.kaggle $(if $(WEIGHTS),--weights $(WEIGHTS))
+
+# A new user's first contact, online (clone) and offline (the kit from `make kaggle`), each in a
+# fresh venv with only torch, papermill and ipykernel: slow, so not part of `make test`.
+first-contact: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -s -m first_contact tests/test_first_contact.py
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
