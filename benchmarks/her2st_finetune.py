@@ -59,8 +59,10 @@ def print_comparison(ridge, run) -> None:
         print(f"{name:<9} per-fold score: {folds}; wall {r.config['elapsed_s']} s, "
               f"peak RSS {r.config['peak_rss_gb']} GB")
     units = run.config["details"]["units"]
-    print("finetune best epoch per fold (0 = ridge-initialised start): " +
-          ", ".join(f"{k} {v['best_epoch']} ({v['best_score']:.4f})" for k, v in units.items()))
+    print("finetune epochs per fold (0 = ridge-initialised start): " + ", ".join(
+        f"{k} OOF epoch {v['oof_epoch']} (nested), test epoch {v['test_epoch']}, own best "
+        f"{v['best_epoch_on_fold']} ({v['best_score_on_fold']:.4f}, optimistic)"
+        for k, v in units.items()))
     print(f"training speed {run.config['details']['train_images_per_s']} images/s")
 
 
@@ -82,7 +84,7 @@ def main() -> None:
                       augment=args.augment, target=args.target, tta=not args.no_tta,
                       patience=None, overwrite=args.overwrite)
     data = load_data(cfg.data_dir)
-    folds = train.make_cv_folds(cfg, data)
+    folds, splitter = train.make_cv_folds(cfg, data)
     if not np.array_equal(folds, ridge.folds):
         raise SystemExit(f"{ridge.path} was cross-validated on other folds; rerun it with "
                          "CV='blocks', N_FOLDS=4")

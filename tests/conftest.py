@@ -77,3 +77,43 @@ def demo_pipeline(tmp_path_factory):
     executed = run_notebooks(params, root / "executed")
     return {"data": data_dir, "runs": root / "runs", "submission": root / "demo.csv",
             "executed": executed}
+
+
+# --- image-blind baselines: what an "it learns" assertion must beat ---------------------------
+
+def blind_predictions(y_train: np.ndarray, n_rows: int, seed: int = 0,
+                      noise: float = 0.05) -> np.ndarray:
+    """The train mean profile for every row, plus a little noise (per-gene sd × `noise`)."""
+    rng = np.random.default_rng(seed)
+    sd = y_train.std(axis=0)
+    return y_train.mean(axis=0) + noise * sd * rng.standard_normal((n_rows, y_train.shape[1]))
+
+
+def blind_cv_score(y: np.ndarray, folds: np.ndarray, seeds: int = 5) -> float:
+    """The best mean-over-folds score of the mean profile plus noise (several noise draws and
+    levels), each fold predicted from the other folds' rows: what an image-blind model gets."""
+    from utils.metric import score
+
+    best = -1.0
+    for seed in range(seeds):
+        for noise in (0.0, 0.01, 0.05, 0.2):
+            per_fold = [score(y[folds == k], blind_predictions(y[folds != k], (folds == k).sum(),
+                                                               seed, noise))["score"]
+                        for k in np.unique(folds)]
+            best = max(best, float(np.mean(per_fold)))
+    return best
+
+
+def shuffled_images_copy(data_dir: Path, dest: Path, seed: int = 0) -> Path:
+    """A copy of a DACON folder whose train patches are shuffled across rows (targets kept):
+    a model trained on it sees images unrelated to their expression."""
+    data_dir, dest = Path(data_dir), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("train", "test"):
+        (dest / name).symlink_to((data_dir / name).resolve(), target_is_directory=True)
+    train = pd.read_csv(data_dir / "train.csv", dtype={"ID": str, "path": str})
+    train["path"] = train["path"].to_numpy()[np.random.default_rng(seed).permutation(len(train))]
+    train.to_csv(dest / "train.csv", index=False)
+    for name in ("test.csv", "sample_submission.csv"):
+        (dest / name).write_bytes((data_dir / name).read_bytes())
+    return dest

@@ -11,7 +11,7 @@ def test_from_params_reads_upper_case_names_and_ignores_the_rest():
     params = {"RUN_DIR": "runs/x", "N_FOLDS": 5, "other": 1, "ALPHAS": [1, 2]}
     cfg = from_params(TrainConfig, params)
     assert cfg.run_dir == "runs/x" and cfg.n_folds == 5 and cfg.alphas == (1.0, 2.0)
-    assert cfg.cv == "blocks"  # default: the honest splitter
+    assert cfg.cv == "slices"  # default: one unseen slice per fold
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3
 

@@ -73,7 +73,7 @@ def test_groups_missing_or_wrong_length_errors(groups):
 
 
 def test_unknown_splitter_lists_choices():
-    assert list_splitters() == ["blocks", "groups", "random"]
+    assert list_splitters() == ["blocks", "groups", "random", "slices"]
     with pytest.raises(ValueError) as err:
         make_folds("kfold", 10, 2)
     for name in list_splitters():
@@ -154,7 +154,7 @@ def test_score_folds_overall_is_mean_and_oof_is_pooled():
     oof = y + rng.normal(size=y.shape)
     folds = make_folds("blocks", 30, 3)
     cv = score_folds(y, oof, folds, "blocks")
-    assert set(cv) == {"splitter", "n_folds", "folds", "overall", "oof"}
+    assert set(cv) == {"splitter", "n_folds", "folds", "overall", "min", "max", "oof"}
     assert cv["splitter"] == "blocks" and cv["n_folds"] == 3 and len(cv["folds"]) == 3
     per_fold = [score(y[folds == k], oof[folds == k]) for k in range(3)]
     for key in KEYS:
@@ -162,6 +162,9 @@ def test_score_folds_overall_is_mean_and_oof_is_pooled():
                                                    abs=1e-12), key
         assert [f[key] for f in cv["folds"]] == pytest.approx([f[key] for f in per_fold])
     assert cv["oof"] == pytest.approx(score(y, oof))
+    for key in KEYS:  # the per-fold range users read next to the mean
+        assert cv["min"][key] == min(f[key] for f in per_fold)
+        assert cv["max"][key] == max(f[key] for f in per_fold)
 
 
 def test_format_cv_mentions_splitter_and_rows():
@@ -171,7 +174,40 @@ def test_format_cv_mentions_splitter_and_rows():
                                  "random"))
     assert "'random'" in text
     lines = text.splitlines()
-    assert lines[-2].startswith("mean") and lines[-1].startswith("OOF")
+    assert [line.split()[0] for line in lines[-4:]] == ["mean", "min", "max", "OOF"]
     assert sum(line.startswith("fold") for line in lines) == 2
     for key in KEYS:
         assert key in lines[1]
+
+
+def _sliced_expression(sizes=(300, 260, 280), genes=40, shift=1.0, seed=0):
+    """Rows stored slice by slice: smooth spatial structure within a slice (a random walk over
+    rows) plus a per-slice batch shift of every gene."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for size in sizes:
+        walk = np.cumsum(rng.normal(scale=0.05, size=(size, genes)), axis=0)
+        parts.append(walk + shift * rng.normal(size=genes) + rng.normal(size=(size, genes)))
+    return np.vstack(parts)
+
+
+def test_slices_are_found_from_the_expression_along_row_order():
+    from utils.metric import find_slices, split_rows
+
+    y = _sliced_expression()
+    found = find_slices(y)
+    assert found is not None and len(found["sizes"]) == 3
+    assert all(abs(e - t) <= 5 for e, t in zip(found["edges"], (300, 560))), found["edges"]
+    folds, splitter, note = split_rows("slices", y, n_folds=4)
+    assert splitter == "slices" and len(np.unique(folds)) == 3 and "3 slices" in note
+    assert (np.diff(folds) >= 0).all()  # contiguous, in row order
+
+
+def test_shuffled_rows_fall_back_to_blocks_with_a_warning():
+    from utils.metric import find_slices, split_rows
+
+    y = _sliced_expression()[np.random.default_rng(1).permutation(840)]
+    assert find_slices(y) is None
+    with pytest.warns(UserWarning, match="optimistic"):
+        folds, splitter, _ = split_rows("slices", y, n_folds=4)
+    assert splitter == "blocks" and np.array_equal(folds, make_folds("blocks", 840, 4))

@@ -29,3 +29,14 @@ def test_block_folds_recover_the_sections():
     section_index = pd.factorize(sections["section"])[0]
     folds = make_folds("blocks", len(data.train), 4)
     assert (folds == section_index).mean() > 0.95
+
+
+def test_slices_found_from_the_expression_are_the_sections():
+    """CV="slices" (the default) finds the 4 sections from the expression alone."""
+    from utils.metric import find_slices
+
+    data = load_data(HER2ST)
+    sections = pd.read_csv(HER2ST / "train_sections.csv").set_index("ID").loc[data.train["ID"]]
+    found = find_slices(data.y)
+    assert found is not None and len(found["sizes"]) == 4, found
+    assert (found["labels"] == pd.factorize(sections["section"])[0]).mean() > 0.98

@@ -1,4 +1,4 @@
-"""utils.paths, atomic writes: JSON round trips and atomic writes that leave nothing half-written behind."""
+"""utils.paths, atomic writes: JSON round trips; nothing is ever left half-written behind."""
 
 from __future__ import annotations
 

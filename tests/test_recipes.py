@@ -12,12 +12,12 @@ from utils.data import load_data
 def cfg(dacon_dir, tmp_path):
     return TrainConfig(data_dir=str(dacon_dir), run_dir=str(tmp_path / "run"),
                        backbone="test_convnext", pretrained=False, img_size=32, n_folds=3,
-                       smoke=True, alphas=(1.0, 100.0))
+                       smoke=True, alphas=(1.0, 100.0), cv="blocks")
 
 
 def test_ridge_recipe_writes_a_run_folder(cfg):
     data = load_data(cfg.data_dir)
-    folds = train.make_cv_folds(cfg, data)
+    folds, _ = train.make_cv_folds(cfg, data)
     run = train.train(cfg, data, folds)
     assert run.oof.shape == data.y.shape
     assert run.test_pred.shape == (len(data.test), len(data.genes))
@@ -29,7 +29,7 @@ def test_ridge_recipe_writes_a_run_folder(cfg):
 
 def test_finished_run_is_reused_changed_one_refused(cfg, monkeypatch):
     data = load_data(cfg.data_dir)
-    folds = train.make_cv_folds(cfg, data)
+    folds, _ = train.make_cv_folds(cfg, data)
     first = train.train(cfg, data, folds)
     monkeypatch.setitem(train.RECIPES, "ridge", lambda *a: 1 / 0)
     again = train.train(cfg, data, folds)

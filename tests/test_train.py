@@ -1,17 +1,19 @@
 """Fine-tuning engine: schedule, optimizer, seeded loaders, resume equivalence, gene-group
 bookkeeping, clear errors, a short run that learns, and 04_train smoke runs in both group modes."""
 
+import json
+import time
 from dataclasses import fields, replace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import blind_cv_score, shuffled_images_copy
 
 from utils import train
 from utils.config import TrainConfig
 from utils.data import PatchDataset, load_data
-from utils.metric import score
 from utils.models import load_unit_model
 from utils.train import make_loader, make_optimizer, make_scheduler, oom_error, predict
 
@@ -35,9 +37,9 @@ def tiny(dacon_dir, tmp_path):
     cfg = TrainConfig(data_dir=str(dacon_dir), run_dir=str(tmp_path / "run"), recipe="finetune",
                       backbone="test_convnext", pretrained=False, img_size=32, n_folds=2,
                       epochs=3, batch_size=4, patience=None, ema=0.9, smoke=True,
-                      alphas=(1.0, 100.0))
+                      alphas=(1.0, 100.0), cv="blocks")
     data = load_data(cfg.data_dir)
-    return cfg, data, train.make_cv_folds(cfg, data)
+    return cfg, data, train.make_cv_folds(cfg, data)[0]
 
 
 def test_warmup_then_cosine_to_zero():
@@ -120,8 +122,13 @@ def test_resumed_run_ends_as_an_uninterrupted_one(tiny, tmp_path, monkeypatch):
     with pytest.raises(Killed):
         train.train(cfg, data, folds)
     assert (tmp_path / "run" / "checkpoints" / "fold0" / "last.pt").is_file()
+    killed_s = json.loads(
+        (tmp_path / "run" / "checkpoints" / "elapsed.json").read_text())["seconds"]
     calls[:] = [0] * 10  # no more kills; count the epochs the resumed run trains
+    start = time.perf_counter()
     resumed = train.train(cfg, data, folds)
+    # elapsed_s counts the killed process's recorded time too, not only the last process
+    assert resumed.config["elapsed_s"] >= killed_s + time.perf_counter() - start - 1
     calls[:] = calls[10:]
     assert len(calls) == 1 + 3  # fold0 epoch 3 only, then fold1 from scratch
     np.testing.assert_array_equal(resumed.oof, full.oof)
@@ -131,6 +138,50 @@ def test_resumed_run_ends_as_an_uninterrupted_one(tiny, tmp_path, monkeypatch):
              for r in (full, resumed)]
     assert strip[0] == strip[1]
     assert not (tmp_path / "run" / "checkpoints" / "fold0" / "last.pt").exists()
+
+
+def test_each_fold_is_scored_at_an_epoch_chosen_without_it(tiny, tmp_path, monkeypatch):
+    """cv.json says which epoch every fold's score comes from and how it was chosen; the epoch is
+    the best of the other folds' mean validation curve (checkable against history.json), the OOF
+    rows are that epoch's predictions, and the test predictions use the all-folds epoch."""
+    cfg, data, folds = tiny
+    monkeypatch.setattr(train, "remove_epoch_weights", lambda folder: None)  # keep to check
+    run = train.train(replace(cfg, epochs=3), data, folds)
+    history = run_history(run.path)
+    curves = {k: np.array([r["val_score"] for r in history if r["fold"] == k]) for k in (0, 1)}
+    info = json.loads((run.path / "model.json").read_text())
+    for k, parts in enumerate(run.cv["folds"]):
+        assert parts["selection"] == "nested"
+        assert parts["epoch"] == int(np.argmax(curves[1 - k]))  # the other fold's best epoch
+        assert parts["best_epoch_on_fold"] == [int(np.argmax(curves[k]))]
+        model = load_unit_model(run.path, f"fold{k}")
+        train.load_weights(model, train.epoch_weights(run.path / "checkpoints" / f"fold{k}",
+                                                      parts["epoch"]))
+        rows = np.flatnonzero(folds == k)
+        images = np.stack([np.asarray(__import__("PIL.Image").Image.open(p))
+                           for p in np.asarray(data.image_paths("train"))[rows]])
+        np.testing.assert_allclose(train.to_original(model, predict(model, images)),
+                                   run.oof[rows], rtol=1e-4, atol=1e-4)
+    test_epoch = int(np.argmax(curves[0] + curves[1]))
+    assert {u["epoch"] for u in info["units"].values()} == {test_epoch}
+    assert "mean_best_score_on_fold" in run.cv["optimistic"]
+
+
+def test_epoch_choice_and_early_stopping_never_use_the_fold_itself():
+    units = [train.Unit(f"fold{k}", k, k, np.array([0]), np.array([1]), np.arange(2),
+                        {"all": np.arange(2)}) for k in range(3)]
+    curves = {"fold0": [0.1, 0.5, 0.2], "fold1": [0.1, 0.2, 0.9], "fold2": [0.3, 0.4, 0.35]}
+    histories = {name: [{"val_score": s} for s in c] for name, c in curves.items()}
+    choice = train.choose_epochs(units, histories)
+    # fold0: mean of folds 1, 2 = [0.2, 0.3, 0.625] → 2; fold1: [0.2, 0.45, 0.275] → 1
+    assert [choice[f"fold{k}"]["oof_epoch"] for k in range(3)] == [2, 1, 2]
+    assert {c["test_epoch"] for c in choice.values()} == {2}  # mean of all three
+    assert choice["fold1"]["best_epoch_on_fold"] == 2 and choice["fold0"]["selection"] == "nested"
+    # PATIENCE: the first fold trains every epoch; later ones stop past the others' best epoch
+    assert train.stop_epoch(units[0], units, {}, epochs=10, patience=2) == 10
+    assert train.stop_epoch(units[2], units, {k: histories[k] for k in ("fold0", "fold1")},
+                            epochs=10, patience=1) == 3  # mean [0.1, 0.35, 0.55] peaks at 2
+    assert train.stop_epoch(units[2], units, histories, epochs=10, patience=None) == 10
 
 
 def run_history(path):
@@ -159,7 +210,7 @@ def test_gene_groups_as_heads_or_models(tiny, tmp_path, mode):
     cfg = replace(cfg, groups="prefix", gene_groups=str(csv), group_mode=mode, epochs=1)
     run = train.train(cfg, data, folds)
     assert run.oof.shape == data.y.shape and np.isfinite(run.oof).all()
-    model_info = __import__("json").loads((run.path / "model.json").read_text())
+    model_info = json.loads((run.path / "model.json").read_text())
     expected = ["fold0", "fold1"] if mode == "heads" else \
         ["fold0-MT", "fold0-other", "fold1-MT", "fold1-other"]
     assert list(model_info["units"]) == expected and model_info["group_mode"] == mode
@@ -209,14 +260,15 @@ def test_short_cpu_run_on_the_demo_set_learns(tmp_path):
                       epochs=3, batch_size=16, lr=1e-3, head_lr=3e-3, patience=None,
                       head_init="random", smoke=True)
     data = load_data(cfg.data_dir)
-    folds = train.make_cv_folds(cfg, data)
+    folds, _ = train.make_cv_folds(cfg, data)
     run = train.train(cfg, data, folds)
-    mean_profile = np.zeros_like(data.y)
-    for k in np.unique(folds):
-        mean_profile[folds == k] = data.y[folds != k].mean(0)
-    baseline = np.mean([score(data.y[folds == k], mean_profile[folds == k])["score"]
-                        for k in np.unique(folds)])
-    assert run.cv["overall"]["score"] > baseline + 0.05, (run.cv["overall"], baseline)
+    # image-blind models: the mean profile plus noise, and the same recipe on shuffled patches
+    shuffled_dir = shuffled_images_copy(data_dir, tmp_path / "shuffled")
+    shuffled = train.train(replace(cfg, data_dir=str(shuffled_dir),
+                                   run_dir=str(tmp_path / "shuffled_run")),
+                           load_data(shuffled_dir), folds)
+    blind = max(blind_cv_score(data.y, folds), shuffled.cv["overall"]["score"])
+    assert run.cv["overall"]["score"] > blind + 0.05, (run.cv["overall"], blind)
     history = run_history(run.path)
     assert all(max(r["val_score"] for r in history if r["unit"] == u and r["epoch"] > 0)
                > next(r["val_score"] for r in history if r["unit"] == u and r["epoch"] == 0)
@@ -228,10 +280,13 @@ def test_pipeline_finetune_run_is_complete(demo_pipeline):
     from utils.runs import load_run
 
     run = load_run(demo_pipeline["runs"] / "finetune")
-    assert run.config["recipe"] == "finetune" and run.cv["n_folds"] == 4
+    last = run.cv["n_folds"] - 1
+    assert run.config["recipe"] == "finetune" and run.cv["splitter"] == "slices"
     assert 0.0 < run.cv["overall"]["score"] < 1.0
-    for name in ("model.json", "history.json", "curves.png", "weights/fold3.safetensors"):
+    assert all(f["selection"] == "nested" for f in run.cv["folds"])
+    for name in ("model.json", "history.json", "curves.png", f"weights/fold{last}.safetensors"):
         assert (run.path / name).is_file(), name
+    assert not list((run.path / "checkpoints").rglob("epoch*.safetensors"))  # cleaned up
 
 
 @pytest.mark.smoke
@@ -244,7 +299,8 @@ def test_train_notebook_finetunes_in_both_group_modes(demo_pipeline, tmp_path, m
     csv = write_gene_groups(tmp_path / "gene_groups.csv", data.genes)
     notebook = next(p for p in list_notebooks() if p.stem == "04_train")
     params = {"DATA_DIR": str(demo_pipeline["data"]), "RUN_DIR": str(tmp_path / mode),
-              "RECIPE": "finetune", **DEMO_MODEL, "SMOKE": True, "N_FOLDS": 2, "EPOCHS": 1,
+              "RECIPE": "finetune", **DEMO_MODEL, "SMOKE": True, "CV": "blocks", "N_FOLDS": 2,
+              "EPOCHS": 1,
               "BATCH_SIZE": 32, "GROUPS": "prefix", "GENE_GROUPS": str(csv), "GROUP_MODE": mode}
     execute_notebook(notebook, params, tmp_path / f"04_{mode}.ipynb")
     run = load_run(tmp_path / mode)
@@ -252,3 +308,32 @@ def test_train_notebook_finetunes_in_both_group_modes(demo_pipeline, tmp_path, m
     assert run.oof.shape == data.y.shape and 0.0 < run.cv["overall"]["score"] < 1.0
     n_weights = 2 if mode == "heads" else 2 * 3
     assert len(list((run.path / "weights").glob("*.safetensors"))) == n_weights
+
+
+def test_groups_that_read_targets_are_made_per_fold_from_its_training_rows(tiny, tmp_path):
+    """GROUPS of a strategy that reads the targets (here `correlation`) are recomputed on each
+    fold's training rows: changing a fold's own targets cannot change its groups."""
+    from utils.config import GeneClusteringConfig, to_dict
+    from utils.genes import groups_on_rows
+    from utils.paths import write_json
+
+    cfg, data, folds = tiny
+    settings = GeneClusteringConfig(strategies=["correlation", "prefix"], n_modules=2,
+                                    min_group_size=1)
+    csv = write_gene_groups(tmp_path / "gene_groups.csv", data.genes, strategy="correlation")
+    write_json(tmp_path / "config.json", to_dict(settings))
+    cfg = replace(cfg, groups="correlation", gene_groups=str(csv))
+    by_fold = train.resolve_groups(cfg, data, folds)
+    for k in (0, 1):
+        expected = groups_on_rows(settings, "correlation", data.genes, data.y[folds != k])
+        assert {n: c.tolist() for n, c in by_fold[k].items()} == \
+            {n: c.tolist() for n, c in expected.items()}
+    scrambled = replace(data, y=data.y.copy())
+    scrambled.y[folds == 0] = np.random.default_rng(0).permutation(scrambled.y[folds == 0], 1)
+    again = train.resolve_groups(cfg, scrambled, folds)
+    assert {n: c.tolist() for n, c in again[0].items()} == \
+        {n: c.tolist() for n, c in by_fold[0].items()}
+    # a strategy that reads no targets is taken from the file, the same for every fold
+    prefix = train.resolve_groups(replace(cfg, groups="prefix", gene_groups=str(
+        write_gene_groups(tmp_path / "p.csv", data.genes))), data, folds)
+    assert prefix[0] is prefix[1]

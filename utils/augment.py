@@ -45,7 +45,7 @@ from utils.config import (
     to_dict,
 )
 from utils.data import load_images
-from utils.models import create_backbone, extract_features
+from utils.models import HubAccessError, create_backbone, extract_features
 from utils.paths import read_json, resolve, run_dir, write_csv, write_json
 
 
@@ -283,12 +283,10 @@ def load_dino(name: str | None, pretrained: bool | str = True, img_size: int | N
         return None, "off (DINO_MODEL is None)"
     try:
         model = create_backbone(name, pretrained, img_size, seed)
-    except RuntimeError as err:  # create_backbone turns a failed hub download into this
-        if not isinstance(err.__cause__, OSError):
-            raise
+    except HubAccessError as err:  # offline, gated or not logged in: say so, screen without it
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
         return None, (f"unavailable: the weights of {name} could not be fetched{offline}: "
-                      f"{type(err.__cause__).__name__}: {str(err.__cause__)[:160]}")
+                      f"{str(err).splitlines()[0][:200]}")
     return model, f"{name}, {_weights_note(pretrained)}"
 
 

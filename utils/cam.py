@@ -561,10 +561,11 @@ class CamJob:
         return self.targets + gene_targets(self.genes, self.compared)
 
     def units_table(self) -> pd.DataFrame:
-        """The fold's models: group, best epoch and its validation score, genes predicted."""
+        """The fold's models: group, the epoch of the explained weights (chosen on all folds),
+        the epoch of its OOF predictions (chosen without its fold), genes predicted."""
         rows = {name: {"group": self.info["units"][name]["group"],
-                       "best_epoch": self.info["units"][name]["best_epoch"],
-                       "best_score": self.info["units"][name]["best_score"], "genes": len(cols)}
+                       "epoch": self.info["units"][name]["epoch"],
+                       "oof_epoch": self.info["units"][name]["oof_epoch"], "genes": len(cols)}
                 for name, cols in self.units.items()}
         return pd.DataFrame.from_dict(rows, orient="index")
 

@@ -16,12 +16,13 @@ from dataclasses import dataclass, fields
 # --- vocabularies: what each name-valued parameter accepts ------------------------------------
 
 RECIPES = ("finetune", "ridge")  # 04 RECIPE (utils.train registers one function per name)
-SPLITTERS = ("blocks", "groups", "random")  # 04 CV, the part before any ':' (utils.metric)
+SPLITTERS = ("slices", "blocks", "groups", "random")  # 04 CV, the part before any ':'
 GROUP_MODES = ("heads", "models")  # 04 GROUP_MODE
 HEAD_INITS = ("ridge", "random")  # 04 HEAD_INIT
 BLENDS = ("mean", "global", "group", "gene")  # 06 BLEND (utils.ensemble)
 POSTPROCESS_STEPS = ("shrink_to_mean", "clip")  # 06 POSTPROCESS (utils.ensemble)
-STRATEGIES = ("kmeans", "prefix", "correlation", "file")  # 02 gene-grouping strategies
+STRATEGIES = ("kmeans", "prefix", "correlation", "file", "functional")  # 02 gene groupings
+UNMATCHED_RULES = ("other", "nearest")  # 02 functional: where genes in no gene set go
 DEFAULT_GROUPS = "prefix"  # the gene-group strategy 05 and 06 use unless told otherwise
 # 05 METHOD → pytorch-grad-cam class. Every one is computed from the target layer's activations
 # and gradients, so one forward pass per batch serves every target (utils.cam).
@@ -234,6 +235,9 @@ class GeneClusteringConfig:
     min_group_size: int = 10
     prefixes: dict[str, str] | None = None
     groups_file: str | None = None
+    gene_sets: tuple[str, ...] | None = None
+    gene_set_cache: str | None = None
+    unmatched: str = "other"
     seed: int = 0
     smoke: bool = False
 
@@ -241,19 +245,27 @@ class GeneClusteringConfig:
         names = as_tuple(self.strategies)
         if self.groups_file and "file" not in names:
             names += ("file",)
+        gene_sets = as_tuple(self.gene_sets)
+        if gene_sets and "functional" not in names:
+            names += ("functional",)
         unknown = [s for s in names if s not in STRATEGIES]
         if unknown or not names:
             raise ValueError(f"STRATEGIES {list(names)}: unknown {unknown}; choose from "
                              f"{list(STRATEGIES)}")
         if "file" in names and not self.groups_file:
             raise ValueError("strategy 'file' needs GROUPS_FILE, a CSV with columns gene, group")
+        if "functional" in names and not gene_sets:
+            raise ValueError("strategy 'functional' needs GENE_SETS: GMT files, folders of them "
+                             "or Enrichr library names")
+        if self.unmatched not in UNMATCHED_RULES:
+            raise ValueError(f"UNMATCHED={self.unmatched!r}: choose from {list(UNMATCHED_RULES)}")
         k_range = tuple(int(k) for k in self.k_range)
         epochs = self.umap_epochs
         if self.smoke:  # the quickest settings: four values of K, a short UMAP
             k_range, epochs = (k_range[0], min(k_range[1], k_range[0] + 3)), min(epochs, 50)
         prefixes = dict(GENE_PREFIXES if self.prefixes is None else self.prefixes)
         for name, value in (("strategies", names), ("k_range", k_range), ("umap_epochs", epochs),
-                            ("prefixes", prefixes)):
+                            ("prefixes", prefixes), ("gene_sets", gene_sets)):
             set_field(self, name, value)
 
     def embed_options(self) -> dict:
@@ -266,7 +278,10 @@ class GeneClusteringConfig:
         return {"kmeans": {"k": self.k, "k_range": self.k_range, "seed": self.seed},
                 "prefix": {"prefixes": self.prefixes, "min_size": self.min_group_size},
                 "correlation": {"n_modules": self.n_modules, "min_size": self.min_group_size},
-                "file": {"path": self.groups_file}}[strategy]
+                "file": {"path": self.groups_file},
+                "functional": {"sources": self.gene_sets, "min_size": self.min_group_size,
+                               "unmatched": self.unmatched,
+                               "cache_dir": self.gene_set_cache}}[strategy]
 
 
 # --- 03_augmentation_screening ----------------------------------------------------------------
@@ -327,7 +342,7 @@ class TrainConfig:
     backbone: str = "tf_efficientnet_lite0"
     pretrained: bool | str = True
     img_size: int | None = None
-    cv: str = "blocks"
+    cv: str = "slices"
     n_folds: int = 4
     seed: int = 0
     smoke: bool = False
@@ -455,6 +470,7 @@ class SubmitConfig:
     groups: str | None = DEFAULT_GROUPS
     shrink: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     postprocess: tuple[str, ...] = ("shrink_to_mean", "clip")
+    strict: bool = False  # True: refuse a submission with constant gene columns
 
     def __post_init__(self):
         set_field(self, "runs", as_tuple(self.runs))

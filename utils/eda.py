@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from utils.metric import make_folds, top_genes
+from utils.metric import find_change_points, row_signals, split_rows, top_genes
 from utils.paths import figure
 
 CHANNELS = ("R", "G", "B", "H", "E", "D")  # RGB, then haematoxylin, eosin, DAB optical density
@@ -54,55 +54,6 @@ def pair_correlations(corr: np.ndarray, max_pairs: int = 2_000_000, seed: int = 
 
 # --- slice structure along row order ----------------------------------------------------------
 
-def row_signals(y: np.ndarray, image_features: pd.DataFrame | None = None, n_pcs: int = 3,
-                seed: int = 0) -> pd.DataFrame:
-    """Per train row: total expression, the first principal components of the standardised
-    expression, and (if given) mean colour of its patch."""
-    from sklearn.decomposition import PCA
-
-    y = np.asarray(y, dtype=np.float32)
-    z = (y - y.mean(0)) / np.where(y.std(0) > 0, y.std(0), 1)
-    n_pcs = min(n_pcs, *z.shape)
-    pcs = PCA(n_pcs, svd_solver="randomized", random_state=seed).fit_transform(z)
-    frame = pd.DataFrame(pcs, columns=[f"expression PC{i + 1}" for i in range(n_pcs)])
-    frame.insert(0, "total expression", y.sum(1))
-    if image_features is not None:
-        for channel in CHANNELS[:5]:
-            frame[f"mean {channel}"] = image_features[f"mean_{channel}"].to_numpy()
-    return frame
-
-
-def jump_scores(x: np.ndarray, window: int) -> np.ndarray:
-    """Per row t: squared distance between the mean of the `window` rows before t and the mean of
-    the `window` rows from t on, averaged over standardised columns (NaN near the ends)."""
-    x = np.asarray(x, dtype=np.float64)
-    x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1)
-    total = np.vstack([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0)])
-    scores = np.full(len(x), np.nan)
-    t = np.arange(window, len(x) - window + 1)
-    before = (total[t] - total[t - window]) / window
-    after = (total[t + window] - total[t]) / window
-    scores[t] = ((before - after) ** 2).mean(1)
-    return scores
-
-
-def find_change_points(x: np.ndarray, window: int, ratio: float = 6.0,
-                       max_points: int = 10) -> list[int]:
-    """Rows where the signals jump: peaks of jump_scores at least `ratio` × its median, at least
-    `window` rows apart, strongest first (at most max_points), returned in row order."""
-    scores = jump_scores(x, window)
-    if np.isnan(scores).all():
-        return []
-    floor = ratio * np.nanmedian(scores)
-    picks: list[int] = []
-    for row in np.argsort(np.nan_to_num(-scores, nan=np.inf), kind="stable"):
-        if len(picks) == max_points or not scores[row] >= floor:
-            break
-        if all(abs(row - p) >= window for p in picks):
-            picks.append(int(row))
-    return sorted(picks)
-
-
 def rolling_mean(frame: pd.DataFrame, window: int) -> pd.DataFrame:
     """Centred rolling mean over rows (shorter windows at the ends)."""
     return frame.rolling(window, center=True, min_periods=1).mean()
@@ -112,12 +63,16 @@ def row_structure(y: np.ndarray, image_features: pd.DataFrame | None, window: in
                   ratio: float = 6.0, max_points: int = 10, n_folds: int = 4,
                   seed: int = 0) -> dict:
     """Signals along row order (rolling means), their change points, and the edges of the
-    default block-CV folds: `change_points.json` of 01 plus the frame to plot."""
-    signals = row_signals(y, image_features, seed=seed)
+    default CV folds (`CV="slices"`: the slices `utils.metric.find_slices` finds, as 04 uses
+    them; blocks if it finds none): `change_points.json` of 01 plus the frame to plot."""
+    colour = None if image_features is None else image_features[[f"mean_{c}" for c in CHANNELS[:5]]]
+    signals = row_signals(y, colour, seed=seed)
     change_points = find_change_points(signals.to_numpy(), window, ratio, max_points)
-    edges = np.flatnonzero(np.diff(make_folds("blocks", len(signals), n_folds))) + 1
-    return {"window": window, "change_points": change_points,
-            "block_fold_edges": edges.tolist(), "rolling": rolling_mean(signals, window)}
+    folds, splitter, note = split_rows("slices", y, n_folds, seed)
+    edges = np.flatnonzero(np.diff(folds)) + 1
+    return {"window": window, "change_points": change_points, "cv_splitter": splitter,
+            "cv_fold_edges": edges.tolist(), "cv_note": note,
+            "rolling": rolling_mean(signals, window)}
 
 
 # --- images -----------------------------------------------------------------------------------
@@ -281,8 +236,8 @@ def plot_row_structure(rolling: pd.DataFrame, change_points: list[int],
             ax.axvline(row, color="C3", lw=1.2)
         for row in fold_edges or []:
             ax.axvline(row, color="k", ls=":", lw=1)
-    axes[0, 0].set_title("rolling means along row order (red: detected change points, "
-                         "dotted: block-CV fold edges)")
+    axes[0, 0].set_title("rolling means along row order (red: change points, dotted: the "
+                         "CV fold edges 04 uses by default)")
     axes[-1, 0].set_xlabel("train row")
     return fig
 

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from utils.config import BLENDS, POSTPROCESS_STEPS
+from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_config
 from utils.metric import (
     KEYS,
     PARTS,
@@ -90,6 +91,29 @@ def weight_sets(mode: str, genes: Sequence[str],
         raise ValueError(f"{int((set_of < 0).sum())} genes are in no group, e.g. "
                          f"{[genes[i] for i in np.flatnonzero(set_of < 0)[:5]]}")
     return set_of, list(groups)
+
+
+def blend_sets(mode: str, genes: Sequence[str], y: np.ndarray, folds: np.ndarray,
+               gene_groups: str | None = None, strategy: str | None = None,
+               ) -> tuple[np.ndarray, list[str], dict[int, np.ndarray] | None]:
+    """The weight sets of BLEND `mode`: (set of every gene, set names, per-fold sets or None).
+
+    For BLEND="group" with a strategy that reads the targets (kmeans, correlation, functional),
+    the groups are also recomputed without each fold's rows (02's settings), so that no fold's
+    blend score rests on groups made from its own targets; the sets of all rows serve the test
+    predictions.
+    """
+    if mode != "group":
+        return (*weight_sets(mode, genes), None)
+    groups = load_gene_groups(gene_groups, list(genes), strategy) if gene_groups else None
+    set_of_gene, names = weight_sets(mode, genes, groups)
+    if strategy in LABEL_FREE:
+        return set_of_gene, names, None
+    settings = read_grouping_config(gene_groups)
+    fold_sets = {int(k): weight_sets(mode, genes, groups_on_rows(settings, strategy, genes,
+                                                                  y[folds != k]))[0]
+                 for k in np.unique(folds)}
+    return set_of_gene, names, fold_sets
 
 
 def blend(preds: np.ndarray, weights: np.ndarray, set_of_gene: np.ndarray) -> np.ndarray:
@@ -196,31 +220,51 @@ class BlendResult:
 
 def cv_blend(y: np.ndarray, oof: np.ndarray, test: np.ndarray, folds: np.ndarray, mode: str,
              set_of_gene: np.ndarray, sets: list[str], shrinks: Sequence[float] = (0.0, 0.5),
-             splitter: str = "blocks") -> BlendResult:
-    """Fit blend weights on OOF predictions with nested CV (see the module docstring)."""
-    n_runs = oof.shape[0]
+             splitter: str = "blocks",
+             fold_sets: dict[int, np.ndarray] | None = None) -> BlendResult:
+    """Fit blend weights on OOF predictions with nested CV (see the module docstring).
+
+    `fold_sets` (fold → weight set of every gene, made without that fold's rows) keeps weight
+    sets from gene groups that read the targets out of the fold they score: fold k is blended
+    with weights fitted per the groups made without it. None: `set_of_gene` for every fold.
+    """
+    n_runs, ids = oof.shape[0], [int(k) for k in np.unique(folds)]
     grid = np.full((1, n_runs), 1 / n_runs) if mode == "mean" else simplex_grid(n_runs)
     shrinks = (1.0,) if mode == "mean" else tuple(float(s) for s in shrinks)
-    tables = objective_tables(y, oof, folds, grid, mode, set_of_gene)
     towards_mean = np.array([[1 - s, s] for s in shrinks])
+    sets_without = fold_sets or {}
+    cache: dict[int | None, dict] = {}
+
+    def tables_for(outer: int | None) -> tuple[dict, np.ndarray]:
+        """Objective tables and weight sets of the groups made without fold `outer`."""
+        assign = sets_without.get(outer, set_of_gene)
+        key = outer if outer in sets_without else None
+        if key not in cache:
+            cache[key] = objective_tables(y, oof, folds, grid, mode, assign)
+        return cache[key], assign
 
     def held_out_scores(fit_folds: list, k: int) -> np.ndarray:
+        # the outer fold is the one left out of (fit, held), or the held fold itself
+        outer = (set(ids) - set(fit_folds) - {k}) or {k}
+        tables, assign = tables_for(outer.pop())
         # blends are linear in the weights: shrinking by s mixes the fitted blend with the mean
         rows = folds == k
         part = oof[:, rows]
-        fitted = blend(part, fit_weights(tables, fit_folds, grid), set_of_gene)
+        fitted = blend(part, fit_weights(tables, fit_folds, grid), assign)
         basis = np.stack([fitted, part.mean(axis=0)])
         return score_grid(y[rows], basis, towards_mean)["score"]
 
     choices, curve = nested_choice(folds, held_out_scores, len(shrinks))
     nested, fitted_on = np.empty(y.shape, dtype=np.float32), []
-    for k, choice in zip(np.unique(folds), choices):
-        others = [int(j) for j in np.unique(folds) if j != k]
+    for k, choice in zip(ids, choices):
+        others = [j for j in ids if j != k]
+        tables, assign = tables_for(k)
         weights = shrink_weights(fit_weights(tables, others, grid), shrinks[choice])
-        nested[folds == k] = blend(oof[:, folds == k], weights, set_of_gene)
+        nested[folds == k] = blend(oof[:, folds == k], weights, assign)
         fitted_on.append(others)
+    tables, _ = tables_for(None)
     shrink = shrinks[int(np.argmax(curve))]
-    weights = shrink_weights(fit_weights(tables, list(tables), grid), shrink)
+    weights = shrink_weights(fit_weights(tables, ids, grid), shrink)
     return BlendResult(mode, sets, set_of_gene, weights, shrink,
                        [shrinks[c] for c in choices], fitted_on,
                        {"shrink": list(shrinks), "score": curve.tolist()}, nested,

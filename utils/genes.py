@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.config import GENE_PREFIXES, GeneClusteringConfig
+from utils.config import GENE_PREFIXES, GeneClusteringConfig, from_params
 from utils.data import CACHE_ENV_VAR
-from utils.paths import figure, kit_root, resolve, write_csv, write_json, write_text
+from utils.paths import figure, kit_root, read_json, resolve, write_csv, write_json, write_text
 
 GROUP_COLUMNS = ("gene", "group", "strategy")
 OTHER = "other"
@@ -440,6 +440,33 @@ def write_clustering(folder: str | os.PathLike, genes: Sequence[str], clustering
     write_json(folder / "groupings.json", {name: g.info for name, g in groupings.items()})
     return {name: load_gene_groups(folder / "gene_groups.csv", list(genes), name)
             for name in groupings}
+
+
+LABEL_FREE = ("prefix", "file")  # strategies that never read the targets
+
+
+def groups_on_rows(cfg: GeneClusteringConfig, strategy: str, genes: Sequence[str],
+                   y: np.ndarray) -> dict[str, np.ndarray]:
+    """One strategy's groups (group → gene columns) computed on these target rows only, with
+    02's settings: how training makes fold-aware groups from a fold's training rows."""
+    corr = correlate_genes(y)
+    options = cfg.options(strategy)
+    if strategy == "kmeans":  # the same embedding settings as 02
+        options["embedding"] = embed_genes(corr, **cfg.embed_options())
+    grouping = make_groups(strategy, genes, corr, **options)
+    names, inverse = np.unique(grouping.labels, return_inverse=True)
+    return {name: np.flatnonzero(inverse == i) for i, name in enumerate(names)}
+
+
+def read_grouping_config(gene_groups: str | os.PathLike) -> GeneClusteringConfig:
+    """The 02 settings a gene_groups.csv was made with (its RUN_DIR's config.json)."""
+    path = resolve(gene_groups).parent / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: fold-aware gene groups are recomputed on each "
+                                "fold's training rows with the settings 02_gene_clustering saved "
+                                "beside gene_groups.csv; rerun 02 into that folder, or use a "
+                                f"strategy that reads no targets ({', '.join(LABEL_FREE)})")
+    return from_params(GeneClusteringConfig, {k.upper(): v for k, v in read_json(path).items()})
 
 
 def make_groupings(cfg: GeneClusteringConfig, genes: Sequence[str], corr: np.ndarray,

@@ -15,6 +15,7 @@ alpha, blend weights, post-processing) is made without the fold it scores (`nest
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -124,6 +125,109 @@ def _as_pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.nda
     return y_true, y_pred
 
 
+# --- slices along row order -------------------------------------------------------------------
+# Train rows are stored slice by slice. A slice edge is where the expression of the rows before
+# and after differs most; `find_slices` turns that into the `slices` splitter's folds.
+
+SLICE_SIGNAL_PCS = 5  # expression principal components the slice detector follows
+SLICE_RATIO = 8.0  # an edge's jump score must be at least this many times the median jump
+SLICE_TOLERANCE = 0.1  # an edge lies within this fraction of a slice of the equal-size position
+MAX_SLICES = 8
+
+
+def row_signals(y: np.ndarray, extra: pd.DataFrame | None = None, n_pcs: int = 3,
+                seed: int = 0) -> pd.DataFrame:
+    """Per train row: total expression, the first principal components of the standardised
+    expression, and (if given) extra per-row columns such as the mean colour of its patch
+    (`mean_R` → `mean R`)."""
+    from sklearn.decomposition import PCA
+
+    y = np.asarray(y, dtype=np.float32)
+    z = (y - y.mean(0)) / np.where(y.std(0) > 0, y.std(0), 1)
+    n_pcs = min(n_pcs, *z.shape)
+    pcs = PCA(n_pcs, svd_solver="randomized", random_state=seed).fit_transform(z)
+    frame = pd.DataFrame(pcs, columns=[f"expression PC{i + 1}" for i in range(n_pcs)])
+    frame.insert(0, "total expression", y.sum(1))
+    for column in [] if extra is None else extra.columns:
+        frame[column.replace("_", " ")] = extra[column].to_numpy()
+    return frame
+
+
+def jump_scores(x: np.ndarray, window: int) -> np.ndarray:
+    """Per row t: squared distance between the mean of the `window` rows before t and the mean of
+    the `window` rows from t on, averaged over standardised columns (NaN near the ends)."""
+    x = np.asarray(x, dtype=np.float64)
+    x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1)
+    total = np.vstack([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0)])
+    scores = np.full(len(x), np.nan)
+    t = np.arange(window, len(x) - window + 1)
+    before = (total[t] - total[t - window]) / window
+    after = (total[t + window] - total[t]) / window
+    scores[t] = ((before - after) ** 2).mean(1)
+    return scores
+
+
+def find_change_points(x: np.ndarray, window: int, ratio: float = 6.0,
+                       max_points: int = 10) -> list[int]:
+    """Rows where the signals jump: peaks of jump_scores at least `ratio` × its median, at least
+    `window` rows apart, strongest first (at most max_points), returned in row order."""
+    scores = jump_scores(x, window)
+    if np.isnan(scores).all():
+        return []
+    floor = ratio * np.nanmedian(scores)
+    picks: list[int] = []
+    for row in np.argsort(np.nan_to_num(-scores, nan=np.inf), kind="stable"):
+        if len(picks) == max_points or not scores[row] >= floor:
+            break
+        if all(abs(row - p) >= window for p in picks):
+            picks.append(int(row))
+    return sorted(picks)
+
+
+def find_slices(y: np.ndarray, max_slices: int = MAX_SLICES, ratio: float = SLICE_RATIO,
+                tolerance: float = SLICE_TOLERANCE, n_pcs: int = SLICE_SIGNAL_PCS) -> dict | None:
+    """Slice edges along row order from the expression alone, or None if the rows show none.
+
+    The jump score of row t compares the mean standardised expression (first principal
+    components) of the `window` rows before t with the `window` rows from t on. For K slices of
+    similar size (Visium capture areas; DACON's 2378/2349/2265), an edge is the highest jump
+    within ±tolerance of a slice of the equal-size position j·n/K, and it counts only if its jump
+    is at least `ratio` × the median jump. The answer is the largest K ≤ max_slices whose every
+    edge counts: shuffled rows have no such edge (None), and a K that halves the true slices
+    fails at the middle of a slice.
+    """
+    n = len(y)
+    window = max(10, n // 50)
+    if n < 4 * window:
+        return None
+    scores = jump_scores(row_signals(y, n_pcs=n_pcs).to_numpy(), window)
+    relative = np.nan_to_num(scores / np.nanmedian(scores), nan=0.0)
+    found = None
+    for k in range(2, max_slices + 1):
+        size = n / k
+        edges = []
+        for j in range(1, k):
+            low, high = max(int(j * size - tolerance * size), 0), min(int(j * size + tolerance
+                                                                          * size) + 1, n)
+            edges.append(low + int(np.argmax(relative[low:high])))
+        jumps = relative[edges]
+        if (jumps >= ratio).all():
+            found = {"edges": edges, "jumps": np.round(jumps, 1).tolist()}
+    if found is None:
+        return None
+    bounds = [0, *found["edges"], n]
+    return {**found, "window": window, "sizes": np.diff(bounds).tolist(),
+            "labels": np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))}
+
+
+def describe_slices(found: dict | None) -> str:
+    """One line on what `find_slices` found."""
+    if found is None:
+        return "no slice structure along row order"
+    return (f"{len(found['sizes'])} slices of {found['sizes']} rows; edges at rows "
+            f"{found['edges']} (jumps {found['jumps']} × the median, window {found['window']})")
+
+
 # --- cross-validation -------------------------------------------------------------------------
 
 def _blocks(n_rows: int, n_folds: int, seed: int, groups: np.ndarray | None) -> np.ndarray:
@@ -155,8 +259,16 @@ def _groups(n_rows: int, n_folds: int, seed: int, groups: np.ndarray | None) -> 
     return fold_of_group[inverse]
 
 
+def _slices(n_rows: int, n_folds: int, seed: int, groups: np.ndarray | None) -> np.ndarray:
+    """One fold per slice: `groups` are the slice labels of `find_slices`."""
+    if groups is None or len(groups) != n_rows:
+        raise ValueError("the 'slices' splitter needs the slice of every row: use "
+                         "split_rows('slices', y, ...) or find_slices(y)['labels']")
+    return np.unique(np.asarray(groups), return_inverse=True)[1].astype(np.int64)
+
+
 SPLITTERS: dict[str, Callable[..., np.ndarray]] = {
-    "blocks": _blocks, "random": _random, "groups": _groups,
+    "slices": _slices, "blocks": _blocks, "random": _random, "groups": _groups,
 }
 
 
@@ -165,9 +277,33 @@ def list_splitters() -> list[str]:
     return sorted(SPLITTERS)
 
 
+def split_rows(cv: str, y: np.ndarray, n_folds: int, seed: int = 0,
+               groups: Sequence | None = None) -> tuple[np.ndarray, str, str]:
+    """Folds for a CV splitter, the splitter actually used and a line saying how they were made.
+
+    `slices` holds out one slice per fold, its edges found by `find_slices`; rows that show no
+    slice structure (e.g. shuffled) fall back to N_FOLDS contiguous blocks, with a warning.
+    """
+    if cv != "slices":
+        folds = make_folds(cv, len(y), n_folds, seed, groups)
+        sizes = np.bincount(folds).tolist()
+        return folds, cv, f"CV={cv!r}: {len(sizes)} folds of {sizes} rows"
+    found = find_slices(y)
+    if found is not None:
+        return (make_folds("slices", len(y), len(found["sizes"]), seed, found["labels"]), "slices",
+                f"CV='slices': {describe_slices(found)}")
+    message = (f"CV='slices': the rows show no slice structure along row order (shuffled rows?); "
+               f"falling back to {n_folds} contiguous row blocks. If rows of one slice are not "
+               "stored together, this CV is optimistic: neighbouring spots land on both sides. "
+               "Give the slices as CV='groups:<file.csv>' if you know them.")
+    warnings.warn(message, stacklevel=2)
+    return make_folds("blocks", len(y), n_folds, seed), "blocks", message
+
+
 def make_folds(cv: str, n_rows: int, n_folds: int, seed: int = 0,
                groups: Sequence | None = None) -> np.ndarray:
-    """Fold index (0..n_folds-1) for every train row, by splitter name."""
+    """Fold index (0..n_folds-1) for every train row, by splitter name (`slices` and `groups`
+    take the label of every row as `groups`)."""
     name = cv.split(":", 1)[0]
     if name not in SPLITTERS:
         raise ValueError(f"unknown CV splitter {cv!r}; choose from {list_splitters()}")
@@ -207,21 +343,32 @@ def read_groups(cv: str, train: pd.DataFrame, data_dir: Path | None = None) -> n
 
 
 def score_folds(y: np.ndarray, oof: np.ndarray, folds: np.ndarray, splitter: str) -> dict:
-    """CV report: each fold scored as a whole test set, their mean, and the pooled-OOF score."""
+    """CV report: each fold scored as a whole test set (as the leaderboard scores the unseen
+    slice), their mean (`overall`, the headline), their range (`min`, `max`) and the score of
+    the pooled out-of-fold predictions (`oof`)."""
     per_fold = [score(y[folds == k], oof[folds == k]) for k in np.unique(folds)]
     overall = {key: float(np.mean([f[key] for f in per_fold])) for key in KEYS}
     return {"splitter": splitter, "n_folds": len(per_fold), "folds": per_fold,
-            "overall": overall, "oof": score(y, oof)}
+            "overall": overall, "min": {key: min(f[key] for f in per_fold) for key in KEYS},
+            "max": {key: max(f[key] for f in per_fold) for key in KEYS}, "oof": score(y, oof)}
 
 
 def format_cv(cv: dict) -> str:
-    """A short table of a CV report: one line per fold, the mean and the pooled OOF."""
+    """A short table of a CV report: one line per fold (with the epoch its score comes from,
+    when a recipe chose one), the mean, the range over folds and the pooled OOF."""
     header = f"CV splitter={cv['splitter']!r} folds={cv['n_folds']}\n" + \
         " " * 8 + "".join(f"{k:>10}" for k in KEYS)
     rows = [(f"fold {i}", f) for i, f in enumerate(cv["folds"])]
-    rows += [("mean", cv["overall"]), ("OOF", cv["oof"])]
-    return "\n".join([header] + [f"{name:<8}" + "".join(f"{r[k]:>10.4f}" for k in KEYS)
-                                 for name, r in rows])
+    rows += [("mean", cv["overall"])]
+    rows += [(name, cv[name]) for name in ("min", "max") if name in cv]
+    rows += [("OOF", cv["oof"])]
+    lines = [header]
+    for name, r in rows:
+        chosen = next((f"{k} {r[k]:g}" if isinstance(r[k], float) else f"{k} {r[k]}"
+                       for k in ("epoch", "alpha") if k in r), None)
+        note = f"  {chosen} ({r['selection']})" if chosen and "selection" in r else ""
+        lines.append(f"{name:<8}" + "".join(f"{r[k]:>10.4f}" for k in KEYS) + note)
+    return "\n".join(lines)
 
 
 def nested_choice(folds: np.ndarray, held_out_scores: Callable[[list, int], np.ndarray],

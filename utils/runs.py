@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,6 +184,24 @@ def prepare_checkpoints(run_dir: str | os.PathLike, settings: dict, resume: bool
                          "another RUN_DIR")
     write_json(saved, settings)
     return folder
+
+
+class Stopwatch:
+    """Seconds spent on a run over all its processes: a resumed run adds the time its earlier
+    processes recorded (up to their last checkpoint) in `elapsed.json` of its checkpoints."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.before = float(read_json(self.path)["seconds"]) if self.path.is_file() else 0.0
+        self.start = time.perf_counter()
+
+    def total(self) -> float:
+        """Seconds so far, this process and the earlier ones."""
+        return self.before + time.perf_counter() - self.start
+
+    def tick(self) -> None:
+        """Record the seconds so far (after each checkpoint)."""
+        write_json(self.path, {"seconds": round(self.total(), 1)})
 
 
 def read_model_info(run_dir: str | os.PathLike) -> dict:

@@ -40,7 +40,7 @@ from torch import nn
 from utils.augment import build_augment, read_policy
 from utils.config import TrainConfig, parse_target, to_dict
 from utils.data import KitData, PatchDataset, load_images
-from utils.genes import load_gene_groups
+from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_config
 from utils.metric import (
     KEYS,
     make_folds,
@@ -49,6 +49,7 @@ from utils.metric import (
     read_groups,
     score,
     score_folds,
+    split_rows,
     top_genes,
 )
 from utils.models import (
@@ -69,9 +70,10 @@ from utils.models import (
     save_weights,
     set_targets,
 )
-from utils.paths import figure, resolve, save_figure, write_json, write_with
+from utils.paths import figure, read_json, resolve, save_figure, write_json, write_with
 from utils.runs import (
     Run,
+    Stopwatch,
     load_run,
     peak_rss_gb,
     prepare_checkpoints,
@@ -91,14 +93,18 @@ class RecipeResult:
     details: dict = field(default_factory=dict)
 
 
-def make_cv_folds(cfg: TrainConfig, data: KitData) -> np.ndarray:
-    """The fold of every train row for the configured splitter."""
+def make_cv_folds(cfg: TrainConfig, data: KitData) -> tuple[np.ndarray, str]:
+    """The fold of every train row and the splitter actually used (CV='slices' falls back to
+    blocks, with a warning, when the rows show no slice structure); prints how they were made."""
     groups = read_groups(cfg.cv, data.train, data.root)
-    return make_folds(cfg.cv, len(data.train), cfg.n_folds, cfg.seed, groups)
+    folds, splitter, note = split_rows(cfg.cv, data.y, cfg.n_folds, cfg.seed, groups)
+    print(note)
+    return folds, splitter
 
 
-def train(cfg: TrainConfig, data: KitData, folds: np.ndarray) -> Run:
-    """Run the configured recipe and save its run folder; reuse a finished identical run."""
+def train(cfg: TrainConfig, data: KitData, folds: np.ndarray, splitter: str | None = None) -> Run:
+    """Run the configured recipe on `folds` and save its run folder (`splitter` names them in
+    cv.json; default CV); reuse a finished identical run."""
     if cfg.recipe == "finetune":
         read_policy(cfg.augment)  # a missing or broken AUGMENT file fails now, not after hours
     run = None if cfg.overwrite else reuse_run(cfg.run_dir, to_dict(cfg))
@@ -107,10 +113,12 @@ def train(cfg: TrainConfig, data: KitData, folds: np.ndarray) -> Run:
               "(OVERWRITE=True retrains)")
         return run
     start = time.perf_counter()
-    result = RECIPES[cfg.recipe](cfg, data, folds)
+    result = RECIPES[cfg.recipe](cfg, data, folds, splitter or cfg.cv)
+    earlier = result.details.pop("elapsed_before_s", 0.0)  # a resumed run's earlier processes
     config = {**to_dict(cfg), "data_root": str(data.root), "n_train": len(data.train),
               "n_test": len(data.test), "n_genes": len(data.genes), "details": result.details,
-              "elapsed_s": round(time.perf_counter() - start, 1), "peak_rss_gb": peak_rss_gb()}
+              "elapsed_s": round(earlier + time.perf_counter() - start, 1),
+              "peak_rss_gb": peak_rss_gb()}
     save_run(cfg.run_dir, config, folds, result.oof, result.test_pred, result.cv)
     return load_run(cfg.run_dir)
 
@@ -192,17 +200,21 @@ def cv_ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.ndarray
     mean_curve = np.mean(curve, axis=0)
     alpha = alphas[int(np.argmax(mean_curve))]
     test_pred = fit_ridge_path(x, y, pca_dim).predict(x_test, alpha)
-    return RidgeResult(oof, test_pred, score_folds(y, oof, folds, splitter), alpha, fold_alphas,
+    cv = score_folds(y, oof, folds, splitter)
+    for parts, fold_alpha in zip(cv["folds"], fold_alphas):
+        parts.update(alpha=fold_alpha, selection="nested")
+    return RidgeResult(oof, test_pred, cv, alpha, fold_alphas,
                        {"alpha": list(alphas), "score": mean_curve.tolist()})
 
 
-def train_ridge(cfg: TrainConfig, data: KitData, folds: np.ndarray) -> RecipeResult:
+def train_ridge(cfg: TrainConfig, data: KitData, folds: np.ndarray,
+                splitter: str) -> RecipeResult:
     """Frozen-feature ridge: cached features, nested-CV alpha, refit on all rows for test."""
     tta = cfg.tta and not cfg.smoke
     features = cached_features(data, cfg.backbone, cfg.pretrained, cfg.img_size, tta,
                                cfg.seed, cfg.batch_size)
     fit = cv_ridge(features["train"], data.y, features["test"], folds, cfg.alphas, cfg.pca_dim,
-                   cfg.cv)
+                   splitter)
     details = {"n_features": features["train"].shape[1], "tta": tta, "alpha": fit.alpha,
                "fold_alphas": fit.fold_alphas, "alpha_curve": fit.alpha_curve}
     return RecipeResult(fit.oof, fit.test_pred, fit.cv, details)
@@ -213,41 +225,65 @@ def train_ridge(cfg: TrainConfig, data: KitData, folds: np.ndarray) -> RecipeRes
 NOT_TRAINING = ("run_dir", "overwrite", "resume", "num_workers", "data_dir")
 
 
-def train_finetune(cfg: TrainConfig, data: KitData, folds: np.ndarray) -> RecipeResult:
-    """Fine-tuned backbone + gene-group heads per fold, early-stopped on the metric; resumable:
-    train (or resume) every unit, then assemble OOF and fold-averaged test predictions."""
+def train_finetune(cfg: TrainConfig, data: KitData, folds: np.ndarray,
+                   splitter: str) -> RecipeResult:
+    """Fine-tuned backbone + gene-group heads per fold; resumable. Every unit is trained and its
+    weights kept after every epoch; then each fold's OOF predictions come from the epoch chosen
+    without that fold (the best epoch of the other folds' mean validation curve) and the test
+    predictions from the epoch chosen on all folds (`choose_epochs`)."""
     images, test_images = load_images(data, "train"), load_images(data, "test")
-    groups = resolve_groups(cfg, data.genes)
-    units = plan_units(folds, groups, cfg.group_mode)
+    units = plan_units(folds, resolve_groups(cfg, data, folds), cfg.group_mode)
     run = resolve(cfg.run_dir)
     checkpoints = prepare_checkpoints(run, checkpoint_settings(cfg, data), cfg.resume)
-    results = {unit.name: fit_unit(unit, cfg, images, test_images, data.y,
-                                   checkpoints / unit.name, run / weights_file(unit.name))
+    watch = Stopwatch(checkpoints / "elapsed.json")
+    histories: dict[str, list[dict]] = {}
+    for unit in units:
+        last = stop_epoch(unit, units, histories, cfg.epochs, cfg.patience)
+        histories[unit.name] = train_unit(unit, cfg, images, data.y, checkpoints / unit.name,
+                                          last, watch)
+    choice = choose_epochs(units, histories)
+    results = {unit.name: predict_unit(unit, cfg, images, test_images, choice[unit.name],
+                                       checkpoints / unit.name, run / weights_file(unit.name))
                for unit in units}
     oof = np.zeros(data.y.shape, np.float32)
     test_pred = np.zeros((len(data.test), len(data.genes)), np.float32)
     for unit in units:
         oof[np.ix_(unit.val_idx, unit.genes)] = results[unit.name]["val_pred"]
         test_pred[:, unit.genes] += results[unit.name]["test_pred"] / len(np.unique(folds))
-    history = [row for result in results.values() for row in result["history"]]
-    write_outputs(cfg, data, run, units, results, history)
-    return RecipeResult(oof, test_pred, score_folds(data.y, oof, folds, cfg.cv),
-                        run_details(cfg, units, results, history))
+    history = [row for name in histories for row in histories[name]]
+    cv = score_folds(data.y, oof, folds, splitter)
+    annotate_epochs(cv, units, choice)
+    write_outputs(cfg, data, run, units, choice, history)
+    for unit in units:
+        remove_epoch_weights(checkpoints / unit.name)
+    details = {**run_details(cfg, units, choice, history), "elapsed_before_s": watch.before}
+    return RecipeResult(oof, test_pred, cv, details)
 
 
-def resolve_groups(cfg: TrainConfig, genes: list[str]) -> dict[str, np.ndarray]:
-    """Gene groups of the GROUPS strategy in GENE_GROUPS, or one group of every gene."""
+def resolve_groups(cfg: TrainConfig, data: KitData,
+                   folds: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
+    """Per fold, its gene groups (group → gene columns): one group of every gene without
+    GROUPS; the groups of GENE_GROUPS for a strategy that reads no targets (prefix, file);
+    otherwise the strategy recomputed on the fold's training rows with 02's settings, so no
+    fold is scored with groups made from its own targets."""
+    ids = [int(k) for k in np.unique(folds)]
     if not cfg.groups:
-        return {"all": np.arange(len(genes))}
+        return dict.fromkeys(ids, {"all": np.arange(len(data.genes))})
+    saved = load_gene_groups(cfg.gene_groups, data.genes, cfg.groups)  # checks the file
+    if cfg.groups in LABEL_FREE:
+        return dict.fromkeys(ids, saved)
+    settings = read_grouping_config(cfg.gene_groups)
+    return {k: groups_on_rows(settings, cfg.groups, data.genes, data.y[folds != k])
+            for k in ids}
 
-    return load_gene_groups(cfg.gene_groups, genes, cfg.groups)
 
-
-def plan_units(folds: np.ndarray, groups: dict[str, np.ndarray], group_mode: str) -> list[Unit]:
+def plan_units(folds: np.ndarray, groups_by_fold: dict[int, dict[str, np.ndarray]],
+               group_mode: str) -> list[Unit]:
     """The models to train: one per fold ("heads") or one per fold and group ("models")."""
-    n_genes = sum(len(cols) for cols in groups.values())
     units: list[Unit] = []
     for k in np.unique(folds):
+        groups = groups_by_fold[int(k)]
+        n_genes = sum(len(cols) for cols in groups.values())
         rows = {"train_idx": np.flatnonzero(folds != k), "val_idx": np.flatnonzero(folds == k)}
         if group_mode == "heads":
             units.append(Unit(f"fold{k}", len(units), int(k), genes=np.arange(n_genes),
@@ -271,7 +307,7 @@ def checkpoint_settings(cfg: TrainConfig, data: KitData) -> dict:
 
 
 def write_outputs(cfg: TrainConfig, data: KitData, run: Path, units: list[Unit],
-                  results: dict, history: list[dict]) -> None:
+                  choice: dict[str, dict], history: list[dict]) -> None:
     """model.json (to rebuild every unit's model), history.json and curves.png."""
     import matplotlib.pyplot as plt
 
@@ -282,16 +318,16 @@ def write_outputs(cfg: TrainConfig, data: KitData, run: Path, units: list[Unit],
              "units": {u.name: {"fold": u.fold, "group": u.group,
                                 "spec": unit_spec(u, cfg).to_dict(),
                                 "weights": weights_file(u.name),
-                                "best_epoch": results[u.name]["best_epoch"],
-                                "best_score": results[u.name]["best_score"]} for u in units}}
+                                "epoch": choice[u.name]["test_epoch"],
+                                "oof_epoch": choice[u.name]["oof_epoch"]} for u in units}}
     write_json(run / "model.json", model)
     write_json(run / "history.json", history)
-    fig = plot_history(history)
+    fig = plot_history(history, choice)
     save_figure(fig, run, "curves")
     plt.close(fig)
 
 
-def run_details(cfg: TrainConfig, units: list[Unit], results: dict,
+def run_details(cfg: TrainConfig, units: list[Unit], choice: dict[str, dict],
                 history: list[dict]) -> dict:
     """What config.json records about the fine-tuning beyond the parameters."""
     device = default_device()
@@ -302,9 +338,8 @@ def run_details(cfg: TrainConfig, units: list[Unit], results: dict,
             "device": device.type, "amp": str(amp_dtype(device)),
             "batch_size": cfg.batch_size or train_batch_size(device),
             "train_images_per_s": round(float(np.mean(speeds)), 1) if speeds else None,
-            "units": {name: {"best_epoch": r["best_epoch"], "best_score": r["best_score"],
-                             "epochs_run": max(row["epoch"] for row in r["history"])}
-                      for name, r in results.items()}}
+            "units": {u.name: {**choice[u.name], "epochs_run": max(
+                row["epoch"] for row in history if row["unit"] == u.name)} for u in units}}
 
 
 # --- fine-tuning: one unit ------------------------------------------------------------------
@@ -323,42 +358,131 @@ class Unit:
     group: str | None = None
 
 
-def fit_unit(unit: Unit, cfg, images: np.ndarray, test_images: np.ndarray, y: np.ndarray,
-             folder: Path, weights: Path) -> dict:
-    """Train one unit (resuming from `folder/last.pt` if present) and predict with its best
-    weights: validation rows and test patches on the original scale, plus the epoch history.
-
-    A finished unit leaves `folder/result.npz` and is not trained again; the best weights go to
-    `weights` (safetensors) whenever the validation score improves.
-    """
-    if (folder / "result.npz").is_file():
-        return load_result(folder / "result.npz")
+def train_unit(unit: Unit, cfg, images: np.ndarray, y: np.ndarray, folder: Path,
+               last_epoch: int, watch: Stopwatch | None = None) -> list[dict]:
+    """Train one unit up to `last_epoch` (resuming from `folder/last.pt` if present), scoring its
+    validation rows after every epoch (epoch 0: the starting point) and keeping that epoch's
+    weights; returns the epoch history. A trained unit leaves `folder/history.json` and is not
+    trained again."""
+    if (folder / "history.json").is_file():
+        return read_json(folder / "history.json")
     setup = setup_unit(unit, cfg, images, y, resume=(folder / "last.pt").is_file())
     step, device, batch_size = setup["step"], setup["device"], setup["batch_size"]
-    state = {"best": -math.inf, "best_epoch": None, "bad": 0, "history": [], "epoch": 0}
+    state = {"history": [], "epoch": 0}
     try:
         if (folder / "last.pt").is_file():
             state = load_checkpoint(folder / "last.pt", step)
         else:
-            _end_epoch(unit, cfg, step, images, y, state, {"epoch": 0}, folder, weights)
+            _end_epoch(unit, cfg, step, images, y, state, {"epoch": 0}, folder)
         dataset = PatchDataset(images, setup["z"], unit.train_idx, setup["transform"])
         workers = loader_workers(cfg.num_workers, device)
-        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-            if cfg.patience and state["bad"] >= cfg.patience:
-                break
+        for epoch in range(state["epoch"] + 1, last_epoch + 1):
             seed = epoch_seed(cfg.seed, unit.index, epoch)
             seed_everything(seed)
             loader = make_loader(dataset, batch_size, seed, workers, device)
             start = time.perf_counter()
-            stats = train_epoch(step, loader, f"{unit.name} epoch {epoch}/{cfg.epochs}")
+            stats = train_epoch(step, loader, f"{unit.name} epoch {epoch}/{last_epoch}")
             stats.update(epoch=epoch, lr=step.optimizer.param_groups[0]["lr"],
                          train_s=time.perf_counter() - start)
-            _end_epoch(unit, cfg, step, images, y, state, stats, folder, weights)
-        return _finish(unit, cfg, step.model, images, test_images, state, folder, weights)
+            _end_epoch(unit, cfg, step, images, y, state, stats, folder)
+            if watch is not None:
+                watch.tick()
     except RuntimeError as err:
         if is_oom(err):
             raise oom_error(err, batch_size, cfg.img_size, folder, cfg.resume) from err
         raise
+    write_json(folder / "history.json", state["history"])
+    (folder / "last.pt").unlink(missing_ok=True)
+    return state["history"]
+
+
+def stop_epoch(unit: Unit, units: list[Unit], histories: dict[str, list[dict]], epochs: int,
+               patience: int | None) -> int:
+    """The last epoch to train a unit: EPOCHS, or, with PATIENCE, `patience` epochs past the best
+    epoch of the mean validation curve of the units of other folds trained so far (same gene
+    group). Early stopping never looks at the unit's own validation rows."""
+    if not patience:
+        return epochs
+    done = [u for u in units if u.name in histories and u.fold != unit.fold]
+    same = [u for u in done if u.group == unit.group]
+    others = [histories[u.name] for u in (same or done)]
+    if not others:
+        return epochs
+    common = min(len(h) for h in others)
+    curve = np.mean([[row["val_score"] for row in h[:common]] for h in others], axis=0)
+    return min(epochs, int(np.argmax(curve)) + patience)
+
+
+def choose_epochs(units: list[Unit], histories: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per unit: the epoch of its OOF predictions, chosen on the mean validation curve of the
+    other folds' units of its group (nested: never on its own rows), and the epoch of its test
+    predictions, chosen on the mean curve of all folds; plus its own best epoch (optimistic)."""
+    choice, folds = {}, {u.fold for u in units}
+    for unit in units:
+        peers = [u for u in units if u.group == unit.group]
+        if {u.fold for u in peers} != folds:  # fold-aware groups differ by fold: pool each fold
+            peers = units
+        common = min(len(histories[u.name]) for u in peers)
+        curves = {fold: np.mean([[row["val_score"] for row in histories[u.name][:common]]
+                                 for u in peers if u.fold == fold], axis=0)
+                  for fold in sorted({u.fold for u in peers})}
+        others = [curve for fold, curve in curves.items() if fold != unit.fold]
+        own = np.array([row["val_score"] for row in histories[unit.name]])
+        choice[unit.name] = {
+            "oof_epoch": int(np.argmax(np.mean(others, axis=0))) if others else common - 1,
+            "test_epoch": int(np.argmax(np.mean(list(curves.values()), axis=0))),
+            "best_epoch_on_fold": int(np.argmax(own)), "best_score_on_fold": float(own.max()),
+            "selection": "nested" if others else "last epoch (single fold)"}
+    return choice
+
+
+def annotate_epochs(cv: dict, units: list[Unit], choice: dict[str, dict]) -> None:
+    """Record in a CV report which epoch each fold's score comes from and how it was chosen, and
+    the optimistic best-on-fold scores (each fold's own best epoch, validation without TTA)."""
+    for k, parts in enumerate(cv["folds"]):
+        picked = [choice[u.name] for u in units if u.fold == k]
+        epochs = sorted({c["oof_epoch"] for c in picked})
+        parts.update(epoch=epochs[0] if len(epochs) == 1 else epochs,
+                     selection=picked[0]["selection"],
+                     best_epoch_on_fold=[c["best_epoch_on_fold"] for c in picked],
+                     best_score_on_fold=[c["best_score_on_fold"] for c in picked])
+    best = [c["best_score_on_fold"] for c in choice.values()]
+    cv["optimistic"] = {"note": "each fold at its own best epoch (chosen on its own rows; "
+                                "validation without TTA): optimistic, not a CV score",
+                        "mean_best_score_on_fold": float(np.mean(best))}
+
+
+def predict_unit(unit: Unit, cfg, images: np.ndarray, test_images: np.ndarray, choice: dict,
+                 folder: Path, weights: Path) -> dict:
+    """Validation rows at the unit's OOF epoch and test patches at its test epoch (D4 TTA if TTA
+    and not SMOKE), stored in `folder/result.npz`; the test epoch's weights become the unit's
+    weights file (what model.json and 05 use)."""
+    epochs = {"oof_epoch": choice["oof_epoch"], "test_epoch": choice["test_epoch"]}
+    if (folder / "result.npz").is_file():
+        result = load_result(folder / "result.npz")
+        if {k: result[k] for k in epochs} == epochs:
+            return result
+    model = build_model(unit_spec(unit, cfg), pretrained=False).to(default_device())
+    tta = cfg.tta and not cfg.smoke
+    load_weights(model, epoch_weights(folder, choice["oof_epoch"]))
+    val_pred = to_original(model, predict(model, images, unit.val_idx, tta))
+    load_weights(model, epoch_weights(folder, choice["test_epoch"]))
+    result = {"val_pred": val_pred,
+              "test_pred": to_original(model, predict(model, test_images, None, tta)), **epochs}
+    save_weights(model, weights)
+    save_result(folder / "result.npz", result)
+    return result
+
+
+def epoch_weights(folder: Path, epoch: int) -> Path:
+    """Where a unit's weights after `epoch` are kept until the run is done."""
+    return folder / f"epoch{epoch}.safetensors"
+
+
+def remove_epoch_weights(folder: Path) -> None:
+    """Drop a finished unit's per-epoch weights (its chosen ones live on in weights/)."""
+    for path in folder.glob("epoch*.safetensors"):
+        path.unlink(missing_ok=True)
 
 
 def setup_unit(unit: Unit, cfg, images: np.ndarray, y: np.ndarray, resume: bool) -> dict:
@@ -430,8 +554,8 @@ def init_heads_by_ridge(model: nn.Module, cfg, images: np.ndarray, unit: Unit, z
 
 
 def _end_epoch(unit: Unit, cfg, step: Stepper, images: np.ndarray, y: np.ndarray, state: dict,
-               stats: dict, folder: Path, weights: Path) -> None:
-    """Score the validation rows, keep the best weights, record the epoch, checkpoint."""
+               stats: dict, folder: Path) -> None:
+    """Score the validation rows, keep this epoch's weights, record the epoch, checkpoint."""
     model = step.ema.module if step.ema is not None else step.model
     pred = to_original(model, predict(model, images, unit.val_idx, device=step.device))
     parts = score(y[unit.val_idx][:, unit.genes], pred)
@@ -439,40 +563,21 @@ def _end_epoch(unit: Unit, cfg, step: Stepper, images: np.ndarray, y: np.ndarray
            **{f"val_{k}": v for k, v in parts.items()}}
     state["history"].append(row)
     state["epoch"] = stats["epoch"]
-    if parts["score"] > state["best"]:
-        state.update(best=parts["score"], best_epoch=stats["epoch"], bad=0)
-        save_weights(model, weights)
-    else:
-        state["bad"] += 1
+    save_weights(model, epoch_weights(folder, stats["epoch"]))
     save_checkpoint(folder / "last.pt", step, state)
-    print(format_epoch(row, state, cfg.epochs), flush=True)
+    print(format_epoch(row, state["history"]), flush=True)
 
 
-def format_epoch(row: dict, state: dict, epochs: int) -> str:
-    """One log line per epoch: training loss terms, validation parts, best so far, speed."""
+def format_epoch(row: dict, history: list[dict]) -> str:
+    """One log line per epoch: training loss terms, validation parts, speed."""
     terms = " ".join(f"{k} {row[k]:.3g}" for k in ("mse", "pearson", "cov")
                      if row.get(k) is not None)  # a term with weight 0 is None
     train = "" if "loss" not in row else (
         f"loss {row['loss']:.4f} ({terms}), {row['images_per_s']:.1f} img/s; ")
     parts = " ".join(f"{k} {row['val_' + k]:.3f}" for k in ("cells", "max_gene", "heg50",
                                                               "hvg50"))
-    return (f"{row['unit']} epoch {row['epoch']}/{epochs}: {train}val score "
-            f"{row['val_score']:.4f} ({parts}); best {state['best']:.4f} @ {state['best_epoch']}")
-
-
-def _finish(unit: Unit, cfg, model: nn.Module, images: np.ndarray, test_images: np.ndarray,
-            state: dict, folder: Path, weights: Path) -> dict:
-    """Predict validation rows and test patches with the best weights (D4 TTA if TTA and not
-    SMOKE), store the unit's result and drop its training state."""
-    load_weights(model, weights)
-    tta = cfg.tta and not cfg.smoke
-    result = {"val_pred": to_original(model, predict(model, images, unit.val_idx, tta)),
-              "test_pred": to_original(model, predict(model, test_images, None, tta)),
-              "history": state["history"], "best_epoch": state["best_epoch"],
-              "best_score": state["best"]}
-    save_result(folder / "result.npz", result)
-    (folder / "last.pt").unlink(missing_ok=True)
-    return result
+    return (f"{row['unit']} epoch {row['epoch']}: {train}val score {row['val_score']:.4f} "
+            f"({parts})")
 
 
 def to_original(model: nn.Module, z: np.ndarray) -> np.ndarray:
@@ -508,12 +613,12 @@ def load_checkpoint(path: Path, step: Stepper) -> dict:
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return {k: ckpt[k] for k in ("best", "best_epoch", "bad", "history", "epoch")}
+    return {k: ckpt[k] for k in ("history", "epoch")}
 
 
 def save_result(path: Path, result: dict) -> None:
-    """A finished unit's predictions and history, written atomically."""
-    info = json.dumps({k: result[k] for k in ("history", "best_epoch", "best_score")})
+    """A unit's OOF and test predictions and the epochs they come from, written atomically."""
+    info = json.dumps({k: result[k] for k in ("oof_epoch", "test_epoch")})
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -750,8 +855,9 @@ def plot_alpha_curve(curve: dict):
     return fig
 
 
-def plot_history(history: list[dict]):
-    """Training loss and validation score per epoch, one line per unit, best epochs marked."""
+def plot_history(history: list[dict], choice: dict[str, dict] | None = None):
+    """Training loss and validation score per epoch, one line per unit; ★ marks the epoch a
+    unit's OOF predictions come from (chosen on the other folds' curves), ○ its own best."""
     fig, (left, right) = figure(10, 3.5, ncols=2)
     for name in dict.fromkeys(row["unit"] for row in history):
         rows = [row for row in history if row["unit"] == name]
@@ -761,17 +867,20 @@ def plot_history(history: list[dict]):
         epochs, scores = [r["epoch"] for r in rows], [r["val_score"] for r in rows]
         line, = right.plot(epochs, scores, "o-", ms=3, label=name)
         best = int(np.argmax(scores))
-        right.plot(epochs[best], scores[best], "*", ms=12, color=line.get_color())
+        right.plot(epochs[best], scores[best], "o", ms=10, mfc="none", color=line.get_color())
+        if choice and name in choice:
+            pick = epochs.index(choice[name]["oof_epoch"])
+            right.plot(epochs[pick], scores[pick], "*", ms=12, color=line.get_color())
     left.set(xlabel="epoch", ylabel="training loss", title="loss (mean over the epoch)")
     right.set(xlabel="epoch (0: before training)", ylabel="official score",
-              title="validation score (★ best: weights kept)")
+              title="validation score (★ epoch chosen without this fold, ○ own best)")
     right.legend(fontsize="small", ncols=2)
     for ax in (left, right):
         ax.xaxis.get_major_locator().set_params(integer=True)
     return fig
 
 
-RECIPES: dict[str, Callable[[TrainConfig, KitData, np.ndarray], RecipeResult]] = {
+RECIPES: dict[str, Callable[[TrainConfig, KitData, np.ndarray, str], RecipeResult]] = {
     "ridge": train_ridge,
     "finetune": train_finetune,
 }
