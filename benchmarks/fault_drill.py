@@ -68,7 +68,7 @@ from utils import train
 from utils.config import TrainConfig
 cfg = TrainConfig(data_dir=os.environ["DRILL_DATA"], run_dir=os.environ["DRILL_RUN"],
                   recipe="finetune", backbone="test_convnext", pretrained=False, img_size=64,
-                  n_folds=2, epochs=2, batch_size=16, patience=None, smoke=True)
+                  n_folds=2, epochs=2, batch_size=16, patience=None, tta=False)
 folds = train.make_cv_folds(cfg, data)
 folds = folds[0] if isinstance(folds, tuple) else folds
 real, steps, epochs = train._optimizer_step, [], []

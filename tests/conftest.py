@@ -66,14 +66,14 @@ def dacon_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_pipeline(tmp_path_factory):
-    """The demo set (small) and every notebook executed on it with SMOKE settings."""
+    """The demo set (small) and every notebook executed on it with the QUICK settings."""
     from utils.dev.demo import write_demo
     from utils.dev.pipeline import demo_parameters, run_notebooks
 
     root = tmp_path_factory.mktemp("demo")
     data_dir = write_demo(root / "data", n_train=240, n_test=80, n_genes=400, seed=1)
     params = demo_parameters(str(data_dir), str(root / "runs"), str(root / "demo.csv"),
-                             smoke=True)
+                             quick=True)
     executed = run_notebooks(params, root / "executed")
     return {"data": data_dir, "runs": root / "runs", "submission": root / "demo.csv",
             "executed": executed}

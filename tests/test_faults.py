@@ -190,7 +190,7 @@ FINETUNE = """
     from utils.data import load_data
     cfg = TrainConfig(data_dir={root!r}, run_dir={run!r}, recipe="finetune",
                       backbone="test_convnext", pretrained=False, img_size=32, n_folds=2,
-                      epochs=2, batch_size=8, patience=None, smoke=True, alphas=(1.0, 100.0))
+                      epochs=2, batch_size=8, patience=None, tta=False, alphas=(1.0, 100.0))
     data = load_data(cfg.data_dir)
     folds = train.make_cv_folds(cfg, data)
     folds = folds[0] if isinstance(folds, tuple) else folds

@@ -115,7 +115,7 @@ def test_train_notebook_wrote_a_sane_run(demo_pipeline):
     run = load_run(demo_pipeline["runs"] / "ridge")
     slices = pd.read_csv(demo_pipeline["data"] / "demo_slices.csv")["slice"]
     assert run.cv["splitter"] == "slices" and run.cv["n_folds"] == slices.nunique()
-    assert run.config["backbone"] == "test_convnext" and run.config["smoke"] is True
+    assert run.config["backbone"] == "test_convnext" and run.config["tta"] is False
     # it learns from the images: it beats image-blind models by a clear margin (the mean
     # profile plus noise, and the same ridge on patches shuffled across rows)
     data = load_data(demo_pipeline["data"])
@@ -141,3 +141,26 @@ def test_submission_is_valid_and_scores_on_the_unseen_slice(demo_pipeline):
     blind = max(score(truth, blind_predictions(y, len(truth), seed, noise))["score"]
                 for seed in range(5) for noise in (0.0, 0.01, 0.05, 0.2))
     assert parts["score"] > blind + 0.05, (parts, blind)  # better than any image-blind guess
+
+
+@pytest.mark.smoke
+def test_smoke_quick_check_runs_every_notebook_on_a_subset_apart_from_real_runs(tmp_path):
+    """SMOKE = True: every notebook runs on a few dozen rows, says its scores mean nothing, and
+    writes under smoke/ folders, never where a real run lives."""
+    from utils.dev.demo import write_demo
+    from utils.dev.pipeline import demo_parameters, run_notebooks
+
+    data = write_demo(tmp_path / "data", n_train=240, n_test=80, n_genes=120, seed=2)
+    runs, submission = tmp_path / "runs", tmp_path / "submissions" / "check.csv"
+    executed = run_notebooks(demo_parameters(str(data), str(runs), str(submission), smoke=True),
+                             tmp_path / "executed")
+    assert {p.name.split(".")[0] for p in executed} == {p.stem for p in NOTEBOOKS}
+    for path in executed:
+        text = json.dumps(_cells(path))
+        assert "SMOKE quick check on 48 of 240 train, 16 of 80 test rows" in text, path.name
+        assert "scores mean nothing" in text
+    assert not (runs / "ridge").exists() and not submission.exists()  # real places untouched
+    run = load_run(runs / "smoke" / "ridge")
+    assert len(run.oof) == 48 and run.cv["n_folds"] == 3
+    written = pd.read_csv(tmp_path / "submissions" / "smoke" / "check.csv")
+    assert len(written) == 16

@@ -12,7 +12,7 @@ from utils.data import load_data
 def cfg(dacon_dir, tmp_path):
     return TrainConfig(data_dir=str(dacon_dir), run_dir=str(tmp_path / "run"),
                        backbone="test_convnext", pretrained=False, img_size=32, n_folds=3,
-                       smoke=True, alphas=(1.0, 100.0), cv="blocks")
+                       tta=False, alphas=(1.0, 100.0), cv="blocks")
 
 
 def test_ridge_recipe_writes_a_run_folder(cfg):
@@ -23,7 +23,7 @@ def test_ridge_recipe_writes_a_run_folder(cfg):
     assert run.test_pred.shape == (len(data.test), len(data.genes))
     assert np.array_equal(run.folds, folds)
     assert run.cv["splitter"] == "blocks" and len(run.cv["folds"]) == 3
-    assert run.config["recipe"] == "ridge" and run.config["details"]["tta"] is False  # SMOKE
+    assert run.config["recipe"] == "ridge" and run.config["details"]["tta"] is False  # TTA=False
     assert run.config["n_genes"] == len(data.genes) and run.config["elapsed_s"] >= 0
 
 

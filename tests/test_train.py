@@ -36,7 +36,7 @@ def tiny(dacon_dir, tmp_path):
     """A finetune config on the tiny DACON folder (12 train rows, 4 genes) and its data."""
     cfg = TrainConfig(data_dir=str(dacon_dir), run_dir=str(tmp_path / "run"), recipe="finetune",
                       backbone="test_convnext", pretrained=False, img_size=32, n_folds=2,
-                      epochs=3, batch_size=4, patience=None, ema=0.9, smoke=True,
+                      epochs=3, batch_size=4, patience=None, ema=0.9, tta=False,
                       alphas=(1.0, 100.0), cv="blocks")
     data = load_data(cfg.data_dir)
     return cfg, data, train.make_cv_folds(cfg, data)[0]
@@ -258,7 +258,7 @@ def test_short_cpu_run_on_the_demo_set_learns(tmp_path):
     cfg = TrainConfig(data_dir=str(data_dir), run_dir=str(tmp_path / "run"), recipe="finetune",
                       backbone="test_convnext", pretrained=False, img_size=64, n_folds=2,
                       epochs=3, batch_size=16, lr=1e-3, head_lr=3e-3, patience=None,
-                      head_init="random", smoke=True)
+                      head_init="random", tta=False)
     data = load_data(cfg.data_dir)
     folds, _ = train.make_cv_folds(cfg, data)
     run = train.train(cfg, data, folds)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 # --- vocabularies: what each name-valued parameter accepts ------------------------------------
 
@@ -122,6 +123,30 @@ def set_field(config, name: str, value) -> None:
     object.__setattr__(config, name, value)
 
 
+def smoke_path(path: str | None) -> str | None:
+    """Where a SMOKE quick check writes (and reads) what a real run keeps at `path`: `smoke/`
+    after the `runs` or `submissions` folder in the path (runs/eda → runs/smoke/eda), else
+    beside the last part (a/b → a/smoke/b). Preset names (no folder) are left alone."""
+    if path is None or ("/" not in str(path) and str(path) not in ("runs", "submissions")):
+        return path
+    parts = Path(path).parts
+    for root in ("runs", "submissions"):
+        if root in parts:
+            i = parts.index(root) + 1
+            return str(path) if parts[i:i + 1] == ("smoke",) else str(Path(*parts[:i], "smoke",
+                                                                          *parts[i:]))
+    return str(Path(path).parent / "smoke" / Path(path).name)
+
+
+def smoke_paths(config, names: tuple[str, ...]) -> None:
+    """With SMOKE, move the named path fields of a config to their `smoke_path`."""
+    if getattr(config, "smoke", False):
+        for name in names:
+            value = getattr(config, name)
+            set_field(config, name, tuple(smoke_path(v) for v in value)
+                      if isinstance(value, tuple) else smoke_path(value))
+
+
 def as_tuple(value) -> tuple:
     """A parameter given as one item, a list or None, as a tuple."""
     if value is None:
@@ -206,6 +231,7 @@ class EdaConfig:
         if self.smoke:  # the quickest settings: a small heatmap, coarse colour statistics
             set_field(self, "n_heatmap_genes", min(self.n_heatmap_genes, 30))
             set_field(self, "image_stride", max(self.image_stride, 8))
+        smoke_paths(self, ("run_dir",))
         for name in ("n_example_genes", "n_heatmap_genes", "image_stride", "n_patches"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -264,6 +290,7 @@ class GeneClusteringConfig:
         if self.smoke:  # the quickest settings: four values of K, a short UMAP
             k_range, epochs = (k_range[0], min(k_range[1], k_range[0] + 3)), min(epochs, 50)
         prefixes = dict(GENE_PREFIXES if self.prefixes is None else self.prefixes)
+        smoke_paths(self, ("run_dir",))
         for name, value in (("strategies", names), ("k_range", k_range), ("umap_epochs", epochs),
                             ("prefixes", prefixes), ("gene_sets", gene_sets)):
             set_field(self, name, value)
@@ -312,6 +339,7 @@ class ScreenConfig:
         for key in keys:
             check_candidate(key)
         set_field(self, "candidates", keys)
+        smoke_paths(self, ("run_dir",))
         if self.lpips_net not in (None, *LPIPS_TRUNKS):
             raise ValueError(f"LPIPS_NET={self.lpips_net!r}: choose from {list(LPIPS_TRUNKS)} "
                              "or None")
@@ -381,6 +409,10 @@ class TrainConfig:
             raise ValueError(f"CV={self.cv!r} is unknown; choose from {list(SPLITTERS)} "
                              "(groups as 'groups:<column or file>')")
         set_field(self, "alphas", tuple(float(a) for a in self.alphas))
+        if self.smoke:  # a quick check: three row blocks, one epoch, no TTA, a smoke folder
+            for name, value in (("cv", "blocks"), ("n_folds", 3), ("epochs", 1)):
+                set_field(self, name, value)
+            smoke_paths(self, ("run_dir", "gene_groups", "augment"))
         check_positive_ints(self, ("n_folds", "batch_size", "img_size", "pca_dim", "epochs",
                                    "accumulate", "patience"))
         self._check_finetune()
@@ -453,6 +485,7 @@ class CamConfig:
             for name, cap in (("n_patches", 4), ("n_show", 2), ("genes_per_group", 2),
                               ("n_permutations", 100)):
                 set_field(self, name, min(getattr(self, name), cap))
+        smoke_paths(self, ("run_dir", "gene_groups"))
 
 
 # --- 06_ensemble_submit -----------------------------------------------------------------------
@@ -471,9 +504,11 @@ class SubmitConfig:
     shrink: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     postprocess: tuple[str, ...] = ("shrink_to_mean", "clip")
     strict: bool = False  # True: refuse a submission with constant gene columns
+    smoke: bool = False  # True: the quick check's runs (runs/smoke/) and submission folder
 
     def __post_init__(self):
         set_field(self, "runs", as_tuple(self.runs))
+        smoke_paths(self, ("runs", "runs_root", "submission", "gene_groups"))
         set_field(self, "postprocess", as_tuple(self.postprocess))
         set_field(self, "shrink", tuple(float(s) for s in as_tuple(self.shrink)))
         if self.blend not in BLENDS:

@@ -59,14 +59,45 @@ class KitData:
     sample: pd.DataFrame  # the sample submission: ID, genes
     genes: list[str]
     y: np.ndarray  # float32 (n_train, n_genes), the targets on their original scale
+    subset: str | None = None  # SMOKE: "48 of 6992 train, 16 of 2277 test rows"; None: all
 
     def image_paths(self, split: str) -> list[Path]:
         """Absolute image paths of 'train' or 'test', in row order."""
         return [self.root / p for p in _split_frame(self, split)["path"]]
 
 
-def load_data(data_dir: str | os.PathLike | None = None) -> KitData:
-    """Find, read and validate the DACON files (see utils.paths for where it looks)."""
+SMOKE_ROWS = (48, 16)  # train and test rows of a SMOKE quick check
+
+
+def load_data(data_dir: str | os.PathLike | None = None, smoke: bool = False) -> KitData:
+    """Find, read and validate the DACON files (see utils.paths for where it looks).
+
+    `smoke`: the quick check every notebook's `SMOKE = True` runs: every file is still read and
+    validated, then only SMOKE_ROWS evenly spaced train and test rows are kept (row order, and so
+    slice order, preserved), with a banner saying that its scores mean nothing.
+    """
+    data = _load_all(data_dir)
+    return smoke_subset(data) if smoke else data
+
+
+def smoke_subset(data: KitData, rows: tuple[int, int] = SMOKE_ROWS) -> KitData:
+    """A few evenly spaced train and test rows of the data, announced by a banner."""
+    pick = {split: np.unique(np.linspace(0, len(frame) - 1, min(n, len(frame))).astype(int))
+            for split, frame, n in (("train", data.train, rows[0]), ("test", data.test, rows[1]))}
+    test = data.test.iloc[pick["test"]].reset_index(drop=True)
+    sample = data.sample.set_index("ID").loc[test["ID"]].reset_index()
+    subset = (f"{len(pick['train'])} of {len(data.train)} train, {len(pick['test'])} of "
+              f"{len(data.test)} test rows")
+    print(f"SMOKE quick check on {subset}: it checks that everything runs, and its scores mean "
+          "nothing. Outputs go to runs/smoke/ and submissions/smoke/; set SMOKE = False for a "
+          "real run.", flush=True)
+    return KitData(root=data.root, train=data.train.iloc[pick["train"]].reset_index(drop=True),
+                   test=test, sample=sample, genes=data.genes, y=data.y[pick["train"]],
+                   subset=subset)
+
+
+def _load_all(data_dir: str | os.PathLike | None) -> KitData:
+    """Every row of the DACON files, validated."""
     root = find_data_dir(data_dir)
     train, test, sample = (_read_csv(root / name) for name in
                            ("train.csv", "test.csv", "sample_submission.csv"))
@@ -199,9 +230,9 @@ def _split_frame(data: KitData, split: str) -> pd.DataFrame:
 def cache_dir_for(data: KitData) -> Path:
     """Where a data folder's caches go: `$KIT_CACHE_DIR` or the kit's `cache/`, one subfolder
     per data folder. Data folders are never written to (Kaggle input is read-only)."""
-    digest = hashlib.sha1(str(data.root).encode()).hexdigest()[:10]
+    digest = hashlib.sha1(f"{data.root}|{data.subset or ''}".encode()).hexdigest()[:10]
     base = os.environ.get(CACHE_ENV_VAR) or kit_root() / "cache"
-    return Path(base) / f"{data.root.name}-{digest}"
+    return Path(base) / f"{data.root.name}{'-smoke' if data.subset else ''}-{digest}"
 
 
 def load_images(data: KitData, split: str, cache_dir: str | os.PathLike | None = None,
