@@ -184,7 +184,7 @@ def test_notebook_alone_installs_from_the_offline_kit(base_venv, remote, demo_da
     assert len(lines) == 1 and lines[0].startswith(
         f"kit found in {dataset}: {kit} (installed "), lines
     assert f"from {dataset / 'wheels'}" in lines[0]
-    out = kit / "runs" / "first_contact" / "eda"
+    out = kit / "runs" / "smoke" / "first_contact" / "eda"  # SMOKE = True writes apart
     assert {"gene_stats.csv", "config.json"} <= {p.name for p in out.iterdir()}, out
     assert not (dataset / "runs").exists()  # the dataset is only read
     size = sum(p.stat().st_size for p in dataset.rglob("*") if p.is_file()) / 1e6
