@@ -334,3 +334,25 @@ def test_notebook_blends_per_gene_and_prefers_the_better_run(demo_pipeline, tmp_
     assert np.mean(weights["ridge"]) > np.mean(weights["noisy"])
     scores = report["scores"]
     assert scores["blend gene (nested)"]["overall"]["score"] > scores["noisy"]["overall"]["score"]
+
+
+def test_a_blend_worse_than_its_best_member_is_not_submitted(tmp_path):
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    y = rng.gamma(2.0, 1.0, size=(90, 20))
+    folds = np.repeat(np.arange(3), 30)
+    good = y + 0.3 * rng.normal(size=y.shape)
+    runs = [load_run(save_run(tmp_path / name, {"recipe": "ridge"}, folds, oof, oof[:5],
+                              score_folds(y, oof, folds, "blocks")))
+            for name, oof in (("good", good), ("noise", rng.normal(size=y.shape)))]
+    bad_blend = SimpleNamespace(mode="global", oof=0.5 * good + 0.5 * rng.normal(size=y.shape))
+    post = SimpleNamespace(steps=(), oof=None, test_pred=np.zeros((5, 20)))
+    final = ensemble.keep_best(y, folds, "blocks", bad_blend, post, runs)
+    assert final["kept"] == "good" and "does not beat its best member" in final["note"]
+    assert final["fold_choices"] == ["good"] * 3
+    np.testing.assert_array_equal(final["test_pred"], runs[0].test_pred)
+    assert final["cv"]["overall"]["score"] == pytest.approx(runs[0].cv["overall"]["score"])
+    # a blend that is better than every member is what gets submitted
+    better = SimpleNamespace(mode="global", oof=y + 0.1 * rng.normal(size=y.shape))
+    assert ensemble.keep_best(y, folds, "blocks", better, post, runs)["kept"] == "blend global"

@@ -63,3 +63,48 @@ def test_cv_ridge_nested_choice_and_outputs():
     np.testing.assert_allclose(result.oof[folds == k],
                                fit.predict(x[folds == k], result.fold_alphas[k]), rtol=1e-5)
     assert result.alpha_curve["alpha"] == list(alphas) and len(result.alpha_curve["score"]) == 4
+
+
+def test_neighbour_predictions_weigh_the_nearest_spots():
+    from utils.train import neighbour_predictions
+
+    x_train = np.array([[0.0, 1.0], [1.0, 0.0], [0.9, 0.1], [-1.0, 0.0]])
+    y_train = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 3.0], [5.0, 5.0]])
+    query = x_train[[1]]
+    nearest, = neighbour_predictions(x_train, y_train, query, (1,), (0.05,))
+    np.testing.assert_allclose(nearest, y_train[[1]])  # k = 1: the most similar spot: itself
+    z = (x_train - x_train.mean(0)) / x_train.std(0)  # cosine of standardised features
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    two = np.argsort(-(z @ z[1]))[:2]
+    flat, = neighbour_predictions(x_train, y_train, query, (2,), (1e6,))
+    np.testing.assert_allclose(flat, y_train[two].mean(axis=0, keepdims=True), rtol=1e-5)
+    sharp, warm = neighbour_predictions(x_train, y_train, query, (2,), (0.01, 10.0))
+    assert abs(sharp[0, 1] - 1.0) < abs(warm[0, 1] - 1.0)  # a low temperature: the nearest wins
+
+
+def test_retrieval_picks_k_without_the_scored_fold_and_learns():
+    from conftest import blind_cv_score
+
+    from utils.train import cv_retrieval
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 6))
+    y = np.exp(x[:, :3] @ rng.normal(size=(3, 30)) * 0.3) + 0.1 * rng.normal(size=(120, 30))
+    folds = np.repeat(np.arange(3), 40)
+    result = cv_retrieval(x, y, x[:5], folds, (1, 5, 20), (0.05, 0.5), "blocks")
+    assert all(f["selection"] == "nested" for f in result.cv["folds"])
+    assert result.test_pred.shape == (5, 30) and np.isfinite(result.oof).all()
+    assert result.cv["overall"]["score"] > blind_cv_score(y, folds) + 0.05
+
+
+def test_ridge_on_target_pcs_is_the_projection_of_ridge_onto_them():
+    from utils.train import fit_ridge_path
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(40, 8)), rng.gamma(2.0, 1.0, size=(40, 12))
+    full, reduced = fit_ridge_path(x, y), fit_ridge_path(x, y, target_dim=3)
+    mean, scale = y.mean(0), y.std(0)
+    axes = np.linalg.svd((y - mean) / scale, full_matrices=False)[2][:3]
+    expected = (((full.predict(x, 10.0) - mean) / scale) @ axes.T @ axes) * scale + mean
+    np.testing.assert_allclose(reduced.predict(x, 10.0), expected, rtol=1e-4, atol=1e-4)
+    assert np.linalg.matrix_rank((reduced.predict(x, 10.0) - mean) / scale, tol=1e-3) == 3

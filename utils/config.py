@@ -16,7 +16,7 @@ from pathlib import Path
 
 # --- vocabularies: what each name-valued parameter accepts ------------------------------------
 
-RECIPES = ("finetune", "ridge")  # 04 RECIPE (utils.train registers one function per name)
+RECIPES = ("finetune", "retrieval", "ridge")  # 04 RECIPE (utils.train: a function per name)
 SPLITTERS = ("slices", "blocks", "groups", "random")  # 04 CV, the part before any ':'
 GROUP_MODES = ("heads", "models")  # 04 GROUP_MODE
 HEAD_INITS = ("ridge", "random")  # 04 HEAD_INIT
@@ -377,6 +377,8 @@ class TrainConfig:
     tta: bool = True
     pca_dim: int | None = None
     alphas: tuple[float, ...] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
+    neighbours: tuple[int, ...] = (5, 10, 20, 50)  # RECIPE="retrieval": k tried
+    temperatures: tuple[float, ...] = (0.02, 0.05, 0.1)  # RECIPE="retrieval": softmax temperatures
     batch_size: int | None = None
     overwrite: bool = False
     # fine-tuning (RECIPE="finetune"); see utils.train
@@ -409,6 +411,12 @@ class TrainConfig:
             raise ValueError(f"CV={self.cv!r} is unknown; choose from {list(SPLITTERS)} "
                              "(groups as 'groups:<column or file>')")
         set_field(self, "alphas", tuple(float(a) for a in self.alphas))
+        set_field(self, "neighbours", tuple(int(k) for k in as_tuple(self.neighbours)))
+        set_field(self, "temperatures", tuple(float(t) for t in as_tuple(self.temperatures)))
+        if not self.neighbours or min(self.neighbours) < 1 or not self.temperatures or min(
+                self.temperatures) <= 0:
+            raise ValueError(f"NEIGHBOURS={self.neighbours} must list k >= 1 and TEMPERATURES="
+                             f"{self.temperatures} temperatures > 0")
         if self.smoke:  # a quick check: three row blocks, one epoch, no TTA, a smoke folder
             for name, value in (("cv", "blocks"), ("n_folds", 3), ("epochs", 1)):
                 set_field(self, name, value)

@@ -527,9 +527,38 @@ def report_path(submission: str | os.PathLike) -> Path:
     return resolve(submission).with_suffix(".blend.json")
 
 
+def keep_best(y: np.ndarray, folds: np.ndarray, splitter: str, blended: BlendResult,
+              post: PostResult, runs: Sequence[Run]) -> dict:
+    """What to submit: the blend (after post-processing) unless a run alone beats it. Each fold
+    picks, among the blend and every run, the candidate with the best mean score on the other
+    folds (nested, so the reported CV is honest); the test predictions come from the candidate
+    best on all folds. Returns {"kept", "oof", "test_pred", "cv", "fold_choices", "note"}."""
+    blend_name = f"blend {blended.mode}" + (" + " + "+".join(post.steps) if post.steps else "")
+    candidates = {blend_name: (post.oof if post.steps else blended.oof, post.test_pred)}
+    candidates.update({label: (run.oof, run.test_pred)
+                       for label, run in zip(run_labels(runs), runs)})
+    names = list(candidates)
+    scores = {int(k): np.array([score(y[folds == k], oof[folds == k])["score"]
+                                for oof, _ in candidates.values()]) for k in np.unique(folds)}
+    choices, curve = nested_choice(folds, lambda fit_folds, k: scores[int(k)], len(names))
+    oof = np.empty(y.shape, np.float32)
+    for k, choice in zip(np.unique(folds), choices):
+        oof[folds == k] = candidates[names[choice]][0][folds == k]
+    kept = names[int(np.argmax(curve))]
+    best_run = max(names[1:], key=lambda n: curve[names.index(n)])
+    gap = curve[0] - curve[names.index(best_run)]
+    note = (f"kept {kept!r}: the blend scores {curve[0]:.4f} on held-out folds, its best member "
+            f"{best_run!r} {curve[names.index(best_run)]:.4f} ({gap:+.4f})")
+    if kept != blend_name:
+        note += "; the blend does not beat its best member, so the member is submitted"
+    return {"kept": kept, "oof": oof, "test_pred": candidates[kept][1],
+            "cv": score_folds(y, oof, folds, splitter),
+            "fold_choices": [names[c] for c in choices], "note": note}
+
+
 def write_blend_report(submission: str | os.PathLike, config: dict, runs: Sequence[Run],
                        blended: BlendResult, post: PostResult, cvs: dict[str, dict],
-                       flags: dict[str, list[str]]) -> Path:
+                       flags: dict[str, list[str]], kept: dict | None = None) -> Path:
     """Write what the submission is made of and how it scored (every CV report) as JSON."""
     labels = run_labels(runs)
     report = {
@@ -547,6 +576,8 @@ def write_blend_report(submission: str | os.PathLike, config: dict, runs: Sequen
         "audit": {name: {"count": len(genes), "genes": genes[:50]}
                   for name, genes in flags.items()},
     }
+    if kept is not None:
+        report["submitted"] = {k: kept[k] for k in ("kept", "fold_choices", "note")}
     return write_json(report_path(submission), report)
 
 

@@ -45,6 +45,7 @@ from utils.metric import (
     KEYS,
     make_folds,
     max_gene_floor,
+    nested_choice,
     pearson_genes,
     read_groups,
     score,
@@ -143,15 +144,26 @@ class RidgePath:
         return ((z * shrink) @ self.uty + self.y_mean).astype(np.float32)
 
 
-def fit_ridge_path(x: np.ndarray, y: np.ndarray, pca_dim: int | None = None) -> RidgePath:
-    """Standardise x, take its SVD (keeping `pca_dim` components if set), project y."""
+def fit_ridge_path(x: np.ndarray, y: np.ndarray, pca_dim: int | None = None,
+                   target_dim: int | None = None) -> RidgePath:
+    """Standardise x, take its SVD (keeping `pca_dim` components if set), project y.
+
+    `target_dim` (TARGET="pca:K"): ridge on the top-K principal components of the standardised
+    targets of these rows, decoded back to every gene (the rest is treated as noise).
+    """
     x = np.asarray(x, dtype=np.float64)
     x_mean, x_scale = x.mean(axis=0), x.std(axis=0)
     x_scale[x_scale < 1e-12] = 1.0
     y_mean = y.mean(axis=0, dtype=np.float64)
     u, s, vt = np.linalg.svd((x - x_mean) / x_scale, full_matrices=False)
     k = len(s) if pca_dim is None else min(pca_dim, len(s))
-    return RidgePath(x_mean, x_scale, y_mean, vt[:k], s[:k], u[:, :k].T @ (y - y_mean))
+    uty = u[:, :k].T @ (y - y_mean)
+    if target_dim is not None:  # ridge is linear in y: fitting the PCs = projecting onto them
+        y_scale = y.std(axis=0, dtype=np.float64)
+        y_scale[y_scale < 1e-12] = 1.0
+        axes = np.linalg.svd((y - y_mean) / y_scale, full_matrices=False)[2][:target_dim]
+        uty = ((uty / y_scale) @ axes.T @ axes) * y_scale
+    return RidgePath(x_mean, x_scale, y_mean, vt[:k], s[:k], uty)
 
 
 @dataclass
@@ -174,7 +186,7 @@ def _alpha_scores(fit: RidgePath, x: np.ndarray, y: np.ndarray,
 
 def cv_ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.ndarray,
              alphas: tuple[float, ...], pca_dim: int | None = None,
-             splitter: str = "blocks") -> RidgeResult:
+             splitter: str = "blocks", target_dim: int | None = None) -> RidgeResult:
     """Nested CV: each outer fold picks alpha on the other folds, then predicts its own rows.
 
     The test model is fitted on all rows with the alpha whose mean per-fold score is best.
@@ -185,7 +197,7 @@ def cv_ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.ndarray
     def fit_without(held: frozenset) -> RidgePath:
         if held not in fits:
             rows = ~np.isin(folds, list(held))
-            fits[held] = fit_ridge_path(x[rows], y[rows], pca_dim)
+            fits[held] = fit_ridge_path(x[rows], y[rows], pca_dim, target_dim)
         return fits[held]
 
     oof, curve, fold_alphas = np.zeros(y.shape, np.float32), [], []
@@ -199,12 +211,86 @@ def cv_ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.ndarray
         fold_alphas.append(best)
     mean_curve = np.mean(curve, axis=0)
     alpha = alphas[int(np.argmax(mean_curve))]
-    test_pred = fit_ridge_path(x, y, pca_dim).predict(x_test, alpha)
+    test_pred = fit_ridge_path(x, y, pca_dim, target_dim).predict(x_test, alpha)
     cv = score_folds(y, oof, folds, splitter)
     for parts, fold_alpha in zip(cv["folds"], fold_alphas):
         parts.update(alpha=fold_alpha, selection="nested")
     return RidgeResult(oof, test_pred, cv, alpha, fold_alphas,
                        {"alpha": list(alphas), "score": mean_curve.tolist()})
+
+
+# --- retrieval ----------------------------------------------------------------------------------
+# In the spirit of BLEEP: a spot's expression is the similarity-weighted mean expression of the
+# training spots whose patches look most alike (cosine similarity of standardised frozen features,
+# softmax weights with a temperature over the k nearest). k and the temperature are chosen by
+# nested CV on the official metric, as ridge's alpha.
+
+def neighbour_predictions(x_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray,
+                          neighbours: tuple[int, ...],
+                          temperatures: tuple[float, ...]) -> list[np.ndarray]:
+    """Predictions for every (k, temperature) pair, in that order (k outer)."""
+    mean, scale = x_train.mean(axis=0), x_train.std(axis=0)
+    scale[scale < 1e-12] = 1.0
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, np.float64) - mean) / scale
+        return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+    sim = unit(x_query) @ unit(x_train).T
+    top = min(max(neighbours), len(x_train))
+    idx = np.argpartition(-sim, top - 1, axis=1)[:, :top]
+    near = np.take_along_axis(sim, idx, axis=1)
+    order = np.argsort(-near, axis=1)
+    idx, near = np.take_along_axis(idx, order, 1), np.take_along_axis(near, order, 1)
+    out = []
+    for k in neighbours:
+        k = min(k, top)
+        for t in temperatures:
+            w = np.exp((near[:, :k] - near[:, :1]) / t)
+            w /= w.sum(axis=1, keepdims=True)
+            out.append(np.einsum("nk,nkg->ng", w, y_train[idx[:, :k]]).astype(np.float32))
+    return out
+
+
+def cv_retrieval(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.ndarray,
+                 neighbours: tuple[int, ...], temperatures: tuple[float, ...],
+                 splitter: str = "blocks") -> RecipeResult:
+    """Nested CV: each outer fold picks (k, temperature) on the other folds, then predicts its
+    own rows from the other folds' spots; the test set uses the pair with the best mean."""
+    pairs = [(k, t) for k in neighbours for t in temperatures]
+
+    def held_out_scores(fit_folds: list, held: int) -> np.ndarray:
+        fit, rows = np.isin(folds, fit_folds), folds == held
+        preds = neighbour_predictions(x[fit], y[fit], x[rows], neighbours, temperatures)
+        return np.array([score(y[rows], p)["score"] for p in preds])
+
+    choices, curve = nested_choice(folds, held_out_scores, len(pairs))
+    oof = np.zeros(y.shape, np.float32)
+    for held, choice in zip(np.unique(folds), choices):
+        rows = folds == held
+        k, t = pairs[choice]
+        oof[rows] = neighbour_predictions(x[~rows], y[~rows], x[rows], (k,), (t,))[0]
+    k, t = pairs[int(np.argmax(curve))]
+    test_pred = neighbour_predictions(x, y, x_test, (k,), (t,))[0]
+    cv = score_folds(y, oof, folds, splitter)
+    for parts, choice in zip(cv["folds"], choices):
+        parts.update(neighbours=pairs[choice][0], temperature=pairs[choice][1],
+                     selection="nested")
+    details = {"neighbours": k, "temperature": t,
+               "curve": {f"{a}@{b:g}": float(s) for (a, b), s in zip(pairs, curve)}}
+    return RecipeResult(oof, test_pred, cv, details)
+
+
+def train_retrieval(cfg: TrainConfig, data: KitData, folds: np.ndarray,
+                    splitter: str) -> RecipeResult:
+    """Retrieval on the same cached frozen features as ridge."""
+    tta = cfg.tta and not cfg.smoke
+    features = cached_features(data, cfg.backbone, cfg.pretrained, cfg.img_size, tta,
+                               cfg.seed, cfg.batch_size)
+    result = cv_retrieval(features["train"], data.y, features["test"], folds, cfg.neighbours,
+                          cfg.temperatures, splitter)
+    result.details.update(n_features=features["train"].shape[1], tta=tta)
+    return result
 
 
 def train_ridge(cfg: TrainConfig, data: KitData, folds: np.ndarray,
@@ -214,7 +300,7 @@ def train_ridge(cfg: TrainConfig, data: KitData, folds: np.ndarray,
     features = cached_features(data, cfg.backbone, cfg.pretrained, cfg.img_size, tta,
                                cfg.seed, cfg.batch_size)
     fit = cv_ridge(features["train"], data.y, features["test"], folds, cfg.alphas, cfg.pca_dim,
-                   splitter)
+                   splitter, parse_target(cfg.target))
     details = {"n_features": features["train"].shape[1], "tta": tta, "alpha": fit.alpha,
                "fold_alphas": fit.fold_alphas, "alpha_curve": fit.alpha_curve}
     return RecipeResult(fit.oof, fit.test_pred, fit.cv, details)
@@ -883,4 +969,5 @@ def plot_history(history: list[dict], choice: dict[str, dict] | None = None):
 RECIPES: dict[str, Callable[[TrainConfig, KitData, np.ndarray, str], RecipeResult]] = {
     "ridge": train_ridge,
     "finetune": train_finetune,
+    "retrieval": train_retrieval,
 }
