@@ -129,11 +129,12 @@ def test_bad_targets_are_named(target):
 
 def test_hub_presets_resolve_to_timm_arguments():
     name, kwargs = resolve_preset("UNI")
-    assert name == "hf-hub:MahmoodLab/uni" and kwargs["init_values"] == 1e-5
+    assert name == "vit_large_patch16_224" and kwargs["init_values"] == 1e-5
+    assert HUB_PRESETS["uni"]["hub"] == "hf-hub:MahmoodLab/uni"
     _, kwargs = resolve_preset("virchow2")
     assert kwargs["act_layer"] is torch.nn.SiLU and callable(kwargs["mlp_layer"])
     assert resolve_preset("convnext_tiny") == ("convnext_tiny", {})
-    assert all(p["model"].startswith("hf-hub:") for p in HUB_PRESETS.values())
+    assert all(p["hub"] is None or p["hub"].startswith("hf-hub:") for p in HUB_PRESETS.values())
 
 
 def test_mixed_precision_is_off_on_cpu():

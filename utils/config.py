@@ -20,6 +20,11 @@ RECIPES = ("finetune", "retrieval", "ridge")  # 04 RECIPE (utils.train: a functi
 SPLITTERS = ("slices", "blocks", "groups", "random")  # 04 CV, the part before any ':'
 GROUP_MODES = ("heads", "models")  # 04 GROUP_MODE
 HEAD_INITS = ("ridge", "random")  # 04 HEAD_INIT
+MPP_FITS = ("pad", "tile", "resize")  # 04 MPP_FIT (utils.models.fit_field)
+FEATURE_DTYPES = ("float32", "float16")  # 04 FEATURE_DTYPE (utils.models.cached_features)
+# DACON patches: Visium spots are 100 µm apart centre to centre and ~329 px apart in the public
+# spot coordinates of the same liver sections, so 100 / 329 ≈ 0.30 µm/px (issue 13: 0.26–0.30).
+DACON_MPP = 0.3
 BLENDS = ("mean", "global", "group", "gene")  # 06 BLEND (utils.ensemble)
 POSTPROCESS_STEPS = ("shrink_to_mean", "clip")  # 06 POSTPROCESS (utils.ensemble)
 STRATEGIES = ("kmeans", "prefix", "correlation", "file", "functional")  # 02 gene groupings
@@ -403,6 +408,11 @@ class TrainConfig:
     drop_path: float = 0.0
     num_workers: int | None = None
     resume: bool = True
+    # magnification (both recipes): rescale patches from MPP to MODEL_MPP µm/px, then MPP_FIT
+    mpp: float = DACON_MPP
+    model_mpp: float | None = None
+    mpp_fit: str = "pad"
+    feature_dtype: str = "float32"
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -423,7 +433,21 @@ class TrainConfig:
             smoke_paths(self, ("run_dir", "gene_groups", "augment"))
         check_positive_ints(self, ("n_folds", "batch_size", "img_size", "pca_dim", "epochs",
                                    "accumulate", "patience"))
+        self._check_mpp()
         self._check_finetune()
+
+    def _check_mpp(self) -> None:
+        """MPP and MODEL_MPP are positive µm/px (MODEL_MPP None: no rescaling), MPP_FIT and
+        FEATURE_DTYPE known names."""
+        if not (isinstance(self.mpp, (int, float)) and self.mpp > 0) or not (
+                self.model_mpp is None or (isinstance(self.model_mpp, (int, float))
+                                           and self.model_mpp > 0)):
+            raise ValueError(f"MPP={self.mpp!r} must be > 0 (µm/px of the patches) and "
+                             f"MODEL_MPP={self.model_mpp!r} None or > 0 (e.g. 0.5 for "
+                             "pathology foundation models)")
+        if self.mpp_fit not in MPP_FITS or self.feature_dtype not in FEATURE_DTYPES:
+            raise ValueError(f"MPP_FIT={self.mpp_fit!r} must be one of {MPP_FITS} and "
+                             f"FEATURE_DTYPE={self.feature_dtype!r} one of {FEATURE_DTYPES}")
 
     def _check_finetune(self) -> None:
         """Validate (and normalise) the fine-tuning parameters; each error names the parameter."""

@@ -36,70 +36,153 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.config import check_loss_weights
+from utils.config import FEATURE_DTYPES, MPP_FITS, check_loss_weights
 from utils.data import cache_dir_for, images_fingerprint, load_images
 from utils.paths import cached_array, resolve, write_with
 from utils.runs import read_model_info
 
-# Pathology foundation models on the Hugging Face hub, usable as BACKBONE by their preset name.
-# They need network access and, for gated ones, an accepted licence and `huggingface-cli login`
-# (or a local weights file as PRETRAINED). Layer classes are named, resolved in `resolve_preset`.
+# Pathology foundation models, usable as BACKBONE by their preset name. Each preset names the
+# authors' timm architecture and arguments (as in the model's hub config.json, HEST and TRIDENT),
+# so it builds offline with PRETRAINED=False or a local weights file in timm layout; "hub" is
+# where PRETRAINED=True downloads from (network, and for gated models an accepted licence and a
+# `huggingface_hub.login()`). "mean"/"std"/"interpolation" are the authors' preprocessing,
+# "pool" the embedding they prescribe ("cls": class token; "cls+mean": class token and mean of
+# the patch tokens, register tokens excluded), "dim" its size and "mpp" the microns per pixel
+# they trained at. Layer classes are named and resolved in `resolve_preset`.
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+H_OPTIMUS = {"mean": (0.707223, 0.578729, 0.703617), "std": (0.211883, 0.230117, 0.177517)}
+SWIGLU = {"mlp_layer": "SwiGLUPacked", "act_layer": "SiLU"}
 HUB_PRESETS: dict[str, dict] = {
-    "uni": {"model": "hf-hub:MahmoodLab/uni",  # ViT-L/16, gated
-            "kwargs": {"init_values": 1e-5, "dynamic_img_size": True}},
-    "uni2-h": {"model": "hf-hub:MahmoodLab/UNI2-h",  # ViT-H/14 with registers, gated
-               "kwargs": {"patch_size": 14, "depth": 24, "num_heads": 24,
+    "uni": {"hub": "hf-hub:MahmoodLab/uni", "arch": "vit_large_patch16_224",  # ViT-L/16, gated
+            "kwargs": {"img_size": 224, "init_values": 1e-5, "dynamic_img_size": True},
+            **IMAGENET, "interpolation": "bilinear", "pool": "cls", "dim": 1024, "mpp": 0.5},
+    "uni2-h": {"hub": "hf-hub:MahmoodLab/UNI2-h", "arch": "vit_giant_patch14_224",  # gated
+               "kwargs": {"img_size": 224, "patch_size": 14, "depth": 24, "num_heads": 24,
                           "init_values": 1e-5, "embed_dim": 1536, "mlp_ratio": 2.66667 * 2,
-                          "no_embed_class": True, "mlp_layer": "SwiGLUPacked",
-                          "act_layer": "SiLU", "reg_tokens": 8, "dynamic_img_size": True}},
-    "h-optimus-0": {"model": "hf-hub:bioptimus/H-optimus-0",  # ViT-g/14, 1.1B parameters
-                    "kwargs": {"init_values": 1e-5, "dynamic_img_size": False}},
-    "phikon": {"model": "hf-hub:1aurent/vit_base_patch16_224.owkin_pancancer",  # ViT-B/16
-               "kwargs": {}},
-    "virchow2": {"model": "hf-hub:paige-ai/Virchow2",  # ViT-H/14, gated
-                 "kwargs": {"mlp_layer": "SwiGLUPacked", "act_layer": "SiLU"}},
-    "prov-gigapath": {"model": "hf-hub:prov-gigapath/prov-gigapath", "kwargs": {}},  # gated
+                          "no_embed_class": True, **SWIGLU, "reg_tokens": 8,
+                          "dynamic_img_size": True},
+               **IMAGENET, "interpolation": "bilinear", "pool": "cls", "dim": 1536, "mpp": 0.5},
+    "h-optimus-0": {"hub": "hf-hub:bioptimus/H-optimus-0",  # ViT-g/14 + 4 registers, 1.1 B
+                    "arch": "vit_giant_patch14_reg4_dinov2",
+                    "kwargs": {"img_size": 224, "init_values": 1e-5, "dynamic_img_size": False},
+                    **H_OPTIMUS, "interpolation": "bicubic", "pool": "cls", "dim": 1536,
+                    "mpp": 0.5},
+    # the same weights, ungated, in timm layout (1aurent's port; its config.json matches)
+    "h-optimus-0-mirror": {"hub": "hf-hub:1aurent/vit_giant_patch14_reg4_224.h-optimus-v0",
+                           "arch": "vit_giant_patch14_reg4_dinov2",
+                           "kwargs": {"img_size": 224, "init_values": 1e-5,
+                                      "dynamic_img_size": False},
+                           **H_OPTIMUS, "interpolation": "bicubic", "pool": "cls", "dim": 1536,
+                           "mpp": 0.5},
+    "h0-mini": {"hub": "hf-hub:bioptimus/H0-mini", "arch": "vit_base_patch14_reg4_dinov2",
+                "kwargs": {"img_size": 224, **SWIGLU, "dynamic_img_size": True},  # gated
+                **H_OPTIMUS, "interpolation": "bicubic", "pool": "cls+mean", "dim": 1536,
+                "mpp": 0.5},
+    "virchow2": {"hub": "hf-hub:paige-ai/Virchow2", "arch": "vit_huge_patch14_224",  # gated
+                 "kwargs": {"img_size": 224, "init_values": 1e-5, "reg_tokens": 4,
+                            "mlp_ratio": 5.3375, **SWIGLU, "dynamic_img_size": True},
+                 **IMAGENET, "interpolation": "bicubic", "pool": "cls+mean", "dim": 2560,
+                 "mpp": 0.5},
+    "prov-gigapath": {"hub": "hf-hub:prov-gigapath/prov-gigapath",  # ViT-g/16 (sic), gated
+                      "arch": "vit_giant_patch14_dinov2",
+                      "kwargs": {"img_size": 224, "patch_size": 16, "embed_dim": 1536,
+                                 "depth": 40, "num_heads": 24, "init_values": 1e-5,
+                                 "mlp_ratio": 5.33334, "dynamic_img_size": True},
+                      **IMAGENET, "interpolation": "bicubic", "pool": "cls", "dim": 1536,
+                      "mpp": 0.5},
+    "phikon": {"hub": "hf-hub:1aurent/vit_base_patch16_224.owkin_pancancer",  # timm port
+               "arch": "vit_base_patch16_224", "kwargs": {"img_size": 224},
+               **IMAGENET, "interpolation": "bilinear", "pool": "cls", "dim": 768, "mpp": 0.5},
+    # owkin/phikon-v2 is a transformers Dinov2 checkpoint with no timm port on the hub: the
+    # architecture builds here, weights must be a local file converted to timm layout.
+    "phikon-v2": {"hub": None, "arch": "vit_large_patch16_224",
+                  "kwargs": {"img_size": 224, "init_values": 1e-5},
+                  **IMAGENET, "interpolation": "bilinear", "pool": "cls", "dim": 1024,
+                  "mpp": 0.5},
 }
+# CONCH (MahmoodLab/CONCH) is an open_clip CoCa model, not a timm one: it is not a preset.
+POOLINGS = ("cls", "cls+mean")
 
 
 def resolve_preset(name: str) -> tuple[str, dict]:
-    """A preset name → (timm model name, create_model kwargs); other names pass through."""
+    """A preset name → (timm architecture, create_model kwargs); other names pass through."""
     preset = HUB_PRESETS.get(name.lower())
     if preset is None:
         return name, {}
     layers = {"SwiGLUPacked": timm.layers.SwiGLUPacked, "SiLU": nn.SiLU}
-    return preset["model"], {k: layers.get(v, v) if isinstance(v, str) else v
-                             for k, v in preset["kwargs"].items()}
+    return preset["arch"], {k: layers.get(v, v) if isinstance(v, str) else v
+                            for k, v in preset["kwargs"].items()}
+
+
+def preset_overlay(preset: dict) -> dict:
+    """The preset's preprocessing as a timm pretrained_cfg overlay (what data_config reads)."""
+    size = preset["kwargs"].get("img_size", 224)
+    return {"mean": tuple(preset["mean"]), "std": tuple(preset["std"]),
+            "interpolation": preset["interpolation"], "input_size": (3, size, size),
+            "crop_pct": 1.0}
+
+
+def set_pooling(model: nn.Module, pool: str) -> nn.Module:
+    """Make a timm ViT return the authors' embedding: "cls" is timm's token pooling; "cls+mean"
+    concatenates the class token and the mean of the patch tokens (prefix tokens, i.e. class and
+    register tokens, excluded), so `num_features` doubles. The state dict is unchanged."""
+    if pool not in POOLINGS:
+        raise ValueError(f"unknown pooling {pool!r}; choose from {POOLINGS}")
+    if pool == "cls":
+        model.global_pool = "token"
+        return model
+    n_prefix = model.num_prefix_tokens
+
+    def cls_mean(tokens: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
+        return torch.cat([tokens[:, 0], tokens[:, n_prefix:].mean(dim=1)], dim=-1)
+
+    model.pool = cls_mean  # VisionTransformer.forward_head pools through self.pool
+    model.num_features = model.head_hidden_size = 2 * model.embed_dim
+    return model
 
 
 def create_backbone(name: str, pretrained: bool | str = True, img_size: int | None = None,
                     seed: int = 0, **kwargs) -> nn.Module:
     """A timm model without classifier (`num_classes=0`) that returns pooled features.
 
-    `name` is a timm model name, "hf-hub:<repo>" or a `HUB_PRESETS` name. `pretrained` is True
-    (download from the hub), False (random init, seeded) or the path of a local weights file
+    `name` is a timm model name, "hf-hub:<repo>" or a `HUB_PRESETS` name (which brings its
+    architecture, preprocessing and pooling). `pretrained` is True (download: timm's weights, or
+    the preset's hub repo), False (random init, seeded) or the path of a local weights file
     (e.g. a Kaggle dataset), loaded through timm's pretrained_cfg_overlay. `img_size` is passed
     to models that take it (ViTs), so position embeddings match.
     """
     torch.manual_seed(seed)
-    name, preset_kwargs = resolve_preset(name)
+    preset = HUB_PRESETS.get(name.lower())
+    arch, preset_kwargs = resolve_preset(name)
     kwargs = {"num_classes": 0, **preset_kwargs, **kwargs}
+    overlay = preset_overlay(preset) if preset else {}
     if isinstance(pretrained, (str, os.PathLike)) and not isinstance(pretrained, bool):
         path = resolve(pretrained)
         if not path.is_file():
             raise FileNotFoundError(f"PRETRAINED weights file not found: {path}")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={**overlay, "file": str(path)})
     else:
         kwargs["pretrained"] = bool(pretrained)
+        if preset and pretrained:
+            if preset["hub"] is None:
+                raise ValueError(f"{name!r} has no timm weights on the hub: set PRETRAINED to a "
+                                 "local weights file in timm layout (or False)")
+            arch = preset["hub"]
+        if overlay:
+            kwargs["pretrained_cfg_overlay"] = overlay
+    if "img_size" in kwargs:  # a preset's own input size, unless IMG_SIZE says otherwise
+        img_size = kwargs.pop("img_size") if img_size is None else img_size
+        kwargs.pop("img_size", None)
     try:
-        return _create(name, img_size, **kwargs)
+        model = _create(arch, img_size, **kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ValueError(f"unknown timm backbone {name!r}; closest names: "
                              f"{closest_models(name)}") from err
         raise
     except OSError as err:  # the hub refused or could not be reached: say why and what to do
-        raise HubAccessError(hub_error_message(name, err)) from None
+        raise HubAccessError(hub_error_message(arch, err)) from None
+    return set_pooling(model, preset["pool"]) if preset else model
 
 
 class HubAccessError(RuntimeError):
@@ -158,30 +241,73 @@ def closest_models(name: str, n: int = 5) -> list[str]:
     return difflib.get_close_matches(base, timm.list_models(), n=n, cutoff=0.4)
 
 
-def data_config(model: nn.Module, img_size: int | None = None) -> dict:
-    """The model's own preprocessing (mean, std, interpolation, input size), size overridable."""
+def data_config(model: nn.Module, img_size: int | None = None, mpp: float | None = None,
+                model_mpp: float | None = None, mpp_fit: str = "pad") -> dict:
+    """The model's own preprocessing (mean, std, interpolation, input size), size overridable;
+    with `model_mpp`, patches at `mpp` µm/px are first rescaled to the model's µm/px
+    (`mpp_scale` = mpp / model_mpp; see `Preprocess`)."""
     config = timm.data.resolve_model_data_config(model)
     if img_size is not None:
         config["input_size"] = (3, img_size, img_size)
+    if model_mpp is not None:
+        if not mpp or mpp <= 0 or model_mpp <= 0 or mpp_fit not in MPP_FITS:
+            raise ValueError(f"MPP={mpp!r} and MODEL_MPP={model_mpp!r} must be > 0 and "
+                             f"MPP_FIT={mpp_fit!r} one of {MPP_FITS}")
+        config.update(mpp_scale=float(mpp) / float(model_mpp), mpp_fit=mpp_fit)
     return config
 
 
+def fit_field(x: torch.Tensor, size: tuple[int, int], fit: str) -> torch.Tensor:
+    """A rescaled patch brought to the model's input: "pad" reflects its border outwards,
+    "tile" repeats it mirrored (both centre-crop a patch larger than the input), "resize"
+    keeps it as it is (the model runs on the patch's own size)."""
+    if fit == "resize":
+        return x
+    h, w = x.shape[-2:]
+    if fit == "tile" and (h < size[0] or w < size[1]):
+        reps = (-(-size[0] // h) | 1, -(-size[1] // w) | 1)  # odd: the patch stays centred
+        mid = reps[0] // 2, reps[1] // 2  # the unflipped original sits in the middle
+        row = torch.cat([x if (i - mid[1]) % 2 == 0 else x.flip(-1) for i in range(reps[1])],
+                        dim=-1)
+        x = torch.cat([row if (i - mid[0]) % 2 == 0 else row.flip(-2) for i in range(reps[0])],
+                      dim=-2)
+    elif h < size[0] or w < size[1]:
+        dh, dw = max(size[0] - h, 0), max(size[1] - w, 0)
+        need = [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2]  # left, right, top, bottom
+        while any(need):  # reflect pads at most (side - 1) at a time
+            limit = (x.shape[-1] - 1,) * 2 + (x.shape[-2] - 1,) * 2
+            step = [min(n, m) for n, m in zip(need, limit)]
+            x = F.pad(x, step, mode="reflect")
+            need = [n - s for n, s in zip(need, step)]
+    top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
+    return x[..., top:top + size[0], left:left + size[1]]
+
+
 class Preprocess(nn.Module):
-    """uint8 NCHW patches → resized, normalised float batch, on the model's device."""
+    """uint8 NCHW patches → resized, normalised float batch, on the model's device.
+
+    Without `mpp_scale` in the config a patch is resized to the input size. With it the patch
+    is resampled to the model's magnification (224 px at 0.30 µm/px → 134 px at 0.5) and then
+    fitted to the input as `mpp_fit` says (`fit_field`)."""
 
     def __init__(self, config: dict):
         super().__init__()
         self.size = tuple(config["input_size"][1:])
         self.mode = "bicubic" if config.get("interpolation") == "bicubic" else "bilinear"
+        self.scale, self.fit = config.get("mpp_scale"), config.get("mpp_fit", "pad")
         self.register_buffer("mean", torch.tensor(config["mean"]).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(config["std"]).view(1, 3, 1, 1) * 255)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
-        if tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(x, size=self.size, mode=self.mode, antialias=True,
+        size = self.size
+        if self.scale is not None:
+            size = tuple(max(1, round(s * self.scale)) for s in x.shape[-2:])
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode=self.mode, antialias=True,
                               align_corners=False).clamp_(0, 255)
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std  # normalised first: padding reflects tissue, not 0
+        return x if self.scale is None else fit_field(x, self.size, self.fit)
 
 
 def d4_views(x: torch.Tensor, tta: bool = True) -> Iterator[torch.Tensor]:
@@ -229,17 +355,43 @@ def inference_batch_size(device: torch.device) -> int:
     return 64 if device.type == "cuda" else 16
 
 
+def batch_from_memory(free_bytes: int, per_image_bytes: int, cap: int = 1024) -> int:
+    """The largest power of two of patches whose activations fill half the free memory."""
+    fit = max(1, int(0.5 * free_bytes // max(per_image_bytes, 1)))
+    return min(cap, 1 << (fit.bit_length() - 1))
+
+
+def auto_batch_size(model: nn.Module, preprocess: nn.Module, image_shape: tuple,
+                    device: torch.device) -> int:
+    """Inference batch size from free GPU memory (`torch.cuda.mem_get_info`) and the measured
+    peak memory of a 2-patch forward pass; the CPU default elsewhere."""
+    if device.type != "cuda":
+        return inference_batch_size(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    with torch.inference_mode(), autocast(device):
+        model(preprocess(torch.zeros((2, *image_shape), dtype=torch.uint8, device=device)))
+    per_image = (torch.cuda.max_memory_allocated(device) - base) // 2
+    return batch_from_memory(torch.cuda.mem_get_info(device)[0], per_image)
+
+
 def extract_features(model: nn.Module, images: np.ndarray, img_size: int | None = None,
                      batch_size: int | None = None, tta: bool = True,
-                     device: torch.device | None = None, progress: bool = True) -> np.ndarray:
-    """Pooled features (N, D) float32 of uint8 (N, H, W, 3) patches, averaged over D4 views."""
+                     device: torch.device | None = None, progress: bool = True,
+                     mpp: float | None = None, model_mpp: float | None = None,
+                     mpp_fit: str = "pad") -> np.ndarray:
+    """Pooled features (N, D) float32 of uint8 (N, H, W, 3) patches, averaged over D4 views;
+    patches rescaled from `mpp` to `model_mpp` µm/px when that is set (`Preprocess`)."""
     from tqdm import tqdm
 
     device = device or default_device()
-    batch_size = batch_size or inference_batch_size(device)
-    preprocess = Preprocess(data_config(model, img_size)).to(device)
+    config = data_config(model, img_size, mpp, model_mpp, mpp_fit)
+    preprocess = Preprocess(config).to(device)
     # Moved outside inference mode: the weights stay ordinary tensors the model can train with.
     model = model.eval().to(device, memory_format=torch.channels_last)
+    shape = (images.shape[3], *images.shape[1:3]) if len(images) else (3, 1, 1)
+    batch_size = batch_size or auto_batch_size(model, preprocess, shape, device)
     out = []
     with torch.inference_mode():
         for start in tqdm(range(0, len(images), batch_size), desc="features", mininterval=10,
@@ -252,38 +404,60 @@ def extract_features(model: nn.Module, images: np.ndarray, img_size: int | None 
     return np.concatenate(out).astype(np.float32)
 
 
+def mpp_tag(mpp: float | None, model_mpp: float | None, mpp_fit: str = "pad") -> str:
+    """The part of a cache name that says how patches were rescaled ("" when they were not)."""
+    return "" if model_mpp is None else f"_mpp{mpp:g}to{model_mpp:g}-{mpp_fit}"
+
+
 def feature_cache_name(backbone: str, pretrained: bool | str, img_size: int | None, tta: bool,
-                       seed: int, split: str) -> str:
+                       seed: int, split: str, mpp: float | None = None,
+                       model_mpp: float | None = None, mpp_fit: str = "pad",
+                       dtype: str = "float32") -> str:
     """A file name that identifies what the features were computed with."""
     if isinstance(pretrained, bool):
         weights = "hub" if pretrained else f"random-seed{seed}"
     else:
         weights = "file-" + Path(pretrained).stem
     slug = backbone.replace("hf-hub:", "hf-").replace("/", "--").replace(":", "-")
-    return f"{slug}_{weights}_{img_size or 'default'}px_{'d4' if tta else 'noTTA'}_{split}.npy"
+    half = "" if dtype == "float32" else f"_{dtype}"
+    return (f"{slug}_{weights}_{img_size or 'default'}px{mpp_tag(mpp, model_mpp, mpp_fit)}_"
+            f"{'d4' if tta else 'noTTA'}{half}_{split}.npy")
 
 
 def cached_features(data, backbone: str, pretrained: bool | str = True,
                     img_size: int | None = None, tta: bool = True, seed: int = 0,
                     batch_size: int | None = None, cache_dir: str | os.PathLike | None = None,
-                    ) -> dict[str, np.ndarray]:
-    """Train and test features, computed once per backbone/weights/size/TTA and then cached."""
+                    mpp: float | None = None, model_mpp: float | None = None,
+                    mpp_fit: str = "pad", dtype: str = "float32") -> dict[str, np.ndarray]:
+    """Train and test features, computed once per backbone/weights/size/TTA/rescaling and then
+    cached; `dtype="float16"` halves the cache (HEST's way for 1–2.5 k-dim foundation-model
+    embeddings); they are returned as float32 either way."""
+    if dtype not in FEATURE_DTYPES:
+        raise ValueError(f"FEATURE_DTYPE={dtype!r}: choose from {FEATURE_DTYPES}")
     folder = Path(cache_dir or cache_dir_for(data)) / "features"
     model: list[nn.Module] = []  # built only if some split is not cached yet
+    rescale = {"mpp": mpp, "model_mpp": model_mpp, "mpp_fit": mpp_fit}
 
     def compute(images: np.ndarray) -> np.ndarray:
         if not model:
             model.append(create_backbone(backbone, pretrained, img_size, seed))
-        return extract_features(model[0], images, img_size, batch_size, tta)
+        return extract_features(model[0], images, img_size, batch_size, tta,
+                                **rescale).astype(dtype)
 
     features = {}
     for split in ("train", "test"):
-        name = feature_cache_name(backbone, pretrained, img_size, tta, seed, split)
+        name = feature_cache_name(backbone, pretrained, img_size, tta, seed, split, **rescale,
+                                  dtype=dtype)
         key = {"backbone": backbone, "pretrained": str(pretrained), "img_size": img_size,
                "tta": tta, "seed": None if pretrained is not False else seed,
                "images": images_fingerprint(data, split)}
+        if model_mpp is not None:  # keys without rescaling stay as before: old caches hold
+            key.update(rescale)
+        if dtype != "float32":
+            key["dtype"] = dtype
         images = load_images(data, split, cache_dir)
-        features[split] = cached_array(folder / name, key, partial(compute, images))
+        features[split] = cached_array(folder / name, key, partial(compute, images)
+                                       ).astype(np.float32)
     return features
 
 
@@ -299,6 +473,9 @@ class ModelSpec:
     heads: dict[str, list[int]]  # head name → positions in `genes` it predicts
     dims: dict[str, int | None] = field(default_factory=dict)  # PCA components per head
     drop_path: float = 0.0
+    mpp: float | None = None  # source µm/px of the patches (used with model_mpp)
+    model_mpp: float | None = None  # µm/px the backbone expects; None: no rescaling
+    mpp_fit: str = "pad"  # how a rescaled patch meets the input size (`fit_field`)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
@@ -370,7 +547,8 @@ def build_model(spec: ModelSpec, pretrained: bool | str = False, seed: int = 0) 
     kwargs = {"drop_path_rate": spec.drop_path} if spec.drop_path else {}
     backbone = create_backbone(spec.backbone, pretrained, spec.img_size, seed, **kwargs)
     torch.manual_seed(seed)
-    return GeneRegressor(backbone, data_config(backbone, spec.img_size), spec)
+    config = data_config(backbone, spec.img_size, spec.mpp, spec.model_mpp, spec.mpp_fit)
+    return GeneRegressor(backbone, config, spec)
 
 
 def fit_scaler(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

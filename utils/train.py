@@ -298,7 +298,8 @@ def train_ridge(cfg: TrainConfig, data: KitData, folds: np.ndarray,
     """Frozen-feature ridge: cached features, nested-CV alpha, refit on all rows for test."""
     tta = cfg.tta and not cfg.smoke
     features = cached_features(data, cfg.backbone, cfg.pretrained, cfg.img_size, tta,
-                               cfg.seed, cfg.batch_size)
+                               cfg.seed, cfg.batch_size, mpp=cfg.mpp, model_mpp=cfg.model_mpp,
+                               mpp_fit=cfg.mpp_fit, dtype=cfg.feature_dtype)
     fit = cv_ridge(features["train"], data.y, features["test"], folds, cfg.alphas, cfg.pca_dim,
                    splitter, parse_target(cfg.target))
     details = {"n_features": features["train"].shape[1], "tta": tta, "alpha": fit.alpha,
@@ -607,7 +608,8 @@ def unit_spec(unit: Unit, cfg):
     """The ModelSpec of a unit: backbone, size, genes, heads and their PCA dims."""
     dims = plan_heads(unit.heads, parse_target(cfg.target), len(unit.train_idx))
     return ModelSpec(cfg.backbone, cfg.img_size, unit.genes.tolist(),
-                     {k: v.tolist() for k, v in unit.heads.items()}, dims, cfg.drop_path)
+                     {k: v.tolist() for k, v in unit.heads.items()}, dims, cfg.drop_path,
+                     cfg.mpp, cfg.model_mpp, cfg.mpp_fit)
 
 
 def init_heads_ridge(model: GeneRegressor, features: np.ndarray, z: np.ndarray,
@@ -658,8 +660,13 @@ def format_epoch(row: dict, history: list[dict]) -> str:
     """One log line per epoch: training loss terms, validation parts, speed."""
     terms = " ".join(f"{k} {row[k]:.3g}" for k in ("mse", "pearson", "cov")
                      if row.get(k) is not None)  # a term with weight 0 is None
+    speed = ""
+    if "model_images_per_s" in row:  # histories from before the split show the total only
+        memory = "" if row.get("gpu_memory_gb") is None else f", GPU {row['gpu_memory_gb']:.1f} GB"
+        speed = (f" (loader {row['loader_images_per_s']:.0f}, model "
+                 f"{row['model_images_per_s']:.1f}{memory})")
     train = "" if "loss" not in row else (
-        f"loss {row['loss']:.4f} ({terms}), {row['images_per_s']:.1f} img/s; ")
+        f"loss {row['loss']:.4f} ({terms}), {row['images_per_s']:.1f} img/s{speed}; ")
     parts = " ".join(f"{k} {row['val_' + k]:.3f}" for k in ("cells", "max_gene", "heg50",
                                                               "hvg50"))
     return (f"{row['unit']} epoch {row['epoch']}: {train}val score {row['val_score']:.4f} "
@@ -811,13 +818,23 @@ class Stepper:
 
 
 def train_epoch(step: Stepper, loader, desc: str = "train") -> dict[str, float]:
-    """One pass over the loader; returns mean loss terms and training images/s."""
+    """One pass over the loader; returns mean loss terms, training images/s overall, images/s
+    of the loader alone (time waiting for batches) and of the model alone (transfer, forward,
+    backward, optimizer step; CUDA synchronised so the clock sees the GPU's work) and the peak
+    GPU memory in GB (None off CUDA). loader ≫ model images/s: the GPU is the limit."""
     from tqdm import tqdm
 
     step.model.train()
+    cuda = step.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(step.device)
     sums, n_images, start = None, 0, time.perf_counter()
+    wait_s = model_s = 0.0
     bar = tqdm(loader, desc=desc, leave=False, mininterval=2)
+    tick = time.perf_counter()
     for i, (x, y) in enumerate(bar):
+        got = time.perf_counter()
+        wait_s += got - tick
         x, y = x.to(step.device, non_blocking=True), y.to(step.device, non_blocking=True)
         with autocast(step.device):
             pred = step.model(x)
@@ -828,12 +845,20 @@ def train_epoch(step: Stepper, loader, desc: str = "train") -> dict[str, float]:
         values = torch.stack([loss.detach(), *parts.values()])
         sums = values * len(x) if sums is None else sums + values * len(x)
         n_images += len(x)
+        if cuda:
+            torch.cuda.synchronize(step.device)
+        tick = time.perf_counter()
+        model_s += tick - got
         if i % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     means = (sums / max(n_images, 1)).tolist() if sums is not None else [float("nan")] * 4
     means = [None if math.isnan(m) else m for m in means]  # a term with weight 0 → None
     return {"loss": means[0], **dict(zip(("mse", "pearson", "cov"), means[1:])),
-            "images_per_s": n_images / (time.perf_counter() - start)}
+            "images_per_s": n_images / (time.perf_counter() - start),
+            "loader_images_per_s": n_images / max(wait_s, 1e-9),
+            "model_images_per_s": n_images / max(model_s, 1e-9),
+            "gpu_memory_gb": torch.cuda.max_memory_allocated(step.device) / 1e9 if cuda
+            else None}
 
 
 def _optimizer_step(step: Stepper) -> None:
