@@ -281,12 +281,19 @@ def cv_retrieval(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.nda
     return RecipeResult(oof, test_pred, cv, details)
 
 
+def frozen_features(cfg: TrainConfig, data: KitData) -> tuple[dict[str, np.ndarray], bool]:
+    """Train and test features of the frozen backbone (cached; D4 TTA unless TTA is off or
+    SMOKE), at the configured magnification; and whether TTA was used."""
+    tta = cfg.tta and not cfg.smoke
+    return cached_features(data, cfg.backbone, cfg.pretrained, cfg.img_size, tta, cfg.seed,
+                           cfg.batch_size, mpp=cfg.mpp, model_mpp=cfg.model_mpp,
+                           mpp_fit=cfg.mpp_fit, dtype=cfg.feature_dtype), tta
+
+
 def train_retrieval(cfg: TrainConfig, data: KitData, folds: np.ndarray,
                     splitter: str) -> RecipeResult:
     """Retrieval on the same cached frozen features as ridge."""
-    tta = cfg.tta and not cfg.smoke
-    features = cached_features(data, cfg.backbone, cfg.pretrained, cfg.img_size, tta,
-                               cfg.seed, cfg.batch_size)
+    features, tta = frozen_features(cfg, data)
     result = cv_retrieval(features["train"], data.y, features["test"], folds, cfg.neighbours,
                           cfg.temperatures, splitter)
     result.details.update(n_features=features["train"].shape[1], tta=tta)
@@ -296,10 +303,7 @@ def train_retrieval(cfg: TrainConfig, data: KitData, folds: np.ndarray,
 def train_ridge(cfg: TrainConfig, data: KitData, folds: np.ndarray,
                 splitter: str) -> RecipeResult:
     """Frozen-feature ridge: cached features, nested-CV alpha, refit on all rows for test."""
-    tta = cfg.tta and not cfg.smoke
-    features = cached_features(data, cfg.backbone, cfg.pretrained, cfg.img_size, tta,
-                               cfg.seed, cfg.batch_size, mpp=cfg.mpp, model_mpp=cfg.model_mpp,
-                               mpp_fit=cfg.mpp_fit, dtype=cfg.feature_dtype)
+    features, tta = frozen_features(cfg, data)
     fit = cv_ridge(features["train"], data.y, features["test"], folds, cfg.alphas, cfg.pca_dim,
                    splitter, parse_target(cfg.target))
     details = {"n_features": features["train"].shape[1], "tta": tta, "alpha": fit.alpha,
