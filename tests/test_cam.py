@@ -307,4 +307,4 @@ def test_gradcam_notebook_wrote_cams_figures_and_the_similarity_table(demo_pipel
     assert set(table.index) == {"kmeans", "prefix", "correlation"}
     assert np.isfinite(table[["within", "between"]].to_numpy()).all()
     assert ((table["p_value"] > 0) & (table["p_value"] <= 1)).all()
-    assert json.loads((out / "config.json").read_text())["smoke"] is True
+    assert json.loads((out / "config.json").read_text())["n_patches"] == 4  # QUICK settings

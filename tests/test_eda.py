@@ -153,4 +153,4 @@ def test_eda_notebook_wrote_stats_and_figures(demo_pipeline):
     assert all(0 < p < len(data.train) for p in points["change_points"])
     images = pd.read_csv(run / "image_stats.csv")
     assert (images["split"] == "test").sum() == len(data.test)
-    assert json.loads((run / "config.json").read_text())["smoke"] is True
+    assert json.loads((run / "config.json").read_text())["image_stride"] == 8  # QUICK
