@@ -166,10 +166,10 @@ def test_killed_feature_extraction_resumes_to_identical_features(root, tmp_path)
               expect_killed=False)
     kill_in_test = """
     real = m.extract_features
-    def extract(model, images, *args):
+    def extract(model, images, *args, **kwargs):
         if len(images) == 8:  # the test split: train features are saved, test dies mid-way
             die()
-        return real(model, images, *args)
+        return real(model, images, *args, **kwargs)
     m.extract_features = extract
     """
     run_child(FEATURES.format(root=str(root), patch=kill_in_test, out=""), cache)

@@ -299,7 +299,7 @@ def test_train_notebook_finetunes_in_both_group_modes(demo_pipeline, tmp_path, m
     csv = write_gene_groups(tmp_path / "gene_groups.csv", data.genes)
     notebook = next(p for p in list_notebooks() if p.stem == "04_train")
     params = {"DATA_DIR": str(demo_pipeline["data"]), "RUN_DIR": str(tmp_path / mode),
-              "RECIPE": "finetune", **DEMO_MODEL, "SMOKE": True, "CV": "blocks", "N_FOLDS": 2,
+              "RECIPE": "finetune", **DEMO_MODEL, "TTA": False, "CV": "blocks", "N_FOLDS": 2,
               "EPOCHS": 1,
               "BATCH_SIZE": 32, "GROUPS": "prefix", "GENE_GROUPS": str(csv), "GROUP_MODE": mode}
     execute_notebook(notebook, params, tmp_path / f"04_{mode}.ipynb")
