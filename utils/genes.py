@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.config import GENE_PREFIXES, GeneClusteringConfig, from_params
+from utils.config import GENE_PREFIXES, UNMATCHED_RULES, GeneClusteringConfig, from_params
 from utils.data import CACHE_ENV_VAR
 from utils.paths import figure, kit_root, read_json, resolve, write_csv, write_json, write_text
 
@@ -351,7 +351,7 @@ def group_functional(genes: Sequence[str], corr: np.ndarray,
     if not sources:
         raise ValueError("strategy 'functional' needs gene sets (GENE_SETS): GMT files, folders "
                          "of them or Enrichr library names")
-    if unmatched not in ("other", "nearest"):
+    if unmatched not in UNMATCHED_RULES:
         raise ValueError(f"unmatched must be 'other' or 'nearest'; got {unmatched!r}")
     libraries = load_gene_sets(sources, cache_dir)
     pairs, report = match_gene_sets(genes, libraries)
