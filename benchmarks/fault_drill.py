@@ -2,8 +2,8 @@
 parameters, and compare its outputs with an uninterrupted run's.
 
 Each stage runs in a fresh Python (as a notebook kernel would) making the notebook's kit calls:
-image cache (every notebook), backbone features (04 ridge), fine-tuning (04 finetune, killed in
-the middle of epoch 2) and the submission write (06); plus two processes building one cache at
+image cache (every notebook), backbone features (05 ridge), fine-tuning (05 finetune, killed in
+the middle of epoch 2) and the submission write (07); plus two processes building one cache at
 once. Prints one row per fault: what the rerun did, and whether its outputs are identical.
 
     .venv/bin/python benchmarks/fault_drill.py [--n-train 120] [--n-test 40] [--keep DIR]
@@ -128,7 +128,7 @@ def drill(name: str, code: str, work: Path, data: Path, extra: dict | None = Non
         envs[side] = {"DRILL_DATA": str(data), "KIT_CACHE_DIR": str(folder / "cache"),
                       "DRILL_RUN": str(folder / "run"),
                       "DRILL_SUBMISSION": str(folder / "submission.csv"), **(extra or {})}
-    if name == "06 write":  # 06 reads a finished run: reuse the fine-tuning drill's
+    if name == "07 write":  # 07 reads a finished run: reuse the fine-tuning drill's
         for side in envs:
             envs[side]["DRILL_RUN"] = str(work / "fine-tuning epoch" / side / "run")
             envs[side]["KIT_CACHE_DIR"] = str(work / "fine-tuning epoch" / side / "cache")
@@ -173,7 +173,7 @@ def main() -> None:
         rows = [drill("image cache build", IMAGES, work, data),
                 drill("feature extraction", FEATURES, work, data),
                 drill("fine-tuning epoch", FINETUNE, work, data, {"DRILL_KILL_STEP": kill_step}),
-                drill("06 write", SUBMIT, work, data),
+                drill("07 write", SUBMIT, work, data),
                 concurrent(work, data)]
     keys = list(rows[0])
     widths = [max(len(k), *(len(r[k]) for r in rows)) for k in keys]

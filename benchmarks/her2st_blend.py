@@ -1,4 +1,4 @@
-"""Blend her2st runs with notebook 06's machinery and print every score (nested CV) and timing.
+"""Blend her2st runs with notebook 07's machinery and print every score (nested CV) and timing.
 
     .venv/bin/python benchmarks/her2st_blend.py                     # blocks runs under runs/her2st
     .venv/bin/python benchmarks/her2st_blend.py --runs runs/her2st/a runs/her2st/b
@@ -6,7 +6,7 @@
         --groups kmeans                                            # adds the per-group blend
     .venv/bin/python benchmarks/her2st_blend.py --dacon-scale      # timing at 6992 x 3467, 3 runs
 
-Runs are the run folders written by notebooks/04_train.ipynb on ../shared/her2st. Without
+Runs are the run folders written by notebooks/05_train.ipynb on ../shared/her2st. Without
 --runs, every finished run under runs/her2st whose folds equal those of the first blocks run is
 used, and a run on other folds (if any) shows the refusal message.
 """
@@ -34,7 +34,7 @@ def pick_runs(paths: list[str] | None, root: str) -> list[Run]:
     runs = [load_run(p) for p in find_runs(root)]
     blocks = [r for r in runs if r.cv["splitter"] == "blocks"]
     if not blocks:
-        raise SystemExit(f"no blocks-CV run under {root}: train one with notebooks/04_train")
+        raise SystemExit(f"no blocks-CV run under {root}: train one with notebooks/05_train")
     same = [r for r in runs if np.array_equal(r.folds, blocks[0].folds)]
     other = [r for r in runs if not np.array_equal(r.folds, blocks[0].folds)]
     if other:

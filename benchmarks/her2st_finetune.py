@@ -5,7 +5,7 @@ every metric part (mean over folds and pooled OOF), per-fold scores, wall time a
         [--ridge runs/her2st/ridge_lite0_blocks] [--epochs 3] [--lr 2e-4] [--head-lr 2e-4]
         [--loss-weights 0.3 0.6] [--freeze 2] [--head-init ridge] [--ema 0.9] [--threads 1]
 
-The ridge run comes from `benchmarks/her2st_ridge.py` (or 04_train with RECIPE="ridge",
+The ridge run comes from `benchmarks/her2st_ridge.py` (or 05_train with RECIPE="ridge",
 tf_efficientnet_lite0 from the weights file, IMG_SIZE=224, CV="blocks", 4 folds). An interrupted
 fine-tuning run resumes from its checkpoints when started again with the same arguments.
 """

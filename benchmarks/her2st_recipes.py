@@ -1,9 +1,9 @@
 """Frozen-feature recipes on ../shared/her2st with the kit's honest CV (slices, nested choices):
-ridge, ridge on target principal components, retrieval, and 06's nested blends of them.
+ridge, ridge on target principal components, retrieval, and 07's nested blends of them.
 
 Every row: lite0 ImageNet weights from the shared file, 224 px, D4 TTA features (computed once,
-cached), CV = "slices" (the 4 sections). Each variant is one 04 run folder; the blends are what
-06 computes from those folders (nested weights, then the nested keep-the-best rule).
+cached), CV = "slices" (the 4 sections). Each variant is one 05 run folder; the blends are what
+07 computes from those folders (nested weights, then the nested keep-the-best rule).
 
     .venv/bin/python benchmarks/her2st_recipes.py [--out runs/her2st/recipes]
 """
@@ -78,9 +78,9 @@ def main() -> None:
                                        ("shrink_to_mean", "clip"), blended.cv, splitter)
         final = ensemble.keep_best(data.y, folds, splitter, blended, post, chosen)
         label = " + ".join(members)
-        rows.append(row(f"06 blend {label} (nested)", post.cv if post.steps else blended.cv,
+        rows.append(row(f"07 blend {label} (nested)", post.cv if post.steps else blended.cv,
                         time.perf_counter() - start))
-        rows.append(row(f"06 submitted from {label} ({final['kept']})", final["cv"], 0.0))
+        rows.append(row(f"07 submitted from {label} ({final['kept']})", final["cv"], 0.0))
         print(final["note"], "; weights", blended.weights.ravel().round(3).tolist(), flush=True)
     table = pd.DataFrame(rows)
     print("\n" + table.round(4).to_string(index=False))

@@ -34,11 +34,11 @@ def main() -> None:
         for cv in ("blocks", "random"):
             run_dir = f"{args.out}/ridge_{cv}"
             start = time.perf_counter()
-            execute_notebook(notebooks / "04_train.ipynb",
+            execute_notebook(notebooks / "05_train.ipynb",
                              {"DATA_DIR": str(data), "RUN_DIR": run_dir, "CV": cv,
                               "BACKBONE": args.backbone, "PRETRAINED": args.weights,
                               "IMG_SIZE": 224, "OVERWRITE": True},
-                             kit_root() / args.out / f"04_train_{cv}.ipynb")
+                             kit_root() / args.out / f"05_train_{cv}.ipynb")
             run = load_run(run_dir)
             print(format_cv(run.cv))
             details = run.config["details"]
@@ -46,9 +46,9 @@ def main() -> None:
                   f" peak RSS {run.config['peak_rss_gb']} GB, alpha {details['alpha']}"
                   f" (per fold {details['fold_alphas']})\n")
     submission = f"{args.out}/submission_ridge_blocks.csv"
-    execute_notebook(notebooks / "06_ensemble_submit.ipynb",
+    execute_notebook(notebooks / "07_ensemble_submit.ipynb",
                      {"DATA_DIR": str(data), "RUNS": [f"{args.out}/ridge_blocks"],
-                      "SUBMISSION": submission}, kit_root() / args.out / "06.ipynb")
+                      "SUBMISSION": submission}, kit_root() / args.out / "07.ipynb")
     print(f"test-set CSV: {kit_root() / submission}")
 
 

@@ -1,7 +1,7 @@
 """Simulate the leaderboard on ../shared/her2st: train on three sections, score the fourth.
 
 For each held-out section, a DACON-layout folder is made from the other three sections (images
-linked, not copied) with the held-out section as its test set; 04's recipes run with the kit's CV
+linked, not copied) with the held-out section as its test set; 05's recipes run with the kit's CV
 on the three training sections, and the held-out section is scored as the leaderboard would
 score the test slice. The table compares what CV says (mean over folds, range, pooled OOF) with
 the held-out score, for each recipe and splitter.

@@ -1,5 +1,5 @@
 """Grad-CAM: targets, layer choice per timm family, batched CAMs equal to pytorch-grad-cam's own,
-CAM similarity within/between groups, run folders, and the 05 notebook's outputs."""
+CAM similarity within/between groups, run folders, and the 06 notebook's outputs."""
 
 import json
 

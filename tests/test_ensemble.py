@@ -1,4 +1,4 @@
-"""Blending runs on OOF predictions (nested CV), post-processing, the audit, the 06 notebook."""
+"""Blending runs on OOF predictions (nested CV), post-processing, the audit, the 07 notebook."""
 
 import json
 
@@ -287,7 +287,7 @@ def test_submit_config_parameters():
 
 @pytest.mark.smoke
 def test_demo_submission_has_a_blend_report(demo_pipeline):
-    """06 found every run 04 wrote under the runs root and blended them."""
+    """07 found every run 05 wrote under the runs root and blended them."""
     from utils.runs import find_runs
 
     report = json.loads(ensemble.report_path(demo_pipeline["submission"]).read_text())
@@ -320,11 +320,11 @@ def test_notebook_blends_per_gene_and_prefers_the_better_run(demo_pipeline, tmp_
                      ridge.test_pred + rng.normal(0, 3, ridge.test_pred.shape) * spread,
                      score_folds(y, oof, ridge.folds, "blocks"))
     submission = tmp_path / "gene.csv"
-    notebook = next(p for p in list_notebooks() if p.stem == "06_ensemble_submit")
+    notebook = next(p for p in list_notebooks() if p.stem == "07_ensemble_submit")
     executed = execute_notebook(notebook, {"DATA_DIR": str(demo_pipeline["data"]),
                                            "RUNS": [str(ridge.path), str(noisy)],
                                            "SUBMISSION": str(submission), "BLEND": "gene"},
-                                tmp_path / "06.ipynb")
+                                tmp_path / "07.ipynb")
     assert executed.is_file()
     sample = pd.read_csv(demo_pipeline["data"] / "sample_submission.csv", dtype={"ID": str})
     validate_submission(pd.read_csv(submission, dtype={"ID": str}), sample)

@@ -132,8 +132,8 @@ def test_notebook_alone_clones_the_kit_and_runs(base_venv, remote, demo_data, tm
     fresh_venv(base_venv, venv)
     user = tmp_path / "user"
     user.mkdir()
-    notebook = Path(shutil.copy2(remote / "notebooks" / "04_train.ipynb", user))
-    params = demo_parameters(str(demo_data), "runs/first_contact", smoke=True)["04_train"][0]
+    notebook = Path(shutil.copy2(remote / "notebooks" / "05_train.ipynb", user))
+    params = demo_parameters(str(demo_data), "runs/first_contact", smoke=True)["05_train"][0]
     env = user_env(venv, KIT_REPO=remote.as_uri(), KIT_KAGGLE_INPUT=str(tmp_path / "none"))
     for name in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_INDEX_URL", "PIP_CERT"):
         if name in os.environ:  # this machine's package index settings (the "internet")

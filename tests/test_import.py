@@ -10,7 +10,7 @@ import utils
 
 HEAVY = ("torch", "timm", "umap", "pytorch_grad_cam", "lpips", "albumentations", "matplotlib",
          "sklearn", "papermill", "cv2", "numba")
-# Modules a notebook without a network (01, 02, 06) imports: numpy/pandas only at import time.
+# Modules a notebook without a network (01, 02, 07) imports: numpy/pandas only at import time.
 LIGHT = ("metric", "data", "runs", "config", "paths", "eda", "genes", "ensemble", "dev.pipeline",
          "dev.demo")
 PACKAGE = Path(utils.__file__).parent

@@ -22,15 +22,15 @@ REQUIRED_PARAMETERS = {
     "03_augmentation_screening": {"DATA_DIR", "RUN_DIR", "CANDIDATES", "N_PATCHES", "SEED",
                                   "SMOKE", "DINO_MODEL", "DINO_PRETRAINED", "LPIPS_NET",
                                   "MIN_DINO_SIM", "MAX_LPIPS", "MAX_STAIN_SHIFT", "MIN_SSIM"},
-    "04_train": {"DATA_DIR", "RUN_DIR", "RECIPE", "BACKBONE", "PRETRAINED", "IMG_SIZE", "CV",
+    "05_train": {"DATA_DIR", "RUN_DIR", "RECIPE", "BACKBONE", "PRETRAINED", "IMG_SIZE", "CV",
                  "N_FOLDS", "SEED", "SMOKE", "EPOCHS", "BATCH_SIZE", "LR", "HEAD_LR",
                  "WEIGHT_DECAY", "WARMUP_EPOCHS", "GRAD_CLIP", "ACCUMULATE", "EMA", "PATIENCE",
                  "LOSS_WEIGHTS", "TARGET", "GROUPS", "GENE_GROUPS", "GROUP_MODE", "AUGMENT",
                  "FREEZE", "FREEZE_BN", "HEAD_INIT", "DROP_PATH", "NUM_WORKERS", "RESUME"},
-    "05_gradcam": {"DATA_DIR", "RUN_DIR", "SMOKE", "FOLD", "PATCHES", "N_PATCHES", "METHOD",
+    "06_gradcam": {"DATA_DIR", "RUN_DIR", "SMOKE", "FOLD", "PATCHES", "N_PATCHES", "METHOD",
                    "TARGETS", "GENE_GROUPS", "GROUPS", "STRATEGIES", "GENES_PER_GROUP", "SCALE",
                    "LAYER", "RESHAPE", "SEED"},
-    "06_ensemble_submit": {"DATA_DIR", "RUNS", "RUNS_ROOT", "SUBMISSION", "BLEND", "GENE_GROUPS",
+    "07_ensemble_submit": {"DATA_DIR", "RUNS", "RUNS_ROOT", "SUBMISSION", "BLEND", "GENE_GROUPS",
                            "GROUPS", "SHRINK", "POSTPROCESS"},
 }
 
@@ -71,8 +71,8 @@ def test_parameters_cell_is_upper_case_literals_with_comments(path):
 
 
 CONFIGS = {"01_eda": "EdaConfig", "02_gene_clustering": "GeneClusteringConfig",
-           "03_augmentation_screening": "ScreenConfig", "04_train": "TrainConfig",
-           "05_gradcam": "CamConfig", "06_ensemble_submit": "SubmitConfig"}
+           "03_augmentation_screening": "ScreenConfig", "05_train": "TrainConfig",
+           "06_gradcam": "CamConfig", "07_ensemble_submit": "SubmitConfig"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -11,12 +11,12 @@ from utils.dev.pipeline import DEMO_MODEL, execute_notebook, list_notebooks
 from utils.paths import kit_root
 
 PRESETS = sorted((kit_root() / "presets").glob("*.yaml"))
-NOTEBOOK = {"ensemble": "06_ensemble_submit"}  # every other preset is for 04_train
-CONFIG = {"04_train": config.TrainConfig, "06_ensemble_submit": config.SubmitConfig}
+NOTEBOOK = {"ensemble": "07_ensemble_submit"}  # every other preset is for 05_train
+CONFIG = {"05_train": config.TrainConfig, "07_ensemble_submit": config.SubmitConfig}
 
 
 def notebook_of(path: Path) -> str:
-    return NOTEBOOK.get(path.stem, "04_train")
+    return NOTEBOOK.get(path.stem, "05_train")
 
 
 def test_there_are_cpu_gpu_and_ensemble_presets():
@@ -40,10 +40,10 @@ def test_cpu_best_runs_on_a_data_folder_given_as_data_dir(demo_pipeline, tmp_pat
     from utils.runs import load_run
 
     values = yaml.safe_load((kit_root() / "presets" / "cpu_best.yaml").read_text())
-    notebook = next(p for p in list_notebooks() if p.stem == "04_train")
+    notebook = next(p for p in list_notebooks() if p.stem == "05_train")
     run_dir = tmp_path / "runs" / "cpu_best"
     # offline test: the tiny random-weight model instead of hub weights; the recipe is the file's
     execute_notebook(notebook, {**values, **DEMO_MODEL, "DATA_DIR": str(demo_pipeline["data"]),
-                                "RUN_DIR": str(run_dir)}, tmp_path / "04.ipynb")
+                                "RUN_DIR": str(run_dir)}, tmp_path / "05.ipynb")
     run = load_run(run_dir)
     assert run.config["recipe"] == values["RECIPE"] and run.cv["splitter"] == "slices"

@@ -1,5 +1,5 @@
 """Fine-tuning engine: schedule, optimizer, seeded loaders, resume equivalence, gene-group
-bookkeeping, clear errors, a short run that learns, and 04_train smoke runs in both group modes."""
+bookkeeping, clear errors, a short run that learns, and 05_train smoke runs in both group modes."""
 
 import json
 import time
@@ -233,7 +233,7 @@ def test_every_config_field_is_a_notebook_parameter():
     from tests.test_notebooks import _parameters
     from utils.dev.pipeline import list_notebooks
 
-    notebook = next(p for p in list_notebooks() if p.stem == "04_train")
+    notebook = next(p for p in list_notebooks() if p.stem == "05_train")
     assert {f.name.upper() for f in fields(TrainConfig)} <= set(_parameters(notebook))
 
 
@@ -297,12 +297,12 @@ def test_train_notebook_finetunes_in_both_group_modes(demo_pipeline, tmp_path, m
 
     data = load_data(demo_pipeline["data"])
     csv = write_gene_groups(tmp_path / "gene_groups.csv", data.genes)
-    notebook = next(p for p in list_notebooks() if p.stem == "04_train")
+    notebook = next(p for p in list_notebooks() if p.stem == "05_train")
     params = {"DATA_DIR": str(demo_pipeline["data"]), "RUN_DIR": str(tmp_path / mode),
               "RECIPE": "finetune", **DEMO_MODEL, "TTA": False, "CV": "blocks", "N_FOLDS": 2,
               "EPOCHS": 1,
               "BATCH_SIZE": 32, "GROUPS": "prefix", "GENE_GROUPS": str(csv), "GROUP_MODE": mode}
-    execute_notebook(notebook, params, tmp_path / f"04_{mode}.ipynb")
+    execute_notebook(notebook, params, tmp_path / f"05_{mode}.ipynb")
     run = load_run(tmp_path / mode)
     assert run.config["group_mode"] == mode and run.config["details"]["n_groups"] == 3
     assert run.oof.shape == data.y.shape and 0.0 < run.cv["overall"]["score"] < 1.0

@@ -1,8 +1,8 @@
-"""03_augmentation_screening and 04's training augmentations (albumentations 2.x).
+"""03_augmentation_screening and 05's training augmentations (albumentations 2.x).
 
 A policy is a list of transforms, `[{"name": ..., "params": {...}}, ...]`, stored as JSON
 (`{"transforms": [...], ...}`): `notebooks/03_augmentation_screening` writes one as
-`augment_policy.json`, and 04_train reads it through `AUGMENT` (a path, or a preset name of
+`augment_policy.json`, and 05_train reads it through `AUGMENT` (a path, or a preset name of
 `utils.config.AUGMENT_PRESETS`). A name is an albumentations class or a kit transform
 (`HEDJitter`, the H&E stain jitter below). `utils.config.AUGMENT_CANDIDATES` are what 03 screens.
 

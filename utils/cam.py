@@ -1,4 +1,4 @@
-"""05_gradcam: Grad-CAM of a fine-tuned run, per gene, gene group or the metric's top genes.
+"""06_gradcam: Grad-CAM of a fine-tuned run, per gene, gene group or the metric's top genes.
 
 What the notebook explains is a target: a weighted sum of a model's outputs.
 - one gene (`"ACTB"` or `"gene:ACTB"`): its output;
@@ -543,7 +543,7 @@ def explain_run(run_dir: str | os.PathLike, fold: int, images: np.ndarray, weigh
 
 @dataclass
 class CamJob:
-    """What 05 explains: the run's model info, the patches and the targets."""
+    """What 06 explains: the run's model info, the patches and the targets."""
 
     info: dict  # the run's model.json
     units: dict[str, np.ndarray]  # the fold's units → gene columns they predict

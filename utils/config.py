@@ -16,26 +16,26 @@ from pathlib import Path
 
 # --- vocabularies: what each name-valued parameter accepts ------------------------------------
 
-RECIPES = ("finetune", "retrieval", "ridge")  # 04 RECIPE (utils.train: a function per name)
-SPLITTERS = ("slices", "blocks", "groups", "random")  # 04 CV, the part before any ':'
-GROUP_MODES = ("heads", "models")  # 04 GROUP_MODE
-HEAD_INITS = ("ridge", "random")  # 04 HEAD_INIT
-MPP_FITS = ("pad", "tile", "resize")  # 04 MPP_FIT (utils.models.fit_field)
-FEATURE_DTYPES = ("float32", "float16")  # 04 FEATURE_DTYPE (utils.models.cached_features)
+RECIPES = ("finetune", "retrieval", "ridge")  # 05 RECIPE (utils.train: a function per name)
+SPLITTERS = ("slices", "blocks", "groups", "random")  # 05 CV, the part before any ':'
+GROUP_MODES = ("heads", "models")  # 05 GROUP_MODE
+HEAD_INITS = ("ridge", "random")  # 05 HEAD_INIT
+MPP_FITS = ("pad", "tile", "resize")  # 05 MPP_FIT (utils.models.fit_field)
+FEATURE_DTYPES = ("float32", "float16")  # 05 FEATURE_DTYPE (utils.models.cached_features)
 # DACON patches: Visium spots are 100 µm apart centre to centre and ~329 px apart in the public
 # spot coordinates of the same liver sections, so 100 / 329 ≈ 0.30 µm/px (issue 13: 0.26–0.30).
 DACON_MPP = 0.3
-BLENDS = ("mean", "global", "group", "gene")  # 06 BLEND (utils.ensemble)
-POSTPROCESS_STEPS = ("shrink_to_mean", "clip")  # 06 POSTPROCESS (utils.ensemble)
+BLENDS = ("mean", "global", "group", "gene")  # 07 BLEND (utils.ensemble)
+POSTPROCESS_STEPS = ("shrink_to_mean", "clip")  # 07 POSTPROCESS (utils.ensemble)
 STRATEGIES = ("kmeans", "prefix", "correlation", "file", "functional")  # 02 gene groupings
 UNMATCHED_RULES = ("other", "nearest")  # 02 functional: where genes in no gene set go
-DEFAULT_GROUPS = "prefix"  # the gene-group strategy 05 and 06 use unless told otherwise
-# 05 METHOD → pytorch-grad-cam class. Every one is computed from the target layer's activations
+DEFAULT_GROUPS = "prefix"  # the gene-group strategy 06 and 07 use unless told otherwise
+# 06 METHOD → pytorch-grad-cam class. Every one is computed from the target layer's activations
 # and gradients, so one forward pass per batch serves every target (utils.cam).
 CAM_METHODS = {"GradCAM": "GradCAM", "GradCAM++": "GradCAMPlusPlus", "XGradCAM": "XGradCAM",
                "LayerCAM": "LayerCAM", "HiResCAM": "HiResCAM", "EigenCAM": "EigenCAM",
                "EigenGradCAM": "EigenGradCAM", "GradCAMElementWise": "GradCAMElementWise"}
-CAM_SCALES = ("standardised", "original")  # 05 SCALE
+CAM_SCALES = ("standardised", "original")  # 06 SCALE
 LPIPS_TRUNKS = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights",  # 03 LPIPS_NET → torchvision
                 "squeeze": "SqueezeNet1_1_Weights"}
 # 02 `prefix` strategy: name families, first match wins; regular expressions on the gene name.
@@ -46,7 +46,7 @@ GENE_PREFIXES = {
     "IG": r"^IG[HKL](?:V|D|J|C|G\d|A\d|M$|E$|LL)", "CD": r"^CD\d+[A-Z]?$", "S100": r"^S100"}
 
 
-# --- augmentation: 04's AUGMENT presets and the candidates 03 screens ------------------------
+# --- augmentation: 05's AUGMENT presets and the candidates 03 screens ------------------------
 # A policy is a list of `{"name": albumentations class or kit transform, "params": {...}}`.
 BORDER_REFLECT_101 = 4  # cv2.BORDER_REFLECT_101, without importing cv2
 AUGMENT_PRESETS: dict[str, list[dict]] = {
@@ -363,11 +363,11 @@ class ScreenConfig:
                 "stain_shift": self.max_stain_shift, "ssim": self.min_ssim}
 
 
-# --- 04_train ---------------------------------------------------------------------------------
+# --- 05_train ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Parameters of notebooks/04_train.ipynb (see its parameters cell for what each means)."""
+    """Parameters of notebooks/05_train.ipynb (see its parameters cell for what each means)."""
 
     data_dir: str | None = None
     run_dir: str = "runs/ridge_effnet_lite0"
@@ -479,11 +479,11 @@ class TrainConfig:
             check_augment(self.augment)
 
 
-# --- 05_gradcam -------------------------------------------------------------------------------
+# --- 06_gradcam -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class CamConfig:
-    """Parameters of notebooks/05_gradcam.ipynb (see its parameters cell)."""
+    """Parameters of notebooks/06_gradcam.ipynb (see its parameters cell)."""
 
     data_dir: str | None = None
     run_dir: str = "runs/finetune_effnet_lite0"
@@ -520,11 +520,11 @@ class CamConfig:
         smoke_paths(self, ("run_dir", "gene_groups"))
 
 
-# --- 06_ensemble_submit -----------------------------------------------------------------------
+# --- 07_ensemble_submit -----------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class SubmitConfig:
-    """Parameters of notebooks/06_ensemble_submit.ipynb (see its parameters cell)."""
+    """Parameters of notebooks/07_ensemble_submit.ipynb (see its parameters cell)."""
 
     data_dir: str | None = None
     runs: tuple[str, ...] = ("runs/ridge_effnet_lite0",)  # empty or None: every finished run

@@ -63,7 +63,7 @@ def row_structure(y: np.ndarray, image_features: pd.DataFrame | None, window: in
                   ratio: float = 6.0, max_points: int = 10, n_folds: int = 4,
                   seed: int = 0) -> dict:
     """Signals along row order (rolling means), their change points, and the edges of the
-    default CV folds (`CV="slices"`: the slices `utils.metric.find_slices` finds, as 04 uses
+    default CV folds (`CV="slices"`: the slices `utils.metric.find_slices` finds, as 05 uses
     them; blocks if it finds none): `change_points.json` of 01 plus the frame to plot."""
     colour = None if image_features is None else image_features[[f"mean_{c}" for c in CHANNELS[:5]]]
     signals = row_signals(y, colour, seed=seed)
@@ -237,7 +237,7 @@ def plot_row_structure(rolling: pd.DataFrame, change_points: list[int],
         for row in fold_edges or []:
             ax.axvline(row, color="k", ls=":", lw=1)
     axes[0, 0].set_title("rolling means along row order (red: change points, dotted: the "
-                         "CV fold edges 04 uses by default)")
+                         "CV fold edges 05 uses by default)")
     axes[-1, 0].set_xlabel("train row")
     return fig
 

@@ -1,4 +1,4 @@
-"""06_ensemble_submit: blend runs with weights fitted on their out-of-fold predictions, score the
+"""07_ensemble_submit: blend runs with weights fitted on their out-of-fold predictions, score the
 blend honestly, post-process, audit, and write a validated submission.
 
 Weights are non-negative and sum to one: one set for all genes (`global`), one per gene group

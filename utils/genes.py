@@ -1,5 +1,5 @@
 """02_gene_clustering: group the genes by strategy, measure how coherent the groups are, and the
-`gene_groups.csv` contract between 02 and training (04), Grad-CAM (05) and blending (06).
+`gene_groups.csv` contract between 02 and training (05), Grad-CAM (06) and blending (07).
 
 `gene_groups.csv` has columns `gene, group, strategy`: for each strategy, every gene of the
 data in exactly one group. Strategies (`list_strategies()`, `make_groups(name, ...)`):
@@ -19,7 +19,7 @@ nearest-neighbour descent), never its slow all-pairs path for < 4096 points. At 
 (3467 genes × 6992 spots) that takes seconds.
 
 Coherence: `within_between` is the one statistic the kit uses to say whether a grouping holds
-together, here on gene–gene expression correlation and in 05 on Grad-CAM map similarity.
+together, here on gene–gene expression correlation and in 06 on Grad-CAM map similarity.
 """
 
 from __future__ import annotations
@@ -331,7 +331,7 @@ def nearest_groups(corr: np.ndarray, choice: np.ndarray) -> np.ndarray:
 
 
 def group_names(sets: pd.DataFrame) -> list[str]:
-    """File-safe, unique group names for (library, set) rows: 04 names one model per group."""
+    """File-safe, unique group names for (library, set) rows: 05 names one model per group."""
     safe = sets["set"].str.replace(r"[^A-Za-z0-9_.+-]+", "_", regex=True).str.strip("_.")
     safe = safe.str.slice(0, 80).replace("", "set")
     clash = safe.duplicated(keep=False) | safe.str.lower().eq(OTHER)

@@ -67,7 +67,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     missing = [name for name in RUN_FILES if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a finished run: missing {', '.join(missing)} "
-                                f"(run notebooks/04_train.ipynb with RUN_DIR={str(run_dir)!r})")
+                                f"(run notebooks/05_train.ipynb with RUN_DIR={str(run_dir)!r})")
     return Run(path=folder, config=read_json(folder / "config.json"),
                cv=read_json(folder / "cv.json"), folds=np.load(folder / "folds.npy"),
                oof=np.load(folder / "oof.npy"), test_pred=np.load(folder / "test_pred.npy"))
@@ -95,7 +95,7 @@ def select_runs(runs: Sequence[str] | None, root: str | os.PathLike = "runs") ->
     found = find_runs(root)
     if not found:
         raise FileNotFoundError(f"RUNS is empty and there is no finished run folder under "
-                                f"{resolve(root)} (RUNS_ROOT); run notebooks/04_train.ipynb "
+                                f"{resolve(root)} (RUNS_ROOT); run notebooks/05_train.ipynb "
                                 "first, or list run folders in RUNS")
     return found
 
@@ -213,9 +213,9 @@ def read_model_info(run_dir: str | os.PathLike) -> dict:
         recipe = read_json(folder / "config.json").get("recipe")
         raise ValueError(f"{folder} is a RECIPE={recipe!r} run: it has no fine-tuned network to "
                          "explain (a frozen backbone + ridge has no model.json or weights/). Set "
-                         "RUN_DIR to a run of 04_train with RECIPE='finetune'")
+                         "RUN_DIR to a run of 05_train with RECIPE='finetune'")
     raise FileNotFoundError(f"{folder} is not a run folder (no model.json, no config.json): run "
-                            f"notebooks/04_train.ipynb with RECIPE='finetune' and "
+                            f"notebooks/05_train.ipynb with RECIPE='finetune' and "
                             f"RUN_DIR={str(run_dir)!r} first, or set RUN_DIR to a fine-tuning run")
 
 

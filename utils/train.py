@@ -1,4 +1,4 @@
-"""04_train: training recipes by name, each turning (config, data, folds) into a run folder.
+"""05_train: training recipes by name, each turning (config, data, folds) into a run folder.
 
 `ridge` — frozen timm features (D4 TTA) → standardise → optional PCA → ridge. One SVD per
 training set gives the ridge solution for every alpha at once (the same solution as sklearn's
@@ -547,7 +547,7 @@ def predict_unit(unit: Unit, cfg, images: np.ndarray, test_images: np.ndarray, c
                  folder: Path, weights: Path) -> dict:
     """Validation rows at the unit's OOF epoch and test patches at its test epoch (D4 TTA if TTA
     and not SMOKE), stored in `folder/result.npz`; the test epoch's weights become the unit's
-    weights file (what model.json and 05 use)."""
+    weights file (what model.json and 06 use)."""
     epochs = {"oof_epoch": choice["oof_epoch"], "test_epoch": choice["test_epoch"]}
     if (folder / "result.npz").is_file():
         result = load_result(folder / "result.npz")

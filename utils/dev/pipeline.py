@@ -34,8 +34,8 @@ def list_notebooks() -> list[Path]:
 QUICK = {"01_eda": {"N_HEATMAP_GENES": 30, "IMAGE_STRIDE": 8},
          "02_gene_clustering": {"K_RANGE": [4, 7], "UMAP_EPOCHS": 50},
          "03_augmentation_screening": {"N_PATCHES": 8},
-         "04_train": {"TTA": False, "EPOCHS": 1},
-         "05_gradcam": {"N_PATCHES": 4, "N_SHOW": 2, "GENES_PER_GROUP": 2,
+         "05_train": {"TTA": False, "EPOCHS": 1},
+         "06_gradcam": {"N_PATCHES": 4, "N_SHOW": 2, "GENES_PER_GROUP": 2,
                         "N_PERMUTATIONS": 100}}
 
 
@@ -49,11 +49,11 @@ def demo_parameters(data_dir: str = DEMO_DATA, runs_root: str = DEMO_RUNS,
     ridge, finetune = f"{runs_root}/ridge", f"{runs_root}/finetune"
     extra = {name: {**(QUICK.get(name, {}) if quick else {}), "SMOKE": smoke}
              for name in ("01_eda", "02_gene_clustering", "03_augmentation_screening",
-                          "04_train", "05_gradcam", "06_ensemble_submit")}
+                          "05_train", "06_gradcam", "07_ensemble_submit")}
     common = {"DATA_DIR": data_dir, **DEMO_MODEL, "OVERWRITE": True}
     return {
         "01_eda": {"DATA_DIR": data_dir, "RUN_DIR": f"{runs_root}/eda", **extra["01_eda"]},
-        # writes f"{runs_root}/genes/gene_groups.csv", the GENE_GROUPS that 04/06 can read
+        # writes f"{runs_root}/genes/gene_groups.csv", the GENE_GROUPS that 05/06 can read
         "02_gene_clustering": {"DATA_DIR": data_dir, "RUN_DIR": f"{runs_root}/genes",
                                **extra["02_gene_clustering"]},
         # random-weight networks at 64 px: no download; they show the mechanics, never select
@@ -61,17 +61,17 @@ def demo_parameters(data_dir: str = DEMO_DATA, runs_root: str = DEMO_RUNS,
                                       "DINO_MODEL": "test_vit", "DINO_PRETRAINED": False,
                                       "IMG_SIZE": 64, "LPIPS_PRETRAINED": False,
                                       **extra["03_augmentation_screening"]},
-        "04_train": [
-            {**common, "RUN_DIR": ridge, "RECIPE": "ridge", **extra["04_train"]},
+        "05_train": [
+            {**common, "RUN_DIR": ridge, "RECIPE": "ridge", **extra["05_train"]},
             {**common, "RUN_DIR": finetune, "RECIPE": "finetune", **DEMO_FINETUNE,
-             **extra["04_train"]},
+             **extra["05_train"]},
         ],
         # explains the fine-tuned demo model; figures and tables go to f"{finetune}/gradcam"
-        "05_gradcam": {"DATA_DIR": data_dir, "RUN_DIR": finetune,
-                       "GENE_GROUPS": f"{runs_root}/genes/gene_groups.csv", **extra["05_gradcam"]},
-        "06_ensemble_submit": {"DATA_DIR": data_dir, "RUNS": None, "RUNS_ROOT": runs_root,
+        "06_gradcam": {"DATA_DIR": data_dir, "RUN_DIR": finetune,
+                       "GENE_GROUPS": f"{runs_root}/genes/gene_groups.csv", **extra["06_gradcam"]},
+        "07_ensemble_submit": {"DATA_DIR": data_dir, "RUNS": None, "RUNS_ROOT": runs_root,
                                "SUBMISSION": str(submission), "BLEND": "global",
-                               **extra["06_ensemble_submit"]},
+                               **extra["07_ensemble_submit"]},
     }
 
 
@@ -88,7 +88,7 @@ def execute_notebook(notebook: Path, parameters: dict, output: Path) -> Path:
 def run_notebooks(parameters: dict[str, dict | list[dict]],
                   executed_dir: str | os.PathLike) -> list[Path]:
     """Execute every numbered notebook in order; a list of parameter sets runs it once per set
-    (e.g. 04_train once per recipe). Returns the executed copies."""
+    (e.g. 05_train once per recipe). Returns the executed copies."""
     done = []
     for notebook in list_notebooks():
         runs = parameters.get(notebook.stem, {})
