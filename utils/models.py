@@ -2,6 +2,13 @@
 preprocessing, pooled features with D4 TTA (cached on disk), gene-expression regressors with one
 head per gene group, and the correlation-aware losses they train with.
 
+Frozen features (ridge, retrieval) can be richer than the pooled embedding: FEATURE_STAGES adds
+the average-pooled maps of chosen backbone stages (timm's `forward_intermediates`, CNNs and
+ViTs), FEATURE_CROPS concatenates the features of centre crops resized up to the input, and
+STAIN_NORM="macenko" normalises every patch (torchstain) to a stain reference fitted, without
+labels, on training patches; patches with too little tissue are kept as they are and counted.
+Each is part of the feature cache's name and key.
+
 `GeneRegressor` takes uint8 (or 0–255 float) NCHW patches, applies the backbone's own
 preprocessing (`Preprocess`, from timm's data config), pools features with the backbone and maps
 them with one head per gene group to standardised expression (spots × genes, in the model's gene
@@ -36,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.config import FEATURE_DTYPES, MPP_FITS, check_loss_weights
+from utils.config import FEATURE_DTYPES, MPP_FITS, STAIN_NORMS, check_loss_weights
 from utils.data import cache_dir_for, images_fingerprint, load_images
-from utils.paths import cached_array, resolve, write_with
+from utils.paths import cached_array, read_json, resolve, write_json, write_with
 from utils.runs import read_model_info
 
 # Pathology foundation models, usable as BACKBONE by their preset name. Each preset names the
@@ -380,9 +387,14 @@ def extract_features(model: nn.Module, images: np.ndarray, img_size: int | None 
                      batch_size: int | None = None, tta: bool = True,
                      device: torch.device | None = None, progress: bool = True,
                      mpp: float | None = None, model_mpp: float | None = None,
-                     mpp_fit: str = "pad") -> np.ndarray:
+                     mpp_fit: str = "pad", stages: Sequence[int] | str | None = None,
+                     crops: Sequence[float] = (1.0,)) -> np.ndarray:
     """Pooled features (N, D) float32 of uint8 (N, H, W, 3) patches, averaged over D4 views;
-    patches rescaled from `mpp` to `model_mpp` µm/px when that is set (`Preprocess`)."""
+    patches rescaled from `mpp` to `model_mpp` µm/px when that is set (`Preprocess`).
+
+    `stages` (FEATURE_STAGES) adds the average-pooled maps of those backbone stages before the
+    pooled embedding (`embed`); `crops` (FEATURE_CROPS) concatenates the features of each centre
+    crop, a fraction of the patch side resized to the input (1.0: the whole patch)."""
     from tqdm import tqdm
 
     device = device or default_device()
@@ -390,6 +402,8 @@ def extract_features(model: nn.Module, images: np.ndarray, img_size: int | None 
     preprocess = Preprocess(config).to(device)
     # Moved outside inference mode: the weights stay ordinary tensors the model can train with.
     model = model.eval().to(device, memory_format=torch.channels_last)
+    indices = stage_indices(model, stages)
+    crops = check_crops(crops)
     shape = (images.shape[3], *images.shape[1:3]) if len(images) else (3, 1, 1)
     batch_size = batch_size or auto_batch_size(model, preprocess, shape, device)
     out = []
@@ -397,11 +411,145 @@ def extract_features(model: nn.Module, images: np.ndarray, img_size: int | None 
         for start in tqdm(range(0, len(images), batch_size), desc="features", mininterval=10,
                           disable=not progress):
             x = torch.from_numpy(np.array(images[start:start + batch_size]))  # off the memmap
-            x = preprocess(x.to(device).permute(0, 3, 1, 2))
-            with autocast(device):
-                views = [model(v).float() for v in d4_views(x, tta)]
-            out.append(torch.stack(views).mean(0).cpu().numpy())
+            x = x.to(device).permute(0, 3, 1, 2)
+            parts = []
+            for fraction in crops:
+                view = preprocess(centre_crop(x, fraction))
+                with autocast(device):
+                    views = [embed(model, v, indices).float() for v in d4_views(view, tta)]
+                parts.append(torch.stack(views).mean(0))
+            out.append(torch.cat(parts, dim=1).cpu().numpy())
     return np.concatenate(out).astype(np.float32)
+
+
+def stage_indices(model: nn.Module, stages: Sequence[int] | str | None) -> list[int] | None:
+    """FEATURE_STAGES as sorted, non-negative indices into timm's `feature_info` (None: the
+    pooled embedding only); "all" is every stage, negative indices count from the last."""
+    if stages is None:
+        return None
+    info = getattr(model, "feature_info", None)
+    if not hasattr(model, "forward_intermediates") or not info:
+        raise ValueError(f"FEATURE_STAGES={stages!r}: {type(model).__name__} has no timm "
+                         "forward_intermediates; use FEATURE_STAGES=None with this backbone")
+    n = len(info)
+    if stages == "all":
+        return list(range(n))
+    chosen = [int(s) for s in ([stages] if isinstance(stages, (int, str)) else stages)]
+    if not chosen or any(not -n <= s < n for s in chosen):
+        raise ValueError(f"FEATURE_STAGES={stages!r}: this backbone has {n} stages, indices "
+                         f"{-n}..{n - 1} (or 'all')")
+    return sorted({s % n for s in chosen})
+
+
+def stage_channels(model: nn.Module, stages: Sequence[int] | str | None) -> int:
+    """The width of `embed`'s output: the chosen stages' channels plus the pooled embedding."""
+    indices = stage_indices(model, stages) or []
+    return sum(model.feature_info[i]["num_chs"] for i in indices) + model.num_features
+
+
+def embed(model: nn.Module, x: torch.Tensor, indices: list[int] | None = None) -> torch.Tensor:
+    """The pooled embedding of a preprocessed batch, after the global average of each chosen
+    stage's feature map (timm's `forward_intermediates`: one forward pass, NCHW maps for CNNs
+    and ViTs alike); `indices` None is the model's own output."""
+    if indices is None:
+        return model(x)
+    try:
+        final, maps = model.forward_intermediates(x, indices=indices, output_fmt="NCHW")
+    except NotImplementedError as err:  # timm models that declare but do not implement it
+        raise ValueError(f"FEATURE_STAGES: {type(model).__name__} does not support "
+                         "forward_intermediates; use FEATURE_STAGES=None") from err
+    pooled = [m.float().mean(dim=(-2, -1)) for m in maps]
+    return torch.cat([*pooled, model.forward_head(final).float()], dim=1)
+
+
+def check_crops(crops: Sequence[float]) -> tuple[float, ...]:
+    """FEATURE_CROPS as a non-empty tuple of fractions in (0, 1], or a ValueError naming it."""
+    try:
+        values = tuple(float(c) for c in ([crops] if isinstance(crops, (int, float)) else crops))
+    except (TypeError, ValueError):
+        values = ()
+    if not values or any(not 0 < c <= 1 for c in values):
+        raise ValueError(f"FEATURE_CROPS={crops!r} must list fractions of the patch side in "
+                         "(0, 1], e.g. (1.0, 0.5): the whole patch and its centre half")
+    return values
+
+
+def centre_crop(x: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The centre `fraction` of an NCHW batch's height and width (at least 1 px; 1.0: x)."""
+    if fraction >= 1:
+        return x
+    h, w = x.shape[-2:]
+    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return x[..., top:top + ch, left:left + cw]
+
+
+# --- stain normalisation (STAIN_NORM) ---------------------------------------------------------
+
+STAIN_IO, STAIN_BETA, MIN_TISSUE = 240, 0.15, 0.05  # torchstain's Io and beta; tissue share
+
+
+def tissue_fraction(patch: np.ndarray, beta: float = STAIN_BETA) -> float:
+    """Share of a uint8 HWC patch's pixels with optical density ≥ beta in every channel (the
+    pixels Macenko estimates stains from)."""
+    od = -np.log((patch.reshape(-1, 3).astype(np.float32) + 1) / STAIN_IO)
+    return float(np.all(od >= beta, axis=1).mean())
+
+
+def stain_normaliser(reference: dict | None = None):
+    """A torchstain Macenko normaliser (torch backend), with `reference` stains if given."""
+    from torchstain.torch.normalizers import TorchMacenkoNormalizer
+
+    normaliser = TorchMacenkoNormalizer()
+    if reference is not None:
+        normaliser.HERef = torch.tensor(reference["stains"], dtype=torch.float32)
+        normaliser.maxCRef = torch.tensor(reference["max_concentrations"], dtype=torch.float32)
+    return normaliser
+
+
+def fit_stain_reference(images: np.ndarray, n_sample: int = 64) -> dict:
+    """A label-free Macenko reference from training patches: the element-wise median of the
+    stain matrices (3 × 2, H and E) and 99th-percentile concentrations fitted on up to
+    `n_sample` evenly spaced patches with enough tissue (patches where the fit fails skipped)."""
+    normaliser, stains, maxima = stain_normaliser(), [], []
+    candidates = [i for i in np.linspace(0, len(images) - 1, min(len(images), 4 * n_sample),
+                                         dtype=int) if tissue_fraction(images[i]) >= MIN_TISSUE]
+    for i in candidates[:: max(1, len(candidates) // n_sample)][:n_sample]:
+        try:
+            normaliser.fit(torch.from_numpy(np.array(images[i])).permute(2, 0, 1))
+        except (RuntimeError, ValueError, IndexError):
+            continue
+        if torch.isfinite(normaliser.HERef).all() and torch.isfinite(normaliser.maxCRef).all():
+            stains.append(normaliser.HERef.numpy())
+            maxima.append(normaliser.maxCRef.numpy())
+    if not stains:
+        raise ValueError("STAIN_NORM='macenko': no training patch has enough tissue to fit a "
+                         "stain reference; use STAIN_NORM=None")
+    return {"stains": np.median(stains, axis=0).tolist(),
+            "max_concentrations": np.median(maxima, axis=0).tolist(), "n_fitted": len(stains)}
+
+
+def normalise_stains(images: np.ndarray, reference: dict) -> tuple[np.ndarray, int]:
+    """Macenko-normalised copies of uint8 (N, H, W, 3) patches to `reference`, and how many were
+    kept as they are: patches with too little tissue (background) or where the fit fails."""
+    normaliser, out, kept = stain_normaliser(reference), np.empty_like(images), 0
+    for i, patch in enumerate(images):
+        patch = np.array(patch)  # a writable copy (off a memmap)
+        out[i] = patch
+        if tissue_fraction(patch) < MIN_TISSUE:
+            kept += 1
+            continue
+        try:
+            norm, _, _ = normaliser.normalize(torch.from_numpy(patch).permute(2, 0, 1),
+                                              Io=STAIN_IO, beta=STAIN_BETA, stains=False)
+        except (RuntimeError, ValueError, IndexError):
+            kept += 1
+            continue
+        if (norm < 0).any():  # a NaN fit: torchstain casts to int, NaN becomes negative
+            kept += 1
+            continue
+        out[i] = norm.clamp(0, 255).to(torch.uint8).numpy()
+    return out, kept
 
 
 def mpp_tag(mpp: float | None, model_mpp: float | None, mpp_fit: str = "pad") -> str:
@@ -409,10 +557,23 @@ def mpp_tag(mpp: float | None, model_mpp: float | None, mpp_fit: str = "pad") ->
     return "" if model_mpp is None else f"_mpp{mpp:g}to{model_mpp:g}-{mpp_fit}"
 
 
+def feature_tag(stages: Sequence[int] | str | None = None, crops: Sequence[float] = (1.0,),
+                stain_norm: str | None = None) -> str:
+    """The part of a cache name that says which stages, crops and stain normalisation the
+    features have ("" for the defaults: the pooled embedding of the whole, unnormalised patch)."""
+    tag = ""
+    if stages is not None:
+        tag += "_stages-" + ("all" if stages == "all" else ".".join(str(int(i)) for i in stages))
+    if tuple(float(c) for c in crops) != (1.0,):
+        tag += "_crops-" + "-".join(f"{float(c):g}" for c in crops)
+    return tag + (f"_{stain_norm}" if stain_norm else "")
+
+
 def feature_cache_name(backbone: str, pretrained: bool | str, img_size: int | None, tta: bool,
                        seed: int, split: str, mpp: float | None = None,
                        model_mpp: float | None = None, mpp_fit: str = "pad",
-                       dtype: str = "float32") -> str:
+                       dtype: str = "float32", stages: Sequence[int] | str | None = None,
+                       crops: Sequence[float] = (1.0,), stain_norm: str | None = None) -> str:
     """A file name that identifies what the features were computed with."""
     if isinstance(pretrained, bool):
         weights = "hub" if pretrained else f"random-seed{seed}"
@@ -420,45 +581,110 @@ def feature_cache_name(backbone: str, pretrained: bool | str, img_size: int | No
         weights = "file-" + Path(pretrained).stem
     slug = backbone.replace("hf-hub:", "hf-").replace("/", "--").replace(":", "-")
     half = "" if dtype == "float32" else f"_{dtype}"
-    return (f"{slug}_{weights}_{img_size or 'default'}px{mpp_tag(mpp, model_mpp, mpp_fit)}_"
-            f"{'d4' if tta else 'noTTA'}{half}_{split}.npy")
+    return (f"{slug}_{weights}_{img_size or 'default'}px{mpp_tag(mpp, model_mpp, mpp_fit)}"
+            f"{feature_tag(stages, crops, stain_norm)}_{'d4' if tta else 'noTTA'}{half}_"
+            f"{split}.npy")
+
+
+def feature_key(data, stages: Sequence[int] | str | None, crops: Sequence[float],
+                stain_norm: str | None) -> dict:
+    """What FEATURE_STAGES, FEATURE_CROPS and STAIN_NORM add to a feature cache key (nothing
+    at their defaults, so older caches stay valid); a stain reference is fitted on the train
+    images, so their fingerprint is part of every split's key."""
+    key = {}
+    if stages is not None:
+        key["stages"] = stages if stages == "all" else [int(i) for i in stages]
+    if tuple(float(c) for c in crops) != (1.0,):
+        key["crops"] = [float(c) for c in crops]
+    if stain_norm:
+        key.update(stain_norm=stain_norm, stain_reference=images_fingerprint(data, "train"))
+    return key
+
+
+def check_stain_norm(stain_norm: str | None) -> str | None:
+    """STAIN_NORM is None or a name of STAIN_NORMS, or a ValueError naming it."""
+    if stain_norm is not None and stain_norm not in STAIN_NORMS:
+        raise ValueError(f"STAIN_NORM={stain_norm!r}: choose None or one of {STAIN_NORMS}")
+    return stain_norm
+
+
+def feature_cache_entry(data, split: str, backbone: str, pretrained: bool | str = True,
+                        img_size: int | None = None, tta: bool = True, seed: int = 0,
+                        mpp: float | None = None, model_mpp: float | None = None,
+                        mpp_fit: str = "pad", dtype: str = "float32",
+                        stages: Sequence[int] | str | None = None,
+                        crops: Sequence[float] = (1.0,),
+                        stain_norm: str | None = None) -> tuple[str, dict]:
+    """The cache file name and key of one split's features (what `cached_features` reads)."""
+    rescale = {"mpp": mpp, "model_mpp": model_mpp, "mpp_fit": mpp_fit}
+    design = {"stages": stages, "crops": check_crops(crops),
+              "stain_norm": check_stain_norm(stain_norm)}
+    name = feature_cache_name(backbone, pretrained, img_size, tta, seed, split, **rescale,
+                              dtype=dtype, **design)
+    key = {"backbone": backbone, "pretrained": str(pretrained), "img_size": img_size,
+           "tta": tta, "seed": None if pretrained is not False else seed,
+           "images": images_fingerprint(data, split)}
+    if model_mpp is not None:  # keys without rescaling stay as before: old caches hold
+        key.update(rescale)
+    if dtype != "float32":
+        key["dtype"] = dtype
+    return name, {**key, **feature_key(data, **design)}
 
 
 def cached_features(data, backbone: str, pretrained: bool | str = True,
                     img_size: int | None = None, tta: bool = True, seed: int = 0,
                     batch_size: int | None = None, cache_dir: str | os.PathLike | None = None,
                     mpp: float | None = None, model_mpp: float | None = None,
-                    mpp_fit: str = "pad", dtype: str = "float32") -> dict[str, np.ndarray]:
-    """Train and test features, computed once per backbone/weights/size/TTA/rescaling and then
-    cached; `dtype="float16"` halves the cache (HEST's way for 1–2.5 k-dim foundation-model
-    embeddings); they are returned as float32 either way."""
+                    mpp_fit: str = "pad", dtype: str = "float32",
+                    stages: Sequence[int] | str | None = None, crops: Sequence[float] = (1.0,),
+                    stain_norm: str | None = None) -> dict[str, np.ndarray]:
+    """Train and test features, computed once per backbone/weights/size/TTA/rescaling/stages/
+    crops/stain normalisation and then cached; `dtype="float16"` halves the cache (HEST's way
+    for 1–2.5 k-dim foundation-model embeddings); they are returned as float32 either way."""
     if dtype not in FEATURE_DTYPES:
         raise ValueError(f"FEATURE_DTYPE={dtype!r}: choose from {FEATURE_DTYPES}")
+    crops, stain_norm = check_crops(crops), check_stain_norm(stain_norm)
     folder = Path(cache_dir or cache_dir_for(data)) / "features"
     model: list[nn.Module] = []  # built only if some split is not cached yet
     rescale = {"mpp": mpp, "model_mpp": model_mpp, "mpp_fit": mpp_fit}
+    design = {"stages": stages, "crops": crops, "stain_norm": stain_norm}
 
-    def compute(images: np.ndarray) -> np.ndarray:
+    def compute(images: np.ndarray, split: str) -> np.ndarray:
         if not model:
             model.append(create_backbone(backbone, pretrained, img_size, seed))
-        return extract_features(model[0], images, img_size, batch_size, tta,
-                                **rescale).astype(dtype)
+        if stain_norm:
+            images = stain_normalised(data, images, split, cache_dir, folder)
+        return extract_features(model[0], images, img_size, batch_size, tta, **rescale,
+                                stages=stages, crops=crops).astype(dtype)
 
     features = {}
     for split in ("train", "test"):
-        name = feature_cache_name(backbone, pretrained, img_size, tta, seed, split, **rescale,
-                                  dtype=dtype)
-        key = {"backbone": backbone, "pretrained": str(pretrained), "img_size": img_size,
-               "tta": tta, "seed": None if pretrained is not False else seed,
-               "images": images_fingerprint(data, split)}
-        if model_mpp is not None:  # keys without rescaling stay as before: old caches hold
-            key.update(rescale)
-        if dtype != "float32":
-            key["dtype"] = dtype
+        name, key = feature_cache_entry(data, split, backbone, pretrained, img_size, tta, seed,
+                                        **rescale, dtype=dtype, **design)
         images = load_images(data, split, cache_dir)
-        features[split] = cached_array(folder / name, key, partial(compute, images)
+        features[split] = cached_array(folder / name, key, partial(compute, images, split)
                                        ).astype(np.float32)
     return features
+
+
+def stain_normalised(data, images: np.ndarray, split: str, cache_dir: str | os.PathLike | None,
+                     folder: Path) -> np.ndarray:
+    """A split's patches Macenko-normalised to a reference fitted on the train patches (saved,
+    with how many patches of each split were kept as they are, in `stain_reference.json`)."""
+    path = folder / "stain_reference.json"
+    train_key = images_fingerprint(data, "train")
+    saved = read_json(path) if path.is_file() else {}
+    if saved.get("train_images") != train_key:
+        reference = fit_stain_reference(load_images(data, "train", cache_dir))
+        saved = {"train_images": train_key, "reference": reference, "kept_as_is": {}}
+    out, kept = normalise_stains(images, saved["reference"])
+    saved["kept_as_is"][split] = {"patches": len(images), "kept": kept}
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(path, saved)
+    print(f"STAIN_NORM='macenko': {kept} of {len(images)} {split} patches kept as they are "
+          f"(background or failed fit); reference from {saved['reference']['n_fitted']} train "
+          f"patches ({path})", flush=True)
+    return out
 
 
 # --- gene regressors --------------------------------------------------------------------------

@@ -1,0 +1,174 @@
+"""Richer frozen features: several backbone stages (FEATURE_STAGES), centre crops
+(FEATURE_CROPS) and Macenko stain normalisation (STAIN_NORM), each part of the cache key."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from utils.config import TrainConfig
+from utils.models import (
+    Preprocess,
+    centre_crop,
+    create_backbone,
+    d4_views,
+    data_config,
+    embed,
+    extract_features,
+    feature_cache_name,
+    fit_stain_reference,
+    normalise_stains,
+    stage_channels,
+    stage_indices,
+)
+
+SIZE = 64
+HE_REFERENCE = np.array([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]])  # Macenko's H and E vectors
+HE_SHIFTED = np.array([[0.45, 0.30], [0.85, 0.90], [0.27, 0.32]])  # another lab's stains
+
+
+def images(n: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def today_features(model, x: np.ndarray) -> np.ndarray:
+    """The kit's features before this change: model(preprocess(x)) averaged over D4 views."""
+    preprocess = Preprocess(data_config(model, SIZE))
+    with torch.inference_mode():
+        batch = preprocess(torch.from_numpy(x).permute(0, 3, 1, 2))
+        return torch.stack([model.eval()(v) for v in d4_views(batch)]).mean(0).numpy()
+
+
+def stained(stains: np.ndarray, seed: int = 0, size: int = 48) -> np.ndarray:
+    """A synthetic H&E patch: Beer–Lambert mixing of random H and E concentrations."""
+    rng = np.random.default_rng(seed)
+    concentrations = rng.gamma(2.0, 0.4, (2, size * size)) * [[1.0], [0.5]]
+    rgb = 240 * np.exp(-(stains / np.linalg.norm(stains, axis=0)) @ concentrations)
+    return rgb.T.reshape(size, size, 3).clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", ["test_efficientnet", "test_convnext", "test_vit"])
+def test_stage_features_are_the_pooled_maps_then_the_embedding(name):
+    model = create_backbone(name, pretrained=False).eval()
+    channels = [info["num_chs"] for info in model.feature_info]
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        out = embed(model, x, stage_indices(model, (-2, -1)))
+        maps = model.forward_intermediates(x, indices=[len(channels) - 2], intermediates_only=True)
+        pooled = model(x)
+    assert out.shape == (2, channels[-2] + channels[-1] + model.num_features)
+    assert stage_channels(model, (-2, -1)) == out.shape[1]
+    assert stage_channels(model, "all") == sum(channels) + model.num_features
+    torch.testing.assert_close(out[:, :channels[-2]], maps[0].mean(dim=(-2, -1)))
+    torch.testing.assert_close(out[:, -model.num_features:], pooled, rtol=1e-4, atol=1e-5)
+
+
+def test_default_features_equal_todays_exactly():
+    model = create_backbone("test_efficientnet", pretrained=False)
+    x = images()
+    default = extract_features(model, x, SIZE, progress=False)
+    np.testing.assert_array_equal(default, today_features(model, x))
+    staged = extract_features(model, x, SIZE, progress=False, stages="all")
+    assert staged.shape == (3, stage_channels(model, "all"))
+    np.testing.assert_allclose(staged[:, -model.num_features:], default, rtol=1e-4, atol=1e-5)
+
+
+def test_crops_change_what_the_model_sees():
+    model = create_backbone("test_convnext", pretrained=False)
+    x = images()
+    whole = extract_features(model, x, SIZE, tta=False, progress=False)
+    both = extract_features(model, x, SIZE, tta=False, progress=False, crops=(1.0, 0.5))
+    assert both.shape == (3, 2 * whole.shape[1])
+    np.testing.assert_allclose(both[:, :whole.shape[1]], whole, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(both[:, whole.shape[1]:], whole, atol=1e-3)
+    centre = x[:, 16:48, 16:48]  # the centre half, resized up to the input like a patch
+    np.testing.assert_allclose(both[:, whole.shape[1]:], extract_features(
+        model, np.ascontiguousarray(centre), SIZE, tta=False, progress=False),
+        rtol=1e-4, atol=1e-5)
+    assert centre_crop(torch.zeros(1, 3, 10, 10), 0.25).shape[-2:] == (2, 2)
+
+
+def test_macenko_maps_a_stain_shifted_patch_closer_to_the_reference():
+    reference_patch = stained(HE_REFERENCE)
+    shifted = stained(HE_SHIFTED)  # the same tissue (concentrations), other stains
+    reference = fit_stain_reference(reference_patch[None])
+    normalised, kept = normalise_stains(shifted[None], reference)
+    assert kept == 0 and normalised.dtype == np.uint8
+    before = np.abs(shifted.astype(float) - reference_patch).mean()
+    after = np.abs(normalised[0].astype(float) - reference_patch).mean()
+    assert after < 0.5 * before
+
+
+def test_a_blank_patch_is_kept_as_it_is_and_counted():
+    reference = fit_stain_reference(stained(HE_REFERENCE)[None])
+    blank = np.full((48, 48, 3), 250, np.uint8)
+    batch = np.stack([blank, stained(HE_SHIFTED), blank])
+    out, kept = normalise_stains(batch, reference)
+    assert kept == 2
+    np.testing.assert_array_equal(out[0], blank)
+    np.testing.assert_array_equal(out[2], blank)
+    assert not np.array_equal(out[1], batch[1])
+    with pytest.raises(ValueError, match="STAIN_NORM"):
+        fit_stain_reference(blank[None])
+
+
+def test_cache_names_differ_per_parameter():
+    def name(**kwargs):
+        return feature_cache_name("m", True, 224, True, 0, "train", **kwargs)
+
+    names = {name(), name(stages=(3, 4)), name(stages=(2, 3, 4)), name(stages="all"),
+             name(crops=(1.0, 0.5)), name(crops=(0.5,)), name(crops=(1.0, 0.75)),
+             name(stain_norm="macenko"), name(stages="all", stain_norm="macenko")}
+    assert len(names) == 9
+    assert name() == name(stages=None, crops=(1.0,), stain_norm=None)  # old caches still hold
+
+
+def test_cached_features_keys_and_stain_report(dacon_dir, tmp_path):
+    from utils.data import load_data
+    from utils.models import cached_features
+
+    data = load_data(dacon_dir)
+    kwargs = dict(backbone="test_convnext", pretrained=False, img_size=32, tta=False,
+                  cache_dir=tmp_path / "cache")
+    plain = cached_features(data, **kwargs)
+    staged = cached_features(data, **kwargs, stages=(-1,))
+    cropped = cached_features(data, **kwargs, crops=(1.0, 0.5))
+    assert staged["train"].shape[1] > plain["train"].shape[1]
+    np.testing.assert_allclose(cropped["train"][:, :plain["train"].shape[1]], plain["train"],
+                               rtol=1e-5, atol=1e-6)
+    normalised = cached_features(data, **kwargs, stain_norm="macenko")
+    assert not np.allclose(normalised["train"], plain["train"], atol=1e-3)
+    folder = tmp_path / "cache" / "features"
+    keys = [json.loads(p.read_text()) for p in folder.glob("*_train.json")]
+    assert len(keys) == 4 and len({json.dumps(k, sort_keys=True) for k in keys}) == 4
+    report = json.loads((folder / "stain_reference.json").read_text())
+    assert set(report["kept_as_is"]) == {"train", "test"}
+    assert report["kept_as_is"]["train"]["patches"] == len(data.train)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("feature_stages", "last"), ("feature_stages", [1.5]), ("feature_stages", []),
+    ("feature_crops", [0.0]), ("feature_crops", [1.5]), ("feature_crops", []),
+    ("stain_norm", "reinhard")])
+def test_bad_values_are_named(field, value):
+    with pytest.raises(ValueError, match=field.upper()):
+        TrainConfig(**{field: value})
+
+
+def test_parameters_parse_text_and_are_refused_by_finetune():
+    cfg = TrainConfig(feature_stages="-2,-1", feature_crops="1,0.5")
+    assert cfg.feature_stages == (-2, -1) and cfg.feature_crops == (1.0, 0.5)
+    assert TrainConfig(feature_stages="all").feature_stages == "all"
+    with pytest.raises(ValueError, match="STAIN_NORM"):
+        TrainConfig(recipe="finetune", stain_norm="macenko")
+
+
+def test_stage_errors_name_the_parameter():
+    model = create_backbone("test_efficientnet", pretrained=False)
+    with pytest.raises(ValueError, match="FEATURE_STAGES"):
+        stage_indices(model, (7,))
+    with pytest.raises(ValueError, match="FEATURE_STAGES"):
+        stage_indices(torch.nn.Linear(3, 3), (-1,))
+    with pytest.raises(ValueError, match="FEATURE_CROPS"):
+        extract_features(model, images(1), SIZE, progress=False, crops=(2.0,))
