@@ -9,8 +9,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import GENES, SIZE, make_dacon, write_png
 
-from tests.conftest import GENES, SIZE, make_dacon, write_png
 from utils.config import SubmitConfig
 from utils.data import DataError, ImageConversionWarning, load_data, load_images
 from utils.ensemble import (

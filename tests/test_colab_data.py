@@ -7,9 +7,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import make_dacon
 
 import utils.paths as paths
-from tests.conftest import make_dacon
 from utils.paths import find_data_dir, missing_files, unpack_dacon_zip
 
 

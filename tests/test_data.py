@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import GENES, SIZE, write_png
 
 import utils.data as data_mod
-from tests.conftest import GENES, SIZE, write_png
 from utils.data import DataError, PatchDataset, cache_dir_for, load_data, load_images
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import KIT_ROOT, make_dacon
 
-from tests.conftest import KIT_ROOT, make_dacon
 from utils.data import load_data, load_images
 from utils.paths import cached_array, npy_is_complete, save_npy
 

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import make_dacon
 
 import utils.paths as paths
-from tests.conftest import make_dacon
 from utils.paths import REQUIRED, DataDirError, find_data_dir
 
 

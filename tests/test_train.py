@@ -230,7 +230,8 @@ def test_gene_groups_as_heads_or_models(tiny, tmp_path, mode):
 
 
 def test_every_config_field_is_a_notebook_parameter():
-    from tests.test_notebooks import _parameters
+    from test_notebooks import _parameters
+
     from utils.dev.pipeline import list_notebooks
 
     notebook = next(p for p in list_notebooks() if p.stem == "05_train")

@@ -407,6 +407,7 @@ class TrainConfig:
     head_init: str = "ridge"
     drop_path: float = 0.0
     num_workers: int | None = None
+    devices: int | None = None  # data-parallel processes (utils.train.device_count)
     resume: bool = True
     # magnification (both recipes): rescale patches from MPP to MODEL_MPP µm/px, then MPP_FIT
     mpp: float = DACON_MPP
@@ -432,7 +433,7 @@ class TrainConfig:
                 set_field(self, name, value)
             smoke_paths(self, ("run_dir", "gene_groups", "augment"))
         check_positive_ints(self, ("n_folds", "batch_size", "img_size", "pca_dim", "epochs",
-                                   "accumulate", "patience"))
+                                   "accumulate", "patience", "devices"))
         self._check_mpp()
         self._check_finetune()
 

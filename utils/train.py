@@ -18,11 +18,19 @@ one. Besides the run files (`utils.runs`) it writes model.json, weights/, histor
 curves.png and checkpoints/.
 
 Mixed precision follows `utils.models.amp_dtype` (bf16 on Ampere+, fp16 with loss scaling on
-T4/P100, off on CPU). This module imports torch; `import utils` does not import it.
+T4/P100, off on CPU). With more than one device (DEVICES, default: every visible GPU, e.g.
+Kaggle's two T4s) the units are trained data-parallel: Accelerate's `notebook_launcher` starts
+one process per device (forked, so it works inside a notebook), each takes its slice of every
+global batch (Accelerate's `BatchSamplerShard`) and torch DDP averages the gradients. The
+batch-level loss terms (Pearson, covariance) see the whole global batch, gathered from every
+process, so N processes train as one with the same global batch, up to floating-point noise (a
+test checks it with two CPU processes). Process 0 scores, saves and checkpoints.
+This module imports torch; `import utils` does not import it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -287,7 +295,8 @@ def frozen_features(cfg: TrainConfig, data: KitData) -> tuple[dict[str, np.ndarr
     tta = cfg.tta and not cfg.smoke
     return cached_features(data, cfg.backbone, cfg.pretrained, cfg.img_size, tta, cfg.seed,
                            cfg.batch_size, mpp=cfg.mpp, model_mpp=cfg.model_mpp,
-                           mpp_fit=cfg.mpp_fit, dtype=cfg.feature_dtype), tta
+                           mpp_fit=cfg.mpp_fit, dtype=cfg.feature_dtype, stages=cfg.feature_stages,
+                           crops=cfg.feature_crops, stain_norm=cfg.stain_norm), tta
 
 
 def train_retrieval(cfg: TrainConfig, data: KitData, folds: np.ndarray,
@@ -313,7 +322,7 @@ def train_ridge(cfg: TrainConfig, data: KitData, folds: np.ndarray,
 
 # --- fine-tuning: the recipe ----------------------------------------------------------------
 
-NOT_TRAINING = ("run_dir", "overwrite", "resume", "num_workers", "data_dir")
+NOT_TRAINING = ("run_dir", "overwrite", "resume", "num_workers", "devices", "data_dir")
 
 
 def train_finetune(cfg: TrainConfig, data: KitData, folds: np.ndarray,
@@ -327,11 +336,10 @@ def train_finetune(cfg: TrainConfig, data: KitData, folds: np.ndarray,
     run = resolve(cfg.run_dir)
     checkpoints = prepare_checkpoints(run, checkpoint_settings(cfg, data), cfg.resume)
     watch = Stopwatch(checkpoints / "elapsed.json")
-    histories: dict[str, list[dict]] = {}
-    for unit in units:
-        last = stop_epoch(unit, units, histories, cfg.epochs, cfg.patience)
-        histories[unit.name] = train_unit(unit, cfg, images, data.y, checkpoints / unit.name,
-                                          last, watch)
+    devices = device_count(cfg)
+    if devices > 1 and not all((checkpoints / u.name / "history.json").is_file() for u in units):
+        launch_data_parallel(cfg, units, images, data.y, checkpoints, devices)
+    histories = train_units(cfg, units, images, data.y, checkpoints, watch)  # done: read back
     choice = choose_epochs(units, histories)
     results = {unit.name: predict_unit(unit, cfg, images, test_images, choice[unit.name],
                                        checkpoints / unit.name, run / weights_file(unit.name))
@@ -433,6 +441,112 @@ def run_details(cfg: TrainConfig, units: list[Unit], choice: dict[str, dict],
                 row["epoch"] for row in history if row["unit"] == u.name)} for u in units}}
 
 
+def train_units(cfg: TrainConfig, units: list[Unit], images: np.ndarray, y: np.ndarray,
+                checkpoints: Path, watch: Stopwatch | None = None) -> dict[str, list[dict]]:
+    """Train every unit in turn (each one's last epoch from the units before it, PATIENCE);
+    returns their epoch histories. A unit trained before is read back, not trained again."""
+    histories: dict[str, list[dict]] = {}
+    for unit in units:
+        last = stop_epoch(unit, units, histories, cfg.epochs, cfg.patience)
+        histories[unit.name] = train_unit(unit, cfg, images, y, checkpoints / unit.name, last,
+                                          watch)
+    return histories
+
+
+# --- fine-tuning: several devices -----------------------------------------------------------
+
+def device_count(cfg: TrainConfig) -> int:
+    """Data-parallel processes: DEVICES, else every visible GPU (1 without CUDA). DEVICES > 1
+    on CPU runs that many gloo processes (what the tests use; no faster on a laptop)."""
+    if cfg.devices is not None:
+        return cfg.devices
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+
+
+def launch_data_parallel(cfg: TrainConfig, units: list[Unit], images: np.ndarray,
+                         y: np.ndarray, checkpoints: Path, devices: int) -> None:
+    """Train every unit with `devices` processes through Accelerate's notebook launcher; the
+    processes leave each unit's history.json and weights, as one process would."""
+    from accelerate import notebook_launcher
+
+    batch_size = cfg.batch_size or devices * train_batch_size(default_device())
+    if batch_size % devices:
+        raise ValueError(f"BATCH_SIZE={batch_size} must be a multiple of DEVICES={devices}: it "
+                         "is the global batch, split evenly across the devices")
+    if torch.cuda.is_available() and torch.cuda.device_count() < devices:
+        raise ValueError(f"DEVICES={devices} but only {torch.cuda.device_count()} GPU(s) visible")
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        raise RuntimeError(
+            f"DEVICES={devices}: CUDA is already in use in this kernel, and the processes for the "
+            "other GPUs can only be started before it is. Restart the kernel (Kaggle: Run → "
+            "Restart & clear outputs) and run this notebook top to bottom, or set DEVICES=1. "
+            f"Finished epochs are kept in {checkpoints} (RESUME=True continues).")
+    print(f"fine-tuning on {devices} devices, global batch {batch_size} "
+          f"({batch_size // devices} per device)", flush=True)
+    notebook_launcher(data_parallel_worker, (cfg, units, images, y, checkpoints),
+                      num_processes=devices)
+
+
+def data_parallel_worker(cfg: TrainConfig, units: list[Unit], images: np.ndarray, y: np.ndarray,
+                         checkpoints: Path) -> None:
+    """One process of a data-parallel run: join the process group (NCCL on GPUs, gloo on
+    CPU), then train every unit in step with the others."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.device.type == "cpu":  # share the cores instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))
+    watch = Stopwatch(checkpoints / "elapsed.json") if state.is_main_process else None
+    train_units(cfg, units, images, y, checkpoints, watch)
+    state.wait_for_everyone()
+
+
+def world() -> tuple[int, int]:
+    """(rank, processes) of this process in a data-parallel run; (0, 1) otherwise."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def wait_for_others() -> None:
+    """A barrier in a data-parallel run (process 0 scores and saves meanwhile); else nothing."""
+    if world()[1] > 1:
+        torch.distributed.barrier()
+
+
+def process_device() -> torch.device:
+    """This process's device: its own GPU in a data-parallel run, else `default_device()`."""
+    rank, processes = world()
+    if processes > 1 and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    return default_device()
+
+
+def gather_batch(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole global batch on every process, so batch-level loss terms see all of it; the
+    other processes' predictions come detached (their gradients are theirs to compute)."""
+    rank, processes = world()
+    if processes == 1:
+        return pred, target
+    preds = [torch.empty_like(pred) for _ in range(processes)]
+    targets = [torch.empty_like(target) for _ in range(processes)]
+    torch.distributed.all_gather(preds, pred.detach().contiguous())
+    torch.distributed.all_gather(targets, target.contiguous())
+    preds[rank] = pred
+    return torch.cat(preds), torch.cat(targets)
+
+
+def wrap_data_parallel(model: nn.Module, device: torch.device, freeze_bn: bool) -> nn.Module:
+    """The module to call in training: `model` itself, or torch DDP around it in a
+    data-parallel run (batch norm synchronised across GPUs unless its statistics are frozen)."""
+    if world()[1] == 1:
+        return model
+    if device.type == "cuda" and not freeze_bn:
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
 # --- fine-tuning: one unit ------------------------------------------------------------------
 
 @dataclass
@@ -482,9 +596,11 @@ def train_unit(unit: Unit, cfg, images: np.ndarray, y: np.ndarray, folder: Path,
         if is_oom(err):
             raise oom_error(err, batch_size, cfg.img_size, folder, cfg.resume) from err
         raise
-    write_json(folder / "history.json", state["history"])
-    (folder / "last.pt").unlink(missing_ok=True)
-    return state["history"]
+    if world()[0] == 0:
+        write_json(folder / "history.json", state["history"])
+        (folder / "last.pt").unlink(missing_ok=True)
+    wait_for_others()
+    return read_json(folder / "history.json")
 
 
 def stop_epoch(unit: Unit, units: list[Unit], histories: dict[str, list[dict]], epochs: int,
@@ -579,8 +695,8 @@ def remove_epoch_weights(folder: Path) -> None:
 def setup_unit(unit: Unit, cfg, images: np.ndarray, y: np.ndarray, resume: bool) -> dict:
     """Model (targets fitted on the unit's training rows, stages frozen, heads initialised by
     ridge unless resuming), optimizer, schedule, scaler, EMA, loss and augmentation."""
-    device = default_device()
-    batch_size = cfg.batch_size or train_batch_size(device)
+    device = process_device()
+    batch_size = cfg.batch_size or world()[1] * train_batch_size(device)  # the global batch
     model = build_model(unit_spec(unit, cfg), cfg.pretrained, cfg.seed)
     set_targets(model, y[unit.train_idx][:, unit.genes])
     z = ((y[:, unit.genes] - model.y_mean.numpy()) / model.y_std.numpy()).astype(np.float32)
@@ -603,7 +719,8 @@ def setup_unit(unit: Unit, cfg, images: np.ndarray, y: np.ndarray, resume: bool)
         ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True)
     groups = list(unit.heads.values()) if len(unit.heads) > 1 else None
     step = Stepper(model, create_loss(cfg.loss_weights, groups), optimizer, scheduler,
-                   grad_scaler(device), ema, device, cfg.grad_clip, cfg.accumulate)
+                   grad_scaler(device), ema, device, cfg.grad_clip, cfg.accumulate,
+                   wrap_data_parallel(model, device, cfg.freeze_bn))
     return {"step": step, "device": device, "batch_size": batch_size, "z": z,
             "transform": build_augment(cfg.augment)}
 
@@ -647,7 +764,12 @@ def init_heads_by_ridge(model: nn.Module, cfg, images: np.ndarray, unit: Unit, z
 
 def _end_epoch(unit: Unit, cfg, step: Stepper, images: np.ndarray, y: np.ndarray, state: dict,
                stats: dict, folder: Path) -> None:
-    """Score the validation rows, keep this epoch's weights, record the epoch, checkpoint."""
+    """Score the validation rows, keep this epoch's weights, record the epoch, checkpoint (process
+    0 of a data-parallel run; the others wait for it)."""
+    if world()[0] != 0:
+        state["epoch"] = stats["epoch"]
+        wait_for_others()
+        return
     model = step.ema.module if step.ema is not None else step.model
     pred = to_original(model, predict(model, images, unit.val_idx, device=step.device))
     parts = score(y[unit.val_idx][:, unit.genes], pred)
@@ -658,6 +780,7 @@ def _end_epoch(unit: Unit, cfg, step: Stepper, images: np.ndarray, y: np.ndarray
     save_weights(model, epoch_weights(folder, stats["epoch"]))
     save_checkpoint(folder / "last.pt", step, state)
     print(format_epoch(row, state["history"]), flush=True)
+    wait_for_others()
 
 
 def format_epoch(row: dict, history: list[dict]) -> str:
@@ -769,15 +892,24 @@ def _seed_worker(worker_id: int) -> None:
 
 def make_loader(dataset, batch_size: int, seed: int, workers: int,
                 device: torch.device) -> torch.utils.data.DataLoader:
-    """A shuffled training loader whose order and augmentations are fixed by `seed`."""
+    """A shuffled training loader whose order and augmentations are fixed by `seed`. In a
+    data-parallel run every process draws the same global batches and loads its own slice of
+    each (Accelerate's `BatchSamplerShard`), with its own augmentation stream."""
+    rank, processes = world()
     transform = getattr(dataset, "transform", None)
     if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)  # used as is with workers=0
+        transform.set_random_seed(seed + rank)  # used as is with workers=0
     generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=workers,
-        worker_init_fn=_seed_worker, pin_memory=device.type == "cuda",
+    sampler = torch.utils.data.BatchSampler(
+        torch.utils.data.RandomSampler(dataset, generator=generator), batch_size,
         drop_last=len(dataset) > batch_size)  # no batch of one: batch norm needs two
+    if processes > 1:
+        from accelerate.data_loader import BatchSamplerShard
+
+        sampler = BatchSamplerShard(sampler, processes, rank, split_batches=True)
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, generator=generator, num_workers=workers,
+        worker_init_fn=_seed_worker, pin_memory=device.type == "cuda")
 
 
 def make_optimizer(model: nn.Module, lr: float, head_lr: float,
@@ -819,6 +951,10 @@ class Stepper:
     device: torch.device
     grad_clip: float | None
     accumulate: int
+    forward: nn.Module | None = None  # what training calls: the model, or DDP around it
+
+    def __post_init__(self):
+        self.forward = self.forward or self.model
 
 
 def train_epoch(step: Stepper, loader, desc: str = "train") -> dict[str, float]:
@@ -828,7 +964,7 @@ def train_epoch(step: Stepper, loader, desc: str = "train") -> dict[str, float]:
     GPU memory in GB (None off CUDA). loader ≫ model images/s: the GPU is the limit."""
     from tqdm import tqdm
 
-    step.model.train()
+    step.forward.train()
     cuda = step.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(step.device)
@@ -836,19 +972,25 @@ def train_epoch(step: Stepper, loader, desc: str = "train") -> dict[str, float]:
     wait_s = model_s = 0.0
     bar = tqdm(loader, desc=desc, leave=False, mininterval=2)
     tick = time.perf_counter()
+    processes = world()[1]
     for i, (x, y) in enumerate(bar):
         got = time.perf_counter()
         wait_s += got - tick
         x, y = x.to(step.device, non_blocking=True), y.to(step.device, non_blocking=True)
-        with autocast(step.device):
-            pred = step.model(x)
-        loss, parts = step.loss_fn(pred.float(), y)
-        step.scaler.scale(loss / step.accumulate).backward()
-        if (i + 1) % step.accumulate == 0 or i + 1 == len(loader):
+        stepping = (i + 1) % step.accumulate == 0 or i + 1 == len(loader)
+        sync = contextlib.nullcontext() if stepping or processes == 1 else step.forward.no_sync()
+        with sync:
+            with autocast(step.device):
+                pred = step.forward(x)
+            pred, y = gather_batch(pred.float(), y)
+            loss, parts = step.loss_fn(pred, y)
+            # DDP averages the processes' gradients: × processes makes that the global batch's
+            step.scaler.scale(loss * processes / step.accumulate).backward()
+        if stepping:
             _optimizer_step(step)
         values = torch.stack([loss.detach(), *parts.values()])
-        sums = values * len(x) if sums is None else sums + values * len(x)
-        n_images += len(x)
+        sums = values * len(y) if sums is None else sums + values * len(y)
+        n_images += len(y)
         if cuda:
             torch.cuda.synchronize(step.device)
         tick = time.perf_counter()
