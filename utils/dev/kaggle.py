@@ -33,7 +33,7 @@ KAGGLE_HAS = ("numpy", "pandas", "scipy", "scikit-learn", "scikit-image", "pillo
               "seaborn", "tqdm", "safetensors", "huggingface-hub", "pyyaml", "pydantic",
               "opencv-python-headless", "opencv-python", "umap-learn", "numba", "llvmlite",
               "pynndescent", "papermill", "ipykernel", "nbformat", "requests", "packaging",
-              "typing-extensions", "joblib", "threadpoolctl")
+              "typing-extensions", "joblib", "threadpoolctl", "accelerate")
 KAGGLE_PYTHON = "3.11"
 # pip (23.x) does not widen a manylinux tag to older glibc versions: name each one Kaggle runs.
 KAGGLE_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64")
