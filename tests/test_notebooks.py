@@ -22,6 +22,9 @@ REQUIRED_PARAMETERS = {
     "03_augmentation_screening": {"DATA_DIR", "RUN_DIR", "CANDIDATES", "N_PATCHES", "SEED",
                                   "SMOKE", "DINO_MODEL", "DINO_PRETRAINED", "LPIPS_NET",
                                   "MIN_DINO_SIM", "MAX_LPIPS", "MAX_STAIN_SHIFT", "MIN_SSIM"},
+    "04_adapt": {"DATA_DIR", "RUN_DIR", "BACKBONE", "PRETRAINED", "OBJECTIVE", "VIEWS", "SPLITS",
+                 "IMG_SIZE", "EPOCHS", "BATCH_SIZE", "STEPS_PER_EPOCH", "LR", "SEED", "SMOKE",
+                 "RESUME", "OVERWRITE"},
     "05_train": {"DATA_DIR", "RUN_DIR", "RECIPE", "BACKBONE", "PRETRAINED", "IMG_SIZE", "CV",
                  "N_FOLDS", "SEED", "SMOKE", "EPOCHS", "BATCH_SIZE", "LR", "HEAD_LR",
                  "WEIGHT_DECAY", "WARMUP_EPOCHS", "GRAD_CLIP", "ACCUMULATE", "EMA", "PATIENCE",
@@ -71,7 +74,8 @@ def test_parameters_cell_is_upper_case_literals_with_comments(path):
 
 
 CONFIGS = {"01_eda": "EdaConfig", "02_gene_clustering": "GeneClusteringConfig",
-           "03_augmentation_screening": "ScreenConfig", "05_train": "TrainConfig",
+           "03_augmentation_screening": "ScreenConfig", "04_adapt": "AdaptConfig",
+           "05_train": "TrainConfig",
            "06_gradcam": "CamConfig", "07_ensemble_submit": "SubmitConfig"}
 
 

@@ -21,6 +21,8 @@ DEMO_SUBMISSION = "submissions/demo.csv"
 DEMO_MODEL = {"BACKBONE": "test_convnext", "PRETRAINED": False, "IMG_SIZE": 64}
 # Fine-tuning that tiny random-init model: a few epochs (one with --quick), seconds per fold.
 DEMO_FINETUNE = {"EPOCHS": 4, "BATCH_SIZE": 32, "LR": 5e-4, "PATIENCE": None}
+# Self-supervised adaptation of that model: two short epochs (one with --quick).
+DEMO_ADAPT = {"EPOCHS": 2, "BATCH_SIZE": 16, "STEPS_PER_EPOCH": 4, "N_PROBE": 64}
 
 
 def list_notebooks() -> list[Path]:
@@ -34,6 +36,7 @@ def list_notebooks() -> list[Path]:
 QUICK = {"01_eda": {"N_HEATMAP_GENES": 30, "IMAGE_STRIDE": 8},
          "02_gene_clustering": {"K_RANGE": [4, 7], "UMAP_EPOCHS": 50},
          "03_augmentation_screening": {"N_PATCHES": 8},
+         "04_adapt": {"EPOCHS": 1, "STEPS_PER_EPOCH": 2, "N_PROBE": 32},
          "05_train": {"TTA": False, "EPOCHS": 1},
          "06_gradcam": {"N_PATCHES": 4, "N_SHOW": 2, "GENES_PER_GROUP": 2,
                         "N_PERMUTATIONS": 100}}
@@ -49,7 +52,7 @@ def demo_parameters(data_dir: str = DEMO_DATA, runs_root: str = DEMO_RUNS,
     ridge, finetune = f"{runs_root}/ridge", f"{runs_root}/finetune"
     extra = {name: {**(QUICK.get(name, {}) if quick else {}), "SMOKE": smoke}
              for name in ("01_eda", "02_gene_clustering", "03_augmentation_screening",
-                          "05_train", "06_gradcam", "07_ensemble_submit")}
+                          "04_adapt", "05_train", "06_gradcam", "07_ensemble_submit")}
     common = {"DATA_DIR": data_dir, **DEMO_MODEL, "OVERWRITE": True}
     return {
         "01_eda": {"DATA_DIR": data_dir, "RUN_DIR": f"{runs_root}/eda", **extra["01_eda"]},
@@ -61,6 +64,10 @@ def demo_parameters(data_dir: str = DEMO_DATA, runs_root: str = DEMO_RUNS,
                                       "DINO_MODEL": "test_vit", "DINO_PRETRAINED": False,
                                       "IMG_SIZE": 64, "LPIPS_PRETRAINED": False,
                                       **extra["03_augmentation_screening"]},
+        # a few SimCLR steps of the tiny model; writes f"{runs_root}/adapt/adapt.safetensors",
+        # a PRETRAINED that 05 takes (the demo's 05 runs keep their own weights)
+        "04_adapt": {"DATA_DIR": data_dir, "RUN_DIR": f"{runs_root}/adapt", **DEMO_MODEL,
+                     **DEMO_ADAPT, "OVERWRITE": True, **extra["04_adapt"]},
         "05_train": [
             {**common, "RUN_DIR": ridge, "RECIPE": "ridge", **extra["05_train"]},
             {**common, "RUN_DIR": finetune, "RECIPE": "finetune", **DEMO_FINETUNE,
