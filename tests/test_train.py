@@ -69,6 +69,59 @@ def test_optimizer_groups_learning_rates_and_weight_decay():
     assert not any(id(params[n]) in in_optimizer for n in frozen)
 
 
+def test_layer_decay_slows_the_lower_backbone_layers():
+    from utils.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec("test_convnext", 32, [0, 1], {"all": [0, 1]}))
+    flat = make_optimizer(model, lr=1e-3, head_lr=1e-2, weight_decay=0.05)
+    opt = make_optimizer(model, lr=1e-3, head_lr=1e-2, weight_decay=0.05, layer_decay=0.5)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    stem = model.backbone.stem[0].weight
+    last = list(model.backbone.stages[-1].parameters())[0]
+    assert lr_of[id(stem)] < lr_of[id(last)] <= 1e-3  # lower layers slower; the top at LR
+    assert len({lr for g in opt.param_groups if g["name"] == "backbone" for lr in [g["lr"]]}) > 2
+    assert {g["lr"] for g in opt.param_groups if g["name"] == "heads"} == {1e-2}
+    count = [sum(len(g["params"]) for g in o.param_groups) for o in (flat, opt)]
+    assert count[0] == count[1]  # the same parameters, only their rates differ
+
+
+def test_mixup_blends_patches_and_profiles_with_one_weight():
+    x = torch.arange(4 * 3 * 2 * 2, dtype=torch.uint8).reshape(4, 3, 2, 2)
+    y = torch.randn(4, 5)
+    torch.manual_seed(1)
+    mx, my = train.mix_batch(x, y, 2.0)
+    torch.manual_seed(1)  # the draws mix_batch makes from torch's seeded generator, in order
+    lam = float(torch.distributions.Beta(2.0, 2.0).sample())
+    order = torch.randperm(4)
+    assert 0.05 < lam < 0.95 and not torch.equal(order, torch.arange(4))  # a real blend
+    torch.testing.assert_close(mx, lam * x.float() + (1 - lam) * x.float()[order])
+    torch.testing.assert_close(my, lam * y + (1 - lam) * y[order])  # same weight and partner
+    torch.manual_seed(1)
+    again = train.mix_batch(x, y, 2.0)
+    assert torch.equal(mx, again[0]) and torch.equal(my, again[1])  # seeded: resumable
+
+
+def test_layer_decay_and_mixup_train_and_resume_alike(tiny, tmp_path, monkeypatch):
+    cfg, data, folds = tiny
+    cfg = replace(cfg, layer_decay=0.7, mixup=0.4, epochs=2)
+    full = train.train(replace(cfg, run_dir=str(tmp_path / "full")), data, folds)
+    calls, original = [], train.train_epoch
+
+    def killed_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epoch", killed_in_second_epoch)
+    with pytest.raises(Killed):
+        train.train(cfg, data, folds)
+    monkeypatch.setattr(train, "train_epoch", original)
+    resumed = train.train(cfg, data, folds)
+    np.testing.assert_array_equal(resumed.oof, full.oof)
+    assert np.isfinite(full.oof).all()
+
+
 def _batches(seed, workers=0):
     from utils.augment import build_augment
 
@@ -239,6 +292,7 @@ def test_every_config_field_is_a_notebook_parameter():
 
 
 @pytest.mark.parametrize("params, message", [
+    ({"LAYER_DECAY": 1.5}, "LAYER_DECAY"), ({"MIXUP": 0}, "MIXUP"),
     ({"EPOCHS": 0}, "EPOCHS"), ({"LR": 0.0}, "LR"), ({"EMA": 1.5}, "EMA"),
     ({"GROUP_MODE": "trees"}, "GROUP_MODE"), ({"GROUP_MODE": "models"}, "GROUPS"),
     ({"TARGET": "pca:-1"}, "TARGET"), ({"LOSS_WEIGHTS": [0.9, 0.9]}, "LOSS_WEIGHTS"),

@@ -395,6 +395,8 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     accumulate: int = 1
     ema: float | None = None
+    layer_decay: float | None = None  # layer-wise LR decay of the backbone (timm), None: off
+    mixup: float | None = None  # regression mixup: Beta(MIXUP, MIXUP) weights, None: off
     patience: int | None = 2
     loss_weights: tuple[float, float] = (0.3, 0.6)
     target: str = "genes"
@@ -459,6 +461,8 @@ class TrainConfig:
             "WARMUP_EPOCHS": self.warmup_epochs >= 0, "DROP_PATH": 0 <= self.drop_path < 1,
             "GRAD_CLIP": self.grad_clip is None or self.grad_clip > 0,
             "EMA": self.ema is None or 0 < self.ema < 1,
+            "LAYER_DECAY": self.layer_decay is None or 0 < self.layer_decay <= 1,
+            "MIXUP": self.mixup is None or self.mixup > 0,
             "FREEZE": isinstance(self.freeze, int) and self.freeze >= 0,
             "NUM_WORKERS": self.num_workers is None or (isinstance(self.num_workers, int)
                                                         and self.num_workers >= 0),
@@ -471,7 +475,8 @@ class TrainConfig:
             raise ValueError(f"invalid fine-tuning parameters {values}: LR, HEAD_LR > 0; "
                              "WEIGHT_DECAY, WARMUP_EPOCHS, FREEZE, NUM_WORKERS >= 0; 0 <= "
                              "DROP_PATH < 1; GRAD_CLIP None or > 0; EMA None or a decay in (0, 1);"
-                             f" GROUP_MODE in {GROUP_MODES}; HEAD_INIT in {HEAD_INITS}")
+                             " LAYER_DECAY None or in (0, 1]; MIXUP None or > 0; "
+                             f"GROUP_MODE in {GROUP_MODES}; HEAD_INIT in {HEAD_INITS}")
         if self.group_mode == "models" and not self.groups:
             raise ValueError("GROUP_MODE='models' trains one model per gene group: set GROUPS "
                              "to a strategy of GENE_GROUPS (a gene_groups.csv from "

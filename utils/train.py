@@ -709,7 +709,7 @@ def setup_unit(unit: Unit, cfg, images: np.ndarray, y: np.ndarray, resume: bool)
     if cfg.head_init == "ridge" and not resume:
         init_heads_by_ridge(model, cfg, images, unit, z, y)
     steps_per_epoch = math.ceil(max(1, len(unit.train_idx) // batch_size) / cfg.accumulate)
-    optimizer = make_optimizer(model, cfg.lr, cfg.head_lr, cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.layer_decay)
     scheduler = make_scheduler(optimizer, round(cfg.warmup_epochs * steps_per_epoch),
                                cfg.epochs * steps_per_epoch)
     ema = None
@@ -720,7 +720,7 @@ def setup_unit(unit: Unit, cfg, images: np.ndarray, y: np.ndarray, resume: bool)
     groups = list(unit.heads.values()) if len(unit.heads) > 1 else None
     step = Stepper(model, create_loss(cfg.loss_weights, groups), optimizer, scheduler,
                    grad_scaler(device), ema, device, cfg.grad_clip, cfg.accumulate,
-                   wrap_data_parallel(model, device, cfg.freeze_bn))
+                   wrap_data_parallel(model, device, cfg.freeze_bn), cfg.mixup)
     return {"step": step, "device": device, "batch_size": batch_size, "z": z,
             "transform": build_augment(cfg.augment)}
 
@@ -912,18 +912,37 @@ def make_loader(dataset, batch_size: int, seed: int, workers: int,
         worker_init_fn=_seed_worker, pin_memory=device.type == "cuda")
 
 
-def make_optimizer(model: nn.Module, lr: float, head_lr: float,
-                   weight_decay: float) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, lr: float, head_lr: float, weight_decay: float,
+                   layer_decay: float | None = None) -> torch.optim.AdamW:
     """AdamW: backbone at `lr`, heads at `head_lr`; no weight decay on biases and norms (timm's
-    `param_groups_weight_decay` split); frozen parameters are left out."""
-    from timm.optim import param_groups_weight_decay
+    `param_groups_weight_decay` split); frozen parameters are left out. With `layer_decay`, the
+    backbone's layers learn at lr × layer_decay^(depth from the top) (timm's
+    `param_groups_layer_decay`, layers from the model's own `group_matcher`)."""
+    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
     groups = []
     for part, module, rate in (("backbone", model.backbone, lr), ("heads", model.heads, head_lr)):
-        for group in param_groups_weight_decay(module, weight_decay):
-            if group["params"]:
-                groups.append({**group, "lr": rate, "name": part})
+        if part == "backbone" and layer_decay is not None and layer_decay < 1:
+            parts = param_groups_layer_decay(module, weight_decay, layer_decay=layer_decay)
+        else:
+            parts = param_groups_weight_decay(module, weight_decay)
+        for group in parts:
+            params = [p for p in group["params"] if p.requires_grad]
+            if params:
+                scale = group.pop("lr_scale", 1.0)
+                groups.append({**group, "params": params, "lr": rate * scale, "name": part})
     return torch.optim.AdamW(groups)
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor,
+              alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Regression mixup: each patch blended with another of the batch, and its expression
+    profile with the same weight λ ~ Beta(alpha, alpha) (one λ per batch, from torch's seeded
+    generator, so a resumed epoch mixes as the first did)."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    order = torch.randperm(len(x)).to(x.device)
+    x = x.float()
+    return lam * x + (1 - lam) * x[order], lam * y + (1 - lam) * y[order]
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int,
@@ -952,6 +971,7 @@ class Stepper:
     grad_clip: float | None
     accumulate: int
     forward: nn.Module | None = None  # what training calls: the model, or DDP around it
+    mixup: float | None = None  # Beta parameter of regression mixup; None: no mixing
 
     def __post_init__(self):
         self.forward = self.forward or self.model
@@ -977,6 +997,8 @@ def train_epoch(step: Stepper, loader, desc: str = "train") -> dict[str, float]:
         got = time.perf_counter()
         wait_s += got - tick
         x, y = x.to(step.device, non_blocking=True), y.to(step.device, non_blocking=True)
+        if step.mixup:  # within this device's slice of the batch
+            x, y = mix_batch(x, y, step.mixup)
         stepping = (i + 1) % step.accumulate == 0 or i + 1 == len(loader)
         sync = contextlib.nullcontext() if stepping or processes == 1 else step.forward.no_sync()
         with sync:
