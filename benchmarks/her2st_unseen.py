@@ -7,7 +7,10 @@ score the test slice. The table compares what CV says (mean over folds, range, p
 the held-out score, for each recipe and splitter.
 
     .venv/bin/python benchmarks/her2st_unseen.py [--sections C3 C5] [--recipes ridge finetune]
-        [--cv slices blocks]
+        [--cv slices blocks] [--set LAYER_DECAY=0.75 MIXUP=0.4 ...]
+
+`--set` overrides 05 parameters (YAML values) for every recipe run; the run folders are named
+after them, so a variant never reuses another's results.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from utils.config import TrainConfig
 from utils.data import load_data
@@ -67,7 +71,11 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=["ridge"])
     parser.add_argument("--cv", nargs="+", default=["slices", "blocks"])
     parser.add_argument("--out", default="runs/her2st/unseen")
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="05 parameters to override, e.g. LAYER_DECAY=0.75 EMA=0.99")
     args = parser.parse_args()
+    overrides = {k.lower(): yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.set)}
+    suffix = "".join(f"_{k}{v}" for k, v in overrides.items()).replace(" ", "")
     if not HER2ST.is_dir():
         raise SystemExit(f"{HER2ST} is absent: this benchmark needs ../shared/her2st")
     from utils import train
@@ -81,13 +89,13 @@ def main() -> None:
         data = load_data(data_dir)
         for recipe in args.recipes:
             for cv in args.cv:
-                cfg = recipe_config(recipe, data_dir, out / f"without_{held_out}" /
-                                    f"{recipe}_{cv}", cv)
+                cfg = replace(recipe_config(recipe, data_dir, out / f"without_{held_out}" /
+                                            f"{recipe}_{cv}{suffix}", cv), **overrides)
                 start = time.perf_counter()
                 folds, splitter = train.make_cv_folds(cfg, data)
                 run = train.train(cfg, data, folds, splitter)
                 unseen = score(truth, run.test_pred)
-                row = {"held out": held_out, "recipe": recipe, "cv": splitter,
+                row = {"held out": held_out, "recipe": recipe + suffix, "cv": splitter,
                        "folds": run.cv["n_folds"], "cv mean": run.cv["overall"]["score"],
                        "cv min": run.cv["min"]["score"], "cv max": run.cv["max"]["score"],
                        "oof": run.cv["oof"]["score"], "unseen": unseen["score"],
