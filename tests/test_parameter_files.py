@@ -20,7 +20,17 @@ def notebook_of(path: Path) -> str:
 
 
 def test_there_are_cpu_gpu_and_ensemble_presets():
-    assert {"cpu_best", "gpu_finetune_cnn", "ensemble"} <= {p.stem for p in PRESETS}
+    assert {"cpu_best", "gpu_finetune_cnn", "gpu_foundation_ridge", "ensemble"} <= {
+        p.stem for p in PRESETS}
+
+
+def test_the_foundation_preset_is_a_proven_hub_preset_at_its_magnification():
+    from utils.models import HUB_PRESETS
+
+    values = yaml.safe_load((kit_root() / "presets" / "gpu_foundation_ridge.yaml").read_text())
+    preset = HUB_PRESETS[values["BACKBONE"]]  # built offline by tests/test_presets.py
+    assert values["MODEL_MPP"] == preset["mpp"] and values["RECIPE"] == "ridge"
+    assert values["FEATURE_DTYPE"] == "float16" and values["PCA_DIM"] == 256  # as HEST
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
