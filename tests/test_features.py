@@ -48,7 +48,8 @@ def stained(stains: np.ndarray, seed: int = 0, size: int = 48) -> np.ndarray:
     return rgb.T.reshape(size, size, 3).clip(0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("name", ["test_efficientnet", "test_convnext", "test_vit"])
+@pytest.mark.parametrize("name", ["test_efficientnet", "test_convnext", "test_vit",
+                                  "test_mambaout"])
 def test_stage_features_are_the_pooled_maps_then_the_embedding(name):
     model = create_backbone(name, pretrained=False).eval()
     channels = [info["num_chs"] for info in model.feature_info]
@@ -57,11 +58,12 @@ def test_stage_features_are_the_pooled_maps_then_the_embedding(name):
         out = embed(model, x, stage_indices(model, (-2, -1)))
         maps = model.forward_intermediates(x, indices=[len(channels) - 2], intermediates_only=True)
         pooled = model(x)
-    assert out.shape == (2, channels[-2] + channels[-1] + model.num_features)
+    width = pooled.shape[1]  # the pooled embedding (MambaOut: its head's hidden size)
+    assert out.shape == (2, channels[-2] + channels[-1] + width)
     assert stage_channels(model, (-2, -1)) == out.shape[1]
-    assert stage_channels(model, "all") == sum(channels) + model.num_features
+    assert stage_channels(model, "all") == sum(channels) + width
     torch.testing.assert_close(out[:, :channels[-2]], maps[0].mean(dim=(-2, -1)))
-    torch.testing.assert_close(out[:, -model.num_features:], pooled, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out[:, -width:], pooled, rtol=1e-4, atol=1e-5)
 
 
 def test_default_features_equal_todays_exactly():

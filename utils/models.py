@@ -444,7 +444,8 @@ def stage_indices(model: nn.Module, stages: Sequence[int] | str | None) -> list[
 def stage_channels(model: nn.Module, stages: Sequence[int] | str | None) -> int:
     """The width of `embed`'s output: the chosen stages' channels plus the pooled embedding."""
     indices = stage_indices(model, stages) or []
-    return sum(model.feature_info[i]["num_chs"] for i in indices) + model.num_features
+    pooled = getattr(model, "head_hidden_size", None) or model.num_features  # e.g. MambaOut
+    return sum(model.feature_info[i]["num_chs"] for i in indices) + pooled
 
 
 def embed(model: nn.Module, x: torch.Tensor, indices: list[int] | None = None) -> torch.Tensor:
