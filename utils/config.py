@@ -22,6 +22,7 @@ GROUP_MODES = ("heads", "models")  # 05 GROUP_MODE
 HEAD_INITS = ("ridge", "random")  # 05 HEAD_INIT
 MPP_FITS = ("pad", "tile", "resize")  # 05 MPP_FIT (utils.models.fit_field)
 FEATURE_DTYPES = ("float32", "float16")  # 05 FEATURE_DTYPE (utils.models.cached_features)
+STAIN_NORMS = ("macenko",)  # 05 STAIN_NORM besides None (utils.models.normalise_stains)
 # DACON patches: Visium spots are 100 µm apart centre to centre and ~329 px apart in the public
 # spot coordinates of the same liver sections, so 100 / 329 ≈ 0.30 µm/px (issue 13: 0.26–0.30).
 DACON_MPP = 0.3
@@ -103,6 +104,22 @@ def _candidates() -> dict[str, dict]:
 AUGMENT_CANDIDATES: dict[str, dict] = _candidates()
 
 
+# --- self-supervised adaptation: 04's objectives and view building blocks ------------------
+OBJECTIVES = ("simclr", "byol", "dino")  # 04 OBJECTIVE (utils.adapt: a class per name)
+# 04 VIEWS joins these blocks with "+" (e.g. "flips+hed"); a part may also be a policy file
+# (03's augment_policy.json). Photometric blocks are the strongest level of a 03 candidate,
+# applied to 80% of the views (SimCLR's colour-jitter probability); "crop" takes 40–100% of the
+# patch and resizes it back to IMG_SIZE.
+VIEW_P = 0.8
+VIEW_BLOCKS: dict[str, list[dict]] = {
+    "flips": AUGMENT_PRESETS["flips"],
+    "color": [{"name": "ColorJitter", "params": {**PHOTOMETRIC["ColorJitter"][-1], "p": VIEW_P}}],
+    "hed": [{"name": "HEDJitter", "params": {**PHOTOMETRIC["HEDJitter"][-1], "p": VIEW_P}}],
+    "blur": [{"name": "GaussianBlur", "params": {**PHOTOMETRIC["GaussianBlur"][-1], "p": 0.5}}],
+    "crop": [{"name": "RandomResizedCrop", "params": {"scale": [0.4, 1.0], "p": 1.0}}],
+}
+
+
 # --- building configs -------------------------------------------------------------------------
 
 def from_params(cls: type, params: dict):
@@ -157,6 +174,24 @@ def as_tuple(value) -> tuple:
     if value is None:
         return ()
     return (value,) if isinstance(value, (str, int, float)) else tuple(value)
+
+
+def parse_stages(stages) -> str | tuple[int, ...] | None:
+    """FEATURE_STAGES as None, "all" or a tuple of stage indices ("-2,-1" given as text too),
+    or a ValueError naming the parameter."""
+    if stages is None or stages == "all":
+        return stages
+    try:
+        items = stages.split(",") if isinstance(stages, str) else as_tuple(stages)
+        if any(isinstance(s, (bool, float)) for s in items):
+            raise ValueError
+        values = tuple(int(s) for s in items)
+    except (TypeError, ValueError):
+        values = ()
+    if not values:
+        raise ValueError(f"FEATURE_STAGES={stages!r} must be None (the pooled embedding), "
+                         "'all' or backbone stage indices such as '-2,-1' or [2, 3]")
+    return values
 
 
 def check_positive_ints(config, names: tuple[str, ...]) -> None:
@@ -363,6 +398,74 @@ class ScreenConfig:
                 "stain_shift": self.max_stain_shift, "ssim": self.min_ssim}
 
 
+# --- 04_adapt --------------------------------------------------------------------------------
+
+def check_views(spec: str) -> tuple[str, ...]:
+    """VIEWS as its parts: block names of VIEW_BLOCKS or policy files (*.json), joined by '+'."""
+    parts = tuple(p.strip() for p in str(spec).split("+"))
+    bad = [p for p in parts if p not in VIEW_BLOCKS and not p.endswith(".json")]
+    if bad or not parts:
+        raise ValueError(f"VIEWS={spec!r}: unknown part(s) {bad}; join blocks of "
+                         f"{list(VIEW_BLOCKS)} or policy files (*.json, e.g. "
+                         "runs/augment/augment_policy.json from 03) with '+'")
+    return parts
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Parameters of notebooks/04_adapt.ipynb (see its parameters cell)."""
+
+    data_dir: str | None = None
+    run_dir: str = "runs/adapt_effnet_lite0"
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: bool | str = True
+    objective: str = "simclr"
+    views: str = "flips+color+hed"
+    splits: tuple[str, ...] = ("train", "test")
+    img_size: int = 128
+    epochs: int = 5
+    batch_size: int = 32
+    steps_per_epoch: int | None = None
+    lr: float = 1e-4
+    head_lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.5
+    temperature: float = 0.2
+    momentum: float = 0.99
+    n_probe: int = 256
+    num_workers: int | None = None
+    seed: int = 0
+    smoke: bool = False
+    resume: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"OBJECTIVE={self.objective!r} is unknown; choose from "
+                             f"{list(OBJECTIVES)}")
+        check_views(self.views)
+        set_field(self, "splits", as_tuple(self.splits))
+        if not self.splits or set(self.splits) - {"train", "test"}:
+            raise ValueError(f"SPLITS={self.splits!r}: use 'train', 'test' or both (the test "
+                             "images carry no labels, so using them is transductive but fair)")
+        if self.smoke:  # a quick check: one epoch of a few steps at 64 px, a smoke folder
+            for name, value in (("epochs", 1), ("steps_per_epoch", 2), ("img_size", 64),
+                                ("n_probe", 16)):
+                set_field(self, name, min(getattr(self, name) or value, value))
+            smoke_paths(self, ("run_dir",))
+        check_positive_ints(self, ("img_size", "epochs", "batch_size", "steps_per_epoch",
+                                   "n_probe"))
+        if self.batch_size < 2:
+            raise ValueError(f"BATCH_SIZE={self.batch_size}: contrastive batches need >= 2")
+        checks = {"LR": self.lr > 0, "HEAD_LR": self.head_lr > 0,
+                  "WEIGHT_DECAY": self.weight_decay >= 0, "WARMUP_EPOCHS": self.warmup_epochs >= 0,
+                  "TEMPERATURE": self.temperature > 0, "MOMENTUM": 0 <= self.momentum <= 1}
+        bad = {name: getattr(self, name.lower()) for name, ok in checks.items() if not ok}
+        if bad:
+            raise ValueError(f"invalid parameters {bad}: LR, HEAD_LR, TEMPERATURE > 0; "
+                             "WEIGHT_DECAY, WARMUP_EPOCHS >= 0; 0 <= MOMENTUM <= 1")
+
+
 # --- 05_train ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -416,6 +519,10 @@ class TrainConfig:
     model_mpp: float | None = None
     mpp_fit: str = "pad"
     feature_dtype: str = "float32"
+    # frozen features (ridge, retrieval): which stages, crops and stain normalisation
+    feature_stages: str | tuple[int, ...] | None = None
+    feature_crops: tuple[float, ...] = (1.0,)
+    stain_norm: str | None = None
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -437,6 +544,7 @@ class TrainConfig:
         check_positive_ints(self, ("n_folds", "batch_size", "img_size", "pca_dim", "epochs",
                                    "accumulate", "patience", "devices"))
         self._check_mpp()
+        self._check_features()
         self._check_finetune()
 
     def _check_mpp(self) -> None:
@@ -451,6 +559,32 @@ class TrainConfig:
         if self.mpp_fit not in MPP_FITS or self.feature_dtype not in FEATURE_DTYPES:
             raise ValueError(f"MPP_FIT={self.mpp_fit!r} must be one of {MPP_FITS} and "
                              f"FEATURE_DTYPE={self.feature_dtype!r} one of {FEATURE_DTYPES}")
+
+    def _check_features(self) -> None:
+        """FEATURE_STAGES None, "all" or stage indices ("-2,-1" as text too); FEATURE_CROPS
+        fractions in (0, 1]; STAIN_NORM None or a name of STAIN_NORMS; all three are for the
+        frozen-feature recipes (fine-tuning would not honour them)."""
+        set_field(self, "feature_stages", parse_stages(self.feature_stages))
+        crops = self.feature_crops
+        try:
+            crops = tuple(float(c) for c in (crops.split(",") if isinstance(crops, str)
+                                             else as_tuple(crops)))
+        except ValueError:
+            crops = ()
+        if not crops or any(not 0 < c <= 1 for c in crops):
+            raise ValueError(f"FEATURE_CROPS={self.feature_crops!r} must list fractions of the "
+                             "patch side in (0, 1], e.g. [1.0, 0.5]: whole patch and centre half")
+        set_field(self, "feature_crops", crops)
+        if self.stain_norm is not None and self.stain_norm not in STAIN_NORMS:
+            raise ValueError(f"STAIN_NORM={self.stain_norm!r}: choose None or one of "
+                             f"{list(STAIN_NORMS)}")
+        changed = [name for name, default in (("FEATURE_STAGES", None),
+                                               ("FEATURE_CROPS", (1.0,)), ("STAIN_NORM", None))
+                   if getattr(self, name.lower()) != default]
+        if self.recipe == "finetune" and changed:
+            raise ValueError(f"{', '.join(changed)} apply to the frozen-feature recipes (ridge, "
+                             "retrieval); RECIPE='finetune' does not honour them: leave them at "
+                             "their defaults")
 
     def _check_finetune(self) -> None:
         """Validate (and normalise) the fine-tuning parameters; each error names the parameter."""
