@@ -289,7 +289,9 @@ def main() -> None:
     data = load_data(HER2ST)
     base = base_config(HER2ST, out / "ridge")
     passes, pass_seconds = extract_passes(base, data, args.passes)
-    print(f"embedding columns vs today's features: max |diff| {check_default(passes, base, data)}")
+    if "whole" in passes:
+        print(f"embedding columns vs today's features: max |diff| "
+              f"{check_default(passes, base, data)}")
     if args.only_extract:
         return
     run_table(base, data, passes, pass_seconds, out, args.unseen)
