@@ -34,6 +34,7 @@ RECIPES = {  # row name → VIEWS of 04 ("imagenet": no adaptation, the baseline
     "flips": "flips",
     "flips+color": "flips+color",
     "flips+hed": "flips+hed",
+    "flips+crop": "flips+crop",
     "flips+blur+crop": "flips+blur+crop",
     "flips+color+hed+blur+crop": "flips+color+hed+blur+crop",
 }

@@ -420,10 +420,10 @@ class AdaptConfig:
     backbone: str = "tf_efficientnet_lite0"
     pretrained: bool | str = True
     objective: str = "simclr"
-    views: str = "flips+color+hed"
+    views: str = "flips+color+hed+blur+crop"
     splits: tuple[str, ...] = ("train", "test")
     img_size: int = 128
-    epochs: int = 5
+    epochs: int = 4
     batch_size: int = 32
     steps_per_epoch: int | None = None
     lr: float = 1e-4
