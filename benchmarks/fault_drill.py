@@ -71,7 +71,7 @@ cfg = TrainConfig(data_dir=os.environ["DRILL_DATA"], run_dir=os.environ["DRILL_R
                   n_folds=2, epochs=2, batch_size=16, patience=None, tta=False)
 folds = train.make_cv_folds(cfg, data)
 folds = folds[0] if isinstance(folds, tuple) else folds
-real, steps, epochs = train._optimizer_step, [], []
+real, steps, epochs = train.optimizer_step, [], []
 def step(*a):
     steps.append(1)
     if KILL and len(steps) == int(os.environ["DRILL_KILL_STEP"]):
@@ -81,7 +81,7 @@ real_epoch = train.train_epoch
 def epoch(*a, **k):
     epochs.append(1)
     return real_epoch(*a, **k)
-train._optimizer_step, train.train_epoch = step, epoch
+train.optimizer_step, train.train_epoch = step, epoch
 run = train.train(cfg, data, folds)
 print(f"trained {len(epochs)} epochs ({len(steps)} steps)", digest(run.oof, run.test_pred))
 """

@@ -13,7 +13,7 @@ from utils import adapt
 from utils.augment import save_policy
 from utils.config import AdaptConfig, TrainConfig, from_params
 from utils.data import load_data, load_images
-from utils.models import create_backbone, extract_features
+from utils.models import create_backbone, extract_features, save_weights
 
 
 class Killed(Exception):
@@ -137,8 +137,8 @@ def test_05_ridge_and_finetune_take_the_adapted_weights(tmp_path, demo_dir, demo
     from utils import train
     from utils.models import ModelSpec, build_model
 
-    start = adapt.save_backbone(create_backbone("test_convnext", False, 64, 0),
-                                tmp_path / "start.safetensors")  # stands for ImageNet weights
+    start = save_weights(create_backbone("test_convnext", False, 64, 0),
+                         tmp_path / "start.safetensors")  # stands for ImageNet weights
     done = adapt.adapt(tiny_cfg(tmp_path, pretrained=str(start)), demo_images)
     data = load_data(demo_dir)
     base = TrainConfig(data_dir=str(demo_dir), recipe="ridge", backbone="test_convnext",
@@ -211,8 +211,8 @@ def test_adaptation_makes_held_out_views_agree_more_than_the_start(tmp_path, dem
     to each other, relative to other patches, than with the starting weights; a no-op (the
     start itself) cannot pass this."""
     train_images, held_out = demo_images[0][:128], demo_images[1][:48]
-    start = adapt.save_backbone(create_backbone("test_convnext", False, 64, 0),
-                                tmp_path / "start.safetensors")
+    start = save_weights(create_backbone("test_convnext", False, 64, 0),
+                         tmp_path / "start.safetensors")
     cfg = tiny_cfg(tmp_path, pretrained=str(start), views="flips+color", epochs=4,
                    batch_size=32, steps_per_epoch=None, lr=1e-3, head_lr=1e-3)
     done = adapt.adapt(cfg, [train_images])

@@ -38,6 +38,7 @@ from utils.models import (
     data_config,
     default_device,
     grad_scaler,
+    save_weights,
 )
 from utils.paths import (
     as_json,
@@ -47,7 +48,6 @@ from utils.paths import (
     run_dir,
     save_figure,
     write_json,
-    write_with,
 )
 from utils.runs import Stopwatch, peak_rss_gb, prepare_checkpoints
 from utils.train import (
@@ -58,6 +58,7 @@ from utils.train import (
     make_loader,
     make_optimizer,
     make_scheduler,
+    optimizer_step,
     save_checkpoint,
     seed_everything,
 )
@@ -332,13 +333,8 @@ def train_epoch(step: Stepper, dataset: ViewPairs, preprocess: nn.Module, cfg: A
         x0, x1 = (preprocess(v.to(step.device, non_blocking=True)) for v in (v0, v1))
         with autocast(step.device):
             loss = step.model(x0, x1)
-        step.optimizer.zero_grad(set_to_none=True)
         step.scaler.scale(loss).backward()
-        step.scaler.unscale_(step.optimizer)
-        nn.utils.clip_grad_norm_(step.model.parameters(), step.grad_clip)
-        step.scaler.step(step.optimizer)
-        step.scaler.update()
-        step.scheduler.step()
+        optimizer_step(step)
         step.model.after_step((epoch * steps + i + 1) / (cfg.epochs * steps))
         losses.append(float(loss.detach()))
     seconds = time.perf_counter() - start
@@ -353,20 +349,11 @@ def format_epoch(row: dict, epochs: int) -> str:
             f"{row['seconds']:.0f} s, {row['images_per_s']:.1f} pairs/s)")
 
 
-def save_backbone(backbone: nn.Module, path: str | os.PathLike) -> Path:
-    """The backbone's state dict as a timm-layout safetensors file, atomically (05's
-    PRETRAINED loads it through `create_backbone`)."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    return write_with(path, lambda tmp: save_file(state, str(tmp)))
-
-
 def finish(cfg: AdaptConfig, objective: nn.Module, history: list[dict],
            seconds: float) -> Adapted:
     """Weights, history, curves and config.json (last) in RUN_DIR."""
     folder = resolve(cfg.run_dir)
-    weights = save_backbone(objective.encoder(), weights_path(folder))
+    weights = save_weights(objective.encoder(), weights_path(folder))
     write_json(folder / "history.json", history)
     fig = plot_history(history)
     save_figure(fig, folder, "curves")

@@ -835,8 +835,9 @@ def freeze_stages(model: GeneRegressor, n_stages: int) -> list[str]:
     return names
 
 
-def save_weights(model: GeneRegressor, path: str | os.PathLike) -> Path:
-    """Write the model's state dict as safetensors, atomically."""
+def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write a model's state dict as safetensors, atomically (a bare timm backbone's file is
+    what `create_backbone(name, pretrained=<file>)` loads)."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -1009,7 +1009,7 @@ def train_epoch(step: Stepper, loader, desc: str = "train") -> dict[str, float]:
             # DDP averages the processes' gradients: × processes makes that the global batch's
             step.scaler.scale(loss * processes / step.accumulate).backward()
         if stepping:
-            _optimizer_step(step)
+            optimizer_step(step)
         values = torch.stack([loss.detach(), *parts.values()])
         sums = values * len(y) if sums is None else sums + values * len(y)
         n_images += len(y)
@@ -1029,7 +1029,7 @@ def train_epoch(step: Stepper, loader, desc: str = "train") -> dict[str, float]:
             else None}
 
 
-def _optimizer_step(step: Stepper) -> None:
+def optimizer_step(step: Stepper) -> None:
     """Unscale, clip, step, update the scaler, advance the schedule and the EMA."""
     if step.grad_clip:
         step.scaler.unscale_(step.optimizer)
