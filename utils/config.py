@@ -194,6 +194,27 @@ def parse_stages(stages) -> str | tuple[int, ...] | None:
     return values
 
 
+def parse_crops(crops) -> tuple[float, ...]:
+    """FEATURE_CROPS as a non-empty tuple of fractions in (0, 1] ("1,0.5" given as text too), or
+    a ValueError naming the parameter."""
+    try:
+        values = tuple(float(c) for c in (crops.split(",") if isinstance(crops, str)
+                                          else as_tuple(crops)))
+    except (TypeError, ValueError):
+        values = ()
+    if not values or any(not 0 < c <= 1 for c in values):
+        raise ValueError(f"FEATURE_CROPS={crops!r} must list fractions of the patch side in "
+                         "(0, 1], e.g. [1.0, 0.5]: whole patch and centre half")
+    return values
+
+
+def check_stain_norm(stain_norm: str | None) -> str | None:
+    """STAIN_NORM is None or a name of STAIN_NORMS, or a ValueError naming it."""
+    if stain_norm is not None and stain_norm not in STAIN_NORMS:
+        raise ValueError(f"STAIN_NORM={stain_norm!r}: choose None or one of {list(STAIN_NORMS)}")
+    return stain_norm
+
+
 def check_positive_ints(config, names: tuple[str, ...]) -> None:
     """Each named field is None or a positive integer, or a ValueError naming the parameter."""
     for name in names:
@@ -565,19 +586,8 @@ class TrainConfig:
         fractions in (0, 1]; STAIN_NORM None or a name of STAIN_NORMS; all three are for the
         frozen-feature recipes (fine-tuning would not honour them)."""
         set_field(self, "feature_stages", parse_stages(self.feature_stages))
-        crops = self.feature_crops
-        try:
-            crops = tuple(float(c) for c in (crops.split(",") if isinstance(crops, str)
-                                             else as_tuple(crops)))
-        except ValueError:
-            crops = ()
-        if not crops or any(not 0 < c <= 1 for c in crops):
-            raise ValueError(f"FEATURE_CROPS={self.feature_crops!r} must list fractions of the "
-                             "patch side in (0, 1], e.g. [1.0, 0.5]: whole patch and centre half")
-        set_field(self, "feature_crops", crops)
-        if self.stain_norm is not None and self.stain_norm not in STAIN_NORMS:
-            raise ValueError(f"STAIN_NORM={self.stain_norm!r}: choose None or one of "
-                             f"{list(STAIN_NORMS)}")
+        set_field(self, "feature_crops", parse_crops(self.feature_crops))
+        check_stain_norm(self.stain_norm)
         changed = [name for name, default in (("FEATURE_STAGES", None),
                                                ("FEATURE_CROPS", (1.0,)), ("STAIN_NORM", None))
                    if getattr(self, name.lower()) != default]

@@ -43,7 +43,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.config import FEATURE_DTYPES, MPP_FITS, STAIN_NORMS, check_loss_weights
+from utils.config import (
+    FEATURE_DTYPES,
+    MPP_FITS,
+    check_loss_weights,
+    check_stain_norm,
+    parse_crops,
+)
 from utils.data import cache_dir_for, images_fingerprint, load_images
 from utils.paths import cached_array, read_json, resolve, write_json, write_with
 from utils.runs import read_model_info
@@ -403,7 +409,7 @@ def extract_features(model: nn.Module, images: np.ndarray, img_size: int | None 
     # Moved outside inference mode: the weights stay ordinary tensors the model can train with.
     model = model.eval().to(device, memory_format=torch.channels_last)
     indices = stage_indices(model, stages)
-    crops = check_crops(crops)
+    crops = parse_crops(crops)
     shape = (images.shape[3], *images.shape[1:3]) if len(images) else (3, 1, 1)
     batch_size = batch_size or auto_batch_size(model, preprocess, shape, device)
     out = []
@@ -461,18 +467,6 @@ def embed(model: nn.Module, x: torch.Tensor, indices: list[int] | None = None) -
                          "forward_intermediates; use FEATURE_STAGES=None") from err
     pooled = [m.float().mean(dim=(-2, -1)) for m in maps]
     return torch.cat([*pooled, model.forward_head(final).float()], dim=1)
-
-
-def check_crops(crops: Sequence[float]) -> tuple[float, ...]:
-    """FEATURE_CROPS as a non-empty tuple of fractions in (0, 1], or a ValueError naming it."""
-    try:
-        values = tuple(float(c) for c in ([crops] if isinstance(crops, (int, float)) else crops))
-    except (TypeError, ValueError):
-        values = ()
-    if not values or any(not 0 < c <= 1 for c in values):
-        raise ValueError(f"FEATURE_CROPS={crops!r} must list fractions of the patch side in "
-                         "(0, 1], e.g. (1.0, 0.5): the whole patch and its centre half")
-    return values
 
 
 def centre_crop(x: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -602,13 +596,6 @@ def feature_key(data, stages: Sequence[int] | str | None, crops: Sequence[float]
     return key
 
 
-def check_stain_norm(stain_norm: str | None) -> str | None:
-    """STAIN_NORM is None or a name of STAIN_NORMS, or a ValueError naming it."""
-    if stain_norm is not None and stain_norm not in STAIN_NORMS:
-        raise ValueError(f"STAIN_NORM={stain_norm!r}: choose None or one of {STAIN_NORMS}")
-    return stain_norm
-
-
 def feature_cache_entry(data, split: str, backbone: str, pretrained: bool | str = True,
                         img_size: int | None = None, tta: bool = True, seed: int = 0,
                         mpp: float | None = None, model_mpp: float | None = None,
@@ -618,7 +605,7 @@ def feature_cache_entry(data, split: str, backbone: str, pretrained: bool | str 
                         stain_norm: str | None = None) -> tuple[str, dict]:
     """The cache file name and key of one split's features (what `cached_features` reads)."""
     rescale = {"mpp": mpp, "model_mpp": model_mpp, "mpp_fit": mpp_fit}
-    design = {"stages": stages, "crops": check_crops(crops),
+    design = {"stages": stages, "crops": parse_crops(crops),
               "stain_norm": check_stain_norm(stain_norm)}
     name = feature_cache_name(backbone, pretrained, img_size, tta, seed, split, **rescale,
                               dtype=dtype, **design)
@@ -644,7 +631,7 @@ def cached_features(data, backbone: str, pretrained: bool | str = True,
     for 1–2.5 k-dim foundation-model embeddings); they are returned as float32 either way."""
     if dtype not in FEATURE_DTYPES:
         raise ValueError(f"FEATURE_DTYPE={dtype!r}: choose from {FEATURE_DTYPES}")
-    crops, stain_norm = check_crops(crops), check_stain_norm(stain_norm)
+    crops, stain_norm = parse_crops(crops), check_stain_norm(stain_norm)
     folder = Path(cache_dir or cache_dir_for(data)) / "features"
     model: list[nn.Module] = []  # built only if some split is not cached yet
     rescale = {"mpp": mpp, "model_mpp": model_mpp, "mpp_fit": mpp_fit}
