@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo test lint clean-demo kaggle first-contact
+.PHONY: demo test lint clean-demo bundle first-contact publish
 
-$(BIN)/.installed: requirements.txt pyproject.toml
+# The venv for developing the kit: runtime + on-demand extras + tools (requirements-dev.txt).
+$(BIN)/.installed: requirements.txt requirements-extras.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
@@ -20,14 +21,19 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
-# The offline kit for Kaggle (dist/kaggle/mai-kit): kit files, wheels Kaggle lacks, WEIGHTS.
-kaggle: $(BIN)/.installed
-	$(BIN)/python -m utils.dev.kaggle $(if $(WEIGHTS),--weights $(WEIGHTS))
+# One offline bundle for Colab and Kaggle: dist/mai-kit-bundle.zip (the kit's code, wheels for
+# what the platforms lack, the WEIGHTS files given). Needs the package index; wheels are cached.
+bundle: $(BIN)/.installed
+	$(BIN)/python -m utils.dev.bundle $(if $(WEIGHTS),--weights $(WEIGHTS))
 
-# A new user's first contact, online (clone) and offline (the kit from `make kaggle`), each in a
-# fresh venv with only torch, papermill and ipykernel: slow, so not part of `make test`.
+# A new user's first contact, each in a fresh venv: the bundle offline, a Colab-like runtime
+# online. Slow (minutes), so not part of `make test`.
 first-contact: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -s -m first_contact tests/test_first_contact.py
+
+# Write notebooks/setup_cell.py into every notebook; REPO=<git URL> also sets KIT_REPO + badges.
+publish: $(BIN)/.installed
+	$(BIN)/python -m utils.dev.publish $(if $(REPO),--repo $(REPO))
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
