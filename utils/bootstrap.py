@@ -1,31 +1,48 @@
-"""First contact: what every notebook's setup cell calls once it has found or fetched the kit.
+"""First contact: what every notebook's setup cell calls once it has found the kit, and what
+installs a heavy package on the first use of the notebook or option that needs it.
 
-The setup cell (the first code cell of each notebook, `SETUP_CELL` in tests/test_setup_cell.py
-keeps them identical) locates the kit — already importable, a checkout around the notebook, an
-attached Kaggle dataset, or a `git clone` of `KIT_REPO` — puts it on `sys.path` and calls
-`setup_kit`, which installs the requirements this Python lacks and reports in one line.
+The setup cell (the first code cell of each notebook, written from `notebooks/setup_cell.py` by
+`python -m utils.dev.publish`) finds the kit — importable already, a checkout around the
+notebook, a bundle from `make bundle` (unpacked or zipped, in the notebook's folder, /content,
+Drive or /kaggle/input), or a `git clone` of `KIT_REPO` — puts it on `sys.path` and calls
+`setup_kit`, which reports in one line.
 
-Standard library only: it runs before any requirement is installed. It never installs or
-replaces the platform's own torch and torchvision (Colab and Kaggle ship CUDA builds): they are
-left out of the install and pinned to the installed versions, so a dependency that wants another
-torch fails with pip's message instead of swapping it. With an offline folder (a Kaggle dataset
-built by `python -m utils.dev.kaggle`) it installs from that folder's `wheels/` with no network.
+The runtime's packages are never changed. A requirement that is missing is installed with
+every installed distribution pinned to its installed version (pip then either finds versions
+that fit what the runtime has, or says why not); a requirement installed at a version the kit
+cannot use is not swapped under the live kernel: the cell names it, prints the command and asks
+for a restart. torch and torchvision are the platform's own (CUDA) builds: never installed.
+With a bundle, everything comes from its `wheels/` folder, with no network.
+
+Standard library only: it runs before any requirement is installed.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata as metadata
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 PLATFORM = ("torch", "torchvision")  # the runtime's own (CUDA) builds: never installed by the kit
-DEV_TOOLS = ("pytest", "ruff")  # requirements for developing the kit, not for its notebooks
-WHEELS = "wheels"  # folder of an offline kit (Kaggle dataset) that holds the wheels
+RUNTIME = "requirements.txt"  # what the notebooks import: checked by the setup cell
+ON_DEMAND = "requirements-extras.txt"  # heavy packages one notebook or option needs (`ensure`)
+WHEELS = "wheels"  # a bundle's folder of wheels (offline installs)
+LINKED = ("wheels", "weights")  # bundle folders a copied kit links to instead of copying
+MANIFEST = "BUNDLE.json"  # what `make bundle` wrote: version, commit, Pythons, wheels, weights
+RESTART = ("Colab: Runtime → Restart session; Kaggle: Run → Restart & clear cell outputs; "
+           "Jupyter: Kernel → Restart")
+
+
+class SetupStop(SystemExit):
+    """The setup cell stops here, with a message and no traceback (IPython shows only the
+    message; a script exits with status 1)."""
 
 
 def kit_root() -> Path:
@@ -42,25 +59,29 @@ def _packaging():
     """The `packaging` library (every Jupyter install has it; pip vendors a copy otherwise)."""
     try:
         from packaging import requirements, version
-    except ImportError:  # ipykernel depends on packaging; pip vendors it for the rest
+    except ImportError:
         from pip._vendor.packaging import requirements, version
     return requirements.Requirement, version
 
 
-def requirements(kit: str | os.PathLike | None = None) -> list[str]:
-    """The lines of the kit's requirements.txt a notebook needs (no torch/torchvision, no dev
-    tools), as written there."""
-    Requirement, _ = _packaging()
-    text = (Path(kit or kit_root()) / "requirements.txt").read_text()
-    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    skip = {canonical(n) for n in (*PLATFORM, *DEV_TOOLS)}
-    return [line for line in lines if line and canonical(Requirement(line).name) not in skip]
+def read_requirements(name: str = RUNTIME, kit: str | os.PathLike | None = None) -> list[str]:
+    """The requirement lines of one of the kit's requirements files (comments, blank lines and
+    pip options such as `-r` left out)."""
+    text = (Path(kit or kit_root()) / name).read_text()
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("-")]
 
 
-def missing_requirements(reqs: list[str]) -> list[str]:
-    """The requirements that are not installed, or installed at a version they exclude."""
+def requirement_name(line: str) -> str:
+    """The canonical distribution name of a requirement line."""
+    return canonical(_packaging()[0](line).name)
+
+
+def check_requirements(reqs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(requirements not installed, [(requirement, installed version)] of those installed at a
+    version the requirement excludes)."""
     Requirement, version = _packaging()
-    missing = []
+    missing, old = [], []
     for line in reqs:
         req = Requirement(line)
         try:
@@ -69,47 +90,134 @@ def missing_requirements(reqs: list[str]) -> list[str]:
             missing.append(line)
             continue
         if not req.specifier.contains(version.Version(installed), prereleases=True):
-            missing.append(line)
-    return missing
+            old.append((line, installed))
+    return missing, old
 
 
-def platform_pins() -> list[str]:
-    """`name==version` of the installed torch and torchvision (constraints for pip)."""
-    pins = []
-    for name in PLATFORM:
+def installed_pins() -> list[str]:
+    """`name==version` of every installed distribution (the first one on sys.path per name, as
+    imports see it): pip's constraints, so an install changes nothing that is there."""
+    _, version = _packaging()
+    pins: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if not name or canonical(name) in pins:
+            continue
         try:
-            pins.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            pass
-    return pins
+            version.Version(dist.version)
+        except version.InvalidVersion:  # a legacy version pip cannot pin: leave it out
+            continue
+        pins[canonical(name)] = f"{canonical(name)}=={dist.version}"
+    return sorted(pins.values())
 
 
-def pip_install(reqs: list[str], wheels: str | os.PathLike | None = None) -> None:
-    """pip install `reqs` into this Python, torch/torchvision pinned; from `wheels` only (no
-    network) when given. On failure the error carries pip's last lines, not its whole log."""
+def wheel_folder() -> Path | None:
+    """The bundle's wheels beside the kit (unpacked, or linked by `link_bundle`), if any."""
+    folder = kit_root() / WHEELS
+    return folder if folder.is_dir() else None
+
+
+def pip_command(reqs: list[str], wheels: Path | None) -> list[str]:
+    """`pip install` arguments for `reqs`: from `wheels` only (no index) when given."""
+    offline = ["--no-index", "--find-links", str(wheels)] if wheels else []
+    return ["install", *offline, *reqs]
+
+
+def pip_install(reqs: list[str], wheels: Path | None = None) -> None:
+    """pip install `reqs` into this Python with every installed distribution pinned; from
+    `wheels` only when given. On failure: RuntimeError with pip's last lines and what to do."""
     with tempfile.TemporaryDirectory() as tmp:
-        constraints = Path(tmp) / "platform.txt"
-        constraints.write_text("".join(f"{pin}\n" for pin in platform_pins()))
-        offline = ["--no-index", "--find-links", str(wheels)] if wheels else []
-        cmd = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-               "-c", str(constraints), *offline, *reqs]
+        pins = Path(tmp) / "installed.txt"
+        pins.write_text("".join(f"{pin}\n" for pin in installed_pins()))
+        cmd = [sys.executable, "-m", "pip", *pip_command(reqs, wheels), "-q",
+               "--disable-pip-version-check", "-c", str(pins)]
         done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
-        source = f"the offline folder {wheels}" if wheels else "PyPI"
-        raise RuntimeError(f"installing the kit's requirements from {source} failed:\n{tail}")
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
+        source = f"the bundle's wheels ({wheels})" if wheels else "PyPI"
+        hint = (f"Was the bundle built for Python {sys.version_info.major}."
+                f"{sys.version_info.minor}? (`make bundle`, README: Offline.) Or turn the "
+                "internet on and remove the bundle." if wheels else
+                "No network? Attach the bundle (README: Offline).")
+        raise RuntimeError(f"mai-kit: installing {', '.join(reqs)} from {source} failed, keeping "
+                        f"every installed package as it is:\n{tail}\n{hint}")
     importlib.invalidate_caches()
 
 
+def too_old_message(old: list[tuple[str, str]], wheels: Path | None) -> str:
+    """What to run when installed packages are older than the kit needs, and why a restart."""
+    have = "\n".join(f"  {requirement_name(r)} {v} (the kit needs {r})" for r, v in old)
+    torch = [r for r, _ in old if requirement_name(r) in PLATFORM]
+    cmd = " ".join(["%pip", *pip_command([f'"{r}"' for r, _ in old], wheels)])
+    note = ("\ntorch/torchvision are the platform's own builds: pick a newer runtime, or install "
+            "the build for your machine." if torch else "")
+    return ("mai-kit: this runtime has packages older than the kit needs:\n" + have + "\n"
+            "The setup cell does not swap packages under a running kernel. Run\n"
+            f"  {cmd}\nin a new cell, restart ({RESTART}) and run the notebook again." + note)
+
+
+def link_bundle(source: Path) -> list[Path]:
+    """Link a bundle's wheels/ and weights/ into this kit (a copy of the bundle's code, e.g.
+    from a read-only Kaggle dataset), so later installs and weight paths find them."""
+    made = []
+    for name in LINKED:
+        target, link = Path(source) / name, kit_root() / name
+        if target.is_dir() and target.resolve() != link.resolve() and not link.exists():
+            link.symlink_to(target, target_is_directory=True)
+            made.append(link)
+    return made
+
+
+def describe_kit() -> str:
+    """The kit's version: the bundle's manifest (version, commit), or "checkout"."""
+    manifest = kit_root() / MANIFEST
+    if manifest.is_file():
+        info = json.loads(manifest.read_text())
+        return f"bundle {info.get('version', '?')} ({info.get('commit', '?')[:7]})"
+    return "checkout" if (kit_root() / ".git").exists() else "copy"
+
+
 def setup_kit(how: str, source: str | os.PathLike | None = None) -> str:
-    """Install what this Python lacks and say in one line what the setup cell did. `source` is
-    the folder the kit came from; its `wheels/` folder (an offline kit) is used if present."""
+    """Check the runtime against requirements.txt, install what is missing (never an upgrade)
+    and say in one line what was done. Stops (SetupStop) when something is too old."""
+    start = time.perf_counter()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    missing = missing_requirements(requirements())
-    wheels = Path(source) / WHEELS if source and (Path(source) / WHEELS).is_dir() else None
+    if source is not None and Path(source).resolve() != kit_root():
+        link_bundle(Path(source))
+    missing, old = check_requirements(read_requirements(RUNTIME))
+    platform = [r for r in missing if requirement_name(r) in PLATFORM]
+    if platform:
+        raise SetupStop(f"mai-kit: {', '.join(platform)} not installed. The kit uses the "
+                        "platform's own builds (Colab and Kaggle have them): install the build "
+                        "for your machine (pytorch.org), then run this cell again.")
+    wheels = wheel_folder()
+    if old:
+        raise SetupStop(too_old_message(old, wheels))
+    done = "requirements present"
     if missing:
-        pip_install(missing, wheels)
-    names = ", ".join(re.split(r"[<>=!~;\[ ]", line, maxsplit=1)[0] for line in missing)
-    installed = (f"installed {len(missing)} from {wheels or 'PyPI'}: {names}" if missing
-                 else "requirements present")
-    return f"kit {how}: {kit_root()} ({installed})"
+        try:
+            pip_install(missing, wheels)
+        except RuntimeError as err:
+            raise SetupStop(str(err)) from None
+        names = ", ".join(requirement_name(r) for r in missing)
+        done = (f"installed {len(missing)} from {'the bundle' if wheels else 'PyPI'} in "
+                f"{time.perf_counter() - start:.0f} s: {names}")
+    return f"mai-kit {how}: {kit_root()} [{describe_kit()}] ({done})"
+
+
+def ensure(name: str, purpose: str) -> None:
+    """Install the on-demand requirement `name` (requirements-extras.txt) on first use, from the
+    bundle's wheels or PyPI, saying so in one line; a no-op when it is installed. `purpose`
+    says who needs it (e.g. "04_adapt's OBJECTIVE")."""
+    reqs = [r for r in read_requirements(ON_DEMAND) if requirement_name(r) == canonical(name)]
+    if not reqs:
+        raise ValueError(f"{name!r} is not listed in {ON_DEMAND}")
+    missing, old = check_requirements(reqs)
+    if old:
+        raise RuntimeError(too_old_message(old, wheel_folder()))
+    if missing:
+        wheels, start = wheel_folder(), time.perf_counter()
+        print(f"{purpose} needs {reqs[0]}: installing it from "
+              f"{'the bundle' if wheels else 'PyPI'} …", end="", flush=True)
+        pip_install(reqs, wheels)
+        print(f" done in {time.perf_counter() - start:.0f} s", flush=True)
