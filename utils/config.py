@@ -26,6 +26,7 @@ STAIN_NORMS = ("macenko",)  # 05 STAIN_NORM besides None (utils.models.normalise
 # DACON patches: Visium spots are 100 µm apart centre to centre and ~329 px apart in the public
 # spot coordinates of the same liver sections, so 100 / 329 ≈ 0.30 µm/px (issue 13: 0.26–0.30).
 DACON_MPP = 0.3
+SMOKE_PX = 64  # SMOKE = True: model input size cap (04, 05), a quick check, not a score
 BLENDS = ("mean", "global", "group", "gene")  # 07 BLEND (utils.ensemble)
 POSTPROCESS_STEPS = ("shrink_to_mean", "clip")  # 07 POSTPROCESS (utils.ensemble)
 STRATEGIES = ("kmeans", "prefix", "correlation", "file", "functional")  # 02 gene groupings
@@ -161,12 +162,26 @@ def smoke_path(path: str | None) -> str | None:
 
 
 def smoke_paths(config, names: tuple[str, ...]) -> None:
-    """With SMOKE, move the named path fields of a config to their `smoke_path`."""
+    """With SMOKE, move the named path fields of a config to their `smoke_path`: outputs, and
+    inputs that must come from SMOKE runs (run folders: their rows are the SMOKE rows)."""
     if getattr(config, "smoke", False):
         for name in names:
             value = getattr(config, name)
             set_field(config, name, tuple(smoke_path(v) for v in value)
                       if isinstance(value, tuple) else smoke_path(value))
+
+
+KIT_ROOT = Path(__file__).resolve().parent.parent  # relative paths are taken from here
+
+
+def smoke_inputs(config, names: tuple[str, ...]) -> None:
+    """With SMOKE, an input file that exists (gene groups, a policy: not tied to rows) is read
+    as given; one that does not is looked for where the SMOKE run that writes it puts it."""
+    if getattr(config, "smoke", False):
+        for name in names:
+            value = getattr(config, name)
+            if value is not None and not (KIT_ROOT / Path(value).expanduser()).exists():
+                set_field(config, name, smoke_path(value))
 
 
 def as_tuple(value) -> tuple:
@@ -470,7 +485,7 @@ class AdaptConfig:
             raise ValueError(f"SPLITS={self.splits!r}: use 'train', 'test' or both (the test "
                              "images carry no labels, so using them is transductive but fair)")
         if self.smoke:  # a quick check: one epoch of a few steps at 64 px, a smoke folder
-            for name, value in (("epochs", 1), ("steps_per_epoch", 2), ("img_size", 64),
+            for name, value in (("epochs", 1), ("steps_per_epoch", 2), ("img_size", SMOKE_PX),
                                 ("n_probe", 16)):
                 set_field(self, name, min(getattr(self, name) or value, value))
             smoke_paths(self, ("run_dir",))
@@ -558,10 +573,12 @@ class TrainConfig:
                 self.temperatures) <= 0:
             raise ValueError(f"NEIGHBOURS={self.neighbours} must list k >= 1 and TEMPERATURES="
                              f"{self.temperatures} temperatures > 0")
-        if self.smoke:  # a quick check: three row blocks, one epoch, no TTA, a smoke folder
-            for name, value in (("cv", "blocks"), ("n_folds", 3), ("epochs", 1)):
+        if self.smoke:  # a quick check: 3 row blocks (nesting needs 3), one epoch at 64 px, no TTA
+            for name, value in (("cv", "blocks"), ("n_folds", 3), ("epochs", 1),
+                                ("img_size", min(self.img_size or SMOKE_PX, SMOKE_PX))):
                 set_field(self, name, value)
-            smoke_paths(self, ("run_dir", "gene_groups", "augment"))
+            smoke_paths(self, ("run_dir",))
+            smoke_inputs(self, ("gene_groups", "augment"))
         check_positive_ints(self, ("n_folds", "batch_size", "img_size", "pca_dim", "epochs",
                                    "accumulate", "patience", "devices"))
         self._check_mpp()
@@ -667,7 +684,8 @@ class CamConfig:
             for name, cap in (("n_patches", 4), ("n_show", 2), ("genes_per_group", 2),
                               ("n_permutations", 100)):
                 set_field(self, name, min(getattr(self, name), cap))
-        smoke_paths(self, ("run_dir", "gene_groups"))
+        smoke_paths(self, ("run_dir",))  # a run folder: its rows are the SMOKE rows
+        smoke_inputs(self, ("gene_groups",))
 
 
 # --- 07_ensemble_submit -----------------------------------------------------------------------
@@ -690,7 +708,8 @@ class SubmitConfig:
 
     def __post_init__(self):
         set_field(self, "runs", as_tuple(self.runs))
-        smoke_paths(self, ("runs", "runs_root", "submission", "gene_groups"))
+        smoke_paths(self, ("runs", "runs_root", "submission"))
+        smoke_inputs(self, ("gene_groups",))
         set_field(self, "postprocess", as_tuple(self.postprocess))
         set_field(self, "shrink", tuple(float(s) for s in as_tuple(self.shrink)))
         if self.blend not in BLENDS:
