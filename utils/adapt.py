@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from utils.augment import build_transform, read_policy
+from utils.bootstrap import ensure
 from utils.config import VIEW_BLOCKS, AdaptConfig, check_views, to_dict
 from utils.data import KitData, load_images
 from utils.models import (
@@ -247,6 +248,7 @@ def create_objective(cfg: AdaptConfig, backbone: nn.Module | None = None) -> nn.
                          f"{list_objectives()}")
     backbone = backbone or create_backbone(cfg.backbone, cfg.pretrained, cfg.img_size, cfg.seed)
     torch.manual_seed(cfg.seed)
+    ensure("lightly", "04_adapt's OBJECTIVE")  # on first use: the bundle or PyPI
     return OBJECTIVE_CLASSES[cfg.objective](backbone, cfg)
 
 

@@ -35,6 +35,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # before albumentations:
 import numpy as np
 import pandas as pd
 
+from utils.bootstrap import ensure
 from utils.config import (
     AUGMENT_CANDIDATES,
     AUGMENT_PRESETS,
@@ -309,6 +310,7 @@ def load_lpips(net: str | None, pretrained: bool = True):
     """(LPIPS model, note), or (None, why not) when its torchvision trunk cannot be fetched."""
     if not net:
         return None, "off (LPIPS_NET is None)"
+    ensure("lpips", "03's LPIPS score")  # on first use: the bundle or PyPI
     import lpips
 
     checkpoint = torchvision_checkpoint(net)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from utils.bootstrap import ensure
 from utils.config import GENE_PREFIXES, UNMATCHED_RULES, GeneClusteringConfig, from_params
 from utils.data import CACHE_ENV_VAR
 from utils.paths import figure, kit_root, read_json, resolve, write_csv, write_json, write_text
@@ -229,6 +230,7 @@ def fetch_library(name: str, cache_dir: str | os.PathLike | None = None,
             f"gene-set library {name!r} is not cached at {path} and cannot be fetched: "
             f"{reason}. Run 02 once with network (it is cached there), copy a GMT export of "
             "the library to that path, or list a .gmt file in GENE_SETS instead.")
+    ensure("gseapy", "02's GENE_SETS (Enrichr libraries)")  # on first use: bundle or PyPI
     from gseapy.parser import download_library
 
     try:

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.bootstrap import ensure
 from utils.config import (
     FEATURE_DTYPES,
     MPP_FITS,
@@ -493,6 +494,7 @@ def tissue_fraction(patch: np.ndarray, beta: float = STAIN_BETA) -> float:
 
 def stain_normaliser(reference: dict | None = None):
     """A torchstain Macenko normaliser (torch backend), with `reference` stains if given."""
+    ensure("torchstain", "05's STAIN_NORM")  # on first use: the bundle or PyPI
     from torchstain.torch.normalizers import TorchMacenkoNormalizer
 
     normaliser = TorchMacenkoNormalizer()
