@@ -221,7 +221,8 @@ def write_gmt(path, sets: dict[str, list[str]], newline: str = "\n"):
 
 def test_read_gmt_keeps_each_gene_once_and_drops_enrichr_weights(tmp_path):
     path = tmp_path / "lib.gmt"
-    path.write_text("A\thttp://x\tTP53\tEGFR,1.0\tTP53\t\r\n\nB\t\tMYC\n")
+    path.write_text("A\thttps://www.gsea-msigdb.org/gsea/msigdb\tTP53\tEGFR,1.0\tTP53\t\r\n"
+                    "\nB\t\tMYC\n")
     assert genes.read_gmt(path) == {"A": ["TP53", "EGFR"], "B": ["MYC"]}
 
 

@@ -26,7 +26,8 @@ def _response(code: int):
         response = requests.Response()
         response.status_code = code
         return response
-    return httpx2.Response(code, request=httpx2.Request("GET", "https://huggingface.co/x"))
+    return httpx2.Response(code, request=httpx2.Request("GET",
+                                                        "https://huggingface.co/MahmoodLab/uni"))
 
 
 REFUSALS = {
