@@ -1,4 +1,5 @@
-"""Colab data paths: files uploaded to /content are found, and the DACON zip unpacks to the
+"""Colab and Kaggle data paths: files uploaded to /content are found, a Kaggle dataset of
+DACON's open.zip is found unpacked (any top folders) or packed, and the DACON zip unpacks to the
 layout the kit reads in one call, or is refused whole when incomplete."""
 
 from __future__ import annotations
@@ -90,3 +91,57 @@ def test_a_cut_download_and_an_occupied_dest_are_refused(colab, tmp_path):
     assert [p.name for p in (colab / "data").iterdir()] == ["notes.txt"]
     unpack_dacon_zip(archive, colab / "data", overwrite=True)
     assert missing_files(colab / "data") == [] and not (colab / "data" / "notes.txt").exists()
+
+
+# --- Kaggle: a private dataset made from open.zip, unpacked by Kaggle or kept packed ---------
+
+@pytest.fixture
+def kaggle(tmp_path, monkeypatch) -> Path:
+    """A fake /kaggle/input, no Colab folders, an empty kit data folder."""
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    monkeypatch.setattr(paths, "KAGGLE_INPUT", inputs)
+    monkeypatch.setattr(paths, "COLAB_CONTENT", tmp_path / "no-content")
+    monkeypatch.setattr(paths, "COLAB_DRIVE", tmp_path / "no-drive")
+    monkeypatch.setattr(paths, "kit_root", lambda: tmp_path / "kit")
+    monkeypatch.delenv(paths.ENV_VAR, raising=False)
+    return inputs
+
+
+@pytest.mark.parametrize("inside", ["", "open/", "open/open/"])
+def test_a_dataset_kaggle_unpacked_is_found_with_or_without_top_folders(kaggle, tmp_path,
+                                                                        inside):
+    data = make_dacon(tmp_path / "src", n_train=3, n_test=2)
+    dest = kaggle / "dacon-mai" / inside
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    data.rename(dest)
+    assert find_data_dir() == dest.parent / Path(inside).name if inside else kaggle / "dacon-mai"
+
+
+def test_a_zip_kaggle_kept_packed_is_unpacked_once_into_the_kit(kaggle, tmp_path, capsys):
+    data = make_dacon(tmp_path / "src", n_train=4, n_test=2)
+    (kaggle / "bundle").mkdir()
+    (tmp_path / "kit-code" / "utils").mkdir(parents=True)
+    (tmp_path / "kit-code" / "utils" / "bootstrap.py").write_text("")
+    zip_folder(tmp_path / "kit-code", kaggle / "bundle" / "mai-kit-bundle.zip")  # no train.csv
+    (kaggle / "dacon-mai").mkdir()
+    archive = zip_folder(data, kaggle / "dacon-mai" / "open.zip", "open/")
+    assert paths.dacon_zips() == [archive]
+    found = find_data_dir()
+    assert found == tmp_path / "kit" / "data" / "dacon" and missing_files(found) == []
+    assert f"unpacked the DACON zip {archive}" in capsys.readouterr().out
+    assert find_data_dir() == found and capsys.readouterr().out == ""  # the second time: no unpack
+
+
+def test_open_zip_uploaded_to_colab_content_is_unpacked(colab, tmp_path):
+    data = make_dacon(tmp_path / "src", n_train=4, n_test=2)
+    zip_folder(data, colab / "open.zip")
+    assert find_data_dir() == tmp_path / "kit" / "data" / "dacon"
+
+
+def test_an_incomplete_zip_is_named_in_the_error(kaggle, tmp_path):
+    data = make_dacon(tmp_path / "src", n_train=4, n_test=2)
+    (kaggle / "d").mkdir()
+    zip_folder(data, kaggle / "d" / "open.zip", drop=("test.csv",))
+    with pytest.raises(paths.DataDirError, match=r"open\.zip \(a zip\): .*lacks: test\.csv"):
+        find_data_dir()

@@ -3,11 +3,13 @@
 Data root, first match wins:
 1. the notebook's `DATA_DIR` parameter;
 2. the environment variable `KIT_DATA_DIR`;
-3. Kaggle: any folder under `/kaggle/input` (two levels deep) holding `train.csv`;
+3. Kaggle: any folder under `/kaggle/input` (up to three levels deep) holding `train.csv` (a
+   dataset made from DACON's open.zip, which Kaggle unpacks, with or without its top folder);
 4. Colab: the Google Drive folder `MyDrive/dacon_mai` (mounted at `/content/drive`);
-5. Colab: `/content` or a folder right under it holding `train.csv` (files uploaded there, or
-   the DACON zip unpacked with `unpack_dacon_zip`);
-6. `data/` in the kit's root folder.
+5. Colab: `/content` or a folder right under it holding `train.csv` (files uploaded there);
+6. `data/` in the kit's root folder, then `data/dacon/` (where a DACON zip is unpacked).
+When none is complete, a DACON zip (any .zip holding train.csv) under /kaggle/input (Kaggle
+kept it packed), in /content or in the Drive folder is unpacked to `data/dacon/` once, and used.
 An explicit DATA_DIR or KIT_DATA_DIR is never second-guessed: if it is incomplete, that is the
 error. Relative paths are relative to the kit's root folder, wherever the notebook runs from.
 
@@ -29,6 +31,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -70,12 +73,13 @@ def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[str,
         return [("DATA_DIR parameter", resolve(data_dir))]
     if os.environ.get(ENV_VAR):
         return [(f"${ENV_VAR}", resolve(os.environ[ENV_VAR]))]
-    found = sorted({p.parent for pattern in ("*/train.csv", "*/*/train.csv")
+    found = sorted({p.parent for pattern in ("*/train.csv", "*/*/train.csv", "*/*/*/train.csv")
                     for p in KAGGLE_INPUT.glob(pattern)}) if KAGGLE_INPUT.is_dir() else []
     kaggle = [("Kaggle input", p) for p in found] or [("Kaggle input", KAGGLE_INPUT)]
     uploads = [("Colab upload", p) for p in colab_upload_dirs()]
     return [*kaggle, ("Colab Google Drive", COLAB_DRIVE), *uploads,
-            ("kit data folder", kit_root() / "data")]
+            ("kit data folder", kit_root() / "data"),
+            *([("unpacked DACON zip", unpacked_dir())] if unpacked_dir().is_dir() else [])]
 
 
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -86,11 +90,18 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         if not missing:
             return folder
         looked.append(f"  - {folder} ({source}): missing {', '.join(missing)}")
+    if data_dir in (None, "") and not os.environ.get(ENV_VAR):
+        for archive in dacon_zips():
+            try:
+                return unpack_found_zip(archive)
+            except (ValueError, FileExistsError) as err:
+                looked.append(f"  - {archive} (a zip): {err}")
     raise DataDirError(
         "No complete DACON data folder found. It needs " + ", ".join(REQUIRED) + ".\n"
         "Looked in:\n" + "\n".join(looked) + "\n"
-        "Put the unzipped competition files in data/ (see data/README.md), set DATA_DIR in the "
-        f"notebook's parameters cell, or set ${ENV_VAR}. For a trial run: make demo.")
+        "Put the unzipped competition files (or DACON's open.zip) in data/ (see data/README.md) "
+        f"or where the README's quick start says, set DATA_DIR in the notebook's parameters "
+        f"cell, or set ${ENV_VAR}. For a trial run: make demo.")
 
 
 def run_dir(path: str | os.PathLike) -> Path:
@@ -254,6 +265,38 @@ def colab_upload_dirs() -> list[Path]:
         return []
     return sorted({p.parent for pattern in ("train.csv", "*/train.csv")
                    for p in COLAB_CONTENT.glob(pattern)})
+
+
+def unpacked_dir() -> Path:
+    """Where a DACON zip found by `find_data_dir` is unpacked: data/dacon in the kit."""
+    return kit_root() / "data" / "dacon"
+
+
+def dacon_zips() -> list[Path]:
+    """Zips holding a train.csv where platforms keep uploads: /kaggle/input (a dataset Kaggle
+    kept packed), Colab's /content and the Drive folder."""
+    places = [*(KAGGLE_INPUT.glob(p) for p in ("*/*.zip", "*/*/*.zip", "*/*/*/*.zip")),
+              COLAB_CONTENT.glob("*.zip"), COLAB_DRIVE.glob("*.zip")]
+    found = []
+    for path in sorted({p for place in places for p in place if p.is_file()}):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (OSError, zipfile.BadZipFile):
+            continue
+        if any(n.rsplit("/", 1)[-1] == "train.csv" and not n.startswith(ZIP_JUNK)
+               for n in names):
+            found.append(path)
+    return found
+
+
+def unpack_found_zip(archive: Path) -> Path:
+    """Unpack a DACON zip that `find_data_dir` found to `unpacked_dir()`, saying so."""
+    start = time.perf_counter()
+    dest = unpack_dacon_zip(archive, unpacked_dir())
+    print(f"unpacked the DACON zip {archive} to {dest} ({time.perf_counter() - start:.0f} s, "
+          "once: later runs read that folder)", flush=True)
+    return dest
 
 
 def dacon_zip_root(names: list[str]) -> str:
