@@ -1,6 +1,7 @@
-"""The setup cell: one cell, byte-identical in every notebook, before the parameters cell; it
-does nothing but say so when the kit is importable, finds an attached (read-only) kit or clones
-KIT_REPO otherwise, and prints one line. The badges use the cell's repository URL."""
+"""The setup cell: one source (notebooks/setup_cell.py), the same first code cell in every
+notebook. It leaves an importable kit alone, finds a checkout or a bundle (unpacked, read-only
+or zipped), clones KIT_REPO, or stops with the ways in; it changes no installed package.
+The badges follow the cell's KIT_REPO, and no file of the kit names an invented address."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import re
 import shutil
 import subprocess
 import sys
-import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from utils import bootstrap
+from utils.dev import publish
 from utils.dev.pipeline import list_notebooks
 from utils.paths import kit_root
 
@@ -28,137 +30,349 @@ from pathlib import Path
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path({str(kit_root())!r})]
 """
+WAYS = ("1. the bundle", "2. a clone: set KIT_REPO", "3. a checkout")
 
 
 def setup_cells(path: Path) -> list[dict]:
     return [c for c in json.loads(path.read_text())["cells"] if c.get("id") == "setup"]
 
 
-def setup_source() -> str:
-    return "".join(setup_cells(NOTEBOOKS[0])[0]["source"])
-
-
-def kit_repo_default() -> str:
-    return re.search(r'os\.environ\.get\("KIT_REPO", "([^"]+)"\)', setup_source()).group(1)
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_every_notebook_starts_with_the_same_setup_cell(path):
+def test_every_notebook_starts_with_the_setup_cell_from_its_one_source(path):
     cells = json.loads(path.read_text())["cells"]
     setup = setup_cells(path)
     assert len(setup) == 1, f"{path.name}: needs exactly one cell with id 'setup'"
     code = [c for c in cells if c["cell_type"] == "code"]
     assert code[0].get("id") == "setup", f"{path.name}: the setup cell must be the first code cell"
     assert "parameters" in code[1].get("metadata", {}).get("tags", []), path.name
-    assert "parameters" not in setup[0]["metadata"].get("tags", [])
-    assert "".join(setup[0]["source"]) == setup_source(), f"{path.name}: setup cell differs"
+    assert "".join(setup[0]["source"]) == publish.setup_source(), (
+        f"{path.name}: differs from notebooks/setup_cell.py; run python -m utils.dev.publish")
     assert not setup[0]["outputs"] and setup[0]["execution_count"] is None
 
 
-def test_setup_cell_is_short_and_names_the_repository_once():
-    source = setup_source()
-    assert len(source.splitlines()) <= 26 and max(map(len, source.splitlines())) <= 100
-    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", kit_repo_default())
-    assert source.count(kit_repo_default()) == 1 and source.count("print(") == 1
+def test_setup_cell_fits_a_screen_and_names_no_address_until_published():
+    source = publish.setup_source()
+    lines = source.splitlines()
+    assert len(lines) <= 45 and max(map(len, lines)) <= 100
+    assert source.count("print(") == 1
+    assert any(line.startswith('KIT_REPO = "') for line in lines[:6])  # near the top
+    repo = publish.kit_repo(source)
+    assert repo == "" or re.fullmatch(r"(https://|git@|file://)\S+", repo)
 
 
-def test_badges_open_the_notebooks_of_the_cells_repository():
-    repo = kit_repo_default()
-    slug = repo.removeprefix("https://github.com/")
+def test_publish_writes_the_address_into_every_cell_and_the_badges_and_takes_it_back(tmp_path):
+    root = tmp_path / "kit"
+    for name in ("notebooks", "README.md"):
+        (shutil.copytree if name == "notebooks" else shutil.copy2)(kit_root() / name, root / name)
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", remote], check=True)
+    with pytest.raises(ValueError, match="not a git repository"):
+        publish.publish((tmp_path / "nowhere").as_uri(), root=root)
+    changed = publish.publish(remote.as_uri(), root=root)  # reachable, but not on GitHub
+    cells = {"".join(setup_cells(p)[0]["source"]) for p in sorted(root.glob("notebooks/0*.ipynb"))}
+    assert len(cells) == 1 and f'KIT_REPO = "{remote.as_uri()}"' in cells.pop()
+    assert root / "notebooks" / "setup_cell.py" in changed
+    assert "badges need a GitHub address" in (root / "README.md").read_text()
+    github = "https://github.com/huggingface/pytorch-image-models"  # a real repository
+    publish.publish(github, branch="dev", check=False, root=root)
+    for readme in ("README.md", "notebooks/README.md"):
+        text = (root / readme).read_text()
+        colab = re.findall(r"https://colab\.research\.google\.com/github/([^)\s]+)", text)
+        kaggle = re.findall(r"https://kaggle\.com/kernels/welcome\?src=([^)\s]+)", text)
+        assert len(colab) == len(kaggle) == len(NOTEBOOKS), readme
+        slug = github.removeprefix("https://github.com/")
+        assert colab[0] == f"{slug}/blob/dev/notebooks/{NOTEBOOKS[0].name}"
+        assert kaggle[-1] == f"{github}/blob/dev/notebooks/{NOTEBOOKS[-1].name}"
+    publish.publish("", root=root)
+    assert publish.kit_repo(publish.setup_source(root)) == ""
+    for readme in ("README.md", "notebooks/README.md"):
+        text = (root / readme).read_text()
+        assert "colab.research.google.com/github" not in text and publish.UNPUBLISHED in text
+        assert text == (kit_root() / readme).read_text()  # back to the committed state
+    for p in sorted(root.glob("notebooks/*.ipynb")):
+        assert p.read_text() == (kit_root() / "notebooks" / p.name).read_text()
+
+
+def test_badges_follow_the_cells_address():
+    repo = publish.kit_repo(publish.setup_source())
     names = {p.name for p in NOTEBOOKS}
     for readme in ("README.md", "notebooks/README.md"):
         text = (kit_root() / readme).read_text()
         colab = re.findall(r"https://colab\.research\.google\.com/github/([^)\s]+)", text)
-        kaggle = re.findall(r"https://kaggle\.com/kernels/welcome\?src=([^)\s]+)", text)
-        assert colab and kaggle, f"{readme}: no Open in Colab / Open in Kaggle badge"
-        for link in colab:
-            owner_repo, _, nb = link.partition("/blob/main/notebooks/")
-            assert owner_repo == slug and nb in names, f"{readme}: {link}"
-        for link in kaggle:
-            base, _, nb = link.partition("/blob/main/notebooks/")
-            assert base == repo and nb in names, f"{readme}: {link}"
+        if not repo:
+            assert not colab and publish.UNPUBLISHED in text, readme
+            continue
+        slug = publish.GITHUB.fullmatch(repo).group(1)
+        assert colab and all(c.startswith(f"{slug}/blob/") and c.rsplit("/", 1)[1] in names
+                             for c in colab), readme
 
 
-def run_cell(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+# Addresses the kit may name: each is a real page or file (checked when it was added). A URL
+# with a {placeholder}, or a stem ending in "/" or "=" that code completes, is a template, not an
+# address. Published badges follow KIT_REPO.
+REAL_ADDRESSES = (
+    "https://colab.research.google.com/assets/colab-badge.svg",
+    "https://kaggle.com/static/images/open-in-kaggle.svg",
+    "https://docs.lightly.ai",
+    "https://huggingface.co/MahmoodLab/uni",
+    "https://www.gsea-msigdb.org/gsea/msigdb",
+    "https://github.com/huggingface/pytorch-image-models",  # timm: publish's GitHub example
+)
+INVENTED = "dacon-" + "mai-kit"  # the owner the kit once made up (spelled apart: not a hit here)
+URL = re.compile(r"https?://[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+[^\s)\"'<>`\]\\,]*")
+
+
+def test_no_file_names_an_invented_address():
+    listed = subprocess.run(["git", "ls-files"], cwd=kit_root(), capture_output=True,
+                            text=True, check=True).stdout.split()
+    repo = publish.kit_repo(publish.setup_source())
+    bad = []
+    for name in listed:
+        path = kit_root() / name
+        if not path.is_file() or path.suffix in (".png", ".safetensors", ".gmt"):
+            continue
+        text = path.read_text(errors="replace")
+        if INVENTED in text:
+            bad.append(f"{name}: {INVENTED}")
+        for url in URL.findall(text):
+            allowed = (*REAL_ADDRESSES, *([repo] if repo else []),
+                       *(["https://colab.research.google.com/github/",
+                          "https://kaggle.com/kernels/welcome?src="] if repo else []))
+            template = "{" in url or url.endswith(("/", "="))
+            if not template and not url.rstrip(".").startswith(allowed):
+                bad.append(f"{name}: {url}")
+    assert not bad, "addresses not known to exist:\n" + "\n".join(bad)
+
+
+# --- running the cell --------------------------------------------------------------------------
+
+def run_cell(cwd: Path, env: dict[str, str], times: int = 2) -> subprocess.CompletedProcess:
     """Execute the setup cell in a fresh Python that has the kit's requirements but not the kit
-    (twice: the second run finds the kit importable)."""
-    code = FORGET_KIT + setup_source() + "\n" + setup_source()
+    (`times` in a row: from the second on, the kit is importable). KIT_LOOK replaces the
+    platform folders (/content, My Drive, /kaggle/input) with `env`'s or an empty one."""
+    code = FORGET_KIT + "\n".join([publish.setup_source()] * times)
+    env = {k: v for k, v in os.environ.items() if k != "KIT_REPO"} | {
+        "KIT_LOOK": str(cwd / "no-platform-folders" / "*")} | env
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "KIT_KAGGLE_INPUT": str(cwd / "no-input"), **env})
+                          env=env)
 
 
 def small_kit(folder: Path) -> Path:
-    """The files the setup cell needs from a kit: utils/ and requirements.txt."""
+    """The files the setup cell needs from a kit: utils/ and the requirements files."""
     shutil.copytree(kit_root() / "utils", folder / "utils",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(kit_root() / "requirements.txt", folder / "requirements.txt")
+    for name in ("requirements.txt", "requirements-extras.txt"):
+        shutil.copy2(kit_root() / name, folder / name)
     return folder
 
 
 def test_importable_kit_is_left_alone_and_quick():
-    code = f"import time; t = time.perf_counter()\n{setup_source()}\n" \
+    code = f"import time; t = time.perf_counter()\n{publish.setup_source()}\n" \
            "print(f'{time.perf_counter() - t:.3f}')"
     out = subprocess.run([sys.executable, "-c", code], cwd=kit_root(), capture_output=True,
                          text=True, check=True).stdout.splitlines()
-    assert out[0] == f"kit importable: {kit_root()} (requirements present)"
+    assert out[0] == f"mai-kit importable: {kit_root()} [checkout] (requirements present)"
     assert len(out) == 2 and float(out[1]) < 2.0, out
 
 
-def test_attached_read_only_kit_is_copied_and_used(tmp_path):
-    dataset = small_kit(tmp_path / "input" / "mai-kit-offline")
-    (dataset / "weights").mkdir()
+def test_no_kit_and_no_kit_repo_lists_the_ways_in_and_stops_cleanly(tmp_path):
+    done = run_cell(tmp_path, {})
+    assert done.returncode == 1 and done.stdout == ""
+    assert "was not found and KIT_REPO is empty" in done.stderr
+    assert all(way in done.stderr for way in WAYS), done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) <= 8
+
+
+def test_attached_read_only_bundle_is_copied_and_its_wheels_and_weights_linked(tmp_path):
+    dataset = small_kit(tmp_path / "input" / "mai-kit-bundle" / "mai-kit")
+    for folder in ("wheels", "weights"):
+        (dataset / folder).mkdir()
     (dataset / "weights" / "lite0.safetensors").write_bytes(b"0" * 10)
-    user = tmp_path / "user"
+    user = tmp_path / "working"
     user.mkdir()
     for p in [dataset, *dataset.rglob("*")]:
         p.chmod(p.stat().st_mode & ~0o222)
     try:
-        done = run_cell(user, {"KIT_KAGGLE_INPUT": str(tmp_path / "input"),
+        done = run_cell(user, {"KIT_LOOK": f"{tmp_path / 'input'}/*:{tmp_path / 'input'}/*/*",
                                "KIT_REPO": "file:///nowhere"})
     finally:
         for p in [dataset, *dataset.rglob("*")]:
             p.chmod(p.stat().st_mode | 0o200)
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert lines == [f"kit found in {dataset}: {user / 'mai-kit'} (requirements present)",
-                     f"kit importable: {user / 'mai-kit'} (requirements present)"]
-    assert (user / "mai-kit" / "utils" / "paths.py").is_file()
-    assert not (user / "mai-kit" / "weights").exists()  # weights stay in the dataset
+    kit = user / "mai-kit"
+    assert done.stdout.splitlines() == [
+        f"mai-kit found in {dataset}: {kit} [copy] (requirements present)",
+        f"mai-kit importable: {kit} [copy] (requirements present)"]
+    assert (kit / "utils" / "paths.py").is_file()
+    assert (kit / "weights").resolve() == dataset / "weights"  # linked, not copied
+    assert (kit / "wheels").is_symlink() and (kit / "weights" / "lite0.safetensors").is_file()
 
 
-def test_kit_is_cloned_from_kit_repo(tmp_path):
+def test_zipped_bundle_beside_the_notebook_is_unpacked(tmp_path):
+    kit = small_kit(tmp_path / "src" / "mai-kit")
+    (kit / bootstrap.MANIFEST).write_text(json.dumps({"version": "9.9", "commit": "abcdef0123"}))
+    user = tmp_path / "user"
+    user.mkdir()
+    with zipfile.ZipFile(user / "mai-kit-bundle (1).zip", "w") as z:
+        for f in kit.rglob("*"):
+            z.write(f, f.relative_to(kit.parent).as_posix())
+    done = run_cell(user, {})
+    assert done.returncode == 0, done.stderr
+    first, again = done.stdout.splitlines()
+    assert first == (f"mai-kit found in {user / 'mai-kit-bundle (1).zip'}: {user / 'mai-kit'} "
+                     "[bundle 9.9 (abcdef0)] (requirements present)")
+    assert again.startswith("mai-kit importable: ")
+    done = run_cell(user, {}, times=1)  # a new kernel: the unpacked copy is found
+    assert done.stdout.startswith(f"mai-kit found in {user / 'mai-kit'}: "), done.stdout
+
+
+def test_kit_is_cloned_from_kit_repo_set_in_the_environment(tmp_path):
     remote = small_kit(tmp_path / "remote")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "kit"]):
         subprocess.run([*git, *args], cwd=remote, check=True)
     user = tmp_path / "user"
     user.mkdir()
-    start = time.perf_counter()
     done = run_cell(user, {"KIT_REPO": remote.as_uri()})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0] == (f"kit cloned {remote.as_uri()}: {user / 'mai-kit'} "
-                                           "(requirements present)")
-    assert (user / "mai-kit" / ".git").is_dir() and time.perf_counter() - start < 30
+    assert done.stdout.splitlines()[0] == (f"mai-kit cloned {remote.as_uri()}: {user / 'mai-kit'}"
+                                           " [checkout] (requirements present)")
+    assert (user / "mai-kit" / ".git").is_dir()
 
 
-def test_failed_clone_says_so(tmp_path):
+def test_failed_clone_says_why_and_the_ways_in_without_a_traceback(tmp_path):
     done = run_cell(tmp_path, {"KIT_REPO": (tmp_path / "missing").as_uri()})
-    assert done.returncode != 0 and "git" in done.stderr and "CalledProcessError" in done.stderr
-    assert done.stdout == ""
+    assert done.returncode == 1 and done.stdout == ""
+    assert f"git clone {(tmp_path / 'missing').as_uri()} failed" in done.stderr
+    assert all(way in done.stderr for way in WAYS) and "Traceback" not in done.stderr
 
 
-def test_requirements_leave_out_torch_and_dev_tools_and_detect_old_versions():
-    reqs = bootstrap.requirements()
-    names = {bootstrap.canonical(re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0]) for r in reqs}
-    assert {"timm", "numpy", "albumentations"} <= names
-    assert not names & {"torch", "torchvision", "pytest", "ruff"}
-    assert bootstrap.missing_requirements(reqs) == []  # the kit's venv has them all
-    assert bootstrap.missing_requirements(["numpy>=999", "not-a-package-xyz", "numpy>=1"]) == [
-        "numpy>=999", "not-a-package-xyz"]
-    assert all(p.startswith(("torch==", "torchvision==")) for p in bootstrap.platform_pins())
+# --- what the cell installs -------------------------------------------------------------------
+
+def test_requirements_split_runtime_extras_and_dev_tools():
+    runtime = {bootstrap.requirement_name(r) for r in bootstrap.read_requirements()}
+    extras = {bootstrap.requirement_name(r) for r in bootstrap.read_requirements("requirements-"
+                                                                                "extras.txt")}
+    dev = (kit_root() / "requirements-dev.txt").read_text()
+    assert {"timm", "numpy", "albumentations", "ruptures", "torch"} <= runtime
+    assert extras == {"lightly", "lpips", "gseapy", "torchstain"} and not runtime & extras
+    tools = {"papermill", "nbformat", "ipykernel", "jupyterlab", "pytest", "ruff"}
+    assert not runtime & tools and all(re.search(rf"^{t}\b", dev, re.M) for t in tools)
+    assert "-r requirements.txt" in dev and "-r requirements-extras.txt" in dev
+    assert bootstrap.check_requirements(bootstrap.read_requirements()) == ([], [])  # kit venv
+    assert bootstrap.check_requirements(["numpy>=999", "not-a-package-xyz", "numpy>=1"]) == (
+        ["not-a-package-xyz"], [("numpy>=999", bootstrap.metadata.version("numpy"))])
+    pins = bootstrap.installed_pins()
+    assert f"numpy=={bootstrap.metadata.version('numpy')}" in pins and len(pins) > 50
 
 
-def test_offline_install_failure_names_the_folder_and_pips_reason(tmp_path):
-    with pytest.raises(RuntimeError, match="offline folder") as err:
+def cell_in_a_small_kit(tmp_path: Path, runtime: str, extras: str = "") -> Path:
+    """A checkout-like kit with its own requirements files, and a notebooks/ folder to run in."""
+    kit = small_kit(tmp_path / "kit")
+    (kit / "requirements.txt").write_text(runtime)
+    (kit / "requirements-extras.txt").write_text(extras)
+    (kit / "notebooks").mkdir()
+    return kit
+
+
+def test_too_old_package_is_not_swapped_the_cell_says_what_to_run_and_asks_for_a_restart(tmp_path):
+    kit = cell_in_a_small_kit(tmp_path, "numpy>=999\npackaging>=1\n")
+    done = run_cell(kit / "notebooks", {}, times=1)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    numpy = bootstrap.metadata.version("numpy")
+    assert f"numpy {numpy} (the kit needs numpy>=999)" in done.stderr
+    assert '%pip install "numpy>=999"' in done.stderr and "restart" in done.stderr
+    assert "packaging" not in done.stderr.split("needs:")[1].split("The setup")[0]
+
+
+def test_missing_torch_is_left_to_the_platform(tmp_path):
+    kit = cell_in_a_small_kit(tmp_path, "torch-not-installed-here>=1\n")
+    bootstrap_path = kit / "utils" / "bootstrap.py"
+    text = bootstrap_path.read_text()
+    bootstrap_path.write_text(text.replace('PLATFORM = ("torch", "torchvision")',
+                                           'PLATFORM = ("torch-not-installed-here",)'))
+    done = run_cell(kit / "notebooks", {}, times=1)
+    assert done.returncode == 1 and "platform's own builds" in done.stderr, done.stderr
+
+
+def fresh_python(tmp_path: Path) -> Path:
+    """A venv that sees the kit venv's packages (.pth) but installs into its own folder."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    site = next(venv.glob("lib/python*/site-packages"))
+    (site / "kit-venv.pth").write_text(
+        next(p for p in sys.path if p.endswith("site-packages")) + "\n")
+    return venv / "bin" / "python"
+
+
+def probe_wheel(folder: Path, name: str = "kit_probe") -> Path:
+    """A tiny pure-Python wheel built here, for offline installs."""
+    src = folder / "src"
+    (src / name).mkdir(parents=True)
+    (src / name / "__init__.py").write_text("VALUE = 42\n")
+    (src / "pyproject.toml").write_text(f'[project]\nname = "{name}"\nversion = "1.0"\n'
+                                        '[build-system]\nrequires = ["setuptools"]\n'
+                                        'build-backend = "setuptools.build_meta"\n')
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
+                    "--no-build-isolation", "-w", folder / "wheels", src], check=True)
+    return folder / "wheels"
+
+
+def test_ensure_installs_an_on_demand_package_from_the_bundle_with_one_line(tmp_path):
+    kit = cell_in_a_small_kit(tmp_path, "packaging>=1\n", "kit-probe>=1.0  # a test\n")
+    probe_wheel(kit)
+    python = fresh_python(tmp_path)
+    code = (FORGET_KIT + f"sys.path.insert(0, {str(kit)!r})\n"
+            "from utils.bootstrap import ensure\n"
+            "ensure('kit_probe', '04_adapt'); ensure('kit-probe', '04_adapt')\n"
+            "import kit_probe; print(kit_probe.VALUE)")
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull}
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert re.fullmatch(r"04_adapt needs kit-probe>=1\.0: installing it from the bundle … "
+                        r"done in \d+ s", lines[0]), lines
+    assert lines[1:] == ["42"]  # the second call was silent
+    with pytest.raises(ValueError, match="not listed"):
+        bootstrap.ensure("numpy", "nobody")
+
+
+def test_install_failure_names_the_bundle_and_pips_reason(tmp_path):
+    with pytest.raises(RuntimeError, match="the bundle's wheels") as err:
         bootstrap.pip_install(["not-a-package-xyz"], wheels=tmp_path)
     assert "not-a-package-xyz" in str(err.value) and len(str(err.value).splitlines()) <= 16
+    assert "keeping every installed package as it is" in str(err.value)
+
+
+# --- the start page ---------------------------------------------------------------------------
+
+def sections(text: str) -> dict[str, str]:
+    """`## heading` → the text under it."""
+    parts = re.split(r"^## (.+)$", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_readme_is_a_start_page_whose_defaults_are_the_codes():
+    from utils import config
+    from utils.data import SMOKE_ROWS
+
+    text = (kit_root() / "README.md").read_text()
+    parts = sections(text)
+    for path in ("Local", "Colab", "Kaggle, internet on", "Kaggle offline"):
+        name = next(k for k in parts if k.startswith(path))
+        steps = re.findall(r"^\d+\. ", parts[name], flags=re.M)
+        assert steps and len(parts[name].strip().splitlines()) <= 25, name  # one screen
+    assert "make demo" in text and "make test" in text and len(text.splitlines()) <= 160
+    train = config.TrainConfig()
+    assert f'CV = "{train.cv}"' in text and f'`RECIPE = "{train.recipe}"` (default)' in text
+    assert f"`{train.backbone}`" in parts["Get the kit"] + text.split("## ")[0]
+    assert f"{SMOKE_ROWS[0]} train and {SMOKE_ROWS[1]} test rows" in text
+    defaults = [config.EdaConfig.run_dir, config.GeneClusteringConfig.run_dir,
+                config.ScreenConfig.run_dir, config.AdaptConfig.run_dir,
+                config.SubmitConfig.submission]
+    assert all(f"`{d}" in parts["The notebooks"] for d in defaults), defaults
+    for readme in ("README.md", "notebooks/README.md"):
+        assert "block CV" not in (kit_root() / readme).read_text(), readme
+    assert f"{config.SMOKE_PX} px" in (kit_root() / "notebooks" / "README.md").read_text()
+    assert "[benchmarks/README.md](benchmarks/README.md)" in text
+    assert "| max_gene |" not in text  # the measured tables live in benchmarks/README.md
