@@ -1,17 +1,19 @@
-"""First contact, played as a new user: one notebook copied alone into an empty folder and run
-with papermill in a fresh virtual environment that has only what Colab and Kaggle bring for it
-(ipykernel, papermill, torch, torchvision), on a small demo set with SMOKE = True.
+"""First contact, played as a new user: the kit's own commands, fresh virtual environments, one
+notebook copied alone into an empty folder and run top to bottom with SMOKE = True.
 
-- online: the setup cell clones KIT_REPO (a file:// clone of this kit's HEAD stands in for
-  GitHub) and installs the missing requirements from the package index;
-- offline: no KIT_REPO, no package index (PIP_NO_INDEX, no pip config); the offline kit built by
-  `python -m utils.dev.kaggle` lies under a fake /kaggle/input (KIT_KAGGLE_INPUT) and the cell
-  copies its code and installs from its wheels/.
+- the bundle: `python -m utils.dev.bundle` builds it from a clean clone of this kit's HEAD (for
+  Colab's and Kaggle's Pythons, and with every wheel for this Python); a fresh venv holding only
+  torch/torchvision and a Jupyter kernel, **with the network blocked** (proxy variables pointing
+  at a closed port, `PIP_NO_INDEX`, no pip configuration), finds the zip beside the notebook,
+  installs from its wheels and runs 05_train, then 04_adapt (which installs lightly — with
+  hydra-core and the antlr4 wheel built from a source archive — from the bundle on first use);
+- a Colab-like runtime: a fresh venv pinned to a current Colab image's versions (`COLAB_PINS`);
+  the setup cell clones `KIT_REPO` (a file:// clone stands in for GitHub) and installs what is
+  missing from the package index; `pip freeze` shows every package it had unchanged.
 
-Slow (a venv with torch, the requirements installed twice): marked `first_contact`, left out of
-`make test`; `make first-contact` runs them. The base venv (torch, torchvision, papermill,
-ipykernel) is built once per session, or reused from FIRST_CONTACT_BASE; each test layers a
-fresh venv over it (a .pth file), so nothing a test installs is seen by the other.
+torch/torchvision (and what they need) are this venv's own, linked into each fresh venv through
+a .pth file: as on Colab and Kaggle, they are the platform's, and nothing may replace them.
+Marked `first_contact` (minutes): `make first-contact` runs them, `make test` does not.
 """
 
 from __future__ import annotations
@@ -19,23 +21,38 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
+from utils.bootstrap import canonical
+from utils.dev.bundle import sizes
 from utils.dev.demo import write_demo
 from utils.dev.pipeline import demo_parameters
 from utils.paths import kit_root
 
 pytestmark = pytest.mark.first_contact
 BASE_PYTHON = str(Path(sys.base_prefix) / "bin" / "python3")
-PLATFORM = [f"{n}=={metadata.version(n)}" for n in ("torch", "torchvision")]
-KEEP_ENV = ("HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "SSL_CERT_FILE")
+PYTHON = sysconfig.get_python_version()
+WHEEL_CACHE = kit_root() / "dist" / "wheel-cache"  # the bundle builder's cache: reruns are fast
+# A current Colab image (2025): its numpy, pandas and matplotlib, and the older ipykernel (and
+# the IPython it runs) that Colab's frontend depends on. None may change under the setup cell.
+COLAB_PINS = ("ipykernel==6.17.1", "ipython==7.34.0", "numpy==2.0.2", "pandas==2.2.2",
+              "matplotlib==3.10.0")
+CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens, every connection is refused
+BLOCKED = {"HTTP_PROXY": CLOSED, "HTTPS_PROXY": CLOSED, "http_proxy": CLOSED,
+           "https_proxy": CLOSED, "ALL_PROXY": CLOSED, "all_proxy": CLOSED, "NO_PROXY": "",
+           "no_proxy": "", "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull, "PIP_RETRIES": "0",
+           "PIP_TIMEOUT": "3", "GIT_TERMINAL_PROMPT": "0"}
+KERNEL = "first-contact"
 
 
 def sh(*cmd, **kwargs) -> subprocess.CompletedProcess:
@@ -45,148 +62,231 @@ def sh(*cmd, **kwargs) -> subprocess.CompletedProcess:
     return done
 
 
-def site_packages(venv: Path) -> Path:
-    return venv / "lib" / f"python{sysconfig.get_python_version()}" / "site-packages"
+def platform_closure(roots=("torch", "torchvision"), leave_out=()) -> list[metadata.Distribution]:
+    """The installed distributions `roots` need (markers and requested extras evaluated)."""
+    todo, seen, dists = [Requirement(r) for r in roots], set(), []
+    while todo:
+        req = todo.pop()
+        name = canonical(req.name)
+        if name in seen or name in {canonical(n) for n in leave_out}:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        seen.add(name)
+        dists.append(dist)
+        for dep in map(Requirement, dist.requires or []):
+            if dep.marker is None or any(dep.marker.evaluate({"extra": e})
+                                         for e in ["", *req.extras]):
+                todo.append(dep)
+    return dists
 
 
-@pytest.fixture(scope="session")
-def base_venv(tmp_path_factory) -> Path:
-    """A venv with only torch, torchvision (the kit venv's versions), papermill and ipykernel."""
-    if os.environ.get("FIRST_CONTACT_BASE"):
-        return Path(os.environ["FIRST_CONTACT_BASE"])
-    venv = tmp_path_factory.mktemp("first-contact") / "base"
+def link_platform(folder: Path, leave_out=()) -> Path:
+    """A folder of links to torch, torchvision and their dependencies in this venv."""
+    folder.mkdir(parents=True)
+    for dist in platform_closure(leave_out=leave_out):
+        site = Path(dist.locate_file(""))
+        for top in {f.parts[0] for f in dist.files or [] if f.parts[0] != ".."}:
+            if (site / top).exists() and not (folder / top).exists():
+                (folder / top).symlink_to(site / top)
+    return folder
+
+
+def fresh_venv(folder: Path, pins=(), leave_out=()) -> Path:
+    """A new venv: the platform linked in, a Jupyter kernel (and `pins`) installed from the index
+    before any network is blocked, a kernel spec named KERNEL. Returns its python."""
     start = time.perf_counter()
-    sh(BASE_PYTHON, "-m", "venv", venv)
-    sh(venv / "bin" / "python", "-m", "pip", "install", "-q", *PLATFORM, "papermill", "ipykernel")
-    print(f"\n[first contact] base venv built in {time.perf_counter() - start:.0f} s")
-    return venv
+    sh(BASE_PYTHON, "-m", "venv", folder / "venv")
+    python = folder / "venv" / "bin" / "python"
+    site = Path(sh(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))")
+                .stdout.strip())
+    platform = link_platform(folder / "platform", leave_out)
+    sh(python, "-m", "pip", "uninstall", "-q", "-y", "setuptools")  # the platform's is linked
+    (site / "platform.pth").write_text(f"{platform}\n")
+    sh(python, "-m", "pip", "install", "-q", "ipykernel", *pins)
+    sh(python, "-m", "ipykernel", "install", "--prefix", folder / "venv", "--name", KERNEL)
+    print(f"\n[first contact] venv {folder.name}: {time.perf_counter() - start:.0f} s")
+    return python
 
 
-@pytest.fixture(scope="session")
-def remote(tmp_path_factory) -> Path:
-    """A clone of the kit at HEAD (what the repository host would serve)."""
-    clone = tmp_path_factory.mktemp("remote") / "mai-kit"
-    sh("git", "clone", "-q", kit_root().as_uri(), clone)
-    return clone
-
-
-@pytest.fixture(scope="session")
-def demo_data(tmp_path_factory) -> Path:
-    return write_demo(tmp_path_factory.mktemp("data") / "demo", n_train=90, n_test=30,
-                      n_genes=60, image_size=64, seed=3)
-
-
-def fresh_venv(base: Path, folder: Path) -> Path:
-    """A new venv that sees the base venv's packages through a .pth file (installs go here).
-    Without a pip of its own: its bundled setuptools would shadow the one torch was installed
-    with, which no platform does; the base's pip installs into this venv."""
-    sh(BASE_PYTHON, "-m", "venv", "--without-pip", folder)
-    (site_packages(folder) / "platform.pth").write_text(f"{site_packages(base)}\n")
-    kernels = folder / "share" / "jupyter"
-    sh(folder / "bin" / "python", "-m", "ipykernel", "install", "--prefix", folder,
-       "--name", "python3")
-    return kernels
-
-
-def user_env(venv: Path, **extra: str) -> dict[str, str]:
-    """A clean environment: the venv first on PATH, no PYTHONPATH, the venv's kernel spec."""
-    env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
+def user_env(python: Path, **extra: str) -> dict[str, str]:
+    """A clean environment for papermill and the kernel: no PYTHONPATH, the venv's kernel spec,
+    the kit's caches in the user's folder; `extra` on top."""
+    venv = python.parent.parent
+    env = {k: os.environ[k] for k in ("HOME", "LANG", "LC_ALL", "TMPDIR", "USER") if k in
+           os.environ}
     env.update(PATH=f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin", VIRTUAL_ENV=str(venv),
                JUPYTER_PATH=str(venv / "share" / "jupyter"), HF_HUB_OFFLINE="1",
-               KIT_CACHE_DIR=str(venv.parent / "cache"), MPLBACKEND="Agg")
+               MPLBACKEND="Agg", NO_ALBUMENTATIONS_UPDATE="1",
+               KIT_CACHE_DIR=str(venv.parent / "cache"),
+               KIT_LOOK=str(venv.parent / "no-platform-folders" / "*"))
     return {**env, **extra}
 
 
-def run_notebook(venv: Path, notebook: Path, params: dict, env: dict) -> list[dict]:
-    """papermill `notebook` in its own folder with `venv`'s Python; the executed cells."""
+def online(env: dict[str, str]) -> dict[str, str]:
+    """`env` with this machine's package-index settings (the "internet")."""
+    keep = ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_INDEX_URL", "PIP_CERT",
+            "PIP_DEFAULT_TIMEOUT", "SSL_CERT_FILE")
+    return {**env, **{k: os.environ[k] for k in keep if k in os.environ}}
+
+
+def run_notebook(notebook: Path, params: dict, env: dict) -> list[dict]:
+    """papermill `notebook` in its own folder with the venv's kernel; the executed cells."""
     out = notebook.with_name(f"{notebook.stem}.out.ipynb")
-    sh(venv / "bin" / "python", "-m", "papermill", notebook, out, "-k", "python3",
-       "-y", json.dumps(params), "--cwd", notebook.parent, cwd=notebook.parent, env=env,
-       timeout=1800)
+    sh(sys.executable, "-m", "papermill", notebook, out, "-k", KERNEL, "-y", json.dumps(params),
+       "--cwd", notebook.parent, cwd=notebook.parent, env=env, timeout=1800)
     cells = json.loads(out.read_text())["cells"]
     errors = [o for c in cells for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert not errors, errors
     return cells
 
 
-def setup_output(cell: dict) -> tuple[list[str], float]:
+def cell_text(cell: dict) -> str:
+    return "".join("".join(o["text"]) for o in cell["outputs"] if o.get("name") == "stdout")
+
+
+def setup_output(cells: list[dict]) -> tuple[list[str], float]:
     """The setup cell's printed lines and its duration (papermill's cell metadata)."""
-    text = "".join("".join(o["text"]) for o in cell["outputs"] if o.get("name") == "stdout")
-    return text.splitlines(), cell["metadata"]["papermill"]["duration"]
+    cell = next(c for c in cells if c.get("id") == "setup")
+    return cell_text(cell).splitlines(), cell["metadata"]["papermill"]["duration"]
 
 
-def second_run(venv: Path, folder: Path, setup: dict, env: dict) -> tuple[list, float, float]:
-    """The setup cell again in a new kernel (kit on disk), then once more in that kernel."""
+def setup_again(folder: Path, cells: list[dict], env: dict) -> tuple[list[str], float, float]:
+    """The setup cell in a new kernel (the kit now on disk), then once more in that kernel."""
+    setup = next(c for c in cells if c.get("id") == "setup")
     nb = {"cells": [dict(setup, outputs=[], execution_count=None, id=f"s{i}") for i in (1, 2)],
-          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+          "metadata": {"kernelspec": {"name": KERNEL, "display_name": KERNEL,
                                       "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
     path = folder / "again.ipynb"
     path.write_text(json.dumps(nb))
-    cells = run_notebook(venv, path, {}, env)
-    (first, t1), (again, t2) = setup_output(cells[0]), setup_output(cells[1])
-    return first + again, t1, t2
+    again = run_notebook(path, {}, env)
+    durations = [c["metadata"]["papermill"]["duration"] for c in again]
+    return [line for c in again for line in cell_text(c).splitlines()], *durations
 
 
-def test_notebook_alone_clones_the_kit_and_runs(base_venv, remote, demo_data, tmp_path):
-    venv = tmp_path / "venv"
-    fresh_venv(base_venv, venv)
+def freeze(python: Path) -> list[str]:
+    return sorted(sh(python, "-m", "pip", "freeze", "--all").stdout.splitlines())
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    """A clean clone of the kit at HEAD: what a user downloads, and what KIT_REPO serves."""
+    clone = tmp_path_factory.mktemp("clone") / "mai-kit"
+    sh("git", "clone", "-q", kit_root().as_uri(), clone)
+    return clone
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory) -> Path:
+    return write_demo(tmp_path_factory.mktemp("data") / "demo", n_train=90, n_test=30,
+                      n_genes=60, image_size=64, seed=3)
+
+
+def build_bundle(clone: Path, out: Path, *args: str) -> tuple[Path, float]:
+    """`python -m utils.dev.bundle` in the clean clone; (the zip, seconds)."""
+    start = time.perf_counter()
+    sh(sys.executable, "-m", "utils.dev.bundle", "--out", out, "--cache", WHEEL_CACHE, *args,
+       cwd=clone, env={**os.environ, "PYTHONPATH": str(clone)})
+    return out, time.perf_counter() - start
+
+
+def test_the_bundle_builds_from_a_clean_clone_for_colab_and_kaggle(clone, tmp_path):
+    out, seconds = build_bundle(clone, tmp_path / "mai-kit-bundle.zip")
+    with zipfile.ZipFile(out) as z:
+        names = z.namelist()
+        info = json.loads(z.read("mai-kit/BUNDLE.json"))
+    head = sh("git", "rev-parse", "HEAD", cwd=clone).stdout.strip()
+    assert info["commit"] == head and info["pythons"] == ["3.11", "3.12"]
+    assert "mai-kit/utils/bootstrap.py" in names and "mai-kit/notebooks/05_train.ipynb" in names
+    wheels = [Path(n).name for n in names if n.endswith(".whl")]
+    for python in ("cp311", "cp312"):  # compiled wheels for both platforms' Pythons
+        assert any(w.startswith("ruptures-") and f"-{python}-" in w for w in wheels), python
+    assert any(re.match(r"antlr4_python3_runtime-4\.9\.\d+-py3-none-any\.whl", w) for w in wheels)
+    assert {"lightly", "hydra_core", "timm", "albumentations", "grad_cam", "lpips", "torchstain",
+            "gseapy"} <= {w.split("-")[0] for w in wheels}
+    assert not {"torch", "torchvision", "numpy", "scipy"} & {w.split("-")[0] for w in wheels}
+    mb = {k: f"{v / 1e6:.1f}" for k, v in sizes(out).items()}
+    print(f"\n[first contact] default bundle: {out.stat().st_size / 1e6:.1f} MB (code "
+          f"{mb['code']}, wheels {mb['wheels']}), {len(wheels)} wheels, built in {seconds:.0f} s")
+    weights = kit_root().parent / "shared" / "weights"
+    files = sorted(weights.glob("tf_efficientnet_lite*.safetensors"))
+    if files:
+        with_w, seconds = build_bundle(clone, tmp_path / "with-weights.zip", "--weights", *files)
+        with zipfile.ZipFile(with_w) as z:
+            assert {f"mai-kit/weights/{f.name}" for f in files} <= set(z.namelist())
+        print(f"[first contact] with {', '.join(f.name for f in files)}: "
+              f"{with_w.stat().st_size / 1e6:.1f} MB (weights {sizes(with_w)['weights'] / 1e6:.1f};"
+              f" {seconds:.0f} s)")
+
+
+def test_the_bundle_offline_runs_a_notebook_alone_in_a_fresh_venv(clone, demo_data, tmp_path):
+    bundle, built = build_bundle(clone, tmp_path / "bundle.zip", "--has", "none",
+                                 "--python", PYTHON)
+    python = fresh_venv(tmp_path)
+    before = freeze(python)
     user = tmp_path / "user"
     user.mkdir()
-    notebook = Path(shutil.copy2(remote / "notebooks" / "05_train.ipynb", user))
-    params = demo_parameters(str(demo_data), "runs/first_contact", smoke=True)["05_train"][0]
-    env = user_env(venv, KIT_REPO=remote.as_uri(), KIT_KAGGLE_INPUT=str(tmp_path / "none"))
-    for name in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_INDEX_URL", "PIP_CERT"):
-        if name in os.environ:  # this machine's package index settings (the "internet")
-            env[name] = os.environ[name]
+    shutil.copy2(bundle, user / "mai-kit-bundle.zip")  # downloaded beside the notebook
+    notebook = Path(shutil.copy2(clone / "notebooks" / "05_train.ipynb", user))
+    env = user_env(python, **BLOCKED)
+    reach = "import urllib.request as u; u.urlopen('https://pypi.org/simple/six/', timeout=5)"
+    refused = subprocess.run([python, "-c", reach], env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "Connection refused" in refused.stderr  # blocked
+    params = demo_parameters(str(demo_data), "runs/first_contact", smoke=True)
     start = time.perf_counter()
-    cells = run_notebook(venv, notebook, params, env)
+    cells = run_notebook(notebook, params["05_train"][0], env)
     wall = time.perf_counter() - start
-    lines, first = setup_output(next(c for c in cells if c.get("id") == "setup"))
-    kit = user / "mai-kit"
-    assert len(lines) == 1 and lines[0].startswith(f"kit cloned {remote.as_uri()}: {kit} "
-                                                   "(installed "), lines
-    assert "from PyPI" in lines[0] and "timm" in lines[0] and "torch" not in lines[0]
-    runs = sorted((kit / "runs").rglob("cv.json"))
-    assert runs, f"no cv.json under {kit / 'runs'}"
-    cv = json.loads(runs[0].read_text())
-    assert 0.0 < cv["overall"]["score"] < 1.0 and (runs[0].parent / "test_pred.npy").is_file()
-    installed = sh(venv / "bin" / "python", "-c", "import torch; print(torch.__file__)").stdout
-    assert str(site_packages(base_venv)) in installed  # the platform's torch was kept
-    again, t_new_kernel, t_same_kernel = second_run(venv, user, cells[[c.get("id") for c in
-                                                                       cells].index("setup")],
-                                                    env)
-    assert again == [f"kit found in {kit}: {kit} (requirements present)",
-                     f"kit importable: {kit} (requirements present)"]
-    assert t_new_kernel < 10 and t_same_kernel < 1
-    print(f"\n[first contact] online: setup cell {first:.1f} s first run, {t_new_kernel:.2f} s "
-          f"in a new kernel, {t_same_kernel:.3f} s in the same kernel; notebook {wall:.0f} s")
-
-
-def test_notebook_alone_installs_from_the_offline_kit(base_venv, remote, demo_data, tmp_path):
-    venv = tmp_path / "venv"
-    fresh_venv(base_venv, venv)
-    dataset = tmp_path / "input" / "mai-kit-offline"
-    start = time.perf_counter()
-    sh(sys.executable, "-m", "utils.dev.kaggle", "--out", dataset, "--has", "",
-       "--python-version", sysconfig.get_python_version(), cwd=remote)
-    built = time.perf_counter() - start
-    user = tmp_path / "user"
-    user.mkdir()
-    notebook = Path(shutil.copy2(remote / "notebooks" / "01_eda.ipynb", user))
-    params = demo_parameters(str(demo_data), "runs/first_contact", smoke=True)["01_eda"]
-    env = user_env(venv, PIP_NO_INDEX="1", PIP_CONFIG_FILE=os.devnull,
-                   KIT_KAGGLE_INPUT=str(tmp_path / "input"))
-    start = time.perf_counter()
-    cells = run_notebook(venv, notebook, params, env)
-    wall = time.perf_counter() - start
-    lines, first = setup_output(next(c for c in cells if c.get("id") == "setup"))
+    lines, first = setup_output(cells)
     kit = user / "mai-kit"
     assert len(lines) == 1 and lines[0].startswith(
-        f"kit found in {dataset}: {kit} (installed "), lines
-    assert f"from {dataset / 'wheels'}" in lines[0]
-    out = kit / "runs" / "smoke" / "first_contact" / "eda"  # SMOKE = True writes apart
-    assert {"gene_stats.csv", "config.json"} <= {p.name for p in out.iterdir()}, out
-    assert not (dataset / "runs").exists()  # the dataset is only read
-    size = sum(p.stat().st_size for p in dataset.rglob("*") if p.is_file()) / 1e6
-    print(f"\n[first contact] offline: kit built in {built:.0f} s ({size:.0f} MB with every "
-          f"requirement), setup cell {first:.1f} s, notebook {wall:.0f} s")
+        f"mai-kit found in {user / 'mai-kit-bundle.zip'}: {kit} [bundle "), lines
+    assert re.search(r"\(installed \d+ from the bundle in \d+ s: .*timm", lines[0]), lines
+    cv = json.loads((kit / "runs" / "smoke" / "first_contact" / "ridge" / "cv.json").read_text())
+    assert 0.0 < cv["overall"]["score"] < 1.0
+    again, t_kernel, t_same = setup_again(user, cells, env)
+    assert len(again) == 2 and again[0].startswith(f"mai-kit found in {kit}: {kit} [bundle ")
+    assert again[1].startswith(f"mai-kit importable: {kit} [bundle ")
+    assert all(line.endswith("(requirements present)") for line in again), again
+    adapt = Path(shutil.copy2(clone / "notebooks" / "04_adapt.ipynb", user))
+    cells = run_notebook(adapt, params["04_adapt"], env)
+    text = "".join(cell_text(c) for c in cells)
+    assert re.search(r"04_adapt's OBJECTIVE needs lightly>=1\.5: installing it from the bundle "
+                     r"… done in \d+ s", text), text[:2000]
+    assert (kit / "runs" / "smoke" / "first_contact" / "adapt" / "config.json").is_file()
+    after = freeze(python)
+    assert set(before) <= set(after)  # added, never changed: torch, numpy, ipykernel, ...
+    print(f"[first contact] offline: bundle (every wheel, Python {PYTHON}) "
+          f"{bundle.stat().st_size / 1e6:.0f} MB built in {built:.0f} s; setup cell {first:.1f} s"
+          f" first run, {t_kernel:.2f} s in a new kernel, {t_same:.3f} s in the same kernel; "
+          f"05_train SMOKE notebook {wall:.0f} s")
+
+
+def test_a_colab_like_runtime_keeps_every_version_it_had(clone, demo_data, tmp_path):
+    python = fresh_venv(tmp_path, COLAB_PINS, leave_out=("numpy", "pillow"))
+    before = freeze(python)
+    assert {p.replace("_", "-") for p in COLAB_PINS} <= {b.lower() for b in before}, before
+    user = tmp_path / "user"
+    user.mkdir()
+    notebook = Path(shutil.copy2(clone / "notebooks" / "01_eda.ipynb", user))
+    env = online(user_env(python, KIT_REPO=clone.as_uri()))
+    params = demo_parameters(str(demo_data), "runs/first_contact", smoke=True)["01_eda"]
+    start = time.perf_counter()
+    cells = run_notebook(notebook, params, env)
+    wall = time.perf_counter() - start
+    lines, first = setup_output(cells)
+    kit = user / "mai-kit"
+    assert len(lines) == 1 and lines[0].startswith(f"mai-kit cloned {clone.as_uri()}: {kit} "
+                                                   "[checkout] (installed "), lines
+    assert "from PyPI" in lines[0] and "torch" not in lines[0].split(":", 2)[2]
+    after = freeze(python)
+    changed = sorted(set(before) - set(after))
+    assert not changed, f"the setup cell changed what the runtime had: {changed}"
+    assert (kit / "runs" / "smoke" / "first_contact" / "eda" / "gene_stats.csv").is_file()
+    again, t_kernel, t_same = setup_again(user, cells, env)
+    assert again == [f"mai-kit found in {kit}: {kit} [checkout] (requirements present)",
+                     f"mai-kit importable: {kit} [checkout] (requirements present)"]
+    print(f"[first contact] Colab-like ({', '.join(COLAB_PINS)}): unchanged; setup cell "
+          f"{first:.1f} s first run (clone + PyPI), {t_kernel:.2f} s in a new kernel, "
+          f"{t_same:.3f} s in the same kernel; 01_eda SMOKE notebook {wall:.0f} s")
