@@ -168,3 +168,28 @@ def test_smoke_quick_check_runs_every_notebook_on_a_subset_apart_from_real_runs(
     assert len(run.oof) == 48 and run.cv["n_folds"] == 3
     written = pd.read_csv(tmp_path / "submissions" / "smoke" / "check.csv")
     assert len(written) == 16
+
+
+def test_smoke_moves_outputs_and_run_folders_but_reads_an_existing_input_file_as_given(tmp_path):
+    """SMOKE = True writes under smoke/ and reads runs from smoke/ (their rows are SMOKE rows); a
+    policy or gene-group file the user named that exists is read where it is."""
+    from utils.config import SMOKE_PX, CamConfig, SubmitConfig, TrainConfig
+
+    policy = tmp_path / "aug" / "augment_policy.json"
+    policy.parent.mkdir()
+    policy.write_text("{}")
+    groups = tmp_path / "genes" / "gene_groups.csv"
+    cfg = TrainConfig(recipe="finetune", smoke=True, run_dir="runs/lite0", augment=str(policy),
+                      gene_groups=str(groups))
+    assert cfg.augment == str(policy)  # exists: as given (it used to move to aug/smoke/)
+    assert cfg.gene_groups == str(tmp_path / "genes" / "smoke" / "gene_groups.csv")  # absent
+    assert cfg.run_dir == "runs/smoke/lite0" and cfg.img_size == SMOKE_PX and cfg.epochs == 1
+    assert TrainConfig(smoke=True, img_size=32).img_size == 32
+    assert TrainConfig(augment=str(policy)).augment == str(policy)
+    groups.parent.mkdir()
+    groups.write_text("gene,group,strategy\n")
+    cam = CamConfig(smoke=True, run_dir="runs/ft", gene_groups=str(groups))
+    assert cam.run_dir == "runs/smoke/ft" and cam.gene_groups == str(groups)
+    submit = SubmitConfig(smoke=True, runs=("runs/a",), gene_groups=str(groups))
+    assert submit.runs == ("runs/smoke/a",) and submit.submission.startswith("submissions/smoke/")
+    assert submit.gene_groups == str(groups)
