@@ -184,6 +184,13 @@ def demo_data(tmp_path_factory) -> Path:
                       n_genes=60, image_size=64, seed=3)
 
 
+def find_python(version: str) -> Path | None:
+    """An interpreter of `version` beside this one (pyenv and similar layouts), if any."""
+    found = [p for p in Path(sys.base_prefix).parent.glob(f"{version}.*/bin/python{version}")
+             if subprocess.run([p, "-c", ""], capture_output=True).returncode == 0]
+    return found[0] if found else None
+
+
 def build_bundle(clone: Path, out: Path, *args: str) -> tuple[Path, float]:
     """`python -m utils.dev.bundle` in the clean clone; (the zip, seconds)."""
     start = time.perf_counter()
@@ -207,6 +214,18 @@ def test_the_bundle_builds_from_a_clean_clone_for_colab_and_kaggle(clone, tmp_pa
     assert {"lightly", "hydra_core", "timm", "albumentations", "grad_cam", "lpips", "torchstain",
             "gseapy"} <= {w.split("-")[0] for w in wheels}
     assert not {"torch", "torchvision", "numpy", "scipy"} & {w.split("-")[0] for w in wheels}
+    with zipfile.ZipFile(out) as z:
+        z.extractall(tmp_path / "unpacked")
+    for python, pins in info["wheels"].items():  # each Python's wheels install on that Python
+        exe = find_python(python)
+        if exe:
+            sh(exe, "-m", "pip", "download", "-q", "--no-deps", "--no-index", "--find-links",
+               tmp_path / "unpacked" / "mai-kit" / "wheels", "-d", tmp_path / f"py{python}",
+               *(f"{n}=={v}" for n, v in pins.items()),
+               env={**{k: v for k, v in os.environ.items() if not k.startswith("PIP_")},
+                    "PIP_CONFIG_FILE": os.devnull})
+        where = "installable there (pip download, no index)" if exe else "no such Python here"
+        print(f"\n[first contact] {len(pins)} packages for Python {python}: {where}")
     mb = {k: f"{v / 1e6:.1f}" for k, v in sizes(out).items()}
     print(f"\n[first contact] default bundle: {out.stat().st_size / 1e6:.1f} MB (code "
           f"{mb['code']}, wheels {mb['wheels']}), {len(wheels)} wheels, built in {seconds:.0f} s")
