@@ -144,7 +144,8 @@ def run_notebook(notebook: Path, params: dict, env: dict) -> list[dict]:
 
 
 def cell_text(cell: dict) -> str:
-    return "".join("".join(o["text"]) for o in cell["outputs"] if o.get("name") == "stdout")
+    return "".join("".join(o["text"]) for o in cell.get("outputs", [])
+                   if o.get("name") == "stdout")
 
 
 def setup_output(cells: list[dict]) -> tuple[list[str], float]:
