@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +120,25 @@ def shuffled_images_copy(data_dir: Path, dest: Path, seed: int = 0) -> Path:
     for name in ("test.csv", "sample_submission.csv"):
         (dest / name).write_bytes((data_dir / name).read_bytes())
     return dest
+
+
+WHEEL_CACHE = KIT_ROOT / "dist" / "wheel-cache"  # the bundle builder's cache: reruns are fast
+
+
+@pytest.fixture(scope="session")
+def kit_clone(tmp_path_factory) -> Path:
+    """A clean clone of the kit at HEAD: what a user downloads, and what KIT_REPO serves."""
+    clone = tmp_path_factory.mktemp("clone") / "mai-kit"
+    subprocess.run(["git", "clone", "-q", KIT_ROOT.as_uri(), str(clone)], check=True)
+    return clone
+
+
+def build_bundle(clone: Path, out: Path, *args) -> tuple[Path, float]:
+    """`python -m utils.dev.bundle` run in a clone of the kit; (the zip, seconds)."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "utils.dev.bundle", "--out", str(out),
+                           "--cache", str(WHEEL_CACHE), *map(str, args)], cwd=clone,
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(clone)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, time.perf_counter() - start

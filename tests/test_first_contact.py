@@ -27,22 +27,19 @@ import subprocess
 import sys
 import sysconfig
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import build_bundle
 from packaging.requirements import Requirement
 
 from utils.bootstrap import canonical
-from utils.dev.bundle import sizes
 from utils.dev.demo import write_demo
 from utils.dev.pipeline import demo_parameters
-from utils.paths import kit_root
 
 pytestmark = pytest.mark.first_contact
 BASE_PYTHON = str(Path(sys.base_prefix) / "bin" / "python3")
 PYTHON = sysconfig.get_python_version()
-WHEEL_CACHE = kit_root() / "dist" / "wheel-cache"  # the bundle builder's cache: reruns are fast
 # A current Colab image (2025): its numpy, pandas and matplotlib, and the older ipykernel (and
 # the IPython it runs) that Colab's frontend depends on. None may change under the setup cell.
 COLAB_PINS = ("ipykernel==6.17.1", "ipython==7.34.0", "numpy==2.0.2", "pandas==2.2.2",
@@ -172,84 +169,20 @@ def freeze(python: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def clone(tmp_path_factory) -> Path:
-    """A clean clone of the kit at HEAD: what a user downloads, and what KIT_REPO serves."""
-    clone = tmp_path_factory.mktemp("clone") / "mai-kit"
-    sh("git", "clone", "-q", kit_root().as_uri(), clone)
-    return clone
-
-
-@pytest.fixture(scope="module")
 def demo_data(tmp_path_factory) -> Path:
     return write_demo(tmp_path_factory.mktemp("data") / "demo", n_train=90, n_test=30,
                       n_genes=60, image_size=64, seed=3)
 
 
-def find_python(version: str) -> Path | None:
-    """An interpreter of `version` beside this one (pyenv and similar layouts), if any."""
-    found = [p for p in Path(sys.base_prefix).parent.glob(f"{version}.*/bin/python{version}")
-             if subprocess.run([p, "-c", ""], capture_output=True).returncode == 0]
-    return found[0] if found else None
-
-
-def build_bundle(clone: Path, out: Path, *args: str) -> tuple[Path, float]:
-    """`python -m utils.dev.bundle` in the clean clone; (the zip, seconds)."""
-    start = time.perf_counter()
-    sh(sys.executable, "-m", "utils.dev.bundle", "--out", out, "--cache", WHEEL_CACHE, *args,
-       cwd=clone, env={**os.environ, "PYTHONPATH": str(clone)})
-    return out, time.perf_counter() - start
-
-
-def test_the_bundle_builds_from_a_clean_clone_for_colab_and_kaggle(clone, tmp_path):
-    out, seconds = build_bundle(clone, tmp_path / "mai-kit-bundle.zip")
-    with zipfile.ZipFile(out) as z:
-        names = z.namelist()
-        info = json.loads(z.read("mai-kit/BUNDLE.json"))
-    head = sh("git", "rev-parse", "HEAD", cwd=clone).stdout.strip()
-    assert info["commit"] == head and info["pythons"] == ["3.11", "3.12"]
-    assert "mai-kit/utils/bootstrap.py" in names and "mai-kit/notebooks/05_train.ipynb" in names
-    wheels = [Path(n).name for n in names if n.endswith(".whl")]
-    for python in ("cp311", "cp312"):  # compiled wheels for both platforms' Pythons
-        assert any(w.startswith("ruptures-") and f"-{python}-" in w for w in wheels), python
-    assert any(re.match(r"antlr4_python3_runtime-4\.9\.\d+-py3-none-any\.whl", w) for w in wheels)
-    assert {"lightly", "hydra_core", "timm", "albumentations", "grad_cam", "lpips", "torchstain",
-            "gseapy"} <= {w.split("-")[0] for w in wheels}
-    assert not {"torch", "torchvision", "numpy", "scipy"} & {w.split("-")[0] for w in wheels}
-    with zipfile.ZipFile(out) as z:
-        z.extractall(tmp_path / "unpacked")
-    for python, pins in info["wheels"].items():  # each Python's wheels install on that Python
-        exe = find_python(python)
-        if exe:
-            sh(exe, "-m", "pip", "download", "-q", "--no-deps", "--no-index", "--find-links",
-               tmp_path / "unpacked" / "mai-kit" / "wheels", "-d", tmp_path / f"py{python}",
-               *(f"{n}=={v}" for n, v in pins.items()),
-               env={**{k: v for k, v in os.environ.items() if not k.startswith("PIP_")},
-                    "PIP_CONFIG_FILE": os.devnull})
-        where = "installable there (pip download, no index)" if exe else "no such Python here"
-        print(f"\n[first contact] {len(pins)} packages for Python {python}: {where}")
-    mb = {k: f"{v / 1e6:.1f}" for k, v in sizes(out).items()}
-    print(f"\n[first contact] default bundle: {out.stat().st_size / 1e6:.1f} MB (code "
-          f"{mb['code']}, wheels {mb['wheels']}), {len(wheels)} wheels, built in {seconds:.0f} s")
-    weights = kit_root().parent / "shared" / "weights"
-    files = sorted(weights.glob("tf_efficientnet_lite*.safetensors"))
-    if files:
-        with_w, seconds = build_bundle(clone, tmp_path / "with-weights.zip", "--weights", *files)
-        with zipfile.ZipFile(with_w) as z:
-            assert {f"mai-kit/weights/{f.name}" for f in files} <= set(z.namelist())
-        print(f"[first contact] with {', '.join(f.name for f in files)}: "
-              f"{with_w.stat().st_size / 1e6:.1f} MB (weights {sizes(with_w)['weights'] / 1e6:.1f};"
-              f" {seconds:.0f} s)")
-
-
-def test_the_bundle_offline_runs_a_notebook_alone_in_a_fresh_venv(clone, demo_data, tmp_path):
-    bundle, built = build_bundle(clone, tmp_path / "bundle.zip", "--has", "none",
+def test_the_bundle_offline_runs_a_notebook_alone_in_a_fresh_venv(kit_clone, demo_data, tmp_path):
+    bundle, built = build_bundle(kit_clone, tmp_path / "bundle.zip", "--has", "none",
                                  "--python", PYTHON)
     python = fresh_venv(tmp_path)
     before = freeze(python)
     user = tmp_path / "user"
     user.mkdir()
     shutil.copy2(bundle, user / "mai-kit-bundle.zip")  # downloaded beside the notebook
-    notebook = Path(shutil.copy2(clone / "notebooks" / "05_train.ipynb", user))
+    notebook = Path(shutil.copy2(kit_clone / "notebooks" / "05_train.ipynb", user))
     env = user_env(python, **BLOCKED)
     reach = "import urllib.request as u; u.urlopen('https://pypi.org/simple/six/', timeout=5)"
     refused = subprocess.run([python, "-c", reach], env=env, capture_output=True, text=True)
@@ -269,7 +202,7 @@ def test_the_bundle_offline_runs_a_notebook_alone_in_a_fresh_venv(clone, demo_da
     assert len(again) == 2 and again[0].startswith(f"mai-kit found in {kit}: {kit} [bundle ")
     assert again[1].startswith(f"mai-kit importable: {kit} [bundle ")
     assert all(line.endswith("(requirements present)") for line in again), again
-    adapt = Path(shutil.copy2(clone / "notebooks" / "04_adapt.ipynb", user))
+    adapt = Path(shutil.copy2(kit_clone / "notebooks" / "04_adapt.ipynb", user))
     cells = run_notebook(adapt, params["04_adapt"], env)
     text = "".join(cell_text(c) for c in cells)
     assert re.search(r"04_adapt's OBJECTIVE needs lightly>=1\.5: installing it from the bundle "
@@ -283,21 +216,21 @@ def test_the_bundle_offline_runs_a_notebook_alone_in_a_fresh_venv(clone, demo_da
           f"05_train SMOKE notebook {wall:.0f} s")
 
 
-def test_a_colab_like_runtime_keeps_every_version_it_had(clone, demo_data, tmp_path):
+def test_a_colab_like_runtime_keeps_every_version_it_had(kit_clone, demo_data, tmp_path):
     python = fresh_venv(tmp_path, COLAB_PINS, leave_out=("numpy", "pillow"))
     before = freeze(python)
     assert {p.replace("_", "-") for p in COLAB_PINS} <= {b.lower() for b in before}, before
     user = tmp_path / "user"
     user.mkdir()
-    notebook = Path(shutil.copy2(clone / "notebooks" / "01_eda.ipynb", user))
-    env = online(user_env(python, KIT_REPO=clone.as_uri()))
+    notebook = Path(shutil.copy2(kit_clone / "notebooks" / "01_eda.ipynb", user))
+    env = online(user_env(python, KIT_REPO=kit_clone.as_uri()))
     params = demo_parameters(str(demo_data), "runs/first_contact", smoke=True)["01_eda"]
     start = time.perf_counter()
     cells = run_notebook(notebook, params, env)
     wall = time.perf_counter() - start
     lines, first = setup_output(cells)
     kit = user / "mai-kit"
-    assert len(lines) == 1 and lines[0].startswith(f"mai-kit cloned {clone.as_uri()}: {kit} "
+    assert len(lines) == 1 and lines[0].startswith(f"mai-kit cloned {kit_clone.as_uri()}: {kit} "
                                                    "[checkout] (installed "), lines
     assert "from PyPI" in lines[0] and "torch" not in lines[0].split(":", 2)[2]
     after = freeze(python)
