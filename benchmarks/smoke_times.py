@@ -6,12 +6,16 @@ would after setting only `SMOKE = True`, `DATA_DIR` and — offline — `PRETRAI
 lite0 weight file. Each notebook runs twice: the first pass fills the caches (decoded images,
 frozen features) and is reported as "cold"; the second, with the same parameters and
 `OVERWRITE = True` where the notebook has it (so no finished run is skipped), is the warm time
-the one-minute promise is about. Wall seconds include the kernel start (a few seconds).
+the one-minute promise is about. Wall seconds include the kernel start (a few seconds); the
+kernel's CPU seconds (user + system) are less sensitive to other jobs on a shared machine.
 
     .venv/bin/python benchmarks/smoke_times.py [--passes 2] [--only 05_train.finetune ...]
 
 Caches go to `$KIT_CACHE_DIR` (set it to a folder of your own), outputs under `runs/smoke/`.
-The machine is shared: note the load average printed beside each row.
+On a machine shared with other jobs, note the load average beside each row, and run it once
+more with `OMP_NUM_THREADS=1`: torch's default of one intra-op thread per core makes the
+threads wait on each other when other jobs hold the cores (5-7x slower fine-tuning seen at load
+15 on 2 cores), which says nothing about an idle 2-core runtime.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -59,11 +64,17 @@ def cell_seconds(executed: Path) -> float:
     return sum(c.get("metadata", {}).get("papermill", {}).get("duration") or 0.0 for c in cells)
 
 
-def time_check(notebook: str, params: dict, out: Path) -> tuple[float, float]:
-    """Run one notebook; (wall seconds, seconds in its cells)."""
-    start = time.perf_counter()
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children (the kernels)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_check(notebook: str, params: dict, out: Path) -> tuple[float, float, float]:
+    """Run one notebook; (wall seconds, seconds in its cells, CPU seconds of its kernel)."""
+    start, cpu = time.perf_counter(), children_cpu()
     execute_notebook(kit_root() / "notebooks" / f"{notebook}.ipynb", params, out)
-    return time.perf_counter() - start, cell_seconds(out)
+    return time.perf_counter() - start, cell_seconds(out), children_cpu() - cpu
 
 
 def main() -> None:
@@ -78,14 +89,16 @@ def main() -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     todo = {k: v for k, v in checks().items() if not args.only or k in args.only}
     print(f"KIT_CACHE_DIR={os.environ.get('KIT_CACHE_DIR', '(kit cache/)')}, "
-          f"{os.cpu_count()} CPUs", flush=True)
-    print("| notebook | pass | wall s | cells s | load avg |\n|---|---|---|---|---|", flush=True)
+          f"{os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+          flush=True)
+    print("| notebook | pass | wall s | cells s | kernel CPU s | load avg |\n"
+          "|---|---|---|---|---|---|", flush=True)
     for label, (notebook, params) in todo.items():
         for i in range(args.passes):
-            wall, cells = time_check(notebook, params,
-                                     kit_root() / args.out / f"{label}.{i}.ipynb")
+            wall, cells, cpu = time_check(notebook, params,
+                                          kit_root() / args.out / f"{label}.{i}.ipynb")
             kind = "cold" if i == 0 else "warm"
-            print(f"| {label} | {kind} | {wall:.1f} | {cells:.1f} | "
+            print(f"| {label} | {kind} | {wall:.1f} | {cells:.1f} | {cpu:.1f} | "
                   f"{os.getloadavg()[0]:.1f} |", flush=True)
 
 
