@@ -5,7 +5,7 @@ from pathlib import Path
 KIT_REPO = ""  # the kit's git URL, cloned when no copy is found ("": the environment's KIT_REPO)
 
 WAYS = """Three ways in:
-  1. the bundle (mai-kit-bundle.zip from `make bundle`, README "Offline"): upload it to /content
+  1. the bundle (mai-kit-bundle.zip, README "Get the kit"): upload it to /content
      or to My Drive (mount Drive first) on Colab; attach it as a dataset (Add Input) on Kaggle;
   2. a clone: set KIT_REPO at the top of this cell to the kit's git URL (internet on);
   3. a checkout: clone the kit and open this notebook from its notebooks/ folder.

@@ -136,9 +136,9 @@ def pip_install(reqs: list[str], wheels: Path | None = None) -> None:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
         source = f"the bundle's wheels ({wheels})" if wheels else "PyPI"
         hint = (f"Was the bundle built for Python {sys.version_info.major}."
-                f"{sys.version_info.minor}? (`make bundle`, README: Offline.) Or turn the "
+                f"{sys.version_info.minor}? (`make bundle`, README: 'Get the kit'.) Or turn the "
                 "internet on and remove the bundle." if wheels else
-                "No network? Attach the bundle (README: Offline).")
+                "No network? Attach the bundle (README: 'Get the kit').")
         raise RuntimeError(f"mai-kit: installing {', '.join(reqs)} from {source} failed, keeping "
                         f"every installed package as it is:\n{tail}\n{hint}")
     importlib.invalidate_caches()

@@ -100,7 +100,7 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         "No complete DACON data folder found. It needs " + ", ".join(REQUIRED) + ".\n"
         "Looked in:\n" + "\n".join(looked) + "\n"
         "Put the unzipped competition files (or DACON's open.zip) in data/ (see data/README.md) "
-        f"or where the README's quick start says, set DATA_DIR in the notebook's parameters "
+        f"or where the README says for Colab and Kaggle, set DATA_DIR in the notebook's parameters "
         f"cell, or set ${ENV_VAR}. For a trial run: make demo.")
 
 
