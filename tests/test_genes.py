@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from utils import genes
-from utils.config import GENE_PREFIXES, GeneClusteringConfig
+from utils.choices import GENE_PREFIXES
+from utils.config import GeneClusteringConfig
 from utils.genes import correlate_genes, embed_genes, knn_from_corr, pca_genes, silhouette
 
 PLANTED = {"MT": 12, "RPL": 10, "ZNF": 8}  # family → genes; each family shares one factor

@@ -44,11 +44,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from utils.config import CAM_METHODS, CAM_SCALES, check_method, to_dict
+from utils.choices import CAM_METHODS, CAM_SCALES, check_method
+from utils.config import to_dict
 from utils.data import load_images
 from utils.genes import OTHER, by_group, load_gene_groups, within_between
+from utils.loop import default_device, inference_batch_size
 from utils.metric import top_genes
-from utils.models import default_device, inference_batch_size, load_unit_model
+from utils.models import load_unit_model
 from utils.paths import resolve, write_csv, write_json, write_with
 from utils.runs import read_model_info
 
@@ -85,7 +87,8 @@ def make_targets(specs: Sequence[str], genes: Sequence[str],
             targets.append(Target(spec, "top", np.sort(top_genes(y)[spec])))
         elif spec == "groups":
             if not groups:
-                raise ValueError("target 'groups' needs gene groups (GENE_GROUPS and GROUPS)")
+                raise ValueError("target 'groups' needs gene groups (GENE_GROUPS and "
+                                 "GROUP_STRATEGY)")
             targets += [Target(g, "group", np.asarray(c)) for g, c in groups.items()
                         if g != OTHER]
         elif kind != "group" and name in index:
@@ -94,8 +97,8 @@ def make_targets(specs: Sequence[str], genes: Sequence[str],
             targets.append(Target(name, "group", np.asarray(groups[name])))
         else:
             close = difflib.get_close_matches(name, [*genes, *groups], n=5, cutoff=0.5)
-            raise ValueError(f"target {spec!r} is neither a gene nor a group of GROUPS, nor one "
-                             f"of {[*TOP_TARGETS, 'groups']}; closest names: {close}")
+            raise ValueError(f"target {spec!r} is neither a gene nor a group of GROUP_STRATEGY, "
+                             f"nor one of {[*TOP_TARGETS, 'groups']}; closest names: {close}")
     return targets
 
 
@@ -591,14 +594,15 @@ def prepare(cfg, data) -> CamJob:
     rows = choose_patches(cfg.patches, folds, cfg.fold, len(data.test), cfg.n_patches, cfg.seed)
     split = "train" if cfg.patches == "val" else "test"
     frame = data.train if split == "train" else data.test
-    groupings = load_groupings(cfg.gene_groups, data.genes, cfg.strategies, also=cfg.groups)
+    groupings = load_groupings(cfg.gene_groups, data.genes, cfg.strategies,
+                               also=cfg.group_strategy)
     return CamJob(info, units, out, list(data.genes), np.asarray(load_images(data, split)[rows]),
                   frame["ID"].iloc[rows].tolist(), groupings,
-                  make_targets(cfg.targets, data.genes, groupings.get(cfg.groups), data.y),
+                  make_targets(cfg.targets, data.genes, groupings.get(cfg.group_strategy), data.y),
                   similarity_genes(groupings, data.y, cfg.genes_per_group))
 
 
-def run_cams(cfg, job: CamJob) -> dict:
+def make_cams(cfg, job: CamJob) -> dict:
     """Every CAM of the job (grid targets and compared genes), written to `cams.npz` and
     `targets.csv`: {"maps", "scores", "layers", "seconds", "table"}."""
     start = time.perf_counter()
@@ -636,14 +640,14 @@ def plot_job_groups(job: CamJob, result: dict):
 
 def gene_similarity(cfg, job: CamJob, result: dict) -> dict:
     """CAM similarity of the compared genes, within vs between groups per strategy
-    (`similarity.csv`) and per group of GROUPS (`similarity_by_group.csv`)."""
+    (`similarity.csv`) and per group of GROUP_STRATEGY (`similarity_by_group.csv`)."""
     sim = map_similarity(result["maps"][len(job.targets):])
     labels = {s: gene_labels(g, len(job.genes))[job.compared] for s, g in job.groupings.items()}
     table = similarity_table(sim, labels, cfg.n_permutations, cfg.seed)
     write_csv(job.out / "similarity.csv", table, index=True)
     groups = None
-    if cfg.groups in labels:
-        groups = similarity_by_group(sim, labels[cfg.groups])
+    if cfg.group_strategy in labels:
+        groups = similarity_by_group(sim, labels[cfg.group_strategy])
         write_csv(job.out / "similarity_by_group.csv", groups)
     return {"sim": sim, "labels": labels, "table": table, "by_group": groups}
 

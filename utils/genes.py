@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.config import GENE_PREFIXES, UNMATCHED_RULES, GeneClusteringConfig, from_params
+from utils.choices import GENE_PREFIXES, UNMATCHED_RULES
+from utils.config import GeneClusteringConfig, from_params
 from utils.data import CACHE_ENV_VAR
 from utils.paths import figure, kit_root, read_json, resolve, write_csv, write_json, write_text
 
