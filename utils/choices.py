@@ -26,7 +26,8 @@ DACON_MPP = 0.3
 BLENDS = ("mean", "global", "group", "gene")  # 07 BLEND (utils.ensemble)
 POSTPROCESS_STEPS = ("shrink_to_mean", "clip")  # 07 POSTPROCESS (utils.ensemble)
 STRATEGIES = ("kmeans", "prefix", "correlation", "file", "functional")  # 02 gene groupings
-UNMATCHED_RULES = ("other", "nearest")  # 02 functional: where genes in no gene set go
+OTHER = "other"  # the group of genes a strategy leaves in no named group
+UNMATCHED_RULES = (OTHER, "nearest")  # 02 functional: where genes in no gene set go
 DEFAULT_GROUP_STRATEGY = "prefix"  # the gene grouping 06 and 07 use unless told otherwise
 # 05 LOSS: term name → weight (utils.losses: a function per name); the default is the seed
 # team's α·MSE + β·(1 − Pearson) + (1 − α − β)·covariance MSE with α = 0.3, β = 0.6.
