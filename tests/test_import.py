@@ -78,6 +78,6 @@ def test_registries_match_the_names_config_accepts():
     assert sorted(train.RECIPES) == sorted(choices.RECIPES)
     assert sorted(metric.SPLITTERS) == sorted(choices.SPLITTERS)
     assert list(genes.STRATEGIES) == list(choices.STRATEGIES)
-    assert list(ensemble.STEPS) == list(choices.POSTPROCESS_STEPS)
+    assert ensemble.list_steps() == list(choices.POSTPROCESS_STEPS)
     assert augment.list_policies() == sorted(choices.AUGMENT_POLICIES)
     assert losses.list_losses() == list(choices.LOSSES)

@@ -55,6 +55,25 @@ def test_warmup_then_cosine_to_zero():
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:])) and lrs[-1] < 0.05
 
 
+def test_the_schedule_is_timms_warmup_cosine():
+    """The same learning rates as timm's CosineLRScheduler (linear warmup from lr/(w+1), cosine
+    to 0 after it), kept as a torch LambdaLR: a torch scheduler whose step count the EMA and the
+    checkpoints already use."""
+    from timm.scheduler import CosineLRScheduler
+
+    ours = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
+    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
+    sched = make_scheduler(ours, warmup_steps=4, total_steps=30)
+    timm = CosineLRScheduler(theirs, t_initial=26, warmup_t=4, warmup_lr_init=0.3 / 5,
+                             warmup_prefix=True, lr_min=0.0, t_in_epochs=False)
+    for step in range(35):
+        assert ours.param_groups[0]["lr"] == pytest.approx(theirs.param_groups[0]["lr"],
+                                                           abs=1e-12), step
+        ours.step()
+        sched.step()
+        timm.step_update(step + 1)
+
+
 def test_optimizer_groups_learning_rates_and_weight_decay():
     from utils.models import ModelSpec, build_model, freeze_blocks
 

@@ -385,7 +385,9 @@ def format_epoch(row: dict) -> str:
 def plot_history(history: list[dict], choice: dict[str, dict] | None = None):
     """Training loss per epoch, one line per unit; with validation rows (fine-tuning) also the
     validation score, ★ marking the epoch a unit's OOF predictions come from (chosen on the
-    other folds' curves) and ○ its own best."""
+    other folds' curves) and ○ its own best. None for an empty history (a frozen-feature run)."""
+    if not history:
+        return None
     scored = any("val_score" in row for row in history)
     fig, axes = figure(10 if scored else 5, 3.5 if scored else 3, ncols=2 if scored else 1,
                        squeeze=False)

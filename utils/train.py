@@ -589,8 +589,22 @@ def plot_gene_r(y: np.ndarray, oof: np.ndarray, folds: np.ndarray):
     return fig
 
 
-def plot_alpha_curve(curve: dict):
-    """Mean per-fold score against the ridge strength alpha."""
+def details_tables(details: dict) -> list:
+    """config.json's recipe details as tables: the scalars (alpha, k, TTA, speed, …) and, for
+    fine-tuning, the chosen and best epoch of every unit."""
+    import pandas as pd
+
+    scalars = {k: v for k, v in details.items() if k not in ("alpha_curve", "units", "curve")}
+    tables = [pd.Series(scalars, name="value", dtype=object).to_frame()]
+    if "units" in details:
+        tables.append(pd.DataFrame(details["units"]).T)
+    return tables
+
+
+def plot_alpha_curve(curve: dict | None):
+    """Mean per-fold score against the ridge strength alpha (None: not a ridge run)."""
+    if curve is None:
+        return None
     fig, ax = figure(width=5)
     ax.semilogx(curve["alpha"], curve["score"], "o-")
     best = int(np.argmax(curve["score"]))
