@@ -4,8 +4,11 @@ The backbone (ImageNet weights, or any `PRETRAINED` that 05 takes) keeps trainin
 on train + test patches: two augmented views of each patch, an objective from lightly that pulls
 the views of one patch together (`OBJECTIVES`: SimCLR's NT-Xent against the other patches of the
 batch; BYOL's and DINO's student–teacher prediction, the teacher an EMA of the student). Views
-are built from the kit's augmentation registry (`utils.config.VIEW_BLOCKS`, or a 03
-`augment_policy.json`) and normalised with the backbone's own timm data config.
+are built from the kit's augmentation registry (`utils.choices.VIEW_TRANSFORMS`, or a 03
+`augment_policy.json`) and normalised with the backbone's own timm data config. Training runs on
+the kit's loop (`utils.loop`, as 05's fine-tuning): mixed precision, clipping, warmup + cosine,
+checkpoints, and data parallel over DEVICES (default every visible GPU; SimCLR then draws its
+negatives from every process's slice of the global batch).
 
 A run folder holds `<run name>.safetensors` (the adapted backbone in timm layout: 05 takes it as
 `PRETRAINED`, ridge and fine-tuning alike), `history.json` (one row per epoch), `curves.png`,

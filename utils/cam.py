@@ -5,7 +5,7 @@ What the notebook explains is a target: a weighted sum of a model's outputs.
 - a gene group (`"group:MT"`; `"groups"`: every group of a strategy of `gene_groups.csv`): the
   mean of its genes' outputs;
 - `"heg50"` / `"hvg50"`: the mean over the metric's 50 most expressed / most variable genes.
-CAM methods are pytorch-grad-cam classes chosen by name (`utils.config.CAM_METHODS`).
+CAM methods are pytorch-grad-cam classes chosen by name (`utils.choices.CAM_METHODS`).
 
 Per batch: one forward pass of the model (with the preprocessing it was trained with) records
 the target layer's output; then one backward pass per target, from the target to that layer
