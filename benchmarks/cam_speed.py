@@ -17,7 +17,8 @@ import time
 import numpy as np
 import torch
 
-from utils.cam import choose_layer, compute_cams, make_method
+from utils.cam import compute_cams, make_method
+from utils.cam_layers import choose_layer
 from utils.models import ModelSpec, build_model
 
 

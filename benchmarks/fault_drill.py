@@ -49,16 +49,16 @@ print(f"decoded {len(calls)} patches", digest(images))
 """
 
 FEATURES = """
-import utils.models as m
+import utils.features as m
+from utils.config import FeatureSpec
 real, calls = m.extract_features, []
-def extract(model, images, *args):
+def extract(model, images, *args, **kwargs):
     calls.append(len(images))
     if KILL and len(images) == len(data.test):
         die()  # train features are saved; test dies in the middle of its extraction
-    return real(model, images, *args)
+    return real(model, images, *args, **kwargs)
 m.extract_features = extract
-f = m.cached_features(data, "test_convnext", pretrained=False, img_size=64, tta=False,
-                      batch_size=16)
+f = m.cached_features(data, FeatureSpec("test_convnext", False, 64, tta=False), batch_size=16)
 print(f"extracted {len(calls)} split(s), loaded {2 - len(calls)} from the cache",
       digest(f["train"], f["test"]))
 """
@@ -88,11 +88,11 @@ print(f"trained {len(epochs)} epochs ({len(steps)} steps)", digest(run.oof, run.
 
 SUBMIT = """
 import pandas as pd
-from utils import ensemble
+from utils import ensemble, submit
 from utils.paths import read_json
 from utils.runs import load_run
 run = load_run(os.environ["DRILL_RUN"])
-frame = ensemble.make_submission(run.test_pred, data.test["ID"].tolist(), data.sample)
+frame = submit.make_submission(run.test_pred, data.test["ID"].tolist(), data.sample)
 real = pd.DataFrame.to_csv
 def half_then_die(self, path, **kw):
     real(self, path, **kw)
@@ -103,7 +103,7 @@ def half_then_die(self, path, **kw):
 pd.DataFrame.to_csv = half_then_die
 out = Path(os.environ["DRILL_SUBMISSION"])
 before = out.read_bytes() if out.exists() else b""
-ensemble.write_submission(frame, data.sample, out)
+submit.write_submission(frame, data.sample, out)
 print("wrote the CSV" + (" over the previous one" if before else ""),
       hashlib.sha1(out.read_bytes()).hexdigest()[:12])
 """

@@ -18,7 +18,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from utils.models import HUB_PRESETS, create_backbone, data_config, resolve_preset
+from utils.models import HUB_MODELS, create_backbone, data_config, resolve_hub_model
 
 T4_EFFECTIVE_FLOPS = 0.30 * 65e12
 
@@ -32,7 +32,7 @@ def available_ram() -> int:
 
 def count_parameters(name: str) -> int:
     """Parameters of a preset's architecture, built on the meta device (no memory)."""
-    arch, kwargs = resolve_preset(name)
+    arch, kwargs = resolve_hub_model(name)
     with torch.device("meta"):
         model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
     return sum(p.numel() for p in model.parameters())
@@ -40,7 +40,7 @@ def count_parameters(name: str) -> int:
 
 def measure(name: str) -> str:
     """One table row: build, time one forward of one 224 px image, count FLOPs, delete."""
-    preset, n_params = HUB_PRESETS[name], count_parameters(name)
+    preset, n_params = HUB_MODELS[name], count_parameters(name)
     need = 4 * n_params
     if need > 0.6 * available_ram():
         return (f"| {name} | {n_params / 1e6:.0f} M | {preset['dim']} | skipped: fp32 weights "
@@ -76,7 +76,7 @@ def main() -> None:
     print("| preset | parameters | embedding | CPU s/img | GFLOPs/img | mean ± std | pooling | "
           "T4 per 1,000 patches (ESTIMATE) |")
     print("|---|---|---|---|---|---|---|---|")
-    for name in sys.argv[1:] or HUB_PRESETS:
+    for name in sys.argv[1:] or HUB_MODELS:
         print(measure(name), flush=True)
 
 

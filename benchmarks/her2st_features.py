@@ -48,8 +48,8 @@ VARIANTS = {  # name → TrainConfig changes (features derived from the passes)
     "FEATURE_STAGES=-2,-1": {"feature_stages": (-2, -1)},
     "FEATURE_STAGES=-3,-2,-1": {"feature_stages": (-3, -2, -1)},
     "FEATURE_STAGES=all": {"feature_stages": "all"},
-    "FEATURE_STAGES=all, TARGET=pca:16": {"feature_stages": "all", "target": "pca:16"},
-    "FEATURE_STAGES=all, TARGET=pca:64": {"feature_stages": "all", "target": "pca:64"},
+    "FEATURE_STAGES=all, TARGET=pca:16": {"feature_stages": "all", "target_pca": 16},
+    "FEATURE_STAGES=all, TARGET=pca:64": {"feature_stages": "all", "target_pca": 64},
     "STAIN_NORM=macenko": {"stain_norm": "macenko"},
     "STAIN_NORM=macenko, FEATURE_STAGES=all": {"stain_norm": "macenko",
                                                "feature_stages": "all"},
@@ -68,14 +68,6 @@ def base_config(data_dir: Path, run_dir: Path) -> TrainConfig:
                        cv="slices")
 
 
-def feature_args(cfg: TrainConfig) -> dict:
-    """`cached_features` arguments of a config (as utils.train.frozen_features passes them)."""
-    return {"backbone": cfg.backbone, "pretrained": cfg.pretrained, "img_size": cfg.img_size,
-            "tta": cfg.tta, "seed": cfg.seed, "mpp": cfg.mpp, "model_mpp": cfg.model_mpp,
-            "mpp_fit": cfg.mpp_fit, "dtype": cfg.feature_dtype, "stages": cfg.feature_stages,
-            "crops": cfg.feature_crops, "stain_norm": cfg.stain_norm}
-
-
 def stage_columns(stages) -> np.ndarray:
     """Columns of a stages="all" pass that hold `stages` (None: the embedding only)."""
     bounds = np.cumsum((0, *STAGE_CHANNELS))
@@ -86,12 +78,12 @@ def stage_columns(stages) -> np.ndarray:
 
 def derive(cfg: TrainConfig, data, passes: dict[str, dict]) -> None:
     """Write a variant's features into the cache from the passes' columns."""
-    from utils.models import feature_cache_entry
+    from utils.features import cache_entry
 
     folder = Path(cache_dir_for(data)) / "features"
     columns = stage_columns(cfg.feature_stages)
     for split in ("train", "test"):
-        name, key = feature_cache_entry(data, split, **feature_args(cfg))
+        name, key = cache_entry(data, split, cfg.feature_spec)
         if cfg.stain_norm:
             sources = [passes["macenko"][split]]
         else:
@@ -111,13 +103,13 @@ def row(name: str, cv: dict, seconds: float, **extra) -> dict:
 
 def extract_passes(base: TrainConfig, data, names: list[str]) -> tuple[dict, dict]:
     """The chosen extraction passes (cached) and their wall seconds."""
-    from utils.models import cached_features
+    from utils.features import cached_features
 
     passes, seconds = {}, {}
     for name in names:
         change = PASSES[name]
         start = time.perf_counter()
-        passes[name] = cached_features(data, **feature_args(replace(base, **change)))
+        passes[name] = cached_features(data, replace(base, **change).feature_spec)
         seconds[name] = round(time.perf_counter() - start, 1)
         print(f"pass {name}: {passes[name]['train'].shape}, {seconds[name]} s, "
               f"peak RSS {peak_rss_gb()} GB", flush=True)
@@ -127,9 +119,9 @@ def extract_passes(base: TrainConfig, data, names: list[str]) -> tuple[dict, dic
 def check_default(passes: dict, base: TrainConfig, data) -> float:
     """Largest difference between the embedding columns of the stages pass and today's cached
     default features (the same forward pass: should be float noise only)."""
-    from utils.models import cached_features
+    from utils.features import cached_features
 
-    today = cached_features(data, **feature_args(base))["train"]
+    today = cached_features(data, base.feature_spec)["train"]
     return float(np.abs(passes["whole"]["train"][:, stage_columns(None)] - today).max())
 
 
@@ -196,7 +188,7 @@ def run_blends(base: TrainConfig, data, runs: dict, best: str, out: Path, folds:
     change = VARIANTS[best]
     extra = [train.train(replace(base, run_dir=str(out / f"{slug(best)}_{tag}"), **change,
                                  **more), data, folds, splitter)
-             for tag, more in (("TARGET-pca16", {"target": "pca:16"}),
+             for tag, more in (("TARGET-pca16", {"target_pca": 16}),
                                ("retrieval", {"recipe": "retrieval"}))]
     rows = [row(f"{best}, {tag}", run.cv, run.config["elapsed_s"],
                 moved=moved(run.cv, runs["ridge"].cv))
@@ -217,7 +209,7 @@ def run_unseen(base: TrainConfig, data, names: list[str], out: Path) -> pd.DataF
     alphas over the other three sections as folds) and 07's blend of ridge, pca:16 and
     retrieval on those features, trained on three sections and scored on the fourth."""
     from utils import train
-    from utils.models import cached_features
+    from utils.features import cached_features
     from utils.runs import Run
 
     sections = pd.read_csv(HER2ST / "train_sections.csv", dtype=str).set_index("ID")
@@ -225,7 +217,7 @@ def run_unseen(base: TrainConfig, data, names: list[str], out: Path) -> pd.DataF
     rows = []
     for name in names:
         cfg = replace(base, **VARIANTS[name])
-        x = cached_features(data, **feature_args(cfg))["train"]
+        x = cached_features(data, cfg.feature_spec)["train"]
         for held in sorted(set(section)):
             keep, test = section != held, section == held
             folds = pd.factorize(section[keep])[0]
@@ -234,7 +226,7 @@ def run_unseen(base: TrainConfig, data, names: list[str], out: Path) -> pd.DataF
                     "pca:16": train.cv_ridge(x[keep], y, x[test], folds, cfg.alphas,
                                              target_dim=16),
                     "retrieval": train.cv_retrieval(x[keep], y, x[test], folds,
-                                                    cfg.neighbours, cfg.temperatures)}
+                                                    cfg.n_nearest, cfg.temperatures)}
             members = [Run(Path(k), {}, fit.cv, folds, fit.oof, fit.test_pred)
                        for k, fit in fits.items()]
             _, final = blend(y, folds, "slices", members)

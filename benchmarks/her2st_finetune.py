@@ -3,7 +3,8 @@ every metric part (mean over folds and pooled OOF), per-fold scores, wall time a
 
     .venv/bin/python benchmarks/her2st_finetune.py [--run runs/her2st/finetune_lite0]
         [--ridge runs/her2st/ridge_lite0_blocks] [--epochs 3] [--lr 2e-4] [--head-lr 2e-4]
-        [--loss-weights 0.3 0.6] [--freeze 2] [--head-init ridge] [--ema 0.9] [--threads 1]
+        [--loss mse=0.3 pearson=0.6 covariance=0.1] [--freeze 2] [--head-init ridge]
+        [--ema 0.9] [--threads 1]
 
 The ridge run comes from `benchmarks/her2st_ridge.py` (or 05_train with RECIPE="ridge",
 tf_efficientnet_lite0 from the weights file, IMG_SIZE=224, CV="blocks", 4 folds). An interrupted
@@ -36,12 +37,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--head-lr", type=float, default=2e-4)
-    parser.add_argument("--loss-weights", type=float, nargs=2, default=(0.3, 0.6))
+    parser.add_argument("--loss", nargs="+", default=["mse=0.3", "pearson=0.6", "covariance=0.1"],
+                        help="LOSS as term=weight pairs")
     parser.add_argument("--freeze", type=int, default=2)
     parser.add_argument("--head-init", default="ridge")
     parser.add_argument("--ema", type=float, default=None)
     parser.add_argument("--augment", default="flips")
-    parser.add_argument("--target", default="genes")
+    parser.add_argument("--target-pca", type=int, default=None)
     parser.add_argument("--no-tta", action="store_true", help="predict without D4 TTA")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--overwrite", action="store_true", help="retrain a finished run")
@@ -76,12 +78,13 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     ridge = load_run(args.ridge)
+    loss = {term: float(w) for term, w in (pair.split("=") for pair in args.loss)}
     cfg = TrainConfig(data_dir=str(data_dir), run_dir=args.run, recipe="finetune",
                       backbone="tf_efficientnet_lite0", pretrained=args.weights, img_size=224,
                       cv="blocks", n_folds=4, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, head_lr=args.head_lr, loss_weights=tuple(args.loss_weights),
+                      lr=args.lr, head_lr=args.head_lr, loss=loss,
                       freeze=args.freeze, head_init=args.head_init, ema=args.ema,
-                      augment=args.augment, target=args.target, tta=not args.no_tta,
+                      augment=args.augment, target_pca=args.target_pca, tta=not args.no_tta,
                       patience=None, overwrite=args.overwrite)
     data = load_data(cfg.data_dir)
     folds, splitter = train.make_cv_folds(cfg, data)

@@ -30,8 +30,8 @@ HER2ST = SHARED / "her2st"
 WEIGHTS = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
 VARIANTS = {  # name → TrainConfig changes
     "ridge": {},
-    "ridge, TARGET=pca:16": {"target": "pca:16"},
-    "ridge, TARGET=pca:64": {"target": "pca:64"},
+    "ridge, TARGET=pca:16": {"target_pca": 16},
+    "ridge, TARGET=pca:64": {"target_pca": 64},
     "ridge, PCA_DIM=256": {"pca_dim": 256},
     "retrieval": {"recipe": "retrieval"},
 }

@@ -20,16 +20,18 @@ import torch
 
 from utils.augment import build_augment
 from utils.data import PatchDataset, load_data, load_images
-from utils.models import (
-    ModelSpec,
-    build_model,
-    create_loss,
+from utils.loop import (
+    Stepper,
     default_device,
     grad_scaler,
-    set_targets,
+    make_loader,
+    make_optimizer,
+    make_scheduler,
+    train_epoch,
 )
+from utils.losses import create_loss
+from utils.models import ModelSpec, build_model, set_targets
 from utils.paths import kit_root
-from utils.train import Stepper, make_loader, make_optimizer, make_scheduler, train_epoch
 
 SHARED_HER2ST = kit_root().parent / "shared" / "her2st"
 
@@ -61,8 +63,9 @@ def train_speed(dataset: PatchDataset, y: np.ndarray, backbone: str, img_size: i
         model.to(memory_format=torch.channels_last)
         model.channels_last = True
     optimizer = make_optimizer(model, 1e-4, 1e-3, 0.01)
-    step = Stepper(model, create_loss((0.5, 0.3)), optimizer, make_scheduler(optimizer, 1, 100),
-                   grad_scaler(device), None, device, 1.0, 1)
+    loss = create_loss({"mse": 0.5, "pearson": 0.3, "covariance": 0.2})
+    step = Stepper(model, loss, optimizer, make_scheduler(optimizer, 1, 100), grad_scaler(device),
+                   None, device, 1.0, 1)
     subset = PatchDataset(dataset.images, dataset.targets,
                           dataset.indices[:batch_size * (batches + 1)], dataset.transform)
     warm = PatchDataset(dataset.images, dataset.targets, dataset.indices[:batch_size],

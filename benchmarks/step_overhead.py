@@ -12,15 +12,18 @@ import time
 
 import torch
 
-from utils.models import (
-    ModelSpec,
+from utils.choices import loss_from_weights
+from utils.loop import (
+    Stepper,
     autocast,
-    build_model,
-    create_loss,
     default_device,
     grad_scaler,
+    make_optimizer,
+    make_scheduler,
+    train_epoch,
 )
-from utils.train import Stepper, make_optimizer, make_scheduler, train_epoch
+from utils.losses import create_loss
+from utils.models import ModelSpec, build_model
 
 
 def sync(device: torch.device) -> None:
@@ -63,7 +66,7 @@ def main() -> None:
                      {"all": list(range(args.genes))})
     model = build_model(spec).to(device)
     optimizer = make_optimizer(model, 1e-4, 1e-4, 0.01)
-    step = Stepper(model, create_loss((0.3, 0.6)), optimizer,
+    step = Stepper(model, create_loss(loss_from_weights((0.3, 0.6))), optimizer,
                    make_scheduler(optimizer, 0, 10 ** 6), grad_scaler(device), None, device,
                    1.0, 1)
     gen = torch.Generator().manual_seed(0)

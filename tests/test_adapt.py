@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from utils import adapt
+from utils import adapt, loop
 from utils.augment import save_policy
-from utils.config import AdaptConfig, TrainConfig, from_params
+from utils.config import AdaptConfig, FeatureSpec, TrainConfig, from_params
 from utils.data import load_data, load_images
-from utils.models import create_backbone, extract_features, save_weights
+from utils.features import extract_features
+from utils.models import create_backbone, save_weights
 
 
 class Killed(Exception):
@@ -152,8 +153,9 @@ def test_05_ridge_and_finetune_take_the_adapted_weights(tmp_path, demo_dir, demo
                                                                           str(done.weights))
     assert not np.allclose(runs["start"].oof, runs["adapted"].oof)
     images = demo_images[0][:8]
-    features = [extract_features(create_backbone("test_convnext", str(w), 64), images, 64,
-                                 tta=False, progress=False) for w in (start, done.weights)]
+    features = [extract_features(create_backbone("test_convnext", str(w), 64), images,
+                                 FeatureSpec("test_convnext", str(w), 64, tta=False),
+                                 progress=False) for w in (start, done.weights)]
     assert np.abs(features[0] - features[1]).max() > 1e-3
     spec = ModelSpec(backbone="test_convnext", img_size=64, genes=list(range(len(data.genes))),
                      heads={"all": list(range(len(data.genes)))})
@@ -175,19 +177,20 @@ def test_resumed_run_ends_as_an_uninterrupted_one(objective, tmp_path, demo_imag
     whole = adapt.adapt(tiny_cfg(tmp_path / "whole", objective=objective, epochs=3),
                         demo_images)
     cfg = tiny_cfg(tmp_path / "killed", objective=objective, epochs=3, overwrite=False)
-    original = adapt.train_epoch
+    original, calls = loop.train_epoch, []
 
-    def dies_in_epoch_three(step, dataset, preprocess, cfg, epoch, steps):
-        if epoch == 2:
+    def dies_in_epoch_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
             raise Killed
-        return original(step, dataset, preprocess, cfg, epoch, steps)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(adapt, "train_epoch", dies_in_epoch_three)
+    monkeypatch.setattr(loop, "train_epoch", dies_in_epoch_three)
     with pytest.raises(Killed):
         adapt.adapt(cfg, demo_images)
     folder = tmp_path / "killed" / "adapt"
     assert (folder / "checkpoints" / "last.pt").is_file() and not (folder / "config.json").exists()
-    monkeypatch.setattr(adapt, "train_epoch", original)
+    monkeypatch.setattr(loop, "train_epoch", original)
     resumed = adapt.adapt(cfg, demo_images)
     a, b = tensors(whole.weights), tensors(resumed.weights)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -202,6 +205,20 @@ def test_checkpoints_of_other_settings_are_not_resumed(tmp_path, demo_images, mo
         adapt.adapt(cfg, demo_images)
     with pytest.raises(ValueError, match="RESUME=False"):
         adapt.adapt(replace(cfg, views="flips"), demo_images)
+
+
+def test_two_processes_adapt_on_the_same_loop(tmp_path, demo_images):
+    """DEVICES=2 (two gloo processes on CPU, as on Kaggle's two GPUs): the processes share each
+    global batch, process 0 checkpoints, and the run finishes, trained, as one process would."""
+    cfg = tiny_cfg(tmp_path, objective="simclr", epochs=2, devices=2)
+    done = adapt.adapt(cfg, demo_images)
+    assert [r["epoch"] for r in done.history] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and r["steps"] == 3 for r in done.history)
+    start = create_backbone("test_convnext", False, 64, 0).state_dict()
+    saved = tensors(done.weights)
+    assert any(not torch.equal(saved[k], start[k]) for k in saved)
+    with pytest.raises(ValueError, match="multiple of DEVICES=2"):
+        adapt.adapt(replace(cfg, run_dir=str(tmp_path / "odd"), batch_size=7), demo_images)
 
 
 # --- it learns --------------------------------------------------------------------------------

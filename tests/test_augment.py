@@ -26,8 +26,9 @@ from utils.augment import (
     rgb_to_hed,
     save_policy,
 )
-from utils.config import AUGMENT_CANDIDATES as CANDIDATES
-from utils.config import LEVELS, ScreenConfig, from_params
+from utils.choices import AUGMENT_CANDIDATES as CANDIDATES
+from utils.choices import LEVELS
+from utils.config import ScreenConfig, from_params
 from utils.paths import save_figure
 
 ISSUE_NAMES = {"HorizontalFlip", "VerticalFlip", "RandomRotate90", "Affine",

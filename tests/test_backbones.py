@@ -4,15 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from utils.models import (
-    Preprocess,
-    cached_features,
-    create_backbone,
-    d4_views,
-    data_config,
-    extract_features,
-    feature_cache_name,
-)
+from utils.config import FeatureSpec
+from utils.features import cached_features, extract_features
+from utils.models import Preprocess, create_backbone, d4_views, data_config
+
+
+def cache_name(backbone, pretrained, img_size, tta, seed, split):
+    """The cache file name of a feature set."""
+    return FeatureSpec(backbone, pretrained, img_size, tta, seed).cache_name(split)
 
 
 def test_unknown_backbone_suggests_close_names():
@@ -69,34 +68,35 @@ def test_tta_features_are_invariant_to_flips_and_rotations():
     model = create_backbone("test_convnext", pretrained=False)
     images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
     turned = np.rot90(images[:, ::-1], k=1, axes=(1, 2)).copy()
-    a = extract_features(model, images, img_size=32, tta=True)
-    b = extract_features(model, turned, img_size=32, tta=True)
+    spec = FeatureSpec("test_convnext", False, 32, tta=True)
+    a = extract_features(model, images, spec)
+    b = extract_features(model, turned, spec)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-    plain = extract_features(model, images, img_size=32, tta=False)
+    plain = extract_features(model, images, FeatureSpec("test_convnext", False, 32, tta=False))
     assert a.shape == plain.shape == (3, model.num_features) and not np.allclose(a, plain)
 
 
 def test_cache_names_differ_by_what_changes_features():
-    names = {feature_cache_name("m", True, 64, True, 0, "train"),
-             feature_cache_name("m", False, 64, True, 0, "train"),
-             feature_cache_name("m", False, 64, True, 1, "train"),
-             feature_cache_name("m", "/w/x.safetensors", 64, True, 0, "train"),
-             feature_cache_name("m", True, 96, True, 0, "train"),
-             feature_cache_name("m", True, 64, False, 0, "train"),
-             feature_cache_name("m", True, 64, True, 0, "test")}
+    names = {cache_name("m", True, 64, True, 0, "train"),
+             cache_name("m", False, 64, True, 0, "train"),
+             cache_name("m", False, 64, True, 1, "train"),
+             cache_name("m", "/w/x.safetensors", 64, True, 0, "train"),
+             cache_name("m", True, 96, True, 0, "train"),
+             cache_name("m", True, 64, False, 0, "train"),
+             cache_name("m", True, 64, True, 0, "test")}
     assert len(names) == 7
-    assert "/" not in feature_cache_name("hf-hub:org/model", True, None, True, 0, "train")
+    assert "/" not in cache_name("hf-hub:org/model", True, None, True, 0, "train")
 
 
 def test_cached_features_are_computed_once(dacon_dir, tmp_path, monkeypatch):
-    from utils import models as backbones
+    from utils import features
     from utils.data import load_data
 
     data = load_data(dacon_dir)
-    kwargs = dict(backbone="test_convnext", pretrained=False, img_size=32, tta=False,
+    kwargs = dict(spec=FeatureSpec("test_convnext", False, 32, tta=False),
                   cache_dir=tmp_path / "cache")
     first = cached_features(data, **kwargs)
     assert first["train"].shape[0] == len(data.train) and first["test"].shape[0] == len(data.test)
-    monkeypatch.setattr(backbones, "extract_features", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(features, "extract_features", lambda *a, **k: 1 / 0)
     second = cached_features(data, **kwargs)
     np.testing.assert_array_equal(first["train"], second["train"])

@@ -13,7 +13,7 @@ from conftest import GENES, SIZE, make_dacon, write_png
 
 from utils.config import SubmitConfig
 from utils.data import DataError, ImageConversionWarning, load_data, load_images
-from utils.ensemble import (
+from utils.submit import (
     ConstantColumnsWarning,
     SubmissionError,
     audit_flags,

@@ -10,8 +10,10 @@ import timm
 import torch
 
 from utils import cam
-from utils.cam import LayerTap, choose_layer, compute_cams, explain_run, make_method, parse_reshape
-from utils.config import CAM_METHODS, CamConfig
+from utils.cam import LayerTap, compute_cams, explain_run, make_method
+from utils.cam_layers import choose_layer, parse_reshape
+from utils.choices import CAM_METHODS
+from utils.config import CamConfig
 from utils.genes import within_between
 from utils.metric import top_genes
 from utils.models import ModelSpec, build_model, save_weights

@@ -11,7 +11,7 @@ from utils.metric import (
     format_cv,
     list_splitters,
     make_folds,
-    read_groups,
+    read_fold_file,
     score,
     score_folds,
 )
@@ -45,35 +45,35 @@ def test_random_is_balanced_deterministic_and_not_contiguous(n_rows, n_folds):
     assert (np.diff(folds) < 0).any()  # not the sorted, contiguous block layout
 
 
-def test_groups_never_split_and_balanced():
+def test_file_groups_never_split_and_balanced():
     groups = np.repeat(["a", "b", "c", "d", "e", "f"], [5, 4, 3, 3, 2, 1])
-    folds = make_folds("groups:slice", len(groups), 3, groups=groups)
+    folds = make_folds("file:slice", len(groups), 3, labels=groups)
     assert sorted(set(folds.tolist())) == [0, 1, 2]
     for g in np.unique(groups):
         assert len(set(folds[groups == g].tolist())) == 1, g
     assert np.bincount(folds).tolist() == [6, 6, 6]  # greedy, largest groups first
 
 
-def test_groups_accepts_numeric_labels():
+def test_file_groups_accepts_numeric_labels():
     groups = [1, 1, 2, 2, 3, 3, 3]
-    folds = make_folds("groups:x", 7, 3, groups=groups)
+    folds = make_folds("file:x", 7, 3, labels=groups)
     assert len(set(folds.tolist())) == 3
     assert folds[0] == folds[1] and folds[2] == folds[3] and folds[4] == folds[5] == folds[6]
 
 
-def test_groups_fewer_groups_than_folds_errors():
+def test_file_groups_fewer_groups_than_folds_errors():
     with pytest.raises(ValueError, match="2 groups"):
-        make_folds("groups:x", 6, 3, groups=["a", "a", "a", "b", "b", "b"])
+        make_folds("file:x", 6, 3, labels=["a", "a", "a", "b", "b", "b"])
 
 
 @pytest.mark.parametrize("groups", [None, ["a", "b"]])
-def test_groups_missing_or_wrong_length_errors(groups):
+def test_file_groups_missing_or_wrong_length_errors(groups):
     with pytest.raises(ValueError, match="group label per train row"):
-        make_folds("groups", 6, 2, groups=groups)
+        make_folds("file", 6, 2, labels=groups)
 
 
 def test_unknown_splitter_lists_choices():
-    assert list_splitters() == ["blocks", "groups", "random", "slices"]
+    assert list_splitters() == ["blocks", "file", "random", "slices"]
     with pytest.raises(ValueError) as err:
         make_folds("kfold", 10, 2)
     for name in list_splitters():
@@ -99,53 +99,53 @@ def _write_groups(path, ids, **columns) -> str:
     return str(path)
 
 
-def test_read_groups_from_named_column(train, tmp_path):
+def test_read_fold_file_from_named_column(train, tmp_path):
     path = _write_groups(tmp_path / "g.csv", train["ID"], group=list("aabbcc"),
                          slice=list("xxxyyy"), other=list("pqrstu"))
-    np.testing.assert_array_equal(read_groups(f"groups:{path}:slice", train), list("xxxyyy"))
+    np.testing.assert_array_equal(read_fold_file(f"file:{path}:slice", train), list("xxxyyy"))
 
 
-def test_read_groups_from_file_in_data_dir(train, tmp_path, monkeypatch):
+def test_read_fold_file_from_file_in_data_dir(train, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     _write_groups(data_dir / "groups.csv", train["ID"][::-1], group=list("xxyyzz"),
                   other=list("pqrstu"))
-    got = read_groups("groups:groups.csv", train, data_dir)
+    got = read_fold_file("file:groups.csv", train, data_dir)
     np.testing.assert_array_equal(got, list("zzyyxx"))  # column `group`, in train row order
 
 
-def test_read_groups_without_group_column_uses_last_column(train, tmp_path):
+def test_read_fold_file_without_group_column_uses_last_column(train, tmp_path):
     path = _write_groups(tmp_path / "g.csv", train["ID"], tissue=list("aabbcc"))
-    np.testing.assert_array_equal(read_groups(f"groups:{path}", train), list("aabbcc"))
+    np.testing.assert_array_equal(read_fold_file(f"file:{path}", train), list("aabbcc"))
 
 
-def test_read_groups_file_missing_ids_errors(train, tmp_path):
+def test_read_fold_file_file_missing_ids_errors(train, tmp_path):
     path = _write_groups(tmp_path / "g.csv", train["ID"][:4], group=list("aabb"))
     with pytest.raises(ValueError, match="2 train IDs") as err:
-        read_groups(f"groups:{path}", train)
+        read_fold_file(f"file:{path}", train)
     assert "TRAIN_0004" in str(err.value) and "TRAIN_0005" in str(err.value)
     assert "g.csv" in str(err.value)
 
 
-def test_read_groups_missing_column_errors(train, tmp_path):
+def test_read_fold_file_missing_column_errors(train, tmp_path):
     path = _write_groups(tmp_path / "g.csv", train["ID"], group=list("aabbcc"))
     with pytest.raises(ValueError, match="'slice'"):
-        read_groups(f"groups:{path}:slice", train)
+        read_fold_file(f"file:{path}:slice", train)
 
 
-def test_read_groups_unknown_file_and_no_source_error(train, tmp_path, monkeypatch):
+def test_read_fold_file_unknown_file_and_no_source_error(train, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="not found") as err:
-        read_groups("groups:nope.csv", train, tmp_path)
+        read_fold_file("file:nope.csv", train, tmp_path)
     assert "nope.csv" in str(err.value)
     with pytest.raises(ValueError, match="needs a file"):
-        read_groups("groups", train)
+        read_fold_file("file", train)
 
 
 @pytest.mark.parametrize("cv", ["blocks", "random", "blocks:whatever"])
-def test_read_groups_none_for_other_splitters(cv, train):
-    assert read_groups(cv, train) is None
+def test_read_fold_file_none_for_other_splitters(cv, train):
+    assert read_fold_file(cv, train) is None
 
 
 def test_score_folds_overall_is_mean_and_oof_is_pooled():

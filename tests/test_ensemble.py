@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 from conftest import blind_cv_score
 
-from utils import ensemble
+from utils import ensemble, submit
 from utils.config import SubmitConfig, from_params
 from utils.data import load_data
-from utils.ensemble import make_submission, validate_submission, write_submission
 from utils.genes import load_gene_groups
 from utils.metric import pearson_genes, score, score_folds, top_genes
 from utils.runs import check_folds, load_run, save_run, select_runs
+from utils.submit import make_submission, validate_submission, write_submission
 
 N, G, N_TEST = 160, 60, 20
 SHRINKS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -237,13 +237,13 @@ def test_audit_flags_flat_and_shifted_columns():
     test = y[:N_TEST].copy()
     test[:, 0] = 1.0
     test[:, 1] += 5 * y[:, 1].std()
-    table = ensemble.audit_predictions(y, oof, test, [f"g{i}" for i in range(G)])
-    flags = ensemble.audit_flags(table)
+    table = submit.audit_predictions(y, oof, test, [f"g{i}" for i in range(G)])
+    flags = submit.audit_flags(table)
     assert flags["near_constant_predictions"] == ["g0"]
     assert "g1" in flags["test_shift_over_1_sd"] and flags["constant_in_train"] == []
     top = top_genes(y)
     assert set(np.flatnonzero(table["scored"])) == set(top["heg50"]) | set(top["hvg50"])
-    summary = ensemble.summarize_audit(table)
+    summary = submit.summarize_audit(table)
     assert "train_sd" in summary.index and summary.shape[1] == 6
 
 
@@ -252,8 +252,8 @@ def test_figures_are_returned():
 
     matplotlib.use("Agg")
     y, _ = _truth()
-    table = ensemble.audit_predictions(y, y, y[:N_TEST], [f"g{i}" for i in range(G)])
-    for fig in (ensemble.plot_audit(table), ensemble.plot_prediction_pca(y, y[:N_TEST]),
+    table = submit.audit_predictions(y, y, y[:N_TEST], [f"g{i}" for i in range(G)])
+    for fig in (submit.plot_audit(table), submit.plot_prediction_pca(y, y[:N_TEST]),
                 ensemble.plot_weights(pd.DataFrame({"a": [0.7], "b": [0.3]})),
                 ensemble.plot_weights(pd.DataFrame(np.full((40, 2), 0.5), columns=["a", "b"],
                                                    index=pd.Index(range(40), name="gene")))):
@@ -290,7 +290,7 @@ def test_demo_submission_has_a_blend_report(demo_pipeline):
     """07 found every run 05 wrote under the runs root and blended them."""
     from utils.runs import find_runs
 
-    report = json.loads(ensemble.report_path(demo_pipeline["submission"]).read_text())
+    report = json.loads(submit.report_path(demo_pipeline["submission"]).read_text())
     found = find_runs(demo_pipeline["runs"])
     assert [run["path"] for run in report["runs"]] == [str(p) for p in found] and found
     assert report["blend"]["mode"] == "global"
@@ -328,7 +328,7 @@ def test_notebook_blends_per_gene_and_prefers_the_better_run(demo_pipeline, tmp_
     assert executed.is_file()
     sample = pd.read_csv(demo_pipeline["data"] / "sample_submission.csv", dtype={"ID": str})
     validate_submission(pd.read_csv(submission, dtype={"ID": str}), sample)
-    report = json.loads(ensemble.report_path(submission).read_text())
+    report = json.loads(submit.report_path(submission).read_text())
     weights = report["blend"]["weights"]
     assert len(weights["ridge"]) == sample.shape[1] - 1
     assert np.mean(weights["ridge"]) > np.mean(weights["noisy"])

@@ -150,12 +150,12 @@ def test_truncated_feature_file_is_recomputed(tmp_path):
 
 FEATURES = """
     import numpy as np
-    import utils.models as m
+    import utils.features as m
+    from utils.config import FeatureSpec
     from utils.data import load_data
     data = load_data({root!r})
     {patch}
-    f = m.cached_features(data, "test_convnext", pretrained=False, img_size=32, tta=False,
-                          batch_size=8)
+    f = m.cached_features(data, FeatureSpec("test_convnext", False, 32, tta=False), batch_size=8)
     np.save({out!r}, np.concatenate([f["train"], f["test"]]))
 """
 
@@ -226,7 +226,7 @@ def test_killed_fine_tuning_epoch_resumes_to_identical_predictions(root, tmp_pat
 # --- the submission ---------------------------------------------------------------------------
 
 def test_killed_submission_write_leaves_the_old_file_and_rerun_is_identical(tmp_path):
-    from utils.ensemble import make_submission, write_submission
+    from utils.submit import make_submission, write_submission
 
     rng = np.random.default_rng(0)
     genes = ["G1", "G2", "G3"]
@@ -240,7 +240,7 @@ def test_killed_submission_write_leaves_the_old_file_and_rerun_is_identical(tmp_
     sample.to_pickle(tmp_path / "sample.pkl")
     code = f"""
         import pandas as pd
-        from utils.ensemble import write_submission
+        from utils.submit import write_submission
         real = pd.DataFrame.to_csv
         def half_then_die(self, path, **kw):
             real(self, path, **kw)

@@ -7,25 +7,27 @@ import numpy as np
 import pytest
 import torch
 
-from utils.config import TrainConfig
-from utils.models import (
-    Preprocess,
+from utils.config import FeatureSpec, TrainConfig
+from utils.features import (
     centre_crop,
-    create_backbone,
-    d4_views,
-    data_config,
     embed,
     extract_features,
-    feature_cache_name,
     fit_stain_reference,
     normalise_stains,
     stage_channels,
     stage_indices,
 )
+from utils.models import Preprocess, create_backbone, d4_views, data_config
 
 SIZE = 64
 HE_REFERENCE = np.array([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]])  # Macenko's H and E vectors
 HE_SHIFTED = np.array([[0.45, 0.30], [0.85, 0.90], [0.27, 0.32]])  # another lab's stains
+
+
+def spec(**changes) -> FeatureSpec:
+    """Features of a test model at SIZE px (D4 TTA), with `changes`."""
+    return FeatureSpec(**{"backbone": "test_convnext", "pretrained": False, "img_size": SIZE,
+                          **changes})
 
 
 def images(n: int = 3, seed: int = 0) -> np.ndarray:
@@ -69,9 +71,9 @@ def test_stage_features_are_the_pooled_maps_then_the_embedding(name):
 def test_default_features_equal_todays_exactly():
     model = create_backbone("test_efficientnet", pretrained=False)
     x = images()
-    default = extract_features(model, x, SIZE, progress=False)
+    default = extract_features(model, x, spec(), progress=False)
     np.testing.assert_array_equal(default, today_features(model, x))
-    staged = extract_features(model, x, SIZE, progress=False, stages="all")
+    staged = extract_features(model, x, spec(stages="all"), progress=False)
     assert staged.shape == (3, stage_channels(model, "all"))
     np.testing.assert_allclose(staged[:, -model.num_features:], default, rtol=1e-4, atol=1e-5)
 
@@ -79,14 +81,14 @@ def test_default_features_equal_todays_exactly():
 def test_crops_change_what_the_model_sees():
     model = create_backbone("test_convnext", pretrained=False)
     x = images()
-    whole = extract_features(model, x, SIZE, tta=False, progress=False)
-    both = extract_features(model, x, SIZE, tta=False, progress=False, crops=(1.0, 0.5))
+    whole = extract_features(model, x, spec(tta=False), progress=False)
+    both = extract_features(model, x, spec(tta=False, crops=(1.0, 0.5)), progress=False)
     assert both.shape == (3, 2 * whole.shape[1])
     np.testing.assert_allclose(both[:, :whole.shape[1]], whole, rtol=1e-5, atol=1e-6)
     assert not np.allclose(both[:, whole.shape[1]:], whole, atol=1e-3)
     centre = x[:, 16:48, 16:48]  # the centre half, resized up to the input like a patch
     np.testing.assert_allclose(both[:, whole.shape[1]:], extract_features(
-        model, np.ascontiguousarray(centre), SIZE, tta=False, progress=False),
+        model, np.ascontiguousarray(centre), spec(tta=False), progress=False),
         rtol=1e-4, atol=1e-5)
     assert centre_crop(torch.zeros(1, 3, 10, 10), 0.25).shape[-2:] == (2, 2)
 
@@ -117,7 +119,7 @@ def test_a_blank_patch_is_kept_as_it_is_and_counted():
 
 def test_cache_names_differ_per_parameter():
     def name(**kwargs):
-        return feature_cache_name("m", True, 224, True, 0, "train", **kwargs)
+        return FeatureSpec("m", True, 224, True, 0, **kwargs).cache_name("train")
 
     names = {name(), name(stages=(3, 4)), name(stages=(2, 3, 4)), name(stages="all"),
              name(crops=(1.0, 0.5)), name(crops=(0.5,)), name(crops=(1.0, 0.75)),
@@ -128,18 +130,19 @@ def test_cache_names_differ_per_parameter():
 
 def test_cached_features_keys_and_stain_report(dacon_dir, tmp_path):
     from utils.data import load_data
-    from utils.models import cached_features
+    from utils.features import cached_features
 
     data = load_data(dacon_dir)
-    kwargs = dict(backbone="test_convnext", pretrained=False, img_size=32, tta=False,
-                  cache_dir=tmp_path / "cache")
-    plain = cached_features(data, **kwargs)
-    staged = cached_features(data, **kwargs, stages=(-1,))
-    cropped = cached_features(data, **kwargs, crops=(1.0, 0.5))
+    folder = tmp_path / "cache"
+    plain = cached_features(data, spec(img_size=32, tta=False), cache_dir=folder)
+    staged = cached_features(data, spec(img_size=32, tta=False, stages=(-1,)), cache_dir=folder)
+    cropped = cached_features(data, spec(img_size=32, tta=False, crops=(1.0, 0.5)),
+                              cache_dir=folder)
     assert staged["train"].shape[1] > plain["train"].shape[1]
     np.testing.assert_allclose(cropped["train"][:, :plain["train"].shape[1]], plain["train"],
                                rtol=1e-5, atol=1e-6)
-    normalised = cached_features(data, **kwargs, stain_norm="macenko")
+    normalised = cached_features(data, spec(img_size=32, tta=False, stain_norm="macenko"),
+                                 cache_dir=folder)
     assert not np.allclose(normalised["train"], plain["train"], atol=1e-3)
     folder = tmp_path / "cache" / "features"
     keys = [json.loads(p.read_text()) for p in folder.glob("*_train.json")]
@@ -173,4 +176,35 @@ def test_stage_errors_name_the_parameter():
     with pytest.raises(ValueError, match="FEATURE_STAGES"):
         stage_indices(torch.nn.Linear(3, 3), (-1,))
     with pytest.raises(ValueError, match="FEATURE_CROPS"):
-        extract_features(model, images(1), SIZE, progress=False, crops=(2.0,))
+        spec(crops=(2.0,))
+
+
+def test_the_default_spec_keeps_the_cache_name_and_key_of_earlier_kits(dacon_dir):
+    """Users' caches stay valid: the name and key of the default spec (and of the rescaled,
+    richer and half-precision ones) are what the kit wrote before FeatureSpec existed."""
+    from utils.data import images_fingerprint, load_data
+    from utils.features import cache_entry
+
+    data = load_data(dacon_dir)
+    images = {s: images_fingerprint(data, s) for s in ("train", "test")}
+    base = {"backbone": "m", "pretrained": "w.safetensors", "img_size": 224, "tta": True,
+            "seed": None}
+    cases = [
+        ({}, "m_file-w_224px_d4", {}),
+        ({"tta": False}, "m_file-w_224px_noTTA", {"tta": False}),
+        ({"mpp": 0.3, "model_mpp": 0.5}, "m_file-w_224px_mpp0.3to0.5-pad_d4",
+         {"mpp": 0.3, "model_mpp": 0.5, "mpp_fit": "pad"}),
+        ({"stages": "all", "crops": (1.0, 0.5)}, "m_file-w_224px_stages-all_crops-1-0.5_d4",
+         {"stages": "all", "crops": [1.0, 0.5]}),
+        ({"dtype": "float16"}, "m_file-w_224px_d4_float16", {"dtype": "float16"}),
+        ({"pretrained": False, "seed": 3}, "m_random-seed3_224px_d4",
+         {"pretrained": "False", "seed": 3}),
+        ({"stain_norm": "macenko"}, "m_file-w_224px_macenko_d4",
+         {"stain_norm": "macenko", "stain_reference": images["train"]}),
+    ]
+    for change, tag, key in cases:
+        feature_spec = FeatureSpec(**{"backbone": "m", "pretrained": "w.safetensors",
+                                      "img_size": 224, **change})
+        name, got = cache_entry(data, "test", feature_spec)
+        assert name == f"{tag}_test.npy"
+        assert got == {**base, **key, "images": images["test"]}

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import genes
-from utils.config import GENE_PREFIXES, GeneClusteringConfig
+from utils import genes, genesets
+from utils.choices import GENE_PREFIXES
+from utils.config import GeneClusteringConfig
 from utils.genes import correlate_genes, embed_genes, knn_from_corr, pca_genes, silhouette
 
 PLANTED = {"MT": 12, "RPL": 10, "ZNF": 8}  # family → genes; each family shares one factor
@@ -223,7 +224,7 @@ def test_read_gmt_keeps_each_gene_once_and_drops_enrichr_weights(tmp_path):
     path = tmp_path / "lib.gmt"
     path.write_text("A\thttps://www.gsea-msigdb.org/gsea/msigdb\tTP53\tEGFR,1.0\tTP53\t\r\n"
                     "\nB\t\tMYC\n")
-    assert genes.read_gmt(path) == {"A": ["TP53", "EGFR"], "B": ["MYC"]}
+    assert genesets.read_gmt(path) == {"A": ["TP53", "EGFR"], "B": ["MYC"]}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -234,7 +235,7 @@ def test_read_gmt_keeps_each_gene_once_and_drops_enrichr_weights(tmp_path):
 def test_read_gmt_names_the_file_and_line_of_a_malformed_set(tmp_path, text, message):
     (tmp_path / "bad.gmt").write_text(text)
     with pytest.raises(ValueError, match=message):
-        genes.read_gmt(tmp_path / "bad.gmt")
+        genesets.read_gmt(tmp_path / "bad.gmt")
 
 
 def test_load_gene_sets_reads_files_folders_and_cached_libraries(tmp_path, monkeypatch):
@@ -246,16 +247,16 @@ def test_load_gene_sets_reads_files_folders_and_cached_libraries(tmp_path, monke
     cached = tmp_path / "cache" / "enrichr-human" / "MSigDB_Hallmark_2020.gmt"
     cached.parent.mkdir(parents=True)
     write_gmt(cached, {"Hypoxia": ["VEGFA"]})
-    libraries = genes.load_gene_sets([str(folder), "MSigDB_Hallmark_2020"], tmp_path / "cache")
+    libraries = genesets.load_gene_sets([str(folder), "MSigDB_Hallmark_2020"], tmp_path / "cache")
     assert list(libraries) == ["a", "b", "MSigDB_Hallmark_2020"]
     assert libraries["MSigDB_Hallmark_2020"] == (cached, {"Hypoxia": ["VEGFA"]})
     with pytest.raises(FileNotFoundError, match="gene-set file not found: .*missing.gmt"):
-        genes.load_gene_sets(str(tmp_path / "missing.gmt"))
+        genesets.load_gene_sets(str(tmp_path / "missing.gmt"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no .gmt files in the folder"):
-        genes.load_gene_sets([str(tmp_path / "empty")])
+        genesets.load_gene_sets([str(tmp_path / "empty")])
     with pytest.raises(ValueError, match="neither a GMT file, a folder nor an Enrichr"):
-        genes.load_gene_sets(["GO Biological Process"])
+        genesets.load_gene_sets(["GO Biological Process"])
 
 
 def test_best_sets_prefers_the_most_correlated_set_and_dissolves_small_ones():
@@ -266,12 +267,13 @@ def test_best_sets_prefers_the_most_correlated_set_and_dissolves_small_ones():
     member = np.zeros((6, 3), dtype=bool)
     member[[0, 1, 2, 3], 0] = member[[3, 4], 1] = member[[2, 5], 2] = True
     # gene 3: r .1 with set 0, r .8 with set 1; set 2 keeps only gene 5 and dissolves
-    assert genes.best_sets(corr, member, 2).tolist() == [0, 0, 0, 1, 1, -1]
-    assert genes.best_sets(corr, member, 3).tolist() == [0, 0, 0, 0, -1, -1]  # set 1 too small
+    assert genesets.best_sets(corr, member, 2).tolist() == [0, 0, 0, 1, 1, -1]
+    assert genesets.best_sets(corr, member, 3).tolist() == [0, 0, 0, 0, -1, -1]  # set 1 too small
     member[:, 1] = False
     member[[2, 3, 4], 1] = True  # 3 matched genes, but gene 2 joins set 0: set 1 dissolves
-    assert genes.best_sets(corr, member, 3).tolist() == [0, 0, 0, 0, -1, -1]
-    assert genes.nearest_groups(corr, np.array([0, 0, 0, 1, 1, -1])).tolist() == [0, 0, 0, 1, 1, 1]
+    assert genesets.best_sets(corr, member, 3).tolist() == [0, 0, 0, 0, -1, -1]
+    nearest = genesets.nearest_groups(corr, np.array([0, 0, 0, 1, 1, -1]))
+    assert nearest.tolist() == [0, 0, 0, 1, 1, 1]
 
 
 @pytest.fixture()
@@ -319,7 +321,7 @@ def test_functional_groups_put_every_gene_in_one_set(functional_data, unmatched)
 def test_functional_group_names_are_file_safe_and_unique():
     sets = pd.DataFrame({"library": ["GO BP", "KEGG", "KEGG", "x"],
                          "set": ["cell cycle/mitosis", "cell cycle/mitosis", "Other", "??"]})
-    assert genes.group_names(sets) == ["GO_BP.cell_cycle_mitosis", "KEGG.cell_cycle_mitosis",
+    assert genesets.group_names(sets) == ["GO_BP.cell_cycle_mitosis", "KEGG.cell_cycle_mitosis",
                                        "KEGG.Other", "set"]
 
 
@@ -335,18 +337,18 @@ def test_fetching_a_library_offline_fails_fast_with_what_to_do(tmp_path, monkeyp
     import time
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(genes.OfflineError, match=r"'GO_Biological_Process_2023' is not cached "
+    with pytest.raises(genesets.OfflineError, match=r"'GO_Biological_Process_2023' is not cached "
                        r"at .*enrichr-human.*HF_HUB_OFFLINE is set\. Run 02 once with network"):
-        genes.fetch_library("GO_Biological_Process_2023", tmp_path)
+        genesets.fetch_library("GO_Biological_Process_2023", tmp_path)
     monkeypatch.delenv("HF_HUB_OFFLINE")
     import socket
 
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))  # a port nobody listens on: connection refused at once
-    monkeypatch.setattr(genes, "ENRICHR_HOST", closed.getsockname())
+    monkeypatch.setattr(genesets, "ENRICHR_HOST", closed.getsockname())
     start = time.perf_counter()
-    with pytest.raises(genes.OfflineError, match=r"no connection to 127\.0\.0\.1"):
-        genes.fetch_library("MSigDB_Hallmark_2020", tmp_path, timeout=2.0)
+    with pytest.raises(genesets.OfflineError, match=r"no connection to 127\.0\.0\.1"):
+        genesets.fetch_library("MSigDB_Hallmark_2020", tmp_path, timeout=2.0)
     assert time.perf_counter() - start < 2.5
     closed.close()
     assert not (tmp_path / "enrichr-human").exists()
@@ -361,23 +363,23 @@ def test_fetch_library_writes_what_the_client_returns_as_a_cached_gmt(tmp_path, 
         calls.append((name, organism))
         return {"HALLMARK_HYPOXIA": ["VEGFA", "CA9"], "EMPTY": [], "E2F": ["MKI67"]}
 
-    monkeypatch.setattr(genes, "offline_reason", lambda host, timeout: None)
+    monkeypatch.setattr(genesets, "offline_reason", lambda host, timeout: None)
     monkeypatch.setattr(gseapy.parser, "download_library", download)
-    path = genes.fetch_library("MSigDB_Hallmark_2020", tmp_path)
-    assert genes.read_gmt(path) == {"HALLMARK_HYPOXIA": ["VEGFA", "CA9"], "E2F": ["MKI67"]}
-    assert genes.fetch_library("MSigDB_Hallmark_2020", tmp_path) == path
+    path = genesets.fetch_library("MSigDB_Hallmark_2020", tmp_path)
+    assert genesets.read_gmt(path) == {"HALLMARK_HYPOXIA": ["VEGFA", "CA9"], "E2F": ["MKI67"]}
+    assert genesets.fetch_library("MSigDB_Hallmark_2020", tmp_path) == path
     assert calls == [("MSigDB_Hallmark_2020", "Human")]  # the second call read the cache
 
 
 def test_fetch_library_downloads_and_caches_when_online(tmp_path):
-    reason = genes.offline_reason()
+    reason = genesets.offline_reason()
     if reason:
         pytest.skip(f"Enrichr unreachable, the online path is not tried: {reason}")
-    path = genes.fetch_library("MSigDB_Hallmark_2020", tmp_path)
-    sets = genes.read_gmt(path)
+    path = genesets.fetch_library("MSigDB_Hallmark_2020", tmp_path)
+    sets = genesets.read_gmt(path)
     assert path == tmp_path / "enrichr-human" / "MSigDB_Hallmark_2020.gmt"
     assert len(sets) == 50 and "ERBB2" not in sets and any("MKI67" in m for m in sets.values())
-    assert genes.fetch_library("MSigDB_Hallmark_2020", tmp_path) == path  # cached
+    assert genesets.fetch_library("MSigDB_Hallmark_2020", tmp_path) == path  # cached
 
 
 # --- coherence --------------------------------------------------------------------------------

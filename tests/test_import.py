@@ -11,8 +11,8 @@ import utils
 HEAVY = ("torch", "timm", "umap", "pytorch_grad_cam", "lpips", "albumentations", "matplotlib",
          "sklearn", "papermill", "cv2", "numba")
 # Modules a notebook without a network (01, 02, 07) imports: numpy/pandas only at import time.
-LIGHT = ("metric", "data", "runs", "config", "paths", "eda", "genes", "ensemble", "dev.pipeline",
-         "dev.demo")
+LIGHT = ("metric", "data", "runs", "config", "choices", "paths", "eda", "genes", "ensemble",
+         "dev.pipeline", "dev.demo")
 PACKAGE = Path(utils.__file__).parent
 
 
@@ -68,14 +68,16 @@ def test_import_graph_has_no_cycle_and_no_function_local_sibling_import():
     for name in graph:
         if name not in state:
             visit(name, [])
-    assert "config" in graph and graph["config"] == set(), "config imports nothing from the kit"
+    assert graph["choices"] == set(), "choices imports nothing from the kit"
+    assert graph["config"] == {"choices"}, "config imports only the kit's vocabularies"
 
 
 def test_registries_match_the_names_config_accepts():
-    from utils import augment, config, ensemble, genes, metric, train
+    from utils import augment, choices, ensemble, genes, losses, metric, train
 
-    assert sorted(train.RECIPES) == sorted(config.RECIPES)
-    assert sorted(metric.SPLITTERS) == sorted(config.SPLITTERS)
-    assert list(genes.STRATEGIES) == list(config.STRATEGIES)
-    assert list(ensemble.STEPS) == list(config.POSTPROCESS_STEPS)
-    assert augment.list_presets() == sorted(config.AUGMENT_PRESETS)
+    assert sorted(train.RECIPES) == sorted(choices.RECIPES)
+    assert sorted(metric.SPLITTERS) == sorted(choices.SPLITTERS)
+    assert list(genes.STRATEGIES) == list(choices.STRATEGIES)
+    assert ensemble.list_steps() == list(choices.POSTPROCESS_STEPS)
+    assert augment.list_policies() == sorted(choices.AUGMENT_POLICIES)
+    assert losses.list_losses() == list(choices.LOSSES)

@@ -4,19 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from utils.config import parse_target
+from utils.choices import target_pca_from_target
+from utils.loop import amp_dtype, grad_scaler
 from utils.models import (
-    HUB_PRESETS,
+    HUB_MODELS,
     ModelSpec,
-    amp_dtype,
     build_model,
     fit_pca,
     fit_scaler,
-    freeze_stages,
-    grad_scaler,
+    freeze_blocks,
     load_weights,
     plan_heads,
-    resolve_preset,
+    resolve_hub_model,
     save_weights,
     set_targets,
 )
@@ -75,13 +74,13 @@ def test_ridge_heads_reproduce_the_ridge_solution():
 
 def test_freezing_stops_gradients_and_keeps_batch_norm_statistics():
     model = build_model(ModelSpec("test_efficientnet", 32, [0, 1], {"all": [0, 1]}))
-    frozen = freeze_stages(model, 2)
+    frozen = freeze_blocks(model, 2)
     assert frozen and all(not p.requires_grad for n, p in model.backbone.named_parameters()
                           if n in frozen)
     assert any(p.requires_grad for p in model.backbone.parameters())
     model.train()
     assert all(not m.training for m in model.frozen) and model.heads.training
-    assert freeze_stages(build_model(_spec()), 0) == []
+    assert freeze_blocks(build_model(_spec()), 0) == []
 
 
 def test_frozen_batch_norm_keeps_running_statistics_in_training():
@@ -118,23 +117,23 @@ def test_scaler_pca_and_plans():
 
 @pytest.mark.parametrize("target, expected", [("genes", None), ("pca:32", 32)])
 def test_targets_parse(target, expected):
-    assert parse_target(target) == expected
+    assert target_pca_from_target(target) == expected
 
 
 @pytest.mark.parametrize("target", ["pca", "pca:0", "pca:x", "umap:3"])
 def test_bad_targets_are_named(target):
     with pytest.raises(ValueError, match="TARGET"):
-        parse_target(target)
+        target_pca_from_target(target)
 
 
-def test_hub_presets_resolve_to_timm_arguments():
-    name, kwargs = resolve_preset("UNI")
+def test_hub_models_resolve_to_timm_arguments():
+    name, kwargs = resolve_hub_model("UNI")
     assert name == "vit_large_patch16_224" and kwargs["init_values"] == 1e-5
-    assert HUB_PRESETS["uni"]["hub"] == "hf-hub:MahmoodLab/uni"
-    _, kwargs = resolve_preset("virchow2")
+    assert HUB_MODELS["uni"]["hub"] == "hf-hub:MahmoodLab/uni"
+    _, kwargs = resolve_hub_model("virchow2")
     assert kwargs["act_layer"] is torch.nn.SiLU and callable(kwargs["mlp_layer"])
-    assert resolve_preset("convnext_tiny") == ("convnext_tiny", {})
-    assert all(p["hub"] is None or p["hub"].startswith("hf-hub:") for p in HUB_PRESETS.values())
+    assert resolve_hub_model("convnext_tiny") == ("convnext_tiny", {})
+    assert all(p["hub"] is None or p["hub"].startswith("hf-hub:") for p in HUB_MODELS.values())
 
 
 def test_mixed_precision_is_off_on_cpu():

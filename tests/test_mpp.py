@@ -5,18 +5,23 @@ import numpy as np
 import pytest
 import torch
 
-from utils.config import DACON_MPP, TrainConfig
-from utils.models import (
-    ModelSpec,
-    Preprocess,
-    build_model,
-    cached_features,
-    create_backbone,
-    data_config,
-    extract_features,
-    feature_cache_name,
-    fit_field,
-)
+from utils.choices import DACON_MPP
+from utils.config import FeatureSpec, TrainConfig
+from utils.features import cached_features, extract_features
+from utils.models import ModelSpec, Preprocess, build_model, create_backbone, data_config, fit_field
+
+
+def spec(**changes) -> FeatureSpec:
+    """test_convnext, random weights, 32 px, no TTA, with `changes`."""
+    return FeatureSpec(**{"backbone": "test_convnext", "pretrained": False, "img_size": 32,
+                          "tta": False, **changes})
+
+
+def feature_cache_name(backbone, pretrained, img_size, tta, seed, split, mpp=None,
+                       model_mpp=None, mpp_fit="pad", dtype="float32"):
+    """The cache file name of a feature set."""
+    return FeatureSpec(backbone, pretrained, img_size, tta, seed, mpp, model_mpp, mpp_fit,
+                       dtype=dtype).cache_name(split)
 
 CONFIG = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
           "interpolation": "bilinear"}
@@ -80,11 +85,9 @@ def test_resize_keeps_the_rescaled_field_whole():
 def test_mpp_changes_what_the_model_sees():
     model = create_backbone("test_convnext", pretrained=False)
     images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
-    plain = extract_features(model, images, 32, tta=False, progress=False)
-    same = extract_features(model, images, 32, tta=False, progress=False, mpp=0.5,
-                            model_mpp=0.5)
-    half = extract_features(model, images, 32, tta=False, progress=False, mpp=0.25,
-                            model_mpp=0.5)
+    plain = extract_features(model, images, spec(), progress=False)
+    same = extract_features(model, images, spec(mpp=0.5, model_mpp=0.5), progress=False)
+    half = extract_features(model, images, spec(mpp=0.25, model_mpp=0.5), progress=False)
     np.testing.assert_allclose(plain, same, rtol=1e-4, atol=1e-5)  # scale 1: nothing changes
     assert not np.allclose(plain, half, atol=1e-3)
     with pytest.raises(ValueError, match="MODEL_MPP"):
@@ -115,15 +118,14 @@ def test_float16_cache_is_half_the_size_and_read_back_as_float32(dacon_dir, tmp_
     from utils.data import load_data
 
     data = load_data(dacon_dir)
-    kwargs = dict(backbone="test_convnext", pretrained=False, img_size=32, tta=False,
-                  cache_dir=tmp_path / "cache")
-    full = cached_features(data, **kwargs)
-    half = cached_features(data, **kwargs, dtype="float16")
+    full = cached_features(data, spec(), cache_dir=tmp_path / "cache")
+    half = cached_features(data, spec(dtype="float16"), cache_dir=tmp_path / "cache")
     assert half["train"].dtype == np.float32
     np.testing.assert_allclose(half["train"], full["train"], rtol=2e-3, atol=2e-3)
     files = {p.name: p.stat().st_size for p in (tmp_path / "cache" / "features").glob("*.npy")}
     small = [s for n, s in files.items() if "float16_train" in n]
     large = [s for n, s in files.items() if "float16" not in n and n.endswith("_train.npy")]
     assert small and large and small[0] < 0.6 * large[0]
-    rescaled_features = cached_features(data, **kwargs, mpp=0.25, model_mpp=0.5)
+    rescaled_features = cached_features(data, spec(mpp=0.25, model_mpp=0.5),
+                                        cache_dir=tmp_path / "cache")
     assert not np.allclose(rescaled_features["train"], full["train"], atol=1e-3)

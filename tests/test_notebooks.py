@@ -10,9 +10,9 @@ import pytest
 from conftest import blind_cv_score, blind_predictions
 
 from utils.dev.pipeline import list_notebooks
-from utils.ensemble import validate_submission
 from utils.metric import score
 from utils.runs import load_run
+from utils.submit import validate_submission
 
 NOTEBOOKS = list_notebooks()
 REQUIRED_PARAMETERS = {
@@ -24,17 +24,18 @@ REQUIRED_PARAMETERS = {
                                   "MIN_DINO_SIM", "MAX_LPIPS", "MAX_STAIN_SHIFT", "MIN_SSIM"},
     "04_adapt": {"DATA_DIR", "RUN_DIR", "BACKBONE", "PRETRAINED", "OBJECTIVE", "VIEWS", "SPLITS",
                  "IMG_SIZE", "EPOCHS", "BATCH_SIZE", "STEPS_PER_EPOCH", "LR", "SEED", "SMOKE",
-                 "RESUME", "OVERWRITE"},
+                 "RESUME", "OVERWRITE", "DEVICES"},
     "05_train": {"DATA_DIR", "RUN_DIR", "RECIPE", "BACKBONE", "PRETRAINED", "IMG_SIZE", "CV",
                  "N_FOLDS", "SEED", "SMOKE", "EPOCHS", "BATCH_SIZE", "LR", "HEAD_LR",
                  "WEIGHT_DECAY", "WARMUP_EPOCHS", "GRAD_CLIP", "ACCUMULATE", "EMA", "PATIENCE",
-                 "LOSS_WEIGHTS", "TARGET", "GROUPS", "GENE_GROUPS", "GROUP_MODE", "AUGMENT",
+                 "LOSS", "TARGET_PCA", "GROUP_STRATEGY", "GENE_GROUPS", "GROUP_MODE", "AUGMENT",
                  "FREEZE", "FREEZE_BN", "HEAD_INIT", "DROP_PATH", "NUM_WORKERS", "RESUME"},
     "06_gradcam": {"DATA_DIR", "RUN_DIR", "SMOKE", "FOLD", "PATCHES", "N_PATCHES", "METHOD",
-                   "TARGETS", "GENE_GROUPS", "GROUPS", "STRATEGIES", "GENES_PER_GROUP", "SCALE",
+                   "TARGETS", "GENE_GROUPS", "GROUP_STRATEGY", "STRATEGIES", "GENES_PER_GROUP",
+                   "SCALE",
                    "LAYER", "RESHAPE", "SEED"},
     "07_ensemble_submit": {"DATA_DIR", "RUNS", "RUNS_ROOT", "SUBMISSION", "BLEND", "GENE_GROUPS",
-                           "GROUPS", "SHRINK", "POSTPROCESS"},
+                           "GROUP_STRATEGY", "SHRINK", "POSTPROCESS"},
 }
 
 
@@ -112,8 +113,9 @@ def test_every_notebook_ran(demo_pipeline):
 
 @pytest.mark.smoke
 def test_train_notebook_wrote_a_sane_run(demo_pipeline):
+    from utils.config import FeatureSpec
     from utils.data import load_data
-    from utils.models import cached_features
+    from utils.features import cached_features
     from utils.train import cv_ridge
 
     run = load_run(demo_pipeline["runs"] / "ridge")
@@ -123,7 +125,7 @@ def test_train_notebook_wrote_a_sane_run(demo_pipeline):
     # it learns from the images: it beats image-blind models by a clear margin (the mean
     # profile plus noise, and the same ridge on patches shuffled across rows)
     data = load_data(demo_pipeline["data"])
-    features = cached_features(data, "test_convnext", False, 64, tta=False)
+    features = cached_features(data, FeatureSpec("test_convnext", False, 64, tta=False))
     shuffled = np.random.default_rng(0).permutation(len(data.y))
     blind = max(blind_cv_score(data.y, run.folds),
                 cv_ridge(features["train"][shuffled], data.y, features["test"], run.folds,

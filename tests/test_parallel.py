@@ -6,10 +6,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from utils import train
+from utils import loop, train
 from utils.config import TrainConfig
 from utils.data import load_data
-from utils.train import read_json
+from utils.paths import read_json
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tiny, tmp_path):
     assert [len(h) for h in histories] == [2 * 3, 2 * 3]  # 2 folds × epochs 0, 1, 2
     for a, b in zip(*histories):
         assert (a["unit"], a["epoch"]) == (b["unit"], b["epoch"])
-        for key in ("loss", "pearson", "cov", "val_score"):
+        for key in ("loss", "pearson", "covariance", "val_score"):
             if a.get(key) is not None:
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["unit"], key)
     # the 2-process run counted the global batch's images, and wrote every unit's files once
@@ -57,5 +57,5 @@ def test_devices_must_be_a_positive_count(tiny):
 
 def test_one_visible_device_means_one_process(tiny):
     cfg, _, _ = tiny
-    assert train.device_count(replace(cfg, devices=None)) == 1  # CPU: no GPUs to spread over
-    assert train.world() == (0, 1)
+    assert loop.device_count(replace(cfg, devices=None).devices) == 1  # CPU: no GPUs to use
+    assert loop.world() == (0, 1)

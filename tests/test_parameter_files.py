@@ -24,12 +24,12 @@ def test_there_are_cpu_gpu_and_ensemble_presets():
         p.stem for p in PRESETS}
 
 
-def test_the_foundation_preset_is_a_proven_hub_preset_at_its_magnification():
-    from utils.models import HUB_PRESETS
+def test_the_foundation_preset_is_a_proven_hub_model_at_its_magnification():
+    from utils.models import HUB_MODELS
 
     values = yaml.safe_load((kit_root() / "presets" / "gpu_foundation_ridge.yaml").read_text())
-    preset = HUB_PRESETS[values["BACKBONE"]]  # built offline by tests/test_presets.py
-    assert values["MODEL_MPP"] == preset["mpp"] and values["RECIPE"] == "ridge"
+    hub_model = HUB_MODELS[values["BACKBONE"]]  # built offline by tests/test_hub_models.py
+    assert values["MODEL_MPP"] == hub_model["mpp"] and values["RECIPE"] == "ridge"
     assert values["FEATURE_DTYPE"] == "float16" and values["PCA_DIM"] == 256  # as HEST
 
 

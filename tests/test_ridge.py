@@ -65,20 +65,20 @@ def test_cv_ridge_nested_choice_and_outputs():
     assert result.alpha_curve["alpha"] == list(alphas) and len(result.alpha_curve["score"]) == 4
 
 
-def test_neighbour_predictions_weigh_the_nearest_spots():
-    from utils.train import neighbour_predictions
+def test_nearest_predictions_weigh_the_nearest_spots():
+    from utils.train import nearest_predictions
 
     x_train = np.array([[0.0, 1.0], [1.0, 0.0], [0.9, 0.1], [-1.0, 0.0]])
     y_train = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 3.0], [5.0, 5.0]])
     query = x_train[[1]]
-    nearest, = neighbour_predictions(x_train, y_train, query, (1,), (0.05,))
+    nearest, = nearest_predictions(x_train, y_train, query, (1,), (0.05,))
     np.testing.assert_allclose(nearest, y_train[[1]])  # k = 1: the most similar spot: itself
     z = (x_train - x_train.mean(0)) / x_train.std(0)  # cosine of standardised features
     z /= np.linalg.norm(z, axis=1, keepdims=True)
     two = np.argsort(-(z @ z[1]))[:2]
-    flat, = neighbour_predictions(x_train, y_train, query, (2,), (1e6,))
+    flat, = nearest_predictions(x_train, y_train, query, (2,), (1e6,))
     np.testing.assert_allclose(flat, y_train[two].mean(axis=0, keepdims=True), rtol=1e-5)
-    sharp, warm = neighbour_predictions(x_train, y_train, query, (2,), (0.01, 10.0))
+    sharp, warm = nearest_predictions(x_train, y_train, query, (2,), (0.01, 10.0))
     assert abs(sharp[0, 1] - 1.0) < abs(warm[0, 1] - 1.0)  # a low temperature: the nearest wins
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.ensemble import (
+from utils.submit import (
     ConstantColumnsWarning,
     SubmissionError,
     make_submission,

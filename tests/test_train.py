@@ -11,11 +11,12 @@ import pytest
 import torch
 from conftest import blind_cv_score, shuffled_images_copy
 
-from utils import train
+from utils import loop, train, units
 from utils.config import TrainConfig
 from utils.data import PatchDataset, load_data
-from utils.models import load_unit_model
-from utils.train import make_loader, make_optimizer, make_scheduler, oom_error, predict
+from utils.loop import make_loader, make_optimizer, make_scheduler, oom_error
+from utils.models import load_unit_model, load_weights
+from utils.units import predict
 
 
 def write_gene_groups(path, genes, strategy="prefix"):
@@ -54,11 +55,30 @@ def test_warmup_then_cosine_to_zero():
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:])) and lrs[-1] < 0.05
 
 
+def test_the_schedule_is_timms_warmup_cosine():
+    """The same learning rates as timm's CosineLRScheduler (linear warmup from lr/(w+1), cosine
+    to 0 after it), kept as a torch LambdaLR: a torch scheduler whose step count the EMA and the
+    checkpoints already use."""
+    from timm.scheduler import CosineLRScheduler
+
+    ours = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
+    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
+    sched = make_scheduler(ours, warmup_steps=4, total_steps=30)
+    timm = CosineLRScheduler(theirs, t_initial=26, warmup_t=4, warmup_lr_init=0.3 / 5,
+                             warmup_prefix=True, lr_min=0.0, t_in_epochs=False)
+    for step in range(35):
+        assert ours.param_groups[0]["lr"] == pytest.approx(theirs.param_groups[0]["lr"],
+                                                           abs=1e-12), step
+        ours.step()
+        sched.step()
+        timm.step_update(step + 1)
+
+
 def test_optimizer_groups_learning_rates_and_weight_decay():
-    from utils.models import ModelSpec, build_model, freeze_stages
+    from utils.models import ModelSpec, build_model, freeze_blocks
 
     model = build_model(ModelSpec("test_convnext", 32, [0, 1], {"all": [0, 1]}))
-    frozen = freeze_stages(model, 1)
+    frozen = freeze_blocks(model, 1)
     opt = make_optimizer(model, lr=1e-4, head_lr=1e-2, weight_decay=0.05)
     by_name = {(g["name"], g["weight_decay"]): g for g in opt.param_groups}
     assert by_name[("heads", 0.05)]["lr"] == 1e-2 and by_name[("backbone", 0.05)]["lr"] == 1e-4
@@ -89,7 +109,7 @@ def test_mixup_blends_patches_and_profiles_with_one_weight():
     x = torch.arange(4 * 3 * 2 * 2, dtype=torch.uint8).reshape(4, 3, 2, 2)
     y = torch.randn(4, 5)
     torch.manual_seed(1)
-    mx, my = train.mix_batch(x, y, 2.0)
+    mx, my = loop.mix_batch(x, y, 2.0)
     torch.manual_seed(1)  # the draws mix_batch makes from torch's seeded generator, in order
     lam = float(torch.distributions.Beta(2.0, 2.0).sample())
     order = torch.randperm(4)
@@ -97,7 +117,7 @@ def test_mixup_blends_patches_and_profiles_with_one_weight():
     torch.testing.assert_close(mx, lam * x.float() + (1 - lam) * x.float()[order])
     torch.testing.assert_close(my, lam * y + (1 - lam) * y[order])  # same weight and partner
     torch.manual_seed(1)
-    again = train.mix_batch(x, y, 2.0)
+    again = loop.mix_batch(x, y, 2.0)
     assert torch.equal(mx, again[0]) and torch.equal(my, again[1])  # seeded: resumable
 
 
@@ -105,7 +125,7 @@ def test_layer_decay_and_mixup_train_and_resume_alike(tiny, tmp_path, monkeypatc
     cfg, data, folds = tiny
     cfg = replace(cfg, layer_decay=0.7, mixup=0.4, epochs=2)
     full = train.train(replace(cfg, run_dir=str(tmp_path / "full")), data, folds)
-    calls, original = [], train.train_epoch
+    calls, original = [], loop.train_epoch
 
     def killed_in_second_epoch(*args, **kwargs):
         calls.append(1)
@@ -113,10 +133,10 @@ def test_layer_decay_and_mixup_train_and_resume_alike(tiny, tmp_path, monkeypatc
             raise Killed
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train, "train_epoch", killed_in_second_epoch)
+    monkeypatch.setattr(loop, "train_epoch", killed_in_second_epoch)
     with pytest.raises(Killed):
         train.train(cfg, data, folds)
-    monkeypatch.setattr(train, "train_epoch", original)
+    monkeypatch.setattr(loop, "train_epoch", original)
     resumed = train.train(cfg, data, folds)
     np.testing.assert_array_equal(resumed.oof, full.oof)
     assert np.isfinite(full.oof).all()
@@ -155,7 +175,7 @@ def test_out_of_memory_during_training_is_explained(tiny, monkeypatch):
     def boom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(train, "train_epoch", boom)
+    monkeypatch.setattr(loop, "train_epoch", boom)
     with pytest.raises(RuntimeError, match="lower BATCH_SIZE"):
         train.train(cfg, data, folds)
 
@@ -163,7 +183,7 @@ def test_out_of_memory_during_training_is_explained(tiny, monkeypatch):
 def test_resumed_run_ends_as_an_uninterrupted_one(tiny, tmp_path, monkeypatch):
     cfg, data, folds = tiny
     full = train.train(replace(cfg, run_dir=str(tmp_path / "full")), data, folds)
-    calls, original = [], train.train_epoch
+    calls, original = [], loop.train_epoch
 
     def killed_in_third_epoch(*args, **kwargs):
         calls.append(1)
@@ -171,7 +191,7 @@ def test_resumed_run_ends_as_an_uninterrupted_one(tiny, tmp_path, monkeypatch):
             raise Killed
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train, "train_epoch", killed_in_third_epoch)
+    monkeypatch.setattr(loop, "train_epoch", killed_in_third_epoch)
     with pytest.raises(Killed):
         train.train(cfg, data, folds)
     assert (tmp_path / "run" / "checkpoints" / "fold0" / "last.pt").is_file()
@@ -208,12 +228,12 @@ def test_each_fold_is_scored_at_an_epoch_chosen_without_it(tiny, tmp_path, monke
         assert parts["epoch"] == int(np.argmax(curves[1 - k]))  # the other fold's best epoch
         assert parts["best_epoch_on_fold"] == [int(np.argmax(curves[k]))]
         model = load_unit_model(run.path, f"fold{k}")
-        train.load_weights(model, train.epoch_weights(run.path / "checkpoints" / f"fold{k}",
+        load_weights(model, units.epoch_weights(run.path / "checkpoints" / f"fold{k}",
                                                       parts["epoch"]))
         rows = np.flatnonzero(folds == k)
         images = np.stack([np.asarray(__import__("PIL.Image").Image.open(p))
                            for p in np.asarray(data.image_paths("train"))[rows]])
-        np.testing.assert_allclose(train.to_original(model, predict(model, images)),
+        np.testing.assert_allclose(units.to_original(model, predict(model, images)),
                                    run.oof[rows], rtol=1e-4, atol=1e-4)
     test_epoch = int(np.argmax(curves[0] + curves[1]))
     assert {u["epoch"] for u in info["units"].values()} == {test_epoch}
@@ -221,7 +241,7 @@ def test_each_fold_is_scored_at_an_epoch_chosen_without_it(tiny, tmp_path, monke
 
 
 def test_epoch_choice_and_early_stopping_never_use_the_fold_itself():
-    units = [train.Unit(f"fold{k}", k, k, np.array([0]), np.array([1]), np.arange(2),
+    units = [units.Unit(f"fold{k}", k, k, np.array([0]), np.array([1]), np.arange(2),
                         {"all": np.arange(2)}) for k in range(3)]
     curves = {"fold0": [0.1, 0.5, 0.2], "fold1": [0.1, 0.2, 0.9], "fold2": [0.3, 0.4, 0.35]}
     histories = {name: [{"val_score": s} for s in c] for name, c in curves.items()}
@@ -245,7 +265,7 @@ def run_history(path):
 
 def test_checkpoints_of_other_settings_are_not_resumed(tiny, monkeypatch):
     cfg, data, folds = tiny
-    monkeypatch.setattr(train, "train_epoch", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(loop, "train_epoch", lambda *a, **k: (_ for _ in ()).throw(
         Killed))
     with pytest.raises(Killed):
         train.train(cfg, data, folds)
@@ -260,7 +280,7 @@ def test_checkpoints_of_other_settings_are_not_resumed(tiny, monkeypatch):
 def test_gene_groups_as_heads_or_models(tiny, tmp_path, mode):
     cfg, data, folds = tiny
     csv = write_gene_groups(tmp_path / "gene_groups.csv", data.genes)
-    cfg = replace(cfg, groups="prefix", gene_groups=str(csv), group_mode=mode, epochs=1)
+    cfg = replace(cfg, group_strategy="prefix", gene_groups=str(csv), group_mode=mode, epochs=1)
     run = train.train(cfg, data, folds)
     assert run.oof.shape == data.y.shape and np.isfinite(run.oof).all()
     model_info = json.loads((run.path / "model.json").read_text())
@@ -278,8 +298,8 @@ def test_gene_groups_as_heads_or_models(tiny, tmp_path, mode):
     images = np.stack([np.asarray(__import__("PIL.Image").Image.open(p))
                        for p in data.image_paths("test")])
     z = predict(model, images)
-    fold1_test = train.load_result(run.path / "checkpoints" / unit / "result.npz")["test_pred"]
-    np.testing.assert_allclose(train.to_original(model, z), fold1_test, rtol=1e-4, atol=1e-4)
+    fold1_test = units.load_result(run.path / "checkpoints" / unit / "result.npz")["test_pred"]
+    np.testing.assert_allclose(units.to_original(model, z), fold1_test, rtol=1e-4, atol=1e-4)
 
 
 def test_every_config_field_is_a_notebook_parameter():
@@ -294,8 +314,9 @@ def test_every_config_field_is_a_notebook_parameter():
 @pytest.mark.parametrize("params, message", [
     ({"LAYER_DECAY": 1.5}, "LAYER_DECAY"), ({"MIXUP": 0}, "MIXUP"),
     ({"EPOCHS": 0}, "EPOCHS"), ({"LR": 0.0}, "LR"), ({"EMA": 1.5}, "EMA"),
-    ({"GROUP_MODE": "trees"}, "GROUP_MODE"), ({"GROUP_MODE": "models"}, "GROUPS"),
-    ({"TARGET": "pca:-1"}, "TARGET"), ({"LOSS_WEIGHTS": [0.9, 0.9]}, "LOSS_WEIGHTS"),
+    ({"GROUP_MODE": "trees"}, "GROUP_MODE"), ({"GROUP_MODE": "models"}, "GROUP_STRATEGY"),
+    ({"TARGET_PCA": 0}, "TARGET_PCA"), ({"LOSS_WEIGHTS": [0.9, 0.9]}, "LOSS_WEIGHTS"),
+    ({"TARGET": "pca:-1"}, "TARGET"), ({"LOSS": {"mse": 1, "huber": 1}}, "LOSS"),
     ({"RECIPE": "finetune", "AUGMENT": "nope"}, "AUGMENT"), ({"HEAD_INIT": "zeros"}, "HEAD_INIT"),
 ])
 def test_bad_finetune_parameters_are_named(params, message):
@@ -366,8 +387,8 @@ def test_train_notebook_finetunes_in_both_group_modes(demo_pipeline, tmp_path, m
 
 
 def test_groups_that_read_targets_are_made_per_fold_from_its_training_rows(tiny, tmp_path):
-    """GROUPS of a strategy that reads the targets (here `correlation`) are recomputed on each
-    fold's training rows: changing a fold's own targets cannot change its groups."""
+    """Gene groups of a GROUP_STRATEGY that reads the targets (here `correlation`) are recomputed
+    on each fold's training rows: changing a fold's own targets cannot change its groups."""
     from utils.config import GeneClusteringConfig, to_dict
     from utils.genes import groups_on_rows
     from utils.paths import write_json
@@ -377,7 +398,7 @@ def test_groups_that_read_targets_are_made_per_fold_from_its_training_rows(tiny,
                                     min_group_size=1)
     csv = write_gene_groups(tmp_path / "gene_groups.csv", data.genes, strategy="correlation")
     write_json(tmp_path / "config.json", to_dict(settings))
-    cfg = replace(cfg, groups="correlation", gene_groups=str(csv))
+    cfg = replace(cfg, group_strategy="correlation", gene_groups=str(csv))
     by_fold = train.resolve_groups(cfg, data, folds)
     for k in (0, 1):
         expected = groups_on_rows(settings, "correlation", data.genes, data.y[folds != k])
@@ -389,6 +410,6 @@ def test_groups_that_read_targets_are_made_per_fold_from_its_training_rows(tiny,
     assert {n: c.tolist() for n, c in again[0].items()} == \
         {n: c.tolist() for n, c in by_fold[0].items()}
     # a strategy that reads no targets is taken from the file, the same for every fold
-    prefix = train.resolve_groups(replace(cfg, groups="prefix", gene_groups=str(
+    prefix = train.resolve_groups(replace(cfg, group_strategy="prefix", gene_groups=str(
         write_gene_groups(tmp_path / "p.csv", data.genes))), data, folds)
     assert prefix[0] is prefix[1]

@@ -4,8 +4,11 @@ The backbone (ImageNet weights, or any `PRETRAINED` that 05 takes) keeps trainin
 on train + test patches: two augmented views of each patch, an objective from lightly that pulls
 the views of one patch together (`OBJECTIVES`: SimCLR's NT-Xent against the other patches of the
 batch; BYOL's and DINO's student–teacher prediction, the teacher an EMA of the student). Views
-are built from the kit's augmentation registry (`utils.config.VIEW_BLOCKS`, or a 03
-`augment_policy.json`) and normalised with the backbone's own timm data config.
+are built from the kit's augmentation registry (`utils.choices.VIEW_TRANSFORMS`, or a 03
+`augment_policy.json`) and normalised with the backbone's own timm data config. Training runs on
+the kit's loop (`utils.loop`, as 05's fine-tuning): mixed precision, clipping, warmup + cosine,
+checkpoints, and data parallel over DEVICES (default every visible GPU; SimCLR then draws its
+negatives from every process's slice of the global batch).
 
 A run folder holds `<run name>.safetensors` (the adapted backbone in timm layout: 05 takes it as
 `PRETRAINED`, ridge and fine-tuning alike), `history.json` (one row per epoch), `curves.png`,
@@ -20,8 +23,8 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,39 +33,31 @@ from torch import nn
 
 from utils.augment import build_transform, read_policy
 from utils.bootstrap import ensure
-from utils.config import VIEW_BLOCKS, AdaptConfig, check_views, to_dict
+from utils.choices import VIEW_TRANSFORMS, check_views
+from utils.config import AdaptConfig, to_dict
 from utils.data import KitData, load_images
-from utils.models import (
-    Preprocess,
-    autocast,
-    create_backbone,
-    data_config,
-    default_device,
-    grad_scaler,
-    save_weights,
-)
-from utils.paths import (
-    as_json,
-    figure,
-    read_json,
-    resolve,
-    run_dir,
-    save_figure,
-    write_json,
-)
-from utils.runs import Stopwatch, peak_rss_gb, prepare_checkpoints
-from utils.train import (
+from utils.loop import (
     Stepper,
+    autocast,
+    data_parallel_process,
+    default_device,
+    device_count,
     epoch_seed,
+    grad_scaler,
+    launch_data_parallel,
     load_checkpoint,
     loader_workers,
-    make_loader,
     make_optimizer,
     make_scheduler,
-    optimizer_step,
-    save_checkpoint,
-    seed_everything,
+    plot_history,
+    process_device,
+    run_epochs,
+    world,
+    wrap_data_parallel,
 )
+from utils.models import Preprocess, create_backbone, data_config, save_weights
+from utils.paths import as_json, figure, read_json, resolve, run_dir, save_figure, write_json
+from utils.runs import Stopwatch, peak_rss_gb, prepare_checkpoints
 
 # --- views ------------------------------------------------------------------------------------
 
@@ -71,7 +66,7 @@ def view_items(spec: str, img_size: int) -> list[dict]:
     """The policy items of a VIEWS spec: blocks and policy files in order; crops at IMG_SIZE."""
     items = []
     for part in check_views(spec):
-        block = VIEW_BLOCKS[part] if part in VIEW_BLOCKS else read_policy(part)
+        block = VIEW_TRANSFORMS[part] if part in VIEW_TRANSFORMS else read_policy(part)
         items += copy.deepcopy(block)
     for item in items:
         if item["name"] == "RandomResizedCrop":
@@ -126,7 +121,8 @@ class SimCLR(nn.Module):
         self.backbone = backbone
         self.heads = nn.ModuleDict({"projection": SimCLRProjectionHead(
             backbone.num_features, 512, 128)})
-        self.criterion = NTXentLoss(temperature=cfg.temperature)
+        # negatives from every process's slice in a data-parallel run (as one big batch)
+        self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=True)
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         project = self.heads["projection"]
@@ -254,7 +250,8 @@ def create_objective(cfg: AdaptConfig, backbone: nn.Module | None = None) -> nn.
 
 # --- training ---------------------------------------------------------------------------------
 
-NOT_TRAINING = ("run_dir", "overwrite", "resume", "num_workers", "data_dir", "n_probe")
+NOT_TRAINING = ("run_dir", "overwrite", "resume", "num_workers", "devices", "data_dir",
+                "n_probe")
 
 
 @dataclass
@@ -280,19 +277,34 @@ def steps_per_epoch(cfg: AdaptConfig, n_images: int) -> int:
     return min(steps, cfg.steps_per_epoch) if cfg.steps_per_epoch else steps
 
 
-def make_stepper(cfg: AdaptConfig, objective: nn.Module, steps: int,
-                 device: torch.device) -> Stepper:
-    """AdamW (backbone at LR, heads at HEAD_LR) with warmup + cosine over every step."""
+def view_loss(preprocess: nn.Module, step: Stepper, batch) -> tuple[torch.Tensor, dict, int]:
+    """The objective's loss on a batch of view pairs (normalised on the device); the pairs it
+    counts are the global batch's."""
+    x0, x1 = (preprocess(v.to(step.device, non_blocking=True)) for v in batch)
+    with autocast(step.device):
+        loss = step.forward(x0, x1)
+    return loss, {}, len(x0) * world()[1]
+
+
+def make_stepper(cfg: AdaptConfig, objective: nn.Module, steps: int, device: torch.device,
+                 preprocess: nn.Module) -> Stepper:
+    """AdamW (backbone at LR, heads at HEAD_LR) with warmup + cosine over every step, gradients
+    clipped at 1; after each step the objective's teacher (if any) moves with the training's
+    progress. Each process's loss is of its own slice (DDP averages them)."""
     objective.to(device)
     optimizer = make_optimizer(objective, cfg.lr, cfg.head_lr, cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, round(cfg.warmup_epochs * steps), cfg.epochs * steps)
+    total = cfg.epochs * steps
+    scheduler = make_scheduler(optimizer, round(cfg.warmup_epochs * steps), total)
     return Stepper(objective, None, optimizer, scheduler, grad_scaler(device), None, device,
-                   1.0, 1)
+                   1.0, 1, forward=wrap_data_parallel(objective, device, freeze_bn=False),
+                   compute=partial(view_loss, preprocess), global_loss=False,
+                   after_step=lambda done: objective.after_step(done / total))
 
 
 def adapt(cfg: AdaptConfig, arrays: list[np.ndarray]) -> Adapted:
     """Adapt the backbone on the patches of `arrays` and write the run folder; a finished run
-    with the same parameters is reused (OVERWRITE=True retrains)."""
+    with the same parameters is reused (OVERWRITE=True retrains), an unfinished one resumed
+    (RESUME). With DEVICES > 1 (default: every visible GPU) the epochs run data-parallel."""
     reused = reuse_adapted(cfg)
     if reused is not None:
         return reused
@@ -301,54 +313,48 @@ def adapt(cfg: AdaptConfig, arrays: list[np.ndarray]) -> Adapted:
     checkpoints = prepare_checkpoints(folder, {**settings, "n_images": sum(map(len, arrays))},
                                       cfg.resume and not cfg.overwrite)
     (folder / "config.json").unlink(missing_ok=True)
-    device = default_device()
+    clock = Stopwatch(checkpoints / "elapsed.json")
+    devices = device_count(cfg.devices)
+    if devices > 1:
+        launch_data_parallel(data_parallel_worker, (cfg, arrays, checkpoints), devices,
+                             cfg.batch_size, checkpoints)
+    objective, state = train_objective(cfg, arrays, checkpoints, clock)  # done: read back
+    return finish(cfg, objective, state["history"], clock.total())
+
+
+def data_parallel_worker(cfg: AdaptConfig, arrays: list[np.ndarray], checkpoints: Path) -> None:
+    """One process of a data-parallel adaptation."""
+    with data_parallel_process() as main:
+        train_objective(cfg, arrays, checkpoints,
+                        Stopwatch(checkpoints / "elapsed.json") if main else None)
+
+
+def train_objective(cfg: AdaptConfig, arrays: list[np.ndarray], checkpoints: Path,
+                    clock: Stopwatch | None = None) -> tuple[nn.Module, dict]:
+    """The objective trained for EPOCHS on the loop, from `checkpoints/last.pt` if it is there;
+    each epoch's data order and views seeded from (SEED, epoch)."""
+    device = process_device()
     objective = create_objective(cfg)
     preprocess = Preprocess(data_config(objective.backbone, cfg.img_size)).to(device)
     dataset = ViewPairs(arrays, build_views(cfg.views, cfg.img_size, arrays[0].shape[1:3]))
     steps = steps_per_epoch(cfg, len(dataset))
-    step = make_stepper(cfg, objective, steps, device)
-    state, clock = {"history": [], "epoch": 0}, Stopwatch(checkpoints / "elapsed.json")
-    if cfg.resume and (checkpoints / "last.pt").is_file():
-        state = load_checkpoint(checkpoints / "last.pt", step)
-        print(f"resumed after epoch {state['epoch']} from {checkpoints / 'last.pt'}")
-    for epoch in range(state["epoch"], cfg.epochs):
-        row = train_epoch(step, dataset, preprocess, cfg, epoch, steps)
-        state = {"history": state["history"] + [row], "epoch": epoch + 1}
-        save_checkpoint(checkpoints / "last.pt", step, state)
-        clock.tick()
-        print(format_epoch(row, cfg.epochs), flush=True)
-    return finish(cfg, objective, state["history"], clock.total())
+    step = make_stepper(cfg, objective, steps, device, preprocess)
+    state, last = {"history": [], "epoch": 0}, checkpoints / "last.pt"
+    if last.is_file():
+        state = load_checkpoint(last, step)
+        print(f"resumed after epoch {state['epoch']} from {last}")
+    run_epochs(step, dataset, cfg.batch_size, range(state["epoch"] + 1, cfg.epochs + 1),
+               lambda epoch: epoch_seed(cfg.seed, 0, epoch - 1),  # seeded from 0 since 04 began
+               last, state, epoch_row, loader_workers(cfg.num_workers, device), steps,
+               on_saved=clock.tick if clock is not None else None)
+    return objective, state
 
 
-def train_epoch(step: Stepper, dataset: ViewPairs, preprocess: nn.Module, cfg: AdaptConfig,
-                epoch: int, steps: int) -> dict:
-    """One epoch of `steps` steps, its data order and views seeded from (SEED, epoch)."""
-    seed = epoch_seed(cfg.seed, 0, epoch)
-    seed_everything(seed)
-    loader = make_loader(dataset, cfg.batch_size, seed, loader_workers(cfg.num_workers,
-                                                                       step.device), step.device)
-    step.model.train()
-    losses, start = [], time.perf_counter()
-    for i, (v0, v1) in enumerate(loader):
-        if i == steps:
-            break
-        x0, x1 = (preprocess(v.to(step.device, non_blocking=True)) for v in (v0, v1))
-        with autocast(step.device):
-            loss = step.model(x0, x1)
-        step.scaler.scale(loss).backward()
-        optimizer_step(step)
-        step.model.after_step((epoch * steps + i + 1) / (cfg.epochs * steps))
-        losses.append(float(loss.detach()))
-    seconds = time.perf_counter() - start
-    return {"epoch": epoch + 1, "loss": float(np.mean(losses)), "steps": len(losses),
-            "lr": step.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 1),
-            "images_per_s": round(len(losses) * cfg.batch_size / max(seconds, 1e-9), 1)}
-
-
-def format_epoch(row: dict, epochs: int) -> str:
-    """One line per epoch for the log."""
-    return (f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.4f} ({row['steps']} steps, "
-            f"{row['seconds']:.0f} s, {row['images_per_s']:.1f} pairs/s)")
+def epoch_row(stats: dict) -> dict:
+    """What history.json keeps of an epoch."""
+    return {"epoch": stats["epoch"], "loss": stats["loss"], "steps": stats["steps"],
+            "lr": stats["lr"], "seconds": round(stats["train_s"], 1),
+            "images_per_s": round(stats["images_per_s"], 1)}
 
 
 def finish(cfg: AdaptConfig, objective: nn.Module, history: list[dict],
@@ -433,14 +439,6 @@ def _row(arrays: list[np.ndarray], i: int) -> np.ndarray:
             return np.asarray(a[i])
         i -= len(a)
     raise IndexError(i)
-
-
-def plot_history(history: list[dict]):
-    """The SSL loss per epoch."""
-    fig, ax = figure(5, 3)
-    ax.plot([r["epoch"] for r in history], [r["loss"] for r in history], "o-")
-    ax.set(xlabel="epoch", ylabel="self-supervised loss", title="adaptation")
-    return fig
 
 
 def agreement_table(cfg: AdaptConfig, images: np.ndarray, weights: str | os.PathLike):

@@ -2,9 +2,16 @@
 
 A policy is a list of transforms, `[{"name": ..., "params": {...}}, ...]`, stored as JSON
 (`{"transforms": [...], ...}`): `notebooks/03_augmentation_screening` writes one as
-`augment_policy.json`, and 05_train reads it through `AUGMENT` (a path, or a preset name of
-`utils.config.AUGMENT_PRESETS`). A name is an albumentations class or a kit transform
-(`HEDJitter`, the H&E stain jitter below). `utils.config.AUGMENT_CANDIDATES` are what 03 screens.
+`augment_policy.json`, and 05_train reads it through `AUGMENT` (a path, or the name of a
+built-in policy of `utils.choices.AUGMENT_POLICIES`). A name is an albumentations class or a kit
+transform (`HEDJitter`, the H&E stain jitter below). `utils.choices.AUGMENT_CANDIDATES` are what
+03 screens.
+
+`HEDJitter` rather than albumentations' `HEStain` (`benchmarks/hed_vs_hestain.py`, 64 her2st
+patches, 03's weight-free scores): at zero strength `HEDJitter` is the identity, while
+HEStain's Macenko method already shifts the stain by 0.52 (03's limit: 0.25; SSIM 0.958) and its
+random presets by 0.40, both repainting the patch before any jitter; its Vahadane method keeps
+the stain (0.021 at zero) but costs 0.7–1.3 s a patch, 8–14× HEDJitter's 0.08–0.14 s.
 
 Screening scores each candidate by how much it changes a patch, original vs augmented, averaged
 over a sample of train patches:
@@ -36,23 +43,23 @@ import numpy as np
 import pandas as pd
 
 from utils.bootstrap import ensure
-from utils.config import (
+from utils.choices import (
     AUGMENT_CANDIDATES,
-    AUGMENT_PRESETS,
+    AUGMENT_POLICIES,
     GEOMETRIC,
     LPIPS_TRUNKS,
-    ScreenConfig,
     check_candidate,
-    to_dict,
 )
+from utils.config import FeatureSpec, ScreenConfig, to_dict
 from utils.data import load_images
-from utils.models import HubAccessError, create_backbone, extract_features
+from utils.features import extract_features
+from utils.models import HubAccessError, create_backbone
 from utils.paths import read_json, resolve, run_dir, write_csv, write_json
 
 
-def list_presets() -> list[str]:
-    """Preset names accepted by AUGMENT (besides a policy file path)."""
-    return sorted(AUGMENT_PRESETS)
+def list_policies() -> list[str]:
+    """Built-in policy names accepted by AUGMENT (besides a policy file path)."""
+    return sorted(AUGMENT_POLICIES)
 
 
 def list_candidates() -> list[str]:
@@ -74,13 +81,13 @@ def is_geometric(key: str) -> bool:
 # --- policies --------------------------------------------------------------------------------
 
 def read_policy(spec: str | os.PathLike) -> list[dict]:
-    """The transform list of a preset name or a policy JSON file."""
-    if str(spec) in AUGMENT_PRESETS:
-        return AUGMENT_PRESETS[str(spec)]
+    """The transform list of a built-in policy or a policy JSON file."""
+    if str(spec) in AUGMENT_POLICIES:
+        return AUGMENT_POLICIES[str(spec)]
     path = resolve(spec)
     if not path.is_file():
-        raise ValueError(f"AUGMENT={str(spec)!r} is neither a preset {list_presets()} nor an "
-                         f"existing policy file ({path})")
+        raise ValueError(f"AUGMENT={str(spec)!r} is neither a built-in policy {list_policies()} "
+                         f"nor an existing policy file ({path})")
     policy = read_json(path)
     if not isinstance(policy, dict) or not isinstance(policy.get("transforms"), list):
         raise ValueError(f"{path}: a policy needs a 'transforms' list of {{name, params}}")
@@ -88,7 +95,8 @@ def read_policy(spec: str | os.PathLike) -> list[dict]:
 
 
 def build_augment(spec: str | os.PathLike | None):
-    """An albumentations Compose for a preset or policy file; None when there is nothing to do."""
+    """An albumentations Compose for a built-in policy or a policy file; None when there is
+    nothing to do."""
     import albumentations as A
 
     transforms = read_policy(spec or "none")
@@ -360,9 +368,10 @@ def make_scorers(images: np.ndarray, cfg: ScreenConfig) -> Scorers:
     dino, sc.notes["dino_sim"] = load_dino(cfg.dino_model, cfg.dino_pretrained, cfg.img_size,
                                            cfg.seed)
     if dino is not None:
-        reference = extract_features(dino, images, cfg.img_size, tta=False, progress=False)
+        spec = FeatureSpec(cfg.dino_model, cfg.dino_pretrained, cfg.img_size, tta=False)
+        reference = extract_features(dino, images, spec, progress=False)
         sc.fns["dino_sim"] = lambda aug: cosine_similarity(
-            reference, extract_features(dino, aug, cfg.img_size, tta=False, progress=False))
+            reference, extract_features(dino, aug, spec, progress=False))
     model, sc.notes["lpips"] = load_lpips(cfg.lpips_net, cfg.lpips_pretrained)
     if model is not None:
         sc.fns["lpips"] = lambda aug: lpips_distance(model, images, aug)

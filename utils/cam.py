@@ -5,14 +5,14 @@ What the notebook explains is a target: a weighted sum of a model's outputs.
 - a gene group (`"group:MT"`; `"groups"`: every group of a strategy of `gene_groups.csv`): the
   mean of its genes' outputs;
 - `"heg50"` / `"hvg50"`: the mean over the metric's 50 most expressed / most variable genes.
-CAM methods are pytorch-grad-cam classes chosen by name (`utils.config.CAM_METHODS`).
+CAM methods are pytorch-grad-cam classes chosen by name (`utils.choices.CAM_METHODS`).
 
 Per batch: one forward pass of the model (with the preprocessing it was trained with) records
 the target layer's output; then one backward pass per target, from the target to that layer
 only; the pytorch-grad-cam method turns activations and gradients into maps. A target's CAM is
 therefore exactly what the library computes for it alone, at a fraction of the cost.
 
-Where a CAM is computed (`choose_layer`; `LAYER`, `RESHAPE` override it):
+Where a CAM is computed (`utils.cam_layers.choose_layer`; `LAYER`, `RESHAPE` override it):
 - token models (ViT, DeiT, EVA, XCiT, … : `patch_embed` + `blocks`): the last block's input
   norm (`blocks.<last>.norm1`: the patch tokens that the class token attends to in the last
   block; their outputs after it never reach a class-token head). XCiT: the last XCA block, whose
@@ -34,7 +34,7 @@ from __future__ import annotations
 import difflib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +44,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from utils.config import CAM_METHODS, CAM_SCALES, check_method, to_dict
+from utils.cam_layers import LayerChoice, choose_layer
+from utils.choices import CAM_METHODS, CAM_SCALES, OTHER, check_method
+from utils.config import to_dict
 from utils.data import load_images
-from utils.genes import OTHER, by_group, load_gene_groups, within_between
+from utils.genes import by_group, load_gene_groups, within_between
+from utils.loop import default_device, inference_batch_size
 from utils.metric import top_genes
-from utils.models import default_device, inference_batch_size, load_unit_model
+from utils.models import load_unit_model
 from utils.paths import resolve, write_csv, write_json, write_with
 from utils.runs import read_model_info
 
@@ -85,7 +88,8 @@ def make_targets(specs: Sequence[str], genes: Sequence[str],
             targets.append(Target(spec, "top", np.sort(top_genes(y)[spec])))
         elif spec == "groups":
             if not groups:
-                raise ValueError("target 'groups' needs gene groups (GENE_GROUPS and GROUPS)")
+                raise ValueError("target 'groups' needs gene groups (GENE_GROUPS and "
+                                 "GROUP_STRATEGY)")
             targets += [Target(g, "group", np.asarray(c)) for g, c in groups.items()
                         if g != OTHER]
         elif kind != "group" and name in index:
@@ -94,8 +98,8 @@ def make_targets(specs: Sequence[str], genes: Sequence[str],
             targets.append(Target(name, "group", np.asarray(groups[name])))
         else:
             close = difflib.get_close_matches(name, [*genes, *groups], n=5, cutoff=0.5)
-            raise ValueError(f"target {spec!r} is neither a gene nor a group of GROUPS, nor one "
-                             f"of {[*TOP_TARGETS, 'groups']}; closest names: {close}")
+            raise ValueError(f"target {spec!r} is neither a gene nor a group of GROUP_STRATEGY, "
+                             f"nor one of {[*TOP_TARGETS, 'groups']}; closest names: {close}")
     return targets
 
 
@@ -249,165 +253,6 @@ def write_cams(path: str | os.PathLike, maps: np.ndarray, scores: np.ndarray,
             np.savez_compressed(f, **arrays)
 
     return write_with(path, write)
-
-
-# --- target layers --------------------------------------------------------------------------
-
-LAYOUTS = ("nchw", "nhwc", "tokens")
-
-
-@dataclass(frozen=True)
-class LayerChoice:
-    """The layer a CAM is computed at and how its output becomes (B, C, h, w) maps."""
-
-    name: str  # module name in the backbone
-    module: nn.Module
-    layout: str  # "nchw", "nhwc" or "tokens"
-    reshape: Callable[[torch.Tensor], torch.Tensor]
-    grid: tuple[int, int]  # h, w of the maps
-
-    def describe(self) -> str:
-        """e.g. `stages.3 (nchw, 7x7)`."""
-        return f"{self.name} ({self.layout}, {self.grid[0]}x{self.grid[1]})"
-
-
-class TokenGrid:
-    """(B, prefix + h·w, C) tokens → (B, C, h, w): class/register tokens dropped, patches laid
-    out on the model's patch grid."""
-
-    def __init__(self, grid: tuple[int, int], n_prefix: int):
-        self.grid, self.n_prefix = grid, n_prefix
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = self.grid
-        if x.ndim != 3 or x.shape[1] != self.n_prefix + h * w:
-            raise ValueError(f"expected tokens (B, {self.n_prefix} + {h}x{w}, C); got "
-                             f"{tuple(x.shape)}")
-        return x[:, self.n_prefix:].reshape(x.shape[0], h, w, x.shape[2]).permute(0, 3, 1, 2)
-
-
-def _nchw(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-def _nhwc(x: torch.Tensor) -> torch.Tensor:
-    return x.permute(0, 3, 1, 2)
-
-
-def probe_shapes(backbone: nn.Module, input_size: tuple[int, int],
-                 names: list[str]) -> dict[str, tuple[int, ...]]:
-    """Output shapes of the named modules for one blank input, in execution order."""
-    modules, shapes = dict(backbone.named_modules()), {}
-
-    def record(name):
-        def hook(module, inputs, output):
-            if torch.is_tensor(output):
-                shapes[name] = tuple(output.shape)
-        return hook
-
-    handles = [modules[n].register_forward_hook(record(n)) for n in names]
-    try:
-        param = next(backbone.parameters())
-        with torch.inference_mode():
-            backbone.eval()(torch.zeros(1, 3, *input_size, device=param.device, dtype=param.dtype))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return shapes
-
-
-def default_layer(backbone: nn.Module, input_size: tuple[int, int]) -> str:
-    """The name of the layer a CAM of this timm backbone is computed at (see module docstring)."""
-    blocks = getattr(backbone, "blocks", None)
-    if hasattr(backbone, "patch_embed") and isinstance(blocks, (nn.Sequential, nn.ModuleList)):
-        last = f"blocks.{len(blocks) - 1}"
-        if hasattr(backbone, "cls_attn_blocks") or not hasattr(blocks[-1], "norm1"):
-            return last
-        return f"{last}.norm1"
-    children = dict(backbone.named_children())
-    shapes = probe_shapes(backbone, input_size, list(children))
-    spatial = [n for n, s in shapes.items() if len(s) == 4 and sorted(s[1:])[1] > 1
-               and not isinstance(children[n], nn.Identity)]  # maps of at least 2x2
-    if not spatial:
-        raise ValueError(f"no spatial output among the backbone's top-level modules "
-                         f"{ {n: s for n, s in shapes.items()} }; set LAYER to a module name")
-    name = spatial[-1]
-    container = children[name]
-    if isinstance(container, (nn.Sequential, nn.ModuleList)) and len(container):
-        name = f"{name}.{len(container) - 1}"  # stages → stages.3: the same output, clearer
-    return name
-
-
-def infer_layout(shape: tuple[int, ...], channels: int | None = None) -> str:
-    """"tokens" for (B, N, C); "nchw" or "nhwc" for 4-d outputs (by the channel count if it
-    tells, else by which two axes are the square spatial ones)."""
-    if len(shape) == 3:
-        return "tokens"
-    if len(shape) != 4:
-        raise ValueError(f"cannot make CAM maps from an output of shape {shape}; choose another "
-                         "LAYER")
-    if channels is not None and (shape[1] == channels) != (shape[3] == channels):
-        return "nchw" if shape[1] == channels else "nhwc"
-    return "nhwc" if shape[1] == shape[2] and shape[2] != shape[3] else "nchw"
-
-
-def token_grid(backbone: nn.Module, input_size: tuple[int, int], n_tokens: int,
-               grid: tuple[int, int] | None = None) -> TokenGrid:
-    """The patch grid of a token layer: given, or input size // the model's patch size; the
-    leading tokens beyond it (class, registers: `num_prefix_tokens`) are dropped."""
-    explicit = grid is not None
-    if not explicit:
-        patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
-        if patch is None:
-            raise ValueError("the backbone has no patch_embed.patch_size: set RESHAPE to "
-                             "'tokens:HxW' with its patch grid")
-        ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
-        grid = (input_size[0] // ph, input_size[1] // pw)
-    n_prefix = n_tokens - grid[0] * grid[1]
-    allowed = {0, int(getattr(backbone, "num_prefix_tokens", 0) or 0)}
-    if n_prefix < 0 or (n_prefix not in allowed and not explicit):
-        raise ValueError(f"{n_tokens} tokens do not fit the patch grid {grid[0]}x{grid[1]} plus "
-                         f"{sorted(allowed)} prefix tokens; set RESHAPE='tokens:HxW'")
-    return TokenGrid(tuple(grid), n_prefix)
-
-
-def parse_reshape(reshape: str | None) -> tuple[str | None, tuple[int, int] | None]:
-    """RESHAPE → (layout or None for automatic, explicit token grid or None)."""
-    if reshape is None:
-        return None, None
-    layout, _, grid = str(reshape).lower().partition(":")
-    layout = "nchw" if layout == "none" else layout
-    if layout not in LAYOUTS or (grid and layout != "tokens"):
-        raise ValueError(f"RESHAPE={reshape!r}: use None (automatic), 'nchw', 'nhwc', 'tokens' "
-                         "or 'tokens:HxW'")
-    if not grid:
-        return layout, None
-    try:
-        h, w = (int(v) for v in grid.split("x"))
-    except ValueError as err:
-        raise ValueError(f"RESHAPE={reshape!r}: the grid must read like 'tokens:14x14'") from err
-    return layout, (h, w)
-
-
-def choose_layer(backbone: nn.Module, input_size: tuple[int, int], layer: str | None = None,
-                 reshape: str | None = None) -> LayerChoice:
-    """Target layer (`layer`: a module name, or automatic) and its reshape (`reshape`: see
-    `parse_reshape`, or inferred from the layer's output) for a timm backbone."""
-    modules = dict(backbone.named_modules())
-    name = layer or default_layer(backbone, input_size)
-    if name not in modules:
-        top = [n for n in modules if n and n.count(".") <= 1]
-        raise ValueError(f"LAYER={name!r} is not a module of the backbone; e.g. {top[-12:]}")
-    shape = probe_shapes(backbone, input_size, [name]).get(name)
-    if shape is None:
-        raise ValueError(f"LAYER={name!r} returns no tensor (or is not used); choose another")
-    layout, grid = parse_reshape(reshape)
-    layout = layout or infer_layout(shape, getattr(backbone, "num_features", None))
-    if layout == "tokens":
-        fn = token_grid(backbone, input_size, shape[1], grid)
-        return LayerChoice(name, modules[name], layout, fn, fn.grid)
-    fn = _nhwc if layout == "nhwc" else _nchw
-    return LayerChoice(name, modules[name], layout, fn, tuple(fn(torch.empty(shape)).shape[2:]))
 
 
 # --- computing CAMs -------------------------------------------------------------------------
@@ -591,14 +436,15 @@ def prepare(cfg, data) -> CamJob:
     rows = choose_patches(cfg.patches, folds, cfg.fold, len(data.test), cfg.n_patches, cfg.seed)
     split = "train" if cfg.patches == "val" else "test"
     frame = data.train if split == "train" else data.test
-    groupings = load_groupings(cfg.gene_groups, data.genes, cfg.strategies, also=cfg.groups)
+    groupings = load_groupings(cfg.gene_groups, data.genes, cfg.strategies,
+                               also=cfg.group_strategy)
     return CamJob(info, units, out, list(data.genes), np.asarray(load_images(data, split)[rows]),
                   frame["ID"].iloc[rows].tolist(), groupings,
-                  make_targets(cfg.targets, data.genes, groupings.get(cfg.groups), data.y),
+                  make_targets(cfg.targets, data.genes, groupings.get(cfg.group_strategy), data.y),
                   similarity_genes(groupings, data.y, cfg.genes_per_group))
 
 
-def run_cams(cfg, job: CamJob) -> dict:
+def make_cams(cfg, job: CamJob) -> dict:
     """Every CAM of the job (grid targets and compared genes), written to `cams.npz` and
     `targets.csv`: {"maps", "scores", "layers", "seconds", "table"}."""
     start = time.perf_counter()
@@ -636,16 +482,23 @@ def plot_job_groups(job: CamJob, result: dict):
 
 def gene_similarity(cfg, job: CamJob, result: dict) -> dict:
     """CAM similarity of the compared genes, within vs between groups per strategy
-    (`similarity.csv`) and per group of GROUPS (`similarity_by_group.csv`)."""
+    (`similarity.csv`) and per group of GROUP_STRATEGY (`similarity_by_group.csv`)."""
     sim = map_similarity(result["maps"][len(job.targets):])
     labels = {s: gene_labels(g, len(job.genes))[job.compared] for s, g in job.groupings.items()}
     table = similarity_table(sim, labels, cfg.n_permutations, cfg.seed)
     write_csv(job.out / "similarity.csv", table, index=True)
     groups = None
-    if cfg.groups in labels:
-        groups = similarity_by_group(sim, labels[cfg.groups])
+    if cfg.group_strategy in labels:
+        groups = similarity_by_group(sim, labels[cfg.group_strategy])
         write_csv(job.out / "similarity_by_group.csv", groups)
     return {"sim": sim, "labels": labels, "table": table, "by_group": groups}
+
+
+def describe_similarity(table: pd.DataFrame) -> str:
+    """One line per strategy: CAM similarity within vs between its groups, and the p-value."""
+    return "\n".join(f"{strategy}: CAM similarity within groups {row['within']:.3f} vs between "
+                     f"{row['between']:.3f} (p = {row['p_value']:.3g}, {int(row['genes'])} genes, "
+                     f"{int(row['groups'])} groups)" for strategy, row in table.iterrows())
 
 
 # --- figures --------------------------------------------------------------------------------

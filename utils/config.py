@@ -1,125 +1,55 @@
-"""Every notebook's parameters as a typed, frozen config, and the names each parameter accepts.
+"""Every notebook's parameters as a typed, frozen config, and the feature spec ridge and
+retrieval share.
 
 Each numbered notebook has one `parameters` cell of UPPER_CASE literals; the next cell turns it
 into one of the configs below with `from_params` (field `x` is read from parameter `X`). The
 defaults here are the notebooks' defaults (a test checks that they agree), and every error names
-the parameter. This module imports nothing from the kit: the vocabularies below (recipes,
-splitters, blends, CAM methods, augmentation presets and candidates, …) are the single list that
-the stage modules register their implementations under.
+the parameter. A parameter renamed since an earlier version of the kit (`RENAMED`) still works
+under its old name, with a `RenamedParameterWarning` that gives the new one; `upgrade_config`
+reads an older run folder's config.json the same way, so finished runs stay reusable. What each
+name-valued parameter accepts is listed in `utils.choices`. This module imports nothing heavy.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 
-# --- vocabularies: what each name-valued parameter accepts ------------------------------------
-
-RECIPES = ("finetune", "retrieval", "ridge")  # 05 RECIPE (utils.train: a function per name)
-SPLITTERS = ("slices", "blocks", "groups", "random")  # 05 CV, the part before any ':'
-GROUP_MODES = ("heads", "models")  # 05 GROUP_MODE
-HEAD_INITS = ("ridge", "random")  # 05 HEAD_INIT
-MPP_FITS = ("pad", "tile", "resize")  # 05 MPP_FIT (utils.models.fit_field)
-FEATURE_DTYPES = ("float32", "float16")  # 05 FEATURE_DTYPE (utils.models.cached_features)
-STAIN_NORMS = ("macenko",)  # 05 STAIN_NORM besides None (utils.models.normalise_stains)
-# DACON patches: Visium spots are 100 µm apart centre to centre and ~329 px apart in the public
-# spot coordinates of the same liver sections, so 100 / 329 ≈ 0.30 µm/px (issue 13: 0.26–0.30).
-DACON_MPP = 0.3
-SMOKE_PX = 64  # SMOKE = True: model input size cap (04, 05), a quick check, not a score
-BLENDS = ("mean", "global", "group", "gene")  # 07 BLEND (utils.ensemble)
-POSTPROCESS_STEPS = ("shrink_to_mean", "clip")  # 07 POSTPROCESS (utils.ensemble)
-STRATEGIES = ("kmeans", "prefix", "correlation", "file", "functional")  # 02 gene groupings
-UNMATCHED_RULES = ("other", "nearest")  # 02 functional: where genes in no gene set go
-DEFAULT_GROUPS = "prefix"  # the gene-group strategy 06 and 07 use unless told otherwise
-# 06 METHOD → pytorch-grad-cam class. Every one is computed from the target layer's activations
-# and gradients, so one forward pass per batch serves every target (utils.cam).
-CAM_METHODS = {"GradCAM": "GradCAM", "GradCAM++": "GradCAMPlusPlus", "XGradCAM": "XGradCAM",
-               "LayerCAM": "LayerCAM", "HiResCAM": "HiResCAM", "EigenCAM": "EigenCAM",
-               "EigenGradCAM": "EigenGradCAM", "GradCAMElementWise": "GradCAMElementWise"}
-CAM_SCALES = ("standardised", "original")  # 06 SCALE
-LPIPS_TRUNKS = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights",  # 03 LPIPS_NET → torchvision
-                "squeeze": "SqueezeNet1_1_Weights"}
-# 02 `prefix` strategy: name families, first match wins; regular expressions on the gene name.
-GENE_PREFIXES = {
-    "MT": r"^MT-", "RPL/RPS": r"^RP[LS]\d+[A-Z]?$|^RPLP\d$", "LINC": r"^LINC\d",
-    "ZNF": r"^ZNF\d", "SLC": r"^SLC\d", "AC": r"^AC\d{6}\.\d+$", "AL": r"^AL\d{6}\.\d+$",
-    "AP": r"^AP\d{6}\.\d+$", "HLA": r"^HLA-", "KRT": r"^KRT\d", "COL": r"^COL\d+A\d",
-    "IG": r"^IG[HKL](?:V|D|J|C|G\d|A\d|M$|E$|LL)", "CD": r"^CD\d+[A-Z]?$", "S100": r"^S100"}
-
-
-# --- augmentation: 05's AUGMENT presets and the candidates 03 screens ------------------------
-# A policy is a list of `{"name": albumentations class or kit transform, "params": {...}}`.
-BORDER_REFLECT_101 = 4  # cv2.BORDER_REFLECT_101, without importing cv2
-AUGMENT_PRESETS: dict[str, list[dict]] = {
-    "none": [],
-    # the eight dihedral views (flips × 90° rotations), each equally likely
-    "flips": [{"name": "SquareSymmetry", "params": {"p": 1.0}}],
-    # the seed team's final list: flips, mild shift-scale-rotate, mild brightness/contrast
-    "seed": [
-        {"name": "SquareSymmetry", "params": {"p": 1.0}},
-        {"name": "Affine", "params": {"translate_percent": [-0.0625, 0.0625], "scale": [0.9, 1.1],
-                                      "rotate": [-15, 15], "border_mode": BORDER_REFLECT_101,
-                                      "p": 0.5}},
-        {"name": "RandomBrightnessContrast", "params": {"brightness_limit": 0.1,
-                                                        "contrast_limit": 0.1, "p": 0.5}},
-    ],
-}
-# "p" is the probability in an exported policy; screening always applies a candidate (p=1).
-# Geometric candidates only move pixels (Affine reflects at the border instead of padding black).
-GEOMETRIC: dict[str, dict] = {
-    "HorizontalFlip": {"p": 0.5},
-    "VerticalFlip": {"p": 0.5},
-    "RandomRotate90": {"p": 1.0},  # k ∈ {0, 1, 2, 3} quarter turns, k = 0 included
-    "Affine": AUGMENT_PRESETS["seed"][1]["params"],
-}
-LEVELS = ("weak", "medium", "strong")
-# Photometric candidates: one parameter set per level in LEVELS (Equalize has no strength).
-PHOTOMETRIC: dict[str, tuple[dict, ...]] = {
-    "RandomBrightnessContrast": tuple({"brightness_limit": s, "contrast_limit": s}
-                                      for s in (0.05, 0.1, 0.2)),
-    "ColorJitter": tuple({"brightness": s, "contrast": s, "saturation": s, "hue": h}
-                         for s, h in ((0.05, 0.01), (0.1, 0.02), (0.2, 0.05))),
-    "HueSaturationValue": tuple({"hue_shift_limit": h, "sat_shift_limit": s, "val_shift_limit": s}
-                                for h, s in ((2, 5), (5, 10), (10, 20))),
-    "Equalize": ({},),
-    "GaussianBlur": tuple({"sigma_limit": [0.1, s]} for s in (0.5, 1.0, 2.0)),
-    "GaussNoise": tuple({"std_range": [s / 2, s]} for s in (0.02, 0.05, 0.1)),
-    "CLAHE": tuple({"clip_limit": [1.0, c]} for c in (1.5, 2.0, 4.0)),
-    "HEDJitter": tuple({"alpha_limit": a, "beta_limit": b}
-                       for a, b in ((0.02, 0.002), (0.05, 0.005), (0.1, 0.01))),
-}
-PHOTOMETRIC_P = 0.5  # policy probability of a kept photometric candidate
-
-
-def _candidates() -> dict[str, dict]:
-    """Every candidate key (`Name`, or `Name:level` when there are levels) → policy item."""
-    table = {name: {"name": name, "params": dict(params)} for name, params in GEOMETRIC.items()}
-    for name, levels in PHOTOMETRIC.items():
-        for level, params in zip(LEVELS, levels):
-            key = name if len(levels) == 1 else f"{name}:{level}"
-            table[key] = {"name": name, "params": {**params, "p": PHOTOMETRIC_P}}
-    return table
-
-
-AUGMENT_CANDIDATES: dict[str, dict] = _candidates()
-
-
-# --- self-supervised adaptation: 04's objectives and view building blocks ------------------
-OBJECTIVES = ("simclr", "byol", "dino")  # 04 OBJECTIVE (utils.adapt: a class per name)
-# 04 VIEWS joins these blocks with "+" (e.g. "flips+hed"); a part may also be a policy file
-# (03's augment_policy.json). Photometric blocks are the strongest level of a 03 candidate,
-# applied to 80% of the views (SimCLR's colour-jitter probability); "crop" takes 40–100% of the
-# patch and resizes it back to IMG_SIZE.
-VIEW_P = 0.8
-VIEW_BLOCKS: dict[str, list[dict]] = {
-    "flips": AUGMENT_PRESETS["flips"],
-    "color": [{"name": "ColorJitter", "params": {**PHOTOMETRIC["ColorJitter"][-1], "p": VIEW_P}}],
-    "hed": [{"name": "HEDJitter", "params": {**PHOTOMETRIC["HEDJitter"][-1], "p": VIEW_P}}],
-    "blur": [{"name": "GaussianBlur", "params": {**PHOTOMETRIC["GaussianBlur"][-1], "p": 0.5}}],
-    "crop": [{"name": "RandomResizedCrop", "params": {"scale": [0.4, 1.0], "p": 1.0}}],
-}
-
+from utils.choices import (
+    AUGMENT_CANDIDATES,
+    BLENDS,
+    CAM_SCALES,
+    DACON_MPP,
+    DEFAULT_GROUP_STRATEGY,
+    DEFAULT_LOSS,
+    FEATURE_DTYPES,
+    GENE_PREFIXES,
+    GROUP_MODES,
+    HEAD_INITS,
+    LPIPS_TRUNKS,
+    MPP_FITS,
+    OBJECTIVES,
+    POSTPROCESS_STEPS,
+    RECIPES,
+    RENAMED,
+    SMOKE_PX,
+    SPLITTERS,
+    STRATEGIES,
+    UNMATCHED_RULES,
+    as_tuple,
+    check_augment,
+    check_candidate,
+    check_loss,
+    check_method,
+    check_stain_norm,
+    check_views,
+    cv_from_groups,
+    parse_crops,
+    parse_stages,
+    warn_renamed,
+)
 
 # --- building configs -------------------------------------------------------------------------
 
@@ -127,8 +57,14 @@ def from_params(cls: type, params: dict):
     """Build config `cls` from the notebook's globals: field `x` is read from parameter `X`.
 
     "True"/"False" given as text (some shells and papermill calls) become booleans for fields
-    that take a bool.
+    that take a bool. A parameter under its old name (`RENAMED`) is read, with a warning.
     """
+    names = {f.name.upper() for f in fields(cls)}
+    params = dict(params)
+    for old, (new, convert) in RENAMED.items():
+        if old in params and new in names:
+            params[new] = convert(params.pop(old)) if convert else params.pop(old)
+            warn_renamed(old, new, params[new])
     values = {f.name: params[f.name.upper()] for f in fields(cls) if f.name.upper() in params}
     for f in fields(cls):
         if "bool" in str(f.type) and values.get(f.name) in ("True", "False"):
@@ -184,50 +120,10 @@ def smoke_inputs(config, names: tuple[str, ...]) -> None:
                 set_field(config, name, smoke_path(value))
 
 
-def as_tuple(value) -> tuple:
-    """A parameter given as one item, a list or None, as a tuple."""
-    if value is None:
-        return ()
-    return (value,) if isinstance(value, (str, int, float)) else tuple(value)
 
-
-def parse_stages(stages) -> str | tuple[int, ...] | None:
-    """FEATURE_STAGES as None, "all" or a tuple of stage indices ("-2,-1" given as text too),
-    or a ValueError naming the parameter."""
-    if stages is None or stages == "all":
-        return stages
-    try:
-        items = stages.split(",") if isinstance(stages, str) else as_tuple(stages)
-        if any(isinstance(s, (bool, float)) for s in items):
-            raise ValueError
-        values = tuple(int(s) for s in items)
-    except (TypeError, ValueError):
-        values = ()
-    if not values:
-        raise ValueError(f"FEATURE_STAGES={stages!r} must be None (the pooled embedding), "
-                         "'all' or backbone stage indices such as '-2,-1' or [2, 3]")
-    return values
-
-
-def parse_crops(crops) -> tuple[float, ...]:
-    """FEATURE_CROPS as a non-empty tuple of fractions in (0, 1] ("1,0.5" given as text too), or
-    a ValueError naming the parameter."""
-    try:
-        values = tuple(float(c) for c in (crops.split(",") if isinstance(crops, str)
-                                          else as_tuple(crops)))
-    except (TypeError, ValueError):
-        values = ()
-    if not values or any(not 0 < c <= 1 for c in values):
-        raise ValueError(f"FEATURE_CROPS={crops!r} must list fractions of the patch side in "
-                         "(0, 1], e.g. [1.0, 0.5]: whole patch and centre half")
-    return values
-
-
-def check_stain_norm(stain_norm: str | None) -> str | None:
-    """STAIN_NORM is None or a name of STAIN_NORMS, or a ValueError naming it."""
-    if stain_norm is not None and stain_norm not in STAIN_NORMS:
-        raise ValueError(f"STAIN_NORM={stain_norm!r}: choose None or one of {list(STAIN_NORMS)}")
-    return stain_norm
+def is_positive(value) -> bool:
+    """A number (not a bool) greater than 0."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def check_positive_ints(config, names: tuple[str, ...]) -> None:
@@ -239,49 +135,93 @@ def check_positive_ints(config, names: tuple[str, ...]) -> None:
             raise ValueError(f"{name.upper()} must be a positive integer; got {value!r}")
 
 
-def check_loss_weights(weights) -> tuple[float, float]:
-    """LOSS_WEIGHTS (α, β) as floats: both ≥ 0 and α + β ≤ 1 (the rest weighs covariance)."""
-    try:
-        alpha, beta = (float(w) for w in weights)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"LOSS_WEIGHTS must be two numbers (α, β); got {weights!r}") from err
-    if alpha < 0 or beta < 0 or alpha + beta > 1 + 1e-9:
-        raise ValueError(f"LOSS_WEIGHTS=({alpha}, {beta}): need α ≥ 0, β ≥ 0 and α + β ≤ 1 "
-                         "(α·MSE + β·(1 − Pearson) + (1 − α − β)·covariance MSE)")
-    return alpha, beta
 
+# --- frozen features: one spec names a feature set ---------------------------------------------
 
-def parse_target(target: str) -> int | None:
-    """TARGET → number of principal components (None: predict the genes directly)."""
-    if target == "genes":
-        return None
-    name, _, k = str(target).partition(":")
-    if name == "pca" and k.isdigit() and int(k) > 0:
-        return int(k)
-    raise ValueError(f"TARGET={target!r} is unknown; use 'genes' or 'pca:K' (K > 0 components)")
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A set of frozen backbone features: what computes them (backbone, weights, input size,
+    TTA, magnification, stages, crops, stain normalisation) and how they are stored (dtype).
+    `tag` names the set in cache file names and `cache_key` is what a cached file must match;
+    at their defaults, stages, crops, stain, dtype and magnification add nothing to either, so
+    caches written before these existed stay valid. Built once by `TrainConfig.feature_spec`."""
 
+    backbone: str
+    pretrained: bool | str = True  # True: hub weights; False: random, seeded; or a weights file
+    img_size: int | None = None
+    tta: bool = True  # mean over the 8 dihedral views
+    seed: int = 0  # seeds random weights (pretrained=False)
+    mpp: float | None = None  # µm/px of the patches (used with model_mpp)
+    model_mpp: float | None = None  # µm/px the backbone expects; None: no rescaling
+    mpp_fit: str = "pad"
+    stages: str | tuple[int, ...] | None = None  # FEATURE_STAGES
+    crops: tuple[float, ...] = (1.0,)  # FEATURE_CROPS
+    stain_norm: str | None = None  # STAIN_NORM
+    dtype: str = "float32"  # FEATURE_DTYPE of the cache (returned as float32 either way)
 
-def check_augment(spec) -> None:
-    """AUGMENT is a preset name or the path of a policy JSON file (read when training starts)."""
-    if str(spec) in AUGMENT_PRESETS or str(spec).endswith(".json"):
-        return
-    raise ValueError(f"AUGMENT={str(spec)!r} is neither a preset {sorted(AUGMENT_PRESETS)} nor "
-                     "a policy file (*.json, e.g. runs/augment/augment_policy.json from 03)")
+    def __post_init__(self):
+        set_field(self, "stages", parse_stages(self.stages))
+        set_field(self, "crops", parse_crops(self.crops))
+        check_stain_norm(self.stain_norm)
+        if not (self.mpp is None or is_positive(self.mpp)) or not (
+                self.model_mpp is None or (is_positive(self.model_mpp) and self.mpp)):
+            raise ValueError(f"MPP={self.mpp!r} must be > 0 (µm/px of the patches) and "
+                             f"MODEL_MPP={self.model_mpp!r} None or > 0 (e.g. 0.5 for "
+                             "pathology foundation models)")
+        if self.mpp_fit not in MPP_FITS or self.dtype not in FEATURE_DTYPES:
+            raise ValueError(f"MPP_FIT={self.mpp_fit!r} must be one of {MPP_FITS} and "
+                             f"FEATURE_DTYPE={self.dtype!r} one of {FEATURE_DTYPES}")
 
+    @property
+    def weights(self) -> str:
+        """The weights in a cache name: "hub", "random-seed<seed>" or "file-<file stem>"."""
+        if isinstance(self.pretrained, bool):
+            return "hub" if self.pretrained else f"random-seed{self.seed}"
+        return "file-" + Path(self.pretrained).stem
 
-def check_candidate(key: str) -> None:
-    """An augmentation candidate key that 03 can screen, or an error listing them."""
-    if key not in AUGMENT_CANDIDATES:
-        raise ValueError(f"unknown augmentation candidate {key!r}; choose from "
-                         f"{list(AUGMENT_CANDIDATES)}")
+    @property
+    def design(self) -> str:
+        """The part of the tag that says how patches were rescaled and which stages, crops and
+        stain normalisation the features have ("" at the defaults)."""
+        tag = "" if self.model_mpp is None else (
+            f"_mpp{self.mpp:g}to{self.model_mpp:g}-{self.mpp_fit}")
+        if self.stages is not None:
+            tag += "_stages-" + ("all" if self.stages == "all" else ".".join(
+                str(int(i)) for i in self.stages))
+        if self.crops != (1.0,):
+            tag += "_crops-" + "-".join(f"{c:g}" for c in self.crops)
+        return tag + (f"_{self.stain_norm}" if self.stain_norm else "")
 
+    @property
+    def tag(self) -> str:
+        """The feature set's name, e.g. `tf_efficientnet_lite0_hub_224px_d4`."""
+        slug = self.backbone.replace("hf-hub:", "hf-").replace("/", "--").replace(":", "-")
+        half = "" if self.dtype == "float32" else f"_{self.dtype}"
+        return (f"{slug}_{self.weights}_{self.img_size or 'default'}px{self.design}_"
+                f"{'d4' if self.tta else 'noTTA'}{half}")
 
-def check_method(name: str) -> str:
-    """A CAM method's registry name (case-insensitive; pytorch-grad-cam class names work too)."""
-    lookup = {k.lower(): k for k in CAM_METHODS} | {v.lower(): k for k, v in CAM_METHODS.items()}
-    if str(name).lower() not in lookup:
-        raise ValueError(f"unknown CAM method {name!r}; choose from {list(CAM_METHODS)}")
-    return lookup[str(name).lower()]
+    def cache_name(self, split: str) -> str:
+        """The cache file of one split's features."""
+        return f"{self.tag}_{split}.npy"
+
+    def cache_key(self, images: str, train_images: str | None = None) -> dict:
+        """What a split's cached features must have been computed with: this spec and the
+        fingerprint of the split's images (and of the train images, which a stain reference is
+        fitted on)."""
+        key = {"backbone": self.backbone, "pretrained": str(self.pretrained),
+               "img_size": self.img_size, "tta": self.tta,
+               "seed": None if self.pretrained is not False else self.seed, "images": images}
+        if self.model_mpp is not None:
+            key.update(mpp=self.mpp, model_mpp=self.model_mpp, mpp_fit=self.mpp_fit)
+        if self.dtype != "float32":
+            key["dtype"] = self.dtype
+        if self.stages is not None:
+            key["stages"] = self.stages if self.stages == "all" else list(self.stages)
+        if self.crops != (1.0,):
+            key["crops"] = list(self.crops)
+        if self.stain_norm:
+            key.update(stain_norm=self.stain_norm, stain_reference=train_images)
+        return key
 
 
 # --- 01_eda -----------------------------------------------------------------------------------
@@ -434,18 +374,6 @@ class ScreenConfig:
                 "stain_shift": self.max_stain_shift, "ssim": self.min_ssim}
 
 
-# --- 04_adapt --------------------------------------------------------------------------------
-
-def check_views(spec: str) -> tuple[str, ...]:
-    """VIEWS as its parts: block names of VIEW_BLOCKS or policy files (*.json), joined by '+'."""
-    parts = tuple(p.strip() for p in str(spec).split("+"))
-    bad = [p for p in parts if p not in VIEW_BLOCKS and not p.endswith(".json")]
-    if bad or not parts:
-        raise ValueError(f"VIEWS={spec!r}: unknown part(s) {bad}; join blocks of "
-                         f"{list(VIEW_BLOCKS)} or policy files (*.json, e.g. "
-                         "runs/augment/augment_policy.json from 03) with '+'")
-    return parts
-
 
 @dataclass(frozen=True)
 class AdaptConfig:
@@ -470,6 +398,7 @@ class AdaptConfig:
     momentum: float = 0.99
     n_probe: int = 256
     num_workers: int | None = None
+    devices: int | None = None  # data-parallel processes (utils.loop.device_count)
     seed: int = 0
     smoke: bool = False
     resume: bool = True
@@ -490,7 +419,7 @@ class AdaptConfig:
                 set_field(self, name, min(getattr(self, name) or value, value))
             smoke_paths(self, ("run_dir",))
         check_positive_ints(self, ("img_size", "epochs", "batch_size", "steps_per_epoch",
-                                   "n_probe"))
+                                   "n_probe", "devices"))
         if self.batch_size < 2:
             raise ValueError(f"BATCH_SIZE={self.batch_size}: contrastive batches need >= 2")
         checks = {"LR": self.lr > 0, "HEAD_LR": self.head_lr > 0,
@@ -521,7 +450,7 @@ class TrainConfig:
     tta: bool = True
     pca_dim: int | None = None
     alphas: tuple[float, ...] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
-    neighbours: tuple[int, ...] = (5, 10, 20, 50)  # RECIPE="retrieval": k tried
+    n_nearest: tuple[int, ...] = (5, 10, 20, 50)  # RECIPE="retrieval": k nearest spots tried
     temperatures: tuple[float, ...] = (0.02, 0.05, 0.1)  # RECIPE="retrieval": softmax temperatures
     batch_size: int | None = None
     overwrite: bool = False
@@ -537,18 +466,18 @@ class TrainConfig:
     layer_decay: float | None = None  # layer-wise LR decay of the backbone (timm), None: off
     mixup: float | None = None  # regression mixup: Beta(MIXUP, MIXUP) weights, None: off
     patience: int | None = 2
-    loss_weights: tuple[float, float] = (0.3, 0.6)
-    target: str = "genes"
-    groups: str | None = None
+    loss: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS))  # utils.losses
+    target_pca: int | None = None  # None: predict every gene; K: the targets' top-K PCs
+    group_strategy: str | None = None  # a strategy of GENE_GROUPS; None: one group of all genes
     gene_groups: str = "runs/genes/gene_groups.csv"
     group_mode: str = "heads"
     augment: str = "flips"
-    freeze: int = 0
+    freeze: int = 0  # backbone blocks frozen: the stem, then stages (CNN) or blocks (ViT)
     freeze_bn: bool = True
     head_init: str = "ridge"
     drop_path: float = 0.0
     num_workers: int | None = None
-    devices: int | None = None  # data-parallel processes (utils.train.device_count)
+    devices: int | None = None  # data-parallel processes (utils.loop.device_count)
     resume: bool = True
     # magnification (both recipes): rescale patches from MPP to MODEL_MPP µm/px, then MPP_FIT
     mpp: float = DACON_MPP
@@ -563,15 +492,18 @@ class TrainConfig:
     def __post_init__(self):
         if self.recipe not in RECIPES:
             raise ValueError(f"RECIPE={self.recipe!r} is unknown; choose from {list(RECIPES)}")
+        if cv_from_groups(self.cv) != self.cv:
+            warn_renamed(f"CV={self.cv!r}", "CV", cv_from_groups(self.cv))
+            set_field(self, "cv", cv_from_groups(self.cv))
         if self.cv.split(":", 1)[0] not in SPLITTERS:
             raise ValueError(f"CV={self.cv!r} is unknown; choose from {list(SPLITTERS)} "
-                             "(groups as 'groups:<column or file>')")
+                             "(your own folds as 'file:<csv>[:<column>]')")
         set_field(self, "alphas", tuple(float(a) for a in self.alphas))
-        set_field(self, "neighbours", tuple(int(k) for k in as_tuple(self.neighbours)))
+        set_field(self, "n_nearest", tuple(int(k) for k in as_tuple(self.n_nearest)))
         set_field(self, "temperatures", tuple(float(t) for t in as_tuple(self.temperatures)))
-        if not self.neighbours or min(self.neighbours) < 1 or not self.temperatures or min(
+        if not self.n_nearest or min(self.n_nearest) < 1 or not self.temperatures or min(
                 self.temperatures) <= 0:
-            raise ValueError(f"NEIGHBOURS={self.neighbours} must list k >= 1 and TEMPERATURES="
+            raise ValueError(f"N_NEAREST={self.n_nearest} must list k >= 1 and TEMPERATURES="
                              f"{self.temperatures} temperatures > 0")
         if self.smoke:  # a quick check: 3 row blocks (nesting needs 3), one epoch at 64 px, no TTA
             for name, value in (("cv", "blocks"), ("n_folds", 3), ("epochs", 1),
@@ -580,31 +512,25 @@ class TrainConfig:
             smoke_paths(self, ("run_dir",))
             smoke_inputs(self, ("gene_groups", "augment"))
         check_positive_ints(self, ("n_folds", "batch_size", "img_size", "pca_dim", "epochs",
-                                   "accumulate", "patience", "devices"))
-        self._check_mpp()
+                                   "accumulate", "patience", "devices", "target_pca"))
         self._check_features()
         self._check_finetune()
 
-    def _check_mpp(self) -> None:
-        """MPP and MODEL_MPP are positive µm/px (MODEL_MPP None: no rescaling), MPP_FIT and
-        FEATURE_DTYPE known names."""
-        if not (isinstance(self.mpp, (int, float)) and self.mpp > 0) or not (
-                self.model_mpp is None or (isinstance(self.model_mpp, (int, float))
-                                           and self.model_mpp > 0)):
-            raise ValueError(f"MPP={self.mpp!r} must be > 0 (µm/px of the patches) and "
-                             f"MODEL_MPP={self.model_mpp!r} None or > 0 (e.g. 0.5 for "
-                             "pathology foundation models)")
-        if self.mpp_fit not in MPP_FITS or self.feature_dtype not in FEATURE_DTYPES:
-            raise ValueError(f"MPP_FIT={self.mpp_fit!r} must be one of {MPP_FITS} and "
-                             f"FEATURE_DTYPE={self.feature_dtype!r} one of {FEATURE_DTYPES}")
+    @cached_property
+    def feature_spec(self) -> FeatureSpec:
+        """The frozen features ridge and retrieval use (D4 TTA unless TTA is off or SMOKE)."""
+        return FeatureSpec(self.backbone, self.pretrained, self.img_size,
+                           self.tta and not self.smoke, self.seed, self.mpp, self.model_mpp,
+                           self.mpp_fit, self.feature_stages, self.feature_crops,
+                           self.stain_norm, self.feature_dtype)
 
     def _check_features(self) -> None:
-        """FEATURE_STAGES None, "all" or stage indices ("-2,-1" as text too); FEATURE_CROPS
-        fractions in (0, 1]; STAIN_NORM None or a name of STAIN_NORMS; all three are for the
-        frozen-feature recipes (fine-tuning would not honour them)."""
+        """The feature spec is valid (`FeatureSpec`: MPP, MODEL_MPP, MPP_FIT, FEATURE_DTYPE,
+        FEATURE_STAGES, FEATURE_CROPS, STAIN_NORM), and FEATURE_STAGES, FEATURE_CROPS and
+        STAIN_NORM are left alone by fine-tuning (which would not honour them)."""
         set_field(self, "feature_stages", parse_stages(self.feature_stages))
         set_field(self, "feature_crops", parse_crops(self.feature_crops))
-        check_stain_norm(self.stain_norm)
+        self.feature_spec  # noqa: B018 (built now: an invalid spec fails here, naming it)
         changed = [name for name, default in (("FEATURE_STAGES", None),
                                                ("FEATURE_CROPS", (1.0,)), ("STAIN_NORM", None))
                    if getattr(self, name.lower()) != default]
@@ -615,8 +541,7 @@ class TrainConfig:
 
     def _check_finetune(self) -> None:
         """Validate (and normalise) the fine-tuning parameters; each error names the parameter."""
-        set_field(self, "loss_weights", check_loss_weights(self.loss_weights))
-        parse_target(self.target)
+        set_field(self, "loss", check_loss(self.loss))
         checks = {
             "LR": self.lr > 0, "HEAD_LR": self.head_lr > 0, "WEIGHT_DECAY": self.weight_decay >= 0,
             "WARMUP_EPOCHS": self.warmup_epochs >= 0, "DROP_PATH": 0 <= self.drop_path < 1,
@@ -638,10 +563,10 @@ class TrainConfig:
                              "DROP_PATH < 1; GRAD_CLIP None or > 0; EMA None or a decay in (0, 1);"
                              " LAYER_DECAY None or in (0, 1]; MIXUP None or > 0; "
                              f"GROUP_MODE in {GROUP_MODES}; HEAD_INIT in {HEAD_INITS}")
-        if self.group_mode == "models" and not self.groups:
-            raise ValueError("GROUP_MODE='models' trains one model per gene group: set GROUPS "
-                             "to a strategy of GENE_GROUPS (a gene_groups.csv from "
-                             "02_gene_clustering)")
+        if self.group_mode == "models" and not self.group_strategy:
+            raise ValueError("GROUP_MODE='models' trains one model per gene group: set "
+                             "GROUP_STRATEGY to a strategy of GENE_GROUPS (a gene_groups.csv "
+                             "from 02_gene_clustering)")
         if self.recipe == "finetune":
             check_augment(self.augment)
 
@@ -661,7 +586,7 @@ class CamConfig:
     method: str = "GradCAM"
     targets: tuple[str, ...] = ("heg50", "hvg50", "groups")
     gene_groups: str | None = "runs/genes/gene_groups.csv"
-    groups: str = DEFAULT_GROUPS
+    group_strategy: str = DEFAULT_GROUP_STRATEGY
     strategies: tuple[str, ...] = ()  # empty: every strategy of gene_groups
     genes_per_group: int = 5
     n_permutations: int = 1000
@@ -700,7 +625,7 @@ class SubmitConfig:
     submission: str = "submissions/submission.csv"
     blend: str = "global"
     gene_groups: str | None = "runs/genes/gene_groups.csv"
-    groups: str | None = DEFAULT_GROUPS
+    group_strategy: str | None = DEFAULT_GROUP_STRATEGY
     shrink: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     postprocess: tuple[str, ...] = ("shrink_to_mean", "clip")
     strict: bool = False  # True: refuse a submission with constant gene columns
@@ -714,9 +639,9 @@ class SubmitConfig:
         set_field(self, "shrink", tuple(float(s) for s in as_tuple(self.shrink)))
         if self.blend not in BLENDS:
             raise ValueError(f"BLEND={self.blend!r} is unknown; choose from {list(BLENDS)}")
-        if self.blend == "group" and not (self.gene_groups and self.groups):
+        if self.blend == "group" and not (self.gene_groups and self.group_strategy):
             raise ValueError("BLEND='group' needs GENE_GROUPS (a gene_groups.csv written by "
-                             "02_gene_clustering) and GROUPS (one of its strategies)")
+                             "02_gene_clustering) and GROUP_STRATEGY (one of its strategies)")
         if not self.shrink or not all(0.0 <= s <= 1.0 for s in self.shrink):
             raise ValueError(f"SHRINK must list amounts between 0 and 1; got {self.shrink}")
         unknown = sorted(set(self.postprocess) - set(POSTPROCESS_STEPS))

@@ -7,15 +7,15 @@ carries structure: `find_change_points` looks for the rows where expression and 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from utils.metric import find_change_points, row_signals, split_rows, top_genes
-from utils.paths import figure
+from utils.paths import figure, write_csv, write_json
 
 CHANNELS = ("R", "G", "B", "H", "E", "D")  # RGB, then haematoxylin, eosin, DAB optical density
-
-
 
 
 # --- genes ------------------------------------------------------------------------------------
@@ -278,3 +278,75 @@ def plot_shift(shift: dict):
     ax.set(xlim=(0, 1), xlabel="AUC of the feature alone (>0.5: higher in test)",
            title=f"train vs test: classifier AUC {shift['auc']:.3f} ({shift['n_folds']}-fold)")
     return fig
+
+
+# --- 01's steps: compute, write into the run folder, return -----------------------------------
+
+def save_gene_stats(run: Path, y: np.ndarray, genes: list[str],
+                    near_zero: float = 0.01) -> pd.DataFrame:
+    """`gene_stats` of the train targets, written as the run's gene_stats.csv."""
+    stats = gene_stats(y, genes, near_zero)
+    write_csv(run / "gene_stats.csv", stats)
+    return stats
+
+
+def describe_gene_stats(stats: pd.DataFrame) -> str:
+    """One line: how many genes go negative and how many are ≈ 0 almost everywhere."""
+    return (f"{len(stats)} genes: {(stats['min'] < 0).sum()} have negative values, "
+            f"{(stats['near_zero'] > 0.9).sum()} are ≈ 0 in more than 90% of spots")
+
+
+def summarize_gene_stats(stats: pd.DataFrame) -> pd.DataFrame:
+    """The distribution of each per-gene statistic over the genes (count, mean, quartiles…)."""
+    return stats.drop(columns=["gene", "heg50", "hvg50"]).describe().T.round(3)
+
+
+def scored_genes(stats: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The `n` most expressed of the genes the metric scores in heg50 or hvg50."""
+    return stats[stats["heg50"] | stats["hvg50"]].sort_values("mean", ascending=False).head(n)
+
+
+def plot_top_clustermap(corr: np.ndarray, stats: pd.DataFrame, n: int):
+    """`plot_clustermap` of the `n` most variable genes."""
+    top = np.argsort(-stats["var"].to_numpy(), kind="stable")[:n]
+    return plot_clustermap(corr[np.ix_(top, top)], stats["gene"].iloc[top].tolist())
+
+
+def image_stats(images: dict[str, np.ndarray], stride: int = 4) -> dict[str, pd.DataFrame]:
+    """`image_features` of every split's patches."""
+    return {split: image_features(patches, stride) for split, patches in images.items()}
+
+
+def save_row_structure(run: Path, cfg, y: np.ndarray, train_features: pd.DataFrame) -> dict:
+    """`row_structure` with 01's settings, written (rolling signals aside) as
+    change_points.json."""
+    rows = row_structure(y, train_features, cfg.window_for(len(y)), cfg.change_ratio,
+                         cfg.max_change_points, seed=cfg.seed)
+    write_json(run / "change_points.json", {k: v for k, v in rows.items() if k != "rolling"})
+    return rows
+
+
+def describe_row_structure(rows: dict) -> str:
+    """The window, the change points found and how 05's default CV splits the rows."""
+    return (f"window {rows['window']} rows; change points at rows {rows['change_points']}\n"
+            f"{rows['cv_note']}")
+
+
+def save_image_stats(run: Path, features: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every split's colour statistics in one table, written as image_stats.csv."""
+    table = pd.concat([f.assign(split=split) for split, f in features.items()])
+    write_csv(run / "image_stats.csv", table)
+    return table
+
+
+def plot_pixel_channels(images: dict[str, np.ndarray], stride: int = 4, seed: int = 0):
+    """`plot_channels` of pixels sampled from the train and the test patches."""
+    return plot_channels(*(pixel_sample(images[s], stride=stride, seed=seed)
+                           for s in ("train", "test")))
+
+
+def save_shift(run: Path, features: dict[str, pd.DataFrame], seed: int = 0) -> dict:
+    """`shift_auc` of train vs test colour statistics, written as shift.json."""
+    shift = shift_auc(features["train"], features["test"], seed=seed)
+    write_json(run / "shift.json", shift)
+    return shift

@@ -230,24 +230,25 @@ def describe_slices(found: dict | None) -> str:
 
 # --- cross-validation -------------------------------------------------------------------------
 
-def _blocks(n_rows: int, n_folds: int, seed: int, groups: np.ndarray | None) -> np.ndarray:
+def _blocks(n_rows: int, n_folds: int, seed: int, labels: np.ndarray | None) -> np.ndarray:
     """Contiguous row blocks of (nearly) equal size, in row order."""
     return np.arange(n_rows) * n_folds // n_rows
 
 
-def _random(n_rows: int, n_folds: int, seed: int, groups: np.ndarray | None) -> np.ndarray:
+def _random(n_rows: int, n_folds: int, seed: int, labels: np.ndarray | None) -> np.ndarray:
     """Shuffled rows dealt into folds of (nearly) equal size: optimistic, for comparison."""
     folds = np.empty(n_rows, dtype=np.int64)
     folds[np.random.default_rng(seed).permutation(n_rows)] = np.arange(n_rows) % n_folds
     return folds
 
 
-def _groups(n_rows: int, n_folds: int, seed: int, groups: np.ndarray | None) -> np.ndarray:
-    """Whole groups per fold, greedily balancing fold sizes (largest groups first)."""
-    if groups is None or len(groups) != n_rows:
-        raise ValueError("the 'groups' splitter needs one group label per train row; pass "
-                         "CV='groups:<column of train.csv or CSV file with ID,group>'")
-    labels, inverse, counts = np.unique(np.asarray(groups).astype(str), return_inverse=True,
+def _from_file(n_rows: int, n_folds: int, seed: int, labels: np.ndarray | None) -> np.ndarray:
+    """Your own row groups (e.g. slices) from a file, whole groups per fold, greedily balancing
+    fold sizes (largest groups first)."""
+    if labels is None or len(labels) != n_rows:
+        raise ValueError("the 'file' splitter needs one group label per train row; pass "
+                         "CV='file:<CSV file with ID,group>[:<column>]'")
+    labels, inverse, counts = np.unique(np.asarray(labels).astype(str), return_inverse=True,
                                         return_counts=True)
     if len(labels) < n_folds:
         raise ValueError(f"{len(labels)} groups ({', '.join(labels[:10])}) cannot fill "
@@ -259,16 +260,16 @@ def _groups(n_rows: int, n_folds: int, seed: int, groups: np.ndarray | None) -> 
     return fold_of_group[inverse]
 
 
-def _slices(n_rows: int, n_folds: int, seed: int, groups: np.ndarray | None) -> np.ndarray:
-    """One fold per slice: `groups` are the slice labels of `find_slices`."""
-    if groups is None or len(groups) != n_rows:
+def _slices(n_rows: int, n_folds: int, seed: int, labels: np.ndarray | None) -> np.ndarray:
+    """One fold per slice: `labels` are the slice labels of `find_slices`."""
+    if labels is None or len(labels) != n_rows:
         raise ValueError("the 'slices' splitter needs the slice of every row: use "
                          "split_rows('slices', y, ...) or find_slices(y)['labels']")
-    return np.unique(np.asarray(groups), return_inverse=True)[1].astype(np.int64)
+    return np.unique(np.asarray(labels), return_inverse=True)[1].astype(np.int64)
 
 
 SPLITTERS: dict[str, Callable[..., np.ndarray]] = {
-    "slices": _slices, "blocks": _blocks, "random": _random, "groups": _groups,
+    "slices": _slices, "blocks": _blocks, "random": _random, "file": _from_file,
 }
 
 
@@ -278,14 +279,14 @@ def list_splitters() -> list[str]:
 
 
 def split_rows(cv: str, y: np.ndarray, n_folds: int, seed: int = 0,
-               groups: Sequence | None = None) -> tuple[np.ndarray, str, str]:
+               labels: Sequence | None = None) -> tuple[np.ndarray, str, str]:
     """Folds for a CV splitter, the splitter actually used and a line saying how they were made.
 
     `slices` holds out one slice per fold, its edges found by `find_slices`; rows that show no
     slice structure (e.g. shuffled) fall back to N_FOLDS contiguous blocks, with a warning.
     """
     if cv != "slices":
-        folds = make_folds(cv, len(y), n_folds, seed, groups)
+        folds = make_folds(cv, len(y), n_folds, seed, labels)
         sizes = np.bincount(folds).tolist()
         return folds, cv, f"CV={cv!r}: {len(sizes)} folds of {sizes} rows"
     found = find_slices(y)
@@ -295,37 +296,38 @@ def split_rows(cv: str, y: np.ndarray, n_folds: int, seed: int = 0,
     message = (f"CV='slices': the rows show no slice structure along row order (shuffled rows?); "
                f"falling back to {n_folds} contiguous row blocks. If rows of one slice are not "
                "stored together, this CV is optimistic: neighbouring spots land on both sides. "
-               "Give the slices as CV='groups:<file.csv>' if you know them.")
+               "Give the slices as CV='file:<file.csv>' if you know them.")
     warnings.warn(message, stacklevel=2)
     return make_folds("blocks", len(y), n_folds, seed), "blocks", message
 
 
 def make_folds(cv: str, n_rows: int, n_folds: int, seed: int = 0,
-               groups: Sequence | None = None) -> np.ndarray:
-    """Fold index (0..n_folds-1) for every train row, by splitter name (`slices` and `groups`
-    take the label of every row as `groups`)."""
+               labels: Sequence | None = None) -> np.ndarray:
+    """Fold index (0..n_folds-1) for every train row, by splitter name (`slices` and `file`
+    take the label of every row as `labels`)."""
     name = cv.split(":", 1)[0]
     if name not in SPLITTERS:
         raise ValueError(f"unknown CV splitter {cv!r}; choose from {list_splitters()}")
     if not 2 <= n_folds <= n_rows:
         raise ValueError(f"N_FOLDS must be between 2 and the number of rows ({n_rows}); "
                          f"got {n_folds}")
-    groups = None if groups is None else np.asarray(groups)
-    return SPLITTERS[name](n_rows, n_folds, seed, groups)
+    labels = None if labels is None else np.asarray(labels)
+    return SPLITTERS[name](n_rows, n_folds, seed, labels)
 
 
-def read_groups(cv: str, train: pd.DataFrame, data_dir: Path | None = None) -> np.ndarray | None:
-    """Group labels for CV='groups:<file.csv>[:<column>]' (a CSV with ID and a group column).
+def read_fold_file(cv: str, train: pd.DataFrame,
+                   data_dir: Path | None = None) -> np.ndarray | None:
+    """Group labels for CV='file:<file.csv>[:<column>]' (a CSV with ID and a group column).
 
     The file is looked up as given, then in the data folder; without a column name the column
     `group`, else the last column, is used. Other splitters need no groups (None).
     """
-    if not cv.startswith("groups"):
+    if cv.split(":", 1)[0] != "file":
         return None
     spec = cv.partition(":")[2]
     if not spec:
-        raise ValueError("CV='groups' needs a file: 'groups:<file.csv>' or "
-                         "'groups:<file.csv>:<column>' with an ID column")
+        raise ValueError("CV='file' needs a file: 'file:<file.csv>' or "
+                         "'file:<file.csv>:<column>' with an ID column")
     name, _, column = spec.rpartition(":") if ":" in spec else (spec, "", "")
     path = next((p for p in (Path(name), Path(data_dir or ".") / name) if p.is_file()), None)
     if path is None:

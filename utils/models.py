@@ -1,29 +1,15 @@
-"""Models: timm backbones by name (hub pathology presets included) with their own
-preprocessing, pooled features with D4 TTA (cached on disk), gene-expression regressors with one
-head per gene group, and the correlation-aware losses they train with.
-
-Frozen features (ridge, retrieval) can be richer than the pooled embedding: FEATURE_STAGES adds
-the average-pooled maps of chosen backbone stages (timm's `forward_intermediates`, CNNs and
-ViTs), FEATURE_CROPS concatenates the features of centre crops resized up to the input, and
-STAIN_NORM="macenko" normalises every patch (torchstain) to a stain reference fitted, without
-labels, on training patches; patches with too little tissue are kept as they are and counted.
-Each is part of the feature cache's name and key.
+"""Models: timm backbones by name (pathology foundation models on the hub included, as
+`HUB_MODELS`) with their own preprocessing and magnification, and gene-expression regressors
+with one head per gene group.
 
 `GeneRegressor` takes uint8 (or 0–255 float) NCHW patches, applies the backbone's own
 preprocessing (`Preprocess`, from timm's data config), pools features with the backbone and maps
 them with one head per gene group to standardised expression (spots × genes, in the model's gene
 order). A head either predicts its genes directly or the top-K principal components of them,
-decoded by a fixed matrix (`TARGET = "pca:K"`). Per-gene mean and std are buffers, so a saved
+decoded by a fixed matrix (`TARGET_PCA = K`). Per-gene mean and std are buffers, so a saved
 state dict holds everything needed to predict. `ModelSpec` is the JSON recipe to rebuild a model
-(`model.json` in a run folder; weights beside it).
-
-The seed team's loss, on standardised targets (spots × genes):
-    α·MSE + β·(1 − mean per-gene Pearson r over the batch) + (1−α−β)·MSE(cov(pred), cov(true))
-where cov is the gene × gene covariance matrix over the batch. Every term is vectorized, safe for
-a batch of one spot and for constant columns (their r counts as 0, as in the metric). With gene
-groups each group's loss is computed on its own genes and the groups are averaged weighted by
-their size (the covariance term then only pairs genes of one group, as when one model is trained
-per group).
+(`model.json` in a run folder; weights beside it). Frozen features live in `utils.features`, the
+losses in `utils.losses`, devices and mixed precision in `utils.loop`.
 
 This module imports torch and timm; `import utils` does not import it.
 """
@@ -32,9 +18,8 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,30 +28,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.bootstrap import ensure
-from utils.config import (
-    FEATURE_DTYPES,
-    MPP_FITS,
-    check_loss_weights,
-    check_stain_norm,
-    parse_crops,
-)
-from utils.data import cache_dir_for, images_fingerprint, load_images
-from utils.paths import cached_array, read_json, resolve, write_json, write_with
+from utils.choices import MPP_FITS
+from utils.paths import resolve, write_with
 from utils.runs import read_model_info
 
-# Pathology foundation models, usable as BACKBONE by their preset name. Each preset names the
-# authors' timm architecture and arguments (as in the model's hub config.json, HEST and TRIDENT),
-# so it builds offline with PRETRAINED=False or a local weights file in timm layout; "hub" is
-# where PRETRAINED=True downloads from (network, and for gated models an accepted licence and a
+# Pathology foundation models, usable as BACKBONE by name. Each entry names the authors' timm
+# architecture and arguments (as in the model's hub config.json, HEST and TRIDENT), so it
+# builds offline with PRETRAINED=False or a local weights file in timm layout; "hub" is where
+# PRETRAINED=True downloads from (network, and for gated models an accepted licence and a
 # `huggingface_hub.login()`). "mean"/"std"/"interpolation" are the authors' preprocessing,
 # "pool" the embedding they prescribe ("cls": class token; "cls+mean": class token and mean of
 # the patch tokens, register tokens excluded), "dim" its size and "mpp" the microns per pixel
-# they trained at. Layer classes are named and resolved in `resolve_preset`.
+# they trained at. Layer classes are named and resolved in `resolve_hub_model`.
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 H_OPTIMUS = {"mean": (0.707223, 0.578729, 0.703617), "std": (0.211883, 0.230117, 0.177517)}
 SWIGLU = {"mlp_layer": "SwiGLUPacked", "act_layer": "SiLU"}
-HUB_PRESETS: dict[str, dict] = {
+HUB_MODELS: dict[str, dict] = {
     "uni": {"hub": "hf-hub:MahmoodLab/uni", "arch": "vit_large_patch16_224",  # ViT-L/16, gated
             "kwargs": {"img_size": 224, "init_values": 1e-5, "dynamic_img_size": True},
             **IMAGENET, "interpolation": "bilinear", "pool": "cls", "dim": 1024, "mpp": 0.5},
@@ -114,25 +91,25 @@ HUB_PRESETS: dict[str, dict] = {
                   **IMAGENET, "interpolation": "bilinear", "pool": "cls", "dim": 1024,
                   "mpp": 0.5},
 }
-# CONCH (MahmoodLab/CONCH) is an open_clip CoCa model, not a timm one: it is not a preset.
+# CONCH (MahmoodLab/CONCH) is an open_clip CoCa model, not a timm one: it is not in HUB_MODELS.
 POOLINGS = ("cls", "cls+mean")
 
 
-def resolve_preset(name: str) -> tuple[str, dict]:
-    """A preset name → (timm architecture, create_model kwargs); other names pass through."""
-    preset = HUB_PRESETS.get(name.lower())
-    if preset is None:
+def resolve_hub_model(name: str) -> tuple[str, dict]:
+    """A HUB_MODELS name → (timm architecture, create_model kwargs); other names pass through."""
+    hub_model = HUB_MODELS.get(name.lower())
+    if hub_model is None:
         return name, {}
     layers = {"SwiGLUPacked": timm.layers.SwiGLUPacked, "SiLU": nn.SiLU}
-    return preset["arch"], {k: layers.get(v, v) if isinstance(v, str) else v
-                            for k, v in preset["kwargs"].items()}
+    return hub_model["arch"], {k: layers.get(v, v) if isinstance(v, str) else v
+                               for k, v in hub_model["kwargs"].items()}
 
 
-def preset_overlay(preset: dict) -> dict:
-    """The preset's preprocessing as a timm pretrained_cfg overlay (what data_config reads)."""
-    size = preset["kwargs"].get("img_size", 224)
-    return {"mean": tuple(preset["mean"]), "std": tuple(preset["std"]),
-            "interpolation": preset["interpolation"], "input_size": (3, size, size),
+def hub_overlay(hub_model: dict) -> dict:
+    """A hub model's preprocessing as a timm pretrained_cfg overlay (what data_config reads)."""
+    size = hub_model["kwargs"].get("img_size", 224)
+    return {"mean": tuple(hub_model["mean"]), "std": tuple(hub_model["std"]),
+            "interpolation": hub_model["interpolation"], "input_size": (3, size, size),
             "crop_pct": 1.0}
 
 
@@ -159,17 +136,17 @@ def create_backbone(name: str, pretrained: bool | str = True, img_size: int | No
                     seed: int = 0, **kwargs) -> nn.Module:
     """A timm model without classifier (`num_classes=0`) that returns pooled features.
 
-    `name` is a timm model name, "hf-hub:<repo>" or a `HUB_PRESETS` name (which brings its
+    `name` is a timm model name, "hf-hub:<repo>" or a `HUB_MODELS` name (which brings its
     architecture, preprocessing and pooling). `pretrained` is True (download: timm's weights, or
-    the preset's hub repo), False (random init, seeded) or the path of a local weights file
+    the hub model's repo), False (random init, seeded) or the path of a local weights file
     (e.g. a Kaggle dataset), loaded through timm's pretrained_cfg_overlay. `img_size` is passed
     to models that take it (ViTs), so position embeddings match.
     """
     torch.manual_seed(seed)
-    preset = HUB_PRESETS.get(name.lower())
-    arch, preset_kwargs = resolve_preset(name)
-    kwargs = {"num_classes": 0, **preset_kwargs, **kwargs}
-    overlay = preset_overlay(preset) if preset else {}
+    hub_model = HUB_MODELS.get(name.lower())
+    arch, hub_kwargs = resolve_hub_model(name)
+    kwargs = {"num_classes": 0, **hub_kwargs, **kwargs}
+    overlay = hub_overlay(hub_model) if hub_model else {}
     if isinstance(pretrained, (str, os.PathLike)) and not isinstance(pretrained, bool):
         path = resolve(pretrained)
         if not path.is_file():
@@ -177,14 +154,14 @@ def create_backbone(name: str, pretrained: bool | str = True, img_size: int | No
         kwargs.update(pretrained=True, pretrained_cfg_overlay={**overlay, "file": str(path)})
     else:
         kwargs["pretrained"] = bool(pretrained)
-        if preset and pretrained:
-            if preset["hub"] is None:
+        if hub_model and pretrained:
+            if hub_model["hub"] is None:
                 raise ValueError(f"{name!r} has no timm weights on the hub: set PRETRAINED to a "
                                  "local weights file in timm layout (or False)")
-            arch = preset["hub"]
+            arch = hub_model["hub"]
         if overlay:
             kwargs["pretrained_cfg_overlay"] = overlay
-    if "img_size" in kwargs:  # a preset's own input size, unless IMG_SIZE says otherwise
+    if "img_size" in kwargs:  # a hub model's own input size, unless IMG_SIZE says otherwise
         img_size = kwargs.pop("img_size") if img_size is None else img_size
         kwargs.pop("img_size", None)
     try:
@@ -196,7 +173,7 @@ def create_backbone(name: str, pretrained: bool | str = True, img_size: int | No
         raise
     except OSError as err:  # the hub refused or could not be reached: say why and what to do
         raise HubAccessError(hub_error_message(arch, err)) from None
-    return set_pooling(model, preset["pool"]) if preset else model
+    return set_pooling(model, hub_model["pool"]) if hub_model else model
 
 
 class HubAccessError(RuntimeError):
@@ -334,347 +311,6 @@ def d4_views(x: torch.Tensor, tta: bool = True) -> Iterator[torch.Tensor]:
             yield torch.rot90(flipped, k, dims=(-2, -1))
 
 
-def default_device() -> torch.device:
-    """CUDA if available, then Apple MPS, else CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed-precision dtype: bf16 on GPUs with native bf16 (Ampere+), fp16 on older ones
-    (T4, P100: bf16 would only be emulated there), None (full precision) off CUDA."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-
-
-def autocast(device: torch.device):
-    """Mixed precision where it pays (see `amp_dtype`); off on CPU and MPS."""
-    dtype = amp_dtype(device)
-    if dtype is None:
-        return torch.autocast("cpu", enabled=False)
-    return torch.autocast("cuda", dtype=dtype)
-
-
-def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
-    """Loss scaling for fp16 training (a no-op for bf16 and full precision)."""
-    return torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
-
-
-def inference_batch_size(device: torch.device) -> int:
-    """Patches per forward pass: small on CPU (cache-friendly: 2x faster than 64 on 2 cores)."""
-    return 64 if device.type == "cuda" else 16
-
-
-def batch_from_memory(free_bytes: int, per_image_bytes: int, cap: int = 1024) -> int:
-    """The largest power of two of patches whose activations fill half the free memory."""
-    fit = max(1, int(0.5 * free_bytes // max(per_image_bytes, 1)))
-    return min(cap, 1 << (fit.bit_length() - 1))
-
-
-def auto_batch_size(model: nn.Module, preprocess: nn.Module, image_shape: tuple,
-                    device: torch.device) -> int:
-    """Inference batch size from free GPU memory (`torch.cuda.mem_get_info`) and the measured
-    peak memory of a 2-patch forward pass; the CPU default elsewhere."""
-    if device.type != "cuda":
-        return inference_batch_size(device)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    with torch.inference_mode(), autocast(device):
-        model(preprocess(torch.zeros((2, *image_shape), dtype=torch.uint8, device=device)))
-    per_image = (torch.cuda.max_memory_allocated(device) - base) // 2
-    return batch_from_memory(torch.cuda.mem_get_info(device)[0], per_image)
-
-
-def extract_features(model: nn.Module, images: np.ndarray, img_size: int | None = None,
-                     batch_size: int | None = None, tta: bool = True,
-                     device: torch.device | None = None, progress: bool = True,
-                     mpp: float | None = None, model_mpp: float | None = None,
-                     mpp_fit: str = "pad", stages: Sequence[int] | str | None = None,
-                     crops: Sequence[float] = (1.0,)) -> np.ndarray:
-    """Pooled features (N, D) float32 of uint8 (N, H, W, 3) patches, averaged over D4 views;
-    patches rescaled from `mpp` to `model_mpp` µm/px when that is set (`Preprocess`).
-
-    `stages` (FEATURE_STAGES) adds the average-pooled maps of those backbone stages before the
-    pooled embedding (`embed`); `crops` (FEATURE_CROPS) concatenates the features of each centre
-    crop, a fraction of the patch side resized to the input (1.0: the whole patch)."""
-    from tqdm import tqdm
-
-    device = device or default_device()
-    config = data_config(model, img_size, mpp, model_mpp, mpp_fit)
-    preprocess = Preprocess(config).to(device)
-    # Moved outside inference mode: the weights stay ordinary tensors the model can train with.
-    model = model.eval().to(device, memory_format=torch.channels_last)
-    indices = stage_indices(model, stages)
-    crops = parse_crops(crops)
-    shape = (images.shape[3], *images.shape[1:3]) if len(images) else (3, 1, 1)
-    batch_size = batch_size or auto_batch_size(model, preprocess, shape, device)
-    out = []
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(images), batch_size), desc="features", mininterval=10,
-                          disable=not progress):
-            x = torch.from_numpy(np.array(images[start:start + batch_size]))  # off the memmap
-            x = x.to(device).permute(0, 3, 1, 2)
-            parts = []
-            for fraction in crops:
-                view = preprocess(centre_crop(x, fraction))
-                with autocast(device):
-                    views = [embed(model, v, indices).float() for v in d4_views(view, tta)]
-                parts.append(torch.stack(views).mean(0))
-            out.append(torch.cat(parts, dim=1).cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
-
-
-def stage_indices(model: nn.Module, stages: Sequence[int] | str | None) -> list[int] | None:
-    """FEATURE_STAGES as sorted, non-negative indices into timm's `feature_info` (None: the
-    pooled embedding only); "all" is every stage, negative indices count from the last."""
-    if stages is None:
-        return None
-    info = getattr(model, "feature_info", None)
-    if not hasattr(model, "forward_intermediates") or not info:
-        raise ValueError(f"FEATURE_STAGES={stages!r}: {type(model).__name__} has no timm "
-                         "forward_intermediates; use FEATURE_STAGES=None with this backbone")
-    n = len(info)
-    if stages == "all":
-        return list(range(n))
-    chosen = [int(s) for s in ([stages] if isinstance(stages, (int, str)) else stages)]
-    if not chosen or any(not -n <= s < n for s in chosen):
-        raise ValueError(f"FEATURE_STAGES={stages!r}: this backbone has {n} stages, indices "
-                         f"{-n}..{n - 1} (or 'all')")
-    return sorted({s % n for s in chosen})
-
-
-def stage_channels(model: nn.Module, stages: Sequence[int] | str | None) -> int:
-    """The width of `embed`'s output: the chosen stages' channels plus the pooled embedding."""
-    indices = stage_indices(model, stages) or []
-    pooled = getattr(model, "head_hidden_size", None) or model.num_features  # e.g. MambaOut
-    return sum(model.feature_info[i]["num_chs"] for i in indices) + pooled
-
-
-def embed(model: nn.Module, x: torch.Tensor, indices: list[int] | None = None) -> torch.Tensor:
-    """The pooled embedding of a preprocessed batch, after the global average of each chosen
-    stage's feature map (timm's `forward_intermediates`: one forward pass, NCHW maps for CNNs
-    and ViTs alike); `indices` None is the model's own output."""
-    if indices is None:
-        return model(x)
-    try:
-        final, maps = model.forward_intermediates(x, indices=indices, output_fmt="NCHW")
-    except NotImplementedError as err:  # timm models that declare but do not implement it
-        raise ValueError(f"FEATURE_STAGES: {type(model).__name__} does not support "
-                         "forward_intermediates; use FEATURE_STAGES=None") from err
-    pooled = [m.float().mean(dim=(-2, -1)) for m in maps]
-    return torch.cat([*pooled, model.forward_head(final).float()], dim=1)
-
-
-def centre_crop(x: torch.Tensor, fraction: float) -> torch.Tensor:
-    """The centre `fraction` of an NCHW batch's height and width (at least 1 px; 1.0: x)."""
-    if fraction >= 1:
-        return x
-    h, w = x.shape[-2:]
-    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return x[..., top:top + ch, left:left + cw]
-
-
-# --- stain normalisation (STAIN_NORM) ---------------------------------------------------------
-
-STAIN_IO, STAIN_BETA, MIN_TISSUE = 240, 0.15, 0.05  # torchstain's Io and beta; tissue share
-
-
-def tissue_fraction(patch: np.ndarray, beta: float = STAIN_BETA) -> float:
-    """Share of a uint8 HWC patch's pixels with optical density ≥ beta in every channel (the
-    pixels Macenko estimates stains from)."""
-    od = -np.log((patch.reshape(-1, 3).astype(np.float32) + 1) / STAIN_IO)
-    return float(np.all(od >= beta, axis=1).mean())
-
-
-def stain_normaliser(reference: dict | None = None):
-    """A torchstain Macenko normaliser (torch backend), with `reference` stains if given."""
-    ensure("torchstain", "05's STAIN_NORM")  # on first use: the bundle or PyPI
-    from torchstain.torch.normalizers import TorchMacenkoNormalizer
-
-    normaliser = TorchMacenkoNormalizer()
-    if reference is not None:
-        normaliser.HERef = torch.tensor(reference["stains"], dtype=torch.float32)
-        normaliser.maxCRef = torch.tensor(reference["max_concentrations"], dtype=torch.float32)
-    return normaliser
-
-
-def fit_stain_reference(images: np.ndarray, n_sample: int = 64) -> dict:
-    """A label-free Macenko reference from training patches: the element-wise median of the
-    stain matrices (3 × 2, H and E) and 99th-percentile concentrations fitted on up to
-    `n_sample` evenly spaced patches with enough tissue (patches where the fit fails skipped)."""
-    normaliser, stains, maxima = stain_normaliser(), [], []
-    candidates = [i for i in np.linspace(0, len(images) - 1, min(len(images), 4 * n_sample),
-                                         dtype=int) if tissue_fraction(images[i]) >= MIN_TISSUE]
-    for i in candidates[:: max(1, len(candidates) // n_sample)][:n_sample]:
-        try:
-            normaliser.fit(torch.from_numpy(np.array(images[i])).permute(2, 0, 1))
-        except (RuntimeError, ValueError, IndexError):
-            continue
-        if torch.isfinite(normaliser.HERef).all() and torch.isfinite(normaliser.maxCRef).all():
-            stains.append(normaliser.HERef.numpy())
-            maxima.append(normaliser.maxCRef.numpy())
-    if not stains:
-        raise ValueError("STAIN_NORM='macenko': no training patch has enough tissue to fit a "
-                         "stain reference; use STAIN_NORM=None")
-    return {"stains": np.median(stains, axis=0).tolist(),
-            "max_concentrations": np.median(maxima, axis=0).tolist(), "n_fitted": len(stains)}
-
-
-def normalise_stains(images: np.ndarray, reference: dict) -> tuple[np.ndarray, int]:
-    """Macenko-normalised copies of uint8 (N, H, W, 3) patches to `reference`, and how many were
-    kept as they are: patches with too little tissue (background) or where the fit fails."""
-    normaliser, out, kept = stain_normaliser(reference), np.empty_like(images), 0
-    for i, patch in enumerate(images):
-        patch = np.array(patch)  # a writable copy (off a memmap)
-        out[i] = patch
-        if tissue_fraction(patch) < MIN_TISSUE:
-            kept += 1
-            continue
-        try:
-            norm, _, _ = normaliser.normalize(torch.from_numpy(patch).permute(2, 0, 1),
-                                              Io=STAIN_IO, beta=STAIN_BETA, stains=False)
-        except (RuntimeError, ValueError, IndexError):
-            kept += 1
-            continue
-        if (norm < 0).any():  # a NaN fit: torchstain casts to int, NaN becomes negative
-            kept += 1
-            continue
-        out[i] = norm.clamp(0, 255).to(torch.uint8).numpy()
-    return out, kept
-
-
-def mpp_tag(mpp: float | None, model_mpp: float | None, mpp_fit: str = "pad") -> str:
-    """The part of a cache name that says how patches were rescaled ("" when they were not)."""
-    return "" if model_mpp is None else f"_mpp{mpp:g}to{model_mpp:g}-{mpp_fit}"
-
-
-def feature_tag(stages: Sequence[int] | str | None = None, crops: Sequence[float] = (1.0,),
-                stain_norm: str | None = None) -> str:
-    """The part of a cache name that says which stages, crops and stain normalisation the
-    features have ("" for the defaults: the pooled embedding of the whole, unnormalised patch)."""
-    tag = ""
-    if stages is not None:
-        tag += "_stages-" + ("all" if stages == "all" else ".".join(str(int(i)) for i in stages))
-    if tuple(float(c) for c in crops) != (1.0,):
-        tag += "_crops-" + "-".join(f"{float(c):g}" for c in crops)
-    return tag + (f"_{stain_norm}" if stain_norm else "")
-
-
-def feature_cache_name(backbone: str, pretrained: bool | str, img_size: int | None, tta: bool,
-                       seed: int, split: str, mpp: float | None = None,
-                       model_mpp: float | None = None, mpp_fit: str = "pad",
-                       dtype: str = "float32", stages: Sequence[int] | str | None = None,
-                       crops: Sequence[float] = (1.0,), stain_norm: str | None = None) -> str:
-    """A file name that identifies what the features were computed with."""
-    if isinstance(pretrained, bool):
-        weights = "hub" if pretrained else f"random-seed{seed}"
-    else:
-        weights = "file-" + Path(pretrained).stem
-    slug = backbone.replace("hf-hub:", "hf-").replace("/", "--").replace(":", "-")
-    half = "" if dtype == "float32" else f"_{dtype}"
-    return (f"{slug}_{weights}_{img_size or 'default'}px{mpp_tag(mpp, model_mpp, mpp_fit)}"
-            f"{feature_tag(stages, crops, stain_norm)}_{'d4' if tta else 'noTTA'}{half}_"
-            f"{split}.npy")
-
-
-def feature_key(data, stages: Sequence[int] | str | None, crops: Sequence[float],
-                stain_norm: str | None) -> dict:
-    """What FEATURE_STAGES, FEATURE_CROPS and STAIN_NORM add to a feature cache key (nothing
-    at their defaults, so older caches stay valid); a stain reference is fitted on the train
-    images, so their fingerprint is part of every split's key."""
-    key = {}
-    if stages is not None:
-        key["stages"] = stages if stages == "all" else [int(i) for i in stages]
-    if tuple(float(c) for c in crops) != (1.0,):
-        key["crops"] = [float(c) for c in crops]
-    if stain_norm:
-        key.update(stain_norm=stain_norm, stain_reference=images_fingerprint(data, "train"))
-    return key
-
-
-def feature_cache_entry(data, split: str, backbone: str, pretrained: bool | str = True,
-                        img_size: int | None = None, tta: bool = True, seed: int = 0,
-                        mpp: float | None = None, model_mpp: float | None = None,
-                        mpp_fit: str = "pad", dtype: str = "float32",
-                        stages: Sequence[int] | str | None = None,
-                        crops: Sequence[float] = (1.0,),
-                        stain_norm: str | None = None) -> tuple[str, dict]:
-    """The cache file name and key of one split's features (what `cached_features` reads)."""
-    rescale = {"mpp": mpp, "model_mpp": model_mpp, "mpp_fit": mpp_fit}
-    design = {"stages": stages, "crops": parse_crops(crops),
-              "stain_norm": check_stain_norm(stain_norm)}
-    name = feature_cache_name(backbone, pretrained, img_size, tta, seed, split, **rescale,
-                              dtype=dtype, **design)
-    key = {"backbone": backbone, "pretrained": str(pretrained), "img_size": img_size,
-           "tta": tta, "seed": None if pretrained is not False else seed,
-           "images": images_fingerprint(data, split)}
-    if model_mpp is not None:  # keys without rescaling stay as before: old caches hold
-        key.update(rescale)
-    if dtype != "float32":
-        key["dtype"] = dtype
-    return name, {**key, **feature_key(data, **design)}
-
-
-def cached_features(data, backbone: str, pretrained: bool | str = True,
-                    img_size: int | None = None, tta: bool = True, seed: int = 0,
-                    batch_size: int | None = None, cache_dir: str | os.PathLike | None = None,
-                    mpp: float | None = None, model_mpp: float | None = None,
-                    mpp_fit: str = "pad", dtype: str = "float32",
-                    stages: Sequence[int] | str | None = None, crops: Sequence[float] = (1.0,),
-                    stain_norm: str | None = None) -> dict[str, np.ndarray]:
-    """Train and test features, computed once per backbone/weights/size/TTA/rescaling/stages/
-    crops/stain normalisation and then cached; `dtype="float16"` halves the cache (HEST's way
-    for 1–2.5 k-dim foundation-model embeddings); they are returned as float32 either way."""
-    if dtype not in FEATURE_DTYPES:
-        raise ValueError(f"FEATURE_DTYPE={dtype!r}: choose from {FEATURE_DTYPES}")
-    crops, stain_norm = parse_crops(crops), check_stain_norm(stain_norm)
-    folder = Path(cache_dir or cache_dir_for(data)) / "features"
-    model: list[nn.Module] = []  # built only if some split is not cached yet
-    rescale = {"mpp": mpp, "model_mpp": model_mpp, "mpp_fit": mpp_fit}
-    design = {"stages": stages, "crops": crops, "stain_norm": stain_norm}
-
-    def compute(images: np.ndarray, split: str) -> np.ndarray:
-        if not model:
-            model.append(create_backbone(backbone, pretrained, img_size, seed))
-        if stain_norm:
-            images = stain_normalised(data, images, split, cache_dir, folder)
-        return extract_features(model[0], images, img_size, batch_size, tta, **rescale,
-                                stages=stages, crops=crops).astype(dtype)
-
-    features = {}
-    for split in ("train", "test"):
-        name, key = feature_cache_entry(data, split, backbone, pretrained, img_size, tta, seed,
-                                        **rescale, dtype=dtype, **design)
-        images = load_images(data, split, cache_dir)
-        features[split] = cached_array(folder / name, key, partial(compute, images, split)
-                                       ).astype(np.float32)
-    return features
-
-
-def stain_normalised(data, images: np.ndarray, split: str, cache_dir: str | os.PathLike | None,
-                     folder: Path) -> np.ndarray:
-    """A split's patches Macenko-normalised to a reference fitted on the train patches (saved,
-    with how many patches of each split were kept as they are, in `stain_reference.json`)."""
-    path = folder / "stain_reference.json"
-    train_key = images_fingerprint(data, "train")
-    saved = read_json(path) if path.is_file() else {}
-    if saved.get("train_images") != train_key:
-        reference = fit_stain_reference(load_images(data, "train", cache_dir))
-        saved = {"train_images": train_key, "reference": reference, "kept_as_is": {}}
-    out, kept = normalise_stains(images, saved["reference"])
-    saved["kept_as_is"][split] = {"patches": len(images), "kept": kept}
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(path, saved)
-    print(f"STAIN_NORM='macenko': {kept} of {len(images)} {split} patches kept as they are "
-          f"(background or failed fit); reference from {saved['reference']['n_fitted']} train "
-          f"patches ({path})", flush=True)
-    return out
 
 
 # --- gene regressors --------------------------------------------------------------------------
@@ -803,19 +439,21 @@ def set_targets(model: GeneRegressor, y_train: np.ndarray) -> np.ndarray:
 
 
 
-def freeze_stages(model: GeneRegressor, n_stages: int) -> list[str]:
-    """Freeze the stem and the first stages of the backbone (timm's coarse parameter groups).
+def freeze_blocks(model: GeneRegressor, n_blocks: int) -> list[str]:
+    """Freeze the first `n_blocks` blocks of the backbone (FREEZE): its coarse parameter groups in
+    timm's `group_matcher` order, the stem (for ViTs the patch and position embeddings) first,
+    then one per stage of a CNN or per transformer block of a ViT.
 
     Frozen parameters get no gradient and their batch-norm statistics stay fixed. Returns the
     frozen parameter names.
     """
-    if n_stages <= 0:
+    if n_blocks <= 0:
         return []
     from timm.models import group_parameters
 
     backbone = model.backbone
     groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
-    names = [name for gid in sorted(groups)[:n_stages] for name in groups[gid]]
+    names = [name for gid in sorted(groups)[:n_blocks] for name in groups[gid]]
     params, modules = dict(backbone.named_parameters()), dict(backbone.named_modules())
     for name in names:
         params[name].requires_grad_(False)
@@ -858,75 +496,3 @@ def load_unit_model(run_dir: str | os.PathLike, unit: str,
     return load_weights(model, folder / entry["weights"]).eval()
 
 
-# --- losses ---------------------------------------------------------------------------------
-
-TERMS = ("mse", "pearson", "cov")
-EPS = 1e-8
-
-
-def mse_term(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over all entries."""
-    return (pred - target).pow(2).mean()
-
-
-def pearson_term(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 − mean over genes of the Pearson r across the batch's spots (constant columns: r = 0)."""
-    p = pred - pred.mean(dim=0, keepdim=True)
-    t = target - target.mean(dim=0, keepdim=True)
-    r = (p * t).sum(dim=0) * torch.rsqrt(p.pow(2).sum(dim=0) * t.pow(2).sum(dim=0) + EPS)
-    return 1.0 - r.mean()
-
-
-def covariance_term(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of the gene × gene covariance matrices of pred and target.
-
-    ||PᵀP − TᵀT||² = ||PPᵀ||² − 2||PTᵀ||² + ||TTᵀ||² for centred P, T, so only spot × spot
-    Gram matrices are formed: O(batch² · genes) time and memory instead of O(genes²).
-    """
-    n, genes = pred.shape
-    p = pred - pred.mean(dim=0, keepdim=True)
-    t = target - target.mean(dim=0, keepdim=True)
-    squared = (p @ p.T).pow(2).sum() - 2 * (p @ t.T).pow(2).sum() + (t @ t.T).pow(2).sum()
-    return squared.clamp_min(0) / (max(n - 1, 1) ** 2 * genes ** 2)
-
-
-class GeneLoss(nn.Module):
-    """α·MSE + β·(1 − Pearson) + (1−α−β)·covariance MSE, per gene group, size-weighted."""
-
-    def __init__(self, weights: Sequence[float] = (1.0, 0.0),
-                 groups: Sequence[np.ndarray] | None = None):
-        super().__init__()
-        alpha, beta = check_loss_weights(weights)
-        self.weights = {"mse": alpha, "pearson": beta, "cov": max(0.0, 1.0 - alpha - beta)}
-        self.groups = [torch.as_tensor(np.asarray(g), dtype=torch.long) for g in groups or []]
-
-    def forward(self, pred: torch.Tensor,
-                target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The weighted loss and each unweighted term (detached, NaN if not computed)."""
-        pred, target = pred.float(), target.float()
-        if not self.groups:
-            return self._combine(pred, target)
-        total, genes = pred.new_zeros(()), pred.shape[1]
-        parts = {k: pred.new_zeros(()) for k in TERMS}
-        for index in self.groups:
-            index = index.to(pred.device)
-            loss, group_parts = self._combine(pred[:, index], target[:, index])
-            share = len(index) / genes
-            total = total + share * loss
-            parts = {k: parts[k] + share * group_parts[k] for k in TERMS}
-        return total, parts
-
-    def _combine(self, pred: torch.Tensor,
-                 target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The weighted sum of the terms that have a weight (others are not computed)."""
-        functions = {"mse": mse_term, "pearson": pearson_term, "cov": covariance_term}
-        values = {k: functions[k](pred, target) for k in TERMS if self.weights[k] > 0}
-        total = sum(self.weights[k] * v for k, v in values.items())
-        nan = pred.new_full((), float("nan"))
-        return total, {k: values[k].detach() if k in values else nan for k in TERMS}
-
-
-def create_loss(weights: Sequence[float],
-                groups: Sequence[np.ndarray] | None = None) -> GeneLoss:
-    """The training loss for LOSS_WEIGHTS = (α, β), optionally per gene group."""
-    return GeneLoss(weights, groups)

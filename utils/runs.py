@@ -17,12 +17,13 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from utils.paths import as_json, read_json, resolve, save_npy, write_json
+from utils.choices import upgrade_config
+from utils.paths import as_json, read_json, resolve, run_dir, save_npy, write_json
 
 RUN_FILES = ("folds.npy", "oof.npy", "test_pred.npy", "cv.json", "config.json")
 
@@ -52,6 +53,14 @@ def save_run(run_dir: str | os.PathLike, config: dict, folds: np.ndarray, oof: n
         save_npy(folder / f"{name}.npy", np.asarray(array))
     write_json(folder / "cv.json", cv)
     write_json(folder / "config.json", config)
+    return folder
+
+
+def save_config(config) -> Path:
+    """A notebook's run folder (`config.run_dir`, created) with its resolved config written as
+    config.json (01 and 02 write it first; the training notebooks write it last)."""
+    folder = run_dir(config.run_dir)
+    write_json(folder / "config.json", asdict(config))
     return folder
 
 
@@ -142,8 +151,9 @@ def reuse_run(run_dir: str | os.PathLike, config: dict) -> Run | None:
     if not is_complete(run_dir):
         return None
     run = load_run(run_dir)
-    changed = {k: (run.config.get(k), v) for k, v in as_json(config).items()
-               if k != "overwrite" and run.config.get(k) != v}
+    saved = upgrade_config(run.config)  # parameters renamed since it was trained: today's names
+    changed = {k: (saved.get(k), v) for k, v in as_json(config).items()
+               if k != "overwrite" and saved.get(k) != v}
     if changed:
         raise FileExistsError(f"{run.path} holds a run with other parameters "
                               f"(saved, now): {changed}; set OVERWRITE=True or a new RUN_DIR")
@@ -176,8 +186,8 @@ def prepare_checkpoints(run_dir: str | os.PathLike, settings: dict, resume: bool
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(run / "weights", ignore_errors=True)
     saved = folder / "settings.json"
-    if saved.is_file() and read_json(saved) != settings:
-        old = read_json(saved)
+    if saved.is_file() and upgrade_config(read_json(saved)) != settings:
+        old = upgrade_config(read_json(saved))
         changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         raise ValueError(f"{folder} holds checkpoints of an unfinished run with other settings "
                          f"(saved, now): {changed}. Set RESUME=False to start over, or use "

@@ -1,19 +1,13 @@
-"""Foundation-model presets: the authors' architecture, pooling, embedding size and
-preprocessing, built offline (pretrained=False or a local weights file)."""
+"""Pathology foundation models on the hub (HUB_MODELS): the authors' architecture, pooling,
+embedding size and preprocessing, built offline (pretrained=False or a local weights file)."""
 
 import numpy as np
 import pytest
 import timm
 import torch
 
-from utils.models import (
-    HUB_PRESETS,
-    batch_from_memory,
-    create_backbone,
-    data_config,
-    resolve_preset,
-    set_pooling,
-)
+from utils.features import batch_from_memory
+from utils.models import HUB_MODELS, create_backbone, data_config, resolve_hub_model, set_pooling
 
 SMALL = ["phikon", "h0-mini"]  # ViT-B sized: quick to build on a CPU
 
@@ -26,35 +20,35 @@ def tiny_reg_vit(**kwargs) -> torch.nn.Module:
 
 @pytest.mark.parametrize("name", SMALL)
 def test_small_presets_build_and_give_the_documented_embedding(name):
-    preset = HUB_PRESETS[name]
+    hub_model = HUB_MODELS[name]
     model = create_backbone(name, pretrained=False).eval()
     with torch.inference_mode():
         out = model(torch.randn(2, 3, 224, 224))
-    assert out.shape == (2, preset["dim"]) and model.num_features == preset["dim"]
+    assert out.shape == (2, hub_model["dim"]) and model.num_features == hub_model["dim"]
     config = data_config(model)
-    assert config["mean"] == preset["mean"] and config["std"] == preset["std"]
+    assert config["mean"] == hub_model["mean"] and config["std"] == hub_model["std"]
     assert config["input_size"] == (3, 224, 224)
-    assert config["interpolation"] == preset["interpolation"]
+    assert config["interpolation"] == hub_model["interpolation"]
 
 
 def test_h_optimus_normalisation_is_its_own():
     for name in ("h-optimus-0", "h-optimus-0-mirror", "h0-mini"):
-        assert HUB_PRESETS[name]["mean"] == (0.707223, 0.578729, 0.703617)
-        assert HUB_PRESETS[name]["std"] == (0.211883, 0.230117, 0.177517)
-    assert HUB_PRESETS["uni"]["mean"] == (0.485, 0.456, 0.406)
+        assert HUB_MODELS[name]["mean"] == (0.707223, 0.578729, 0.703617)
+        assert HUB_MODELS[name]["std"] == (0.211883, 0.230117, 0.177517)
+    assert HUB_MODELS["uni"]["mean"] == (0.485, 0.456, 0.406)
 
 
-@pytest.mark.parametrize("name", sorted(HUB_PRESETS))
+@pytest.mark.parametrize("name", sorted(HUB_MODELS))
 def test_every_preset_resolves_to_an_offline_timm_architecture(name):
-    arch, kwargs = resolve_preset(name)
+    arch, kwargs = resolve_hub_model(name)
     assert arch in timm.list_models() and not arch.startswith("hf-hub:")
-    assert HUB_PRESETS[name]["pool"] in ("cls", "cls+mean")
+    assert HUB_MODELS[name]["pool"] in ("cls", "cls+mean")
     assert all(not isinstance(v, str) for k, v in kwargs.items() if k.endswith("_layer"))
-    assert HUB_PRESETS[name]["mpp"] == 0.5
+    assert HUB_MODELS[name]["mpp"] == 0.5
 
 
 def test_virchow2_arguments_give_class_plus_mean_of_patches_2560():
-    arch, kwargs = resolve_preset("virchow2")
+    arch, kwargs = resolve_hub_model("virchow2")
     assert kwargs["reg_tokens"] == 4 and kwargs["act_layer"] is torch.nn.SiLU
     model = timm.create_model(arch, pretrained=False, num_classes=0,
                               **{**kwargs, "depth": 1}).eval()  # one block: the same widths
@@ -90,7 +84,7 @@ def test_cls_pooling_is_the_class_token():
 
 
 def test_a_local_weights_file_works_for_a_preset(tmp_path, monkeypatch):
-    """A tiny preset-like entry (register ViT, own mean/std, cls+mean) loads a safetensors file
+    """A tiny hub model entry (register ViT, own mean/std, cls+mean) loads a safetensors file
     through create_backbone(name, pretrained=path), as a Kaggle user attaches weights."""
     from safetensors.torch import save_file
 
@@ -100,7 +94,7 @@ def test_a_local_weights_file_works_for_a_preset(tmp_path, monkeypatch):
             "kwargs": {"img_size": 56, "depth": 2, "embed_dim": 64, "num_heads": 2},
             "mean": (0.7, 0.6, 0.7), "std": (0.2, 0.2, 0.2), "interpolation": "bicubic",
             "pool": "cls+mean", "dim": 128, "mpp": 0.5}
-    monkeypatch.setitem(models.HUB_PRESETS, "tiny-path", tiny)
+    monkeypatch.setitem(models.HUB_MODELS, "tiny-path", tiny)
     source = tiny_reg_vit()
     save_file(source.state_dict(), tmp_path / "tiny.safetensors")
     loaded = create_backbone("tiny-path", pretrained=str(tmp_path / "tiny.safetensors"),
