@@ -445,23 +445,73 @@ def format_cv(cv: dict) -> str:
     return "\n".join(lines)
 
 
+INNER_BLOCKS = 3  # with 2-fold CV, candidates fitted on rows are chosen by CV over this many
+# contiguous blocks of the one other fold
+
+
 def nested_choice(folds: np.ndarray, held_out_scores: Callable[[list, int], np.ndarray],
                   n_candidates: int) -> tuple[list[int], np.ndarray]:
     """For each outer fold, the candidate whose inner-CV score over the other folds is best
     (`held_out_scores(fit_folds, k)` scores every candidate fitted on fit_folds on fold k);
-    plus the outer curve (each candidate fitted without fold k, scored on k, mean over k)."""
+    plus the outer curve (each candidate fitted without fold k, scored on k, mean over k).
+
+    With 2 folds there is one other fold: each outer fold chooses on it alone (candidates fitted
+    and scored on it, `held_out_scores([j], j)`): in-sample for that fold, never the scored one.
+    """
     ids = [int(k) for k in np.unique(folds)]
-    if n_candidates > 1 and len(ids) < 3:
-        raise ValueError(f"choosing among {n_candidates} candidates by nested CV needs at "
-                         f"least 3 folds; the runs have {len(ids)} (retrain with N_FOLDS >= 3, "
-                         "or give a single SHRINK and POSTPROCESS = [])")
     choices, curve = [], []
     for k in ids:
         others = [j for j in ids if j != k]
-        if n_candidates > 1:
+        if n_candidates == 1:
+            choices.append(0)
+        elif len(others) == 1:
+            choices.append(int(np.argmax(held_out_scores(others, others[0]))))
+        else:
             inner = [held_out_scores([i for i in others if i != j], j) for j in others]
             choices.append(int(np.argmax(np.mean(inner, axis=0))))
-        else:
-            choices.append(0)
         curve.append(held_out_scores(others, k))
     return choices, np.mean(curve, axis=0)
+
+
+def inner_folds(folds: np.ndarray, k: int) -> np.ndarray:
+    """The inner folds for choosing without outer fold k: every other row keeps its fold, or, if
+    only one fold is left (2-fold CV), goes to one of INNER_BLOCKS contiguous blocks of it; the
+    rows of fold k get -1."""
+    folds = np.asarray(folds)
+    inner = np.where(folds == k, -1, folds).astype(np.int64)
+    rest = np.flatnonzero(folds != k)
+    if len(np.unique(folds[rest])) == 1:
+        inner[rest] = make_folds("blocks", len(rest), max(2, min(INNER_BLOCKS, len(rest) // 2)))
+    return inner
+
+
+def nested_choice_on_rows(folds: np.ndarray,
+                          held_out_scores: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                          n_candidates: int) -> tuple[list[int], np.ndarray]:
+    """`nested_choice` for candidates fitted on training rows (ridge alphas, retrieval's k):
+    `held_out_scores(fit_rows, held_rows)` (boolean masks) scores every candidate fitted on
+    fit_rows on held_rows. Each outer fold chooses by CV over `inner_folds`: the other folds,
+    or with 2 folds contiguous blocks of the other one (fitting and scoring on one fold would
+    always pick the least regularised candidate)."""
+    choices, curve = [], []
+    for k in np.unique(folds):
+        inner = inner_folds(folds, k)
+        if n_candidates == 1:
+            choices.append(0)
+        else:
+            scores = [held_out_scores((inner >= 0) & (inner != j), inner == j)
+                      for j in np.unique(inner[inner >= 0])]
+            choices.append(int(np.argmax(np.mean(scores, axis=0))))
+        curve.append(held_out_scores(folds != k, folds == k))
+    return choices, np.mean(curve, axis=0)
+
+
+def selection_rule(folds: np.ndarray, n_candidates: int, on_rows: bool = False) -> str:
+    """How `nested_choice` (or, `on_rows`, `nested_choice_on_rows`) chose for these folds: the
+    `selection` that cv.json records beside each fold's choice."""
+    if n_candidates == 1:
+        return "fixed (one candidate)"
+    if len(np.unique(folds)) > 2:
+        return "nested"
+    return (f"nested (2 folds: CV over {INNER_BLOCKS} blocks of the other fold)" if on_rows
+            else "2 folds: chosen on the other fold alone")

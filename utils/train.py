@@ -53,11 +53,12 @@ from utils.metric import (
     KEYS,
     make_folds,
     max_gene_floor,
-    nested_choice,
+    nested_choice_on_rows,
     pearson_genes,
     read_groups,
     score,
     score_folds,
+    selection_rule,
     split_rows,
     top_genes,
 )
@@ -195,34 +196,32 @@ def _alpha_scores(fit: RidgePath, x: np.ndarray, y: np.ndarray,
 def cv_ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.ndarray,
              alphas: tuple[float, ...], pca_dim: int | None = None,
              splitter: str = "blocks", target_dim: int | None = None) -> RidgeResult:
-    """Nested CV: each outer fold picks alpha on the other folds, then predicts its own rows.
+    """Nested CV: each outer fold picks alpha on the other folds (with 2 folds: on contiguous
+    blocks of the other fold, `nested_choice_on_rows`), then predicts its own rows.
 
     The test model is fitted on all rows with the alpha whose mean per-fold score is best.
     """
-    ids = np.unique(folds)
-    fits: dict[frozenset, RidgePath] = {}  # inner fit without {k, j} serves both k and j
+    fits: dict[bytes, RidgePath] = {}  # an inner fit without folds {k, j} serves k and j
 
-    def fit_without(held: frozenset) -> RidgePath:
-        if held not in fits:
-            rows = ~np.isin(folds, list(held))
-            fits[held] = fit_ridge_path(x[rows], y[rows], pca_dim, target_dim)
-        return fits[held]
+    def fit_on(rows: np.ndarray) -> RidgePath:
+        key = np.packbits(rows).tobytes()
+        if key not in fits:
+            fits[key] = fit_ridge_path(x[rows], y[rows], pca_dim, target_dim)
+        return fits[key]
 
-    oof, curve, fold_alphas = np.zeros(y.shape, np.float32), [], []
-    for k in ids:
-        inner = np.mean([_alpha_scores(fit_without(frozenset((k, j))), x[folds == j],
-                                       y[folds == j], alphas) for j in ids if j != k], axis=0)
-        best = alphas[int(np.argmax(inner))]
-        outer = fit_without(frozenset((k,)))
-        oof[folds == k] = outer.predict(x[folds == k], best)
-        curve.append(_alpha_scores(outer, x[folds == k], y[folds == k], alphas))
-        fold_alphas.append(best)
-    mean_curve = np.mean(curve, axis=0)
+    def held_out_scores(fit_rows: np.ndarray, held_rows: np.ndarray) -> np.ndarray:
+        return _alpha_scores(fit_on(fit_rows), x[held_rows], y[held_rows], alphas)
+
+    choices, mean_curve = nested_choice_on_rows(folds, held_out_scores, len(alphas))
+    oof, fold_alphas = np.zeros(y.shape, np.float32), [alphas[c] for c in choices]
+    for k, best in zip(np.unique(folds), fold_alphas):
+        oof[folds == k] = fit_on(folds != k).predict(x[folds == k], best)
     alpha = alphas[int(np.argmax(mean_curve))]
     test_pred = fit_ridge_path(x, y, pca_dim, target_dim).predict(x_test, alpha)
     cv = score_folds(y, oof, folds, splitter)
+    rule = selection_rule(folds, len(alphas), on_rows=True)
     for parts, fold_alpha in zip(cv["folds"], fold_alphas):
-        parts.update(alpha=fold_alpha, selection="nested")
+        parts.update(alpha=fold_alpha, selection=rule)
     return RidgeResult(oof, test_pred, cv, alpha, fold_alphas,
                        {"alpha": list(alphas), "score": mean_curve.tolist()})
 
@@ -263,16 +262,16 @@ def neighbour_predictions(x_train: np.ndarray, y_train: np.ndarray, x_query: np.
 def cv_retrieval(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.ndarray,
                  neighbours: tuple[int, ...], temperatures: tuple[float, ...],
                  splitter: str = "blocks") -> RecipeResult:
-    """Nested CV: each outer fold picks (k, temperature) on the other folds, then predicts its
-    own rows from the other folds' spots; the test set uses the pair with the best mean."""
+    """Nested CV: each outer fold picks (k, temperature) on the other folds (with 2 folds: on
+    blocks of the other fold), then predicts its own rows from the other folds' spots; the test
+    set uses the pair with the best mean."""
     pairs = [(k, t) for k in neighbours for t in temperatures]
 
-    def held_out_scores(fit_folds: list, held: int) -> np.ndarray:
-        fit, rows = np.isin(folds, fit_folds), folds == held
+    def held_out_scores(fit: np.ndarray, rows: np.ndarray) -> np.ndarray:
         preds = neighbour_predictions(x[fit], y[fit], x[rows], neighbours, temperatures)
         return np.array([score(y[rows], p)["score"] for p in preds])
 
-    choices, curve = nested_choice(folds, held_out_scores, len(pairs))
+    choices, curve = nested_choice_on_rows(folds, held_out_scores, len(pairs))
     oof = np.zeros(y.shape, np.float32)
     for held, choice in zip(np.unique(folds), choices):
         rows = folds == held
@@ -283,7 +282,7 @@ def cv_retrieval(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.nda
     cv = score_folds(y, oof, folds, splitter)
     for parts, choice in zip(cv["folds"], choices):
         parts.update(neighbours=pairs[choice][0], temperature=pairs[choice][1],
-                     selection="nested")
+                     selection=selection_rule(folds, len(pairs), on_rows=True))
     details = {"neighbours": k, "temperature": t,
                "curve": {f"{a}@{b:g}": float(s) for (a, b), s in zip(pairs, curve)}}
     return RecipeResult(oof, test_pred, cv, details)
