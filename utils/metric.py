@@ -485,6 +485,19 @@ def inner_folds(folds: np.ndarray, k: int) -> np.ndarray:
     return inner
 
 
+def stopping_rows(folds: np.ndarray, k: int, fraction: float) -> np.ndarray:
+    """Rows held out of fold k's training to stop it early and choose its epoch on: the last
+    `fraction` of every other fold's rows in row order (a band of each slice; at least 2 rows
+    of a fold, and at least 2 left to train on). Never a row of fold k."""
+    parts = []
+    for j in np.unique(folds):
+        rows = np.flatnonzero(folds == j)
+        if j != k:
+            parts.append(rows[len(rows) - min(max(2, round(fraction * len(rows))),
+                                              max(len(rows) - 2, 0)):])
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
 def nested_choice_on_rows(folds: np.ndarray,
                           held_out_scores: Callable[[np.ndarray, np.ndarray], np.ndarray],
                           n_candidates: int) -> tuple[list[int], np.ndarray]:

@@ -10,12 +10,15 @@ the official metric costs little.
 "models", the seed team's way) is a *unit*. `fit_unit` fits the unit's target scaling on its
 training rows, optionally starts the heads from a ridge linear probe, trains with the loop
 below (AdamW, warmup + cosine, mixed precision, gradient accumulation, clipping, EMA), scores the
-validation rows with the official metric after every epoch (epoch 0 is the starting point),
-keeps the best weights and stops early. After every epoch `last.pt` holds the full training
-state, written atomically; the data order and augmentations of an epoch are seeded from (SEED,
-unit, epoch), so a killed run resumed from its last checkpoint ends exactly as an uninterrupted
-one. Besides the run files (`utils.runs`) it writes model.json, weights/, history.json,
-curves.png and checkpoints/.
+validation rows with the official metric after every epoch (epoch 0 is the starting point)
+and keeps every epoch's weights. With PATIENCE it also scores its *stopping rows* (the last 15 %
+of each training fold's rows, held out of its training), stops when they have not improved for
+PATIENCE epochs and takes its OOF epoch from them: nothing a fold's OOF predictions depend on
+reads that fold's labels (tests/conftest.assert_label_invariant checks it). After every epoch
+`last.pt` holds the full training state, written atomically; the data order and augmentations
+of an epoch are seeded from (SEED, unit, epoch), so a killed run resumed from its last
+checkpoint ends exactly as an uninterrupted one. Besides the run files (`utils.runs`) it
+writes model.json, weights/, history.json, curves.png and checkpoints/.
 
 Mixed precision follows `utils.models.amp_dtype` (bf16 on Ampere+, fp16 with loss scaling on
 T4/P100, off on CPU). With more than one device (DEVICES, default: every visible GPU, e.g.
@@ -60,6 +63,7 @@ from utils.metric import (
     score_folds,
     selection_rule,
     split_rows,
+    stopping_rows,
     top_genes,
 )
 from utils.models import (
@@ -322,16 +326,20 @@ def train_ridge(cfg: TrainConfig, data: KitData, folds: np.ndarray,
 # --- fine-tuning: the recipe ----------------------------------------------------------------
 
 NOT_TRAINING = ("run_dir", "overwrite", "resume", "num_workers", "devices", "data_dir")
+STOPPING_FRACTION = 0.15  # with PATIENCE: share of each training fold's rows (its last rows)
+# held out of a unit's training, to stop it early and choose its OOF epoch on
 
 
 def train_finetune(cfg: TrainConfig, data: KitData, folds: np.ndarray,
                    splitter: str) -> RecipeResult:
     """Fine-tuned backbone + gene-group heads per fold; resumable. Every unit is trained and its
-    weights kept after every epoch; then each fold's OOF predictions come from the epoch chosen
-    without that fold (the best epoch of the other folds' mean validation curve) and the test
-    predictions from the epoch chosen on all folds (`choose_epochs`)."""
+    weights kept after every epoch; each fold's OOF predictions come from an epoch chosen without
+    its labels: with PATIENCE, the best epoch on rows held out of the unit's own training rows
+    (which also stop it early), else the last; the test predictions from the epoch best on all
+    folds' curves (`choose_epochs`)."""
     images, test_images = load_images(data, "train"), load_images(data, "test")
-    units = plan_units(folds, resolve_groups(cfg, data, folds), cfg.group_mode)
+    units = plan_units(folds, resolve_groups(cfg, data, folds), cfg.group_mode,
+                       STOPPING_FRACTION if cfg.patience else 0.0)
     run = resolve(cfg.run_dir)
     checkpoints = prepare_checkpoints(run, checkpoint_settings(cfg, data), cfg.resume)
     watch = Stopwatch(checkpoints / "elapsed.json")
@@ -376,13 +384,18 @@ def resolve_groups(cfg: TrainConfig, data: KitData,
 
 
 def plan_units(folds: np.ndarray, groups_by_fold: dict[int, dict[str, np.ndarray]],
-               group_mode: str) -> list[Unit]:
-    """The models to train: one per fold ("heads") or one per fold and group ("models")."""
+               group_mode: str, stopping_fraction: float = 0.0) -> list[Unit]:
+    """The models to train: one per fold ("heads") or one per fold and group ("models"); with
+    `stopping_fraction`, each keeps that share of its training rows out of training, to stop on
+    (`utils.metric.stopping_rows`)."""
     units: list[Unit] = []
     for k in np.unique(folds):
         groups = groups_by_fold[int(k)]
         n_genes = sum(len(cols) for cols in groups.values())
-        rows = {"train_idx": np.flatnonzero(folds != k), "val_idx": np.flatnonzero(folds == k)}
+        held = (stopping_rows(folds, k, stopping_fraction) if stopping_fraction
+                else np.zeros(0, np.int64))
+        train_rows = np.setdiff1d(np.flatnonzero(folds != k), held)
+        rows = {"train_idx": train_rows, "val_idx": np.flatnonzero(folds == k), "stop_idx": held}
         if group_mode == "heads":
             units.append(Unit(f"fold{k}", len(units), int(k), genes=np.arange(n_genes),
                               heads=dict(groups), **rows))
@@ -442,14 +455,11 @@ def run_details(cfg: TrainConfig, units: list[Unit], choice: dict[str, dict],
 
 def train_units(cfg: TrainConfig, units: list[Unit], images: np.ndarray, y: np.ndarray,
                 checkpoints: Path, watch: Stopwatch | None = None) -> dict[str, list[dict]]:
-    """Train every unit in turn (each one's last epoch from the units before it, PATIENCE);
-    returns their epoch histories. A unit trained before is read back, not trained again."""
-    histories: dict[str, list[dict]] = {}
-    for unit in units:
-        last = stop_epoch(unit, units, histories, cfg.epochs, cfg.patience)
-        histories[unit.name] = train_unit(unit, cfg, images, y, checkpoints / unit.name, last,
-                                          watch)
-    return histories
+    """Train every unit in turn, each on its own (up to EPOCHS; with PATIENCE it stops on its
+    own stopping rows, `stop_epoch`): no unit's length depends on another's curve. Returns their
+    epoch histories. A unit trained before is read back, not trained again."""
+    return {unit.name: train_unit(unit, cfg, images, y, checkpoints / unit.name, cfg.epochs,
+                                  watch) for unit in units}
 
 
 # --- fine-tuning: several devices -----------------------------------------------------------
@@ -560,6 +570,9 @@ class Unit:
     genes: np.ndarray  # column indices into the data's genes
     heads: dict[str, np.ndarray]  # head name → positions in `genes`
     group: str | None = None
+    # rows of the other folds held out of training (PATIENCE), scored after every epoch to stop
+    # and choose the OOF epoch on; empty: none
+    stop_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def train_unit(unit: Unit, cfg, images: np.ndarray, y: np.ndarray, folder: Path,
@@ -581,6 +594,8 @@ def train_unit(unit: Unit, cfg, images: np.ndarray, y: np.ndarray, folder: Path,
         dataset = PatchDataset(images, setup["z"], unit.train_idx, setup["transform"])
         workers = loader_workers(cfg.num_workers, device)
         for epoch in range(state["epoch"] + 1, last_epoch + 1):
+            if epoch > stop_epoch(state["history"], last_epoch, cfg.patience):
+                break
             seed = epoch_seed(cfg.seed, unit.index, epoch)
             seed_everything(seed)
             loader = make_loader(dataset, batch_size, seed, workers, device)
@@ -602,43 +617,43 @@ def train_unit(unit: Unit, cfg, images: np.ndarray, y: np.ndarray, folder: Path,
     return read_json(folder / "history.json")
 
 
-def stop_epoch(unit: Unit, units: list[Unit], histories: dict[str, list[dict]], epochs: int,
-               patience: int | None) -> int:
-    """The last epoch to train a unit: EPOCHS, or, with PATIENCE, `patience` epochs past the best
-    epoch of the mean validation curve of the units of other folds trained so far (same gene
-    group). Early stopping never looks at the unit's own validation rows."""
-    if not patience:
-        return epochs
-    done = [u for u in units if u.name in histories and u.fold != unit.fold]
-    same = [u for u in done if u.group == unit.group]
-    others = [histories[u.name] for u in (same or done)]
-    if not others:
-        return epochs
-    common = min(len(h) for h in others)
-    curve = np.mean([[row["val_score"] for row in h[:common]] for h in others], axis=0)
-    return min(epochs, int(np.argmax(curve)) + patience)
+def stop_epoch(history: list[dict], epochs: int, patience: int | None) -> int:
+    """The last epoch to train a unit, given its epochs so far: EPOCHS, or, with PATIENCE,
+    `patience` epochs past the best epoch of its own stopping rows (`stop_score`: rows of the
+    other folds held out of its training), never another unit's curve nor its scored fold. In a
+    data-parallel run process 0 (which scores) decides for every process."""
+    last = epochs
+    if patience and history and "stop_score" in history[-1]:
+        last = min(epochs, int(np.argmax([row["stop_score"] for row in history])) + patience)
+    if world()[1] > 1:
+        shared = [last]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        last = shared[0]
+    return last
 
 
 def choose_epochs(units: list[Unit], histories: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per unit: the epoch of its OOF predictions, chosen on the mean validation curve of the
-    other folds' units of its group (nested: never on its own rows), and the epoch of its test
-    predictions, chosen on the mean curve of all folds; plus its own best epoch (optimistic)."""
+    """Per unit: the epoch of its OOF predictions, chosen without its fold's labels (the best
+    epoch of its own stopping rows with PATIENCE, else its last epoch), and the epoch of its test
+    predictions, chosen on the mean validation curve of all folds' units of its group (over the
+    epochs all of them trained); plus its own best epoch (optimistic)."""
     choice, folds = {}, {u.fold for u in units}
     for unit in units:
         peers = [u for u in units if u.group == unit.group]
         if {u.fold for u in peers} != folds:  # fold-aware groups differ by fold: pool each fold
             peers = units
         common = min(len(histories[u.name]) for u in peers)
-        curves = {fold: np.mean([[row["val_score"] for row in histories[u.name][:common]]
-                                 for u in peers if u.fold == fold], axis=0)
-                  for fold in sorted({u.fold for u in peers})}
-        others = [curve for fold, curve in curves.items() if fold != unit.fold]
-        own = np.array([row["val_score"] for row in histories[unit.name]])
+        test_curve = np.mean([[row["val_score"] for row in histories[u.name][:common]]
+                              for u in peers], axis=0)
+        history = histories[unit.name]
+        own = np.array([row["val_score"] for row in history])
+        stopping = [row["stop_score"] for row in history if "stop_score" in row]
+        chosen = (int(np.argmax(stopping)), "stopping rows (nested)") \
+            if len(stopping) == len(history) else (history[-1]["epoch"], "last epoch")
         choice[unit.name] = {
-            "oof_epoch": int(np.argmax(np.mean(others, axis=0))) if others else common - 1,
-            "test_epoch": int(np.argmax(np.mean(list(curves.values()), axis=0))),
+            "oof_epoch": chosen[0], "test_epoch": int(np.argmax(test_curve)),
             "best_epoch_on_fold": int(np.argmax(own)), "best_score_on_fold": float(own.max()),
-            "selection": "nested" if others else "last epoch (single fold)"}
+            "selection": chosen[1]}
     return choice
 
 
@@ -770,10 +785,14 @@ def _end_epoch(unit: Unit, cfg, step: Stepper, images: np.ndarray, y: np.ndarray
         wait_for_others()
         return
     model = step.ema.module if step.ema is not None else step.model
-    pred = to_original(model, predict(model, images, unit.val_idx, device=step.device))
-    parts = score(y[unit.val_idx][:, unit.genes], pred)
+    rows = np.concatenate([unit.val_idx, unit.stop_idx])  # one pass over both
+    pred = to_original(model, predict(model, images, rows, device=step.device))
+    parts = score(y[unit.val_idx][:, unit.genes], pred[:len(unit.val_idx)])
     row = {"unit": unit.name, "fold": unit.fold, "group": unit.group, **stats,
            **{f"val_{k}": v for k, v in parts.items()}}
+    if len(unit.stop_idx):
+        row["stop_score"] = score(y[unit.stop_idx][:, unit.genes],
+                                  pred[len(unit.val_idx):])["score"]
     state["history"].append(row)
     state["epoch"] = stats["epoch"]
     save_weights(model, epoch_weights(folder, stats["epoch"]))
@@ -795,8 +814,9 @@ def format_epoch(row: dict, history: list[dict]) -> str:
         f"loss {row['loss']:.4f} ({terms}), {row['images_per_s']:.1f} img/s{speed}; ")
     parts = " ".join(f"{k} {row['val_' + k]:.3f}" for k in ("cells", "max_gene", "heg50",
                                                               "hvg50"))
+    stop = f"; stopping rows {row['stop_score']:.4f}" if "stop_score" in row else ""
     return (f"{row['unit']} epoch {row['epoch']}: {train}val score {row['val_score']:.4f} "
-            f"({parts})")
+            f"({parts}){stop}")
 
 
 def to_original(model: nn.Module, z: np.ndarray) -> np.ndarray:
@@ -1134,8 +1154,9 @@ def plot_alpha_curve(curve: dict):
 
 
 def plot_history(history: list[dict], choice: dict[str, dict] | None = None):
-    """Training loss and validation score per epoch, one line per unit; ★ marks the epoch a
-    unit's OOF predictions come from (chosen on the other folds' curves), ○ its own best."""
+    """Training loss and validation score per epoch, one line per unit (dotted: its stopping
+    rows, with PATIENCE); ★ marks the epoch a unit's OOF predictions come from (chosen without
+    its fold: best on its stopping rows, or its last), ○ its own best."""
     fig, (left, right) = figure(10, 3.5, ncols=2)
     for name in dict.fromkeys(row["unit"] for row in history):
         rows = [row for row in history if row["unit"] == name]
@@ -1144,6 +1165,8 @@ def plot_history(history: list[dict], choice: dict[str, dict] | None = None):
                   label=name)
         epochs, scores = [r["epoch"] for r in rows], [r["val_score"] for r in rows]
         line, = right.plot(epochs, scores, "o-", ms=3, label=name)
+        if all("stop_score" in r for r in rows):
+            right.plot(epochs, [r["stop_score"] for r in rows], ":", color=line.get_color())
         best = int(np.argmax(scores))
         right.plot(epochs[best], scores[best], "o", ms=10, mfc="none", color=line.get_color())
         if choice and name in choice:
