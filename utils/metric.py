@@ -262,40 +262,46 @@ def find_change_points(x: np.ndarray, window: int, ratio: float = CHANGE_RATIO,
 
 
 def find_slices(y: np.ndarray, max_slices: int = MAX_SLICES, ratio: float = SLICE_RATIO,
-                min_fraction: float = MIN_SLICE_FRACTION,
-                n_pcs: int = SLICE_SIGNAL_PCS) -> dict | None:
+                min_fraction: float = MIN_SLICE_FRACTION, n_pcs: int = SLICE_SIGNAL_PCS,
+                verbose: bool = True) -> dict | None:
     """Slice edges along row order from the expression alone, or None if the rows show none.
 
     The signals are the total expression and the first principal components of the standardised
     expression; `detect_change_points` finds their lasting shifts, every slice at least
     `min_fraction` of the rows (so a small region at a slice's end is not taken for a slice) and
     every edge's jump at least `ratio` × the median jump of neighbouring windows (window n/50).
-    Slices may differ in size. Shuffled rows have no such edge (None). Prints what it found and
-    how sure it is: each edge's jump against `ratio`, and the strongest jump it rejected.
+    Slices may differ in size. Shuffled rows have no such edge (None). Prints (`verbose`) what
+    it found and how sure it is: each edge's jump against `ratio`, the strongest it rejected.
     """
+    found = _slice_edges(np.asarray(y), max_slices, ratio, min_fraction, n_pcs)
+    if verbose:
+        print(f"find_slices: {describe_slices(found)}", flush=True)
+    return found if found["edges"] else None
+
+
+def _slice_edges(y: np.ndarray, max_slices: int = MAX_SLICES, ratio: float = SLICE_RATIO,
+                 min_fraction: float = MIN_SLICE_FRACTION,
+                 n_pcs: int = SLICE_SIGNAL_PCS) -> dict:
+    """find_slices' answer, with no edges (and the strongest rejected jump) when it finds none."""
     n = len(y)
     window = max(10, n // 50)
-    if n < 4 * window:
-        return None
-    min_size = max(window, int(np.ceil(min_fraction * n)))
-    found = detect_change_points(row_signals(y, n_pcs=n_pcs).to_numpy(), window, ratio,
-                                 max_slices - 1, min_size)
-    if not found["edges"]:
-        print(f"find_slices: no slice edge (strongest jump {found['rejected']} × the median, "
-              f"below {ratio:g})", flush=True)
-        return None
+    found = {"edges": [], "jumps": [], "rejected": 0.0}
+    if n >= 4 * window:
+        min_size = max(window, int(np.ceil(min_fraction * n)))
+        found = detect_change_points(row_signals(y, n_pcs=n_pcs).to_numpy(), window, ratio,
+                                     max_slices - 1, min_size)
     bounds = [0, *found["edges"], n]
-    found = {**found, "ratio": ratio, "window": window, "sizes": np.diff(bounds).tolist(),
-             "labels": np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))}
-    print(f"find_slices: {describe_slices(found)}", flush=True)
-    return found
+    return {**found, "ratio": ratio, "window": window, "sizes": np.diff(bounds).tolist(),
+            "labels": np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))}
 
 
 def describe_slices(found: dict | None) -> str:
     """One line on what `find_slices` found and how sure it is."""
-    if found is None:
-        return "no slice structure along row order"
-    ratio = found.get("ratio", SLICE_RATIO)
+    ratio = SLICE_RATIO if found is None else found.get("ratio", SLICE_RATIO)
+    if found is None or not found["edges"]:
+        strongest = "" if found is None else f" (strongest jump {found['rejected']} × the median"
+        return ("no slice structure along row order" + strongest
+                + (f", an edge needs {ratio:g})" if strongest else ""))
     return (f"{len(found['sizes'])} slices of {found['sizes']} rows; edges at rows "
             f"{found['edges']} (jumps {found['jumps']} × the median, window {found['window']}; "
             f"an edge needs {ratio:g}, the weakest has {min(found['jumps']) / ratio:.1f}× that; "
@@ -362,14 +368,14 @@ def split_rows(cv: str, y: np.ndarray, n_folds: int, seed: int = 0,
         folds = make_folds(cv, len(y), n_folds, seed, groups)
         sizes = np.bincount(folds).tolist()
         return folds, cv, f"CV={cv!r}: {len(sizes)} folds of {sizes} rows"
-    found = find_slices(y)
-    if found is not None:
+    found = _slice_edges(np.asarray(y))
+    if found["edges"]:
         return (make_folds("slices", len(y), len(found["sizes"]), seed, found["labels"]), "slices",
                 f"CV='slices': {describe_slices(found)}")
-    message = (f"CV='slices': the rows show no slice structure along row order (shuffled rows?); "
-               f"falling back to {n_folds} contiguous row blocks. If rows of one slice are not "
-               "stored together, this CV is optimistic: neighbouring spots land on both sides. "
-               "Give the slices as CV='groups:<file.csv>' if you know them.")
+    message = (f"CV='slices': {describe_slices(found)} (shuffled rows?); falling back to "
+               f"{n_folds} contiguous row blocks. If rows of one slice are not stored together, "
+               "this CV is optimistic: neighbouring spots land on both sides. Give the slices "
+               "as CV='groups:<file.csv>' if you know them.")
     warnings.warn(message, stacklevel=2)
     return make_folds("blocks", len(y), n_folds, seed), "blocks", message
 
