@@ -487,3 +487,16 @@ def test_groups_that_read_targets_are_made_per_fold_from_its_training_rows(tiny,
     prefix = train.resolve_groups(replace(cfg, groups="prefix", gene_groups=str(
         write_gene_groups(tmp_path / "p.csv", data.genes))), data, folds)
     assert prefix[0] is prefix[1]
+
+
+def test_two_processes_stop_where_one_does(tiny, tmp_path):
+    """With PATIENCE, process 0 scores the stopping rows and decides for every process of a
+    data-parallel run (stop_epoch broadcasts it): two gloo processes stop each unit at the
+    epoch one process does, with the same predictions."""
+    cfg, data, folds = tiny
+    cfg = replace(cfg, patience=1, epochs=3, augment="none", devices=1)
+    one = train.train(cfg, data, folds)
+    two = train.train(replace(cfg, run_dir=str(tmp_path / "two"), devices=2), data, folds)
+    epochs = [[(r["unit"], r["epoch"]) for r in run_history(run.path)] for run in (one, two)]
+    assert epochs[0] == epochs[1]
+    np.testing.assert_allclose(two.oof, one.oof, rtol=1e-3, atol=1e-3)  # float noise of DDP
