@@ -57,3 +57,10 @@ def test_slices_are_found_without_each_section(held_out):
     sizes = sections["section"][keep].value_counts(sort=False).tolist()
     assert found is not None and len(found["sizes"]) == 3, found
     assert all(abs(a - b) <= 3 for a, b in zip(found["sizes"], sizes)), (found["sizes"], sizes)
+
+
+def test_shuffled_her2st_rows_show_no_slices():
+    from utils.metric import find_slices
+
+    data = load_data(HER2ST)
+    assert find_slices(data.y[np.random.default_rng(0).permutation(len(data.y))]) is None
