@@ -142,3 +142,46 @@ def build_bundle(clone: Path, out: Path, *args) -> tuple[Path, float]:
                           env={**os.environ, "PYTHONPATH": str(clone)})
     assert done.returncode == 0, done.stderr[-3000:]
     return out, time.perf_counter() - start
+
+
+# --- the kit's definition of nested: a fold's OOF predictions ignore its own labels ------------
+
+def replaced_labels(y: np.ndarray, folds: np.ndarray, k: int, how: str = "noise",
+                    seed: int = 0) -> np.ndarray:
+    """A copy of y whose rows of fold k are replaced: `noise` (each gene's mean and sd, normal
+    draws) or `other` (another fold's rows, repeated to fit)."""
+    y = np.array(y, dtype=np.float64, copy=True)
+    rows = np.flatnonzero(folds == k)
+    if how == "noise":
+        rng = np.random.default_rng(seed + int(k))
+        y[rows] = y.mean(0) + y.std(0) * rng.standard_normal((len(rows), y.shape[1]))
+    elif how == "other":
+        donor = np.flatnonzero(folds == next(j for j in np.unique(folds) if j != k))
+        y[rows] = y[np.resize(donor, len(rows))]
+    else:
+        raise ValueError(f"how={how!r}: 'noise' or 'other'")
+    return y
+
+
+def assert_label_invariant(oof_of, y: np.ndarray, folds: np.ndarray, check_folds=None,
+                           how: str = "noise", atol: float = 0.0,
+                           expect_change: bool = True) -> None:
+    """Assert what the kit calls nested: the OOF predictions of fold k do not change when the
+    labels of fold k are replaced (`replaced_labels`), for every fold k (or `check_folds`).
+
+    `oof_of(y)` runs a recipe (ridge, retrieval, fine-tuning, 07's blend …) on targets y and
+    returns its OOF predictions (rows, genes). With `expect_change`, some other fold's OOF
+    predictions must move, so that the check is not vacuous (a recipe that ignores its labels
+    passes anything). Fails naming the fold and the largest change of its predictions.
+    """
+    folds = np.asarray(folds)
+    base = np.asarray(oof_of(np.asarray(y)), dtype=np.float64)
+    moved = False
+    for k in np.unique(folds) if check_folds is None else check_folds:
+        again = np.asarray(oof_of(replaced_labels(y, folds, k, how)), dtype=np.float64)
+        rows = folds == k
+        change = float(np.abs(again[rows] - base[rows]).max())
+        assert change <= atol, (f"fold {k}: its OOF predictions moved by up to {change:.3g} when "
+                                f"its own labels were replaced ({how}): a choice reads them")
+        moved |= bool(np.abs(again[~rows] - base[~rows]).max() > atol)
+    assert moved or not expect_change, "no OOF prediction moved: the check tests nothing"

@@ -211,3 +211,54 @@ def test_shuffled_rows_fall_back_to_blocks_with_a_warning():
     with pytest.warns(UserWarning, match="optimistic"):
         folds, splitter, _ = split_rows("slices", y, n_folds=4)
     assert splitter == "blocks" and np.array_equal(folds, make_folds("blocks", 840, 4))
+
+
+@pytest.mark.parametrize("sizes", [(400, 900, 1600), (300, 300, 2000), (1600, 400, 900),
+                                   (2378, 2349, 2265)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_unequal_slices_are_recovered_exactly(sizes, seed, capsys):
+    """Slices of any sizes (not only near-equal ones), each with smooth spatial drift and a batch
+    shift of every gene, are found at exactly the planted edges; find_slices says so."""
+    from utils.metric import find_slices
+
+    found = find_slices(_sliced_expression(sizes, seed=seed))
+    assert found is not None and found["sizes"] == list(sizes), found and found["sizes"]
+    assert found["edges"] == np.cumsum(sizes)[:-1].tolist()
+    np.testing.assert_array_equal(np.bincount(found["labels"]), sizes)
+    printed = capsys.readouterr().out
+    assert f"3 slices of {list(sizes)} rows" in printed
+    assert "an edge needs 6" in printed and "strongest rejected" in printed  # how sure it is
+    assert min(found["jumps"]) >= 6 > found["rejected"]
+
+
+@pytest.mark.parametrize("sizes", [(400, 900, 1600), (300, 300, 2000), (2378, 2349, 2265)])
+def test_shuffled_slices_of_any_size_show_no_structure(sizes, capsys):
+    from utils.metric import find_slices
+
+    y = _sliced_expression(sizes)
+    assert find_slices(y[np.random.default_rng(1).permutation(len(y))]) is None
+    printed = capsys.readouterr().out
+    assert "no slice structure" in printed and "strongest jump" in printed  # how sure
+
+
+def test_a_short_region_at_a_slice_end_is_not_a_slice():
+    """A distinct patch of tissue of a few rows inside a slice shifts the expression as much as
+    an edge does; slices hold at least MIN_SLICE_FRACTION of the rows, so it is not taken."""
+    from utils.metric import MIN_SLICE_FRACTION, find_slices
+
+    y = _sliced_expression((500, 500, 500))
+    y[1480:] += 6 * np.random.default_rng(5).normal(size=y.shape[1])  # 20 rows, < 1/16 of 1500
+    assert 20 < MIN_SLICE_FRACTION * len(y)
+    found = find_slices(y)
+    assert found["edges"] == [500, 1000]
+
+
+def test_change_points_and_slices_come_from_one_detector():
+    """01's change points (find_change_points) and 05's slices (find_slices) share
+    detect_change_points; on sliced rows the change points include the slice edges."""
+    from utils.metric import find_change_points, find_slices, row_signals
+
+    y = _sliced_expression((400, 900, 1600))
+    edges = find_slices(y)["edges"]
+    points = find_change_points(row_signals(y, n_pcs=5).to_numpy(), window=len(y) // 50)
+    assert set(edges) <= set(points)

@@ -130,8 +130,11 @@ def test_nested_choice_scores_each_outer_fold_with_fits_that_exclude_it():
     choices, curve = ensemble.nested_choice(folds, held_out_scores, 2)
     assert choices == [1, 1, 1, 1] and curve.tolist() == [0.0, 1.0]
     assert ((1, 2, 3), 0) in calls and ((2, 3), 1) in calls and len(calls) == 4 * 3 + 4
-    with pytest.raises(ValueError, match="at least 3 folds"):
-        ensemble.nested_choice(np.repeat([0, 1], 5), held_out_scores, 2)
+    calls.clear()  # 2 folds: each outer fold chooses on the other fold alone
+    choices, _ = ensemble.nested_choice(np.repeat([0, 1], 5), lambda f, k: (
+        calls.append((tuple(f), k)) or np.array([k, 1 - k])), 2)
+    assert choices == [0, 1]  # fold 0 takes what fold 1 prefers, and vice versa
+    assert calls == [((1,), 1), ((1,), 0), ((0,), 0), ((0,), 1)]  # choice, then outer curve
     calls.clear()  # one candidate: nothing to choose, two folds suffice
     assert ensemble.nested_choice(np.repeat([0, 1], 5), held_out_scores, 1)[0] == [0, 0]
     assert calls == [((1,), 0), ((0,), 1)]
@@ -347,7 +350,7 @@ def test_a_blend_worse_than_its_best_member_is_not_submitted(tmp_path):
                               score_folds(y, oof, folds, "blocks")))
             for name, oof in (("good", good), ("noise", rng.normal(size=y.shape)))]
     bad_blend = SimpleNamespace(mode="global", oof=0.5 * good + 0.5 * rng.normal(size=y.shape))
-    post = SimpleNamespace(steps=(), oof=None, test_pred=np.zeros((5, 20)))
+    post = SimpleNamespace(steps=(), oof=bad_blend.oof, test_pred=np.zeros((5, 20)), inner_oof={})
     final = ensemble.keep_best(y, folds, "blocks", bad_blend, post, runs)
     assert final["kept"] == "good" and "does not beat its best member" in final["note"]
     assert final["fold_choices"] == ["good"] * 3
@@ -355,4 +358,93 @@ def test_a_blend_worse_than_its_best_member_is_not_submitted(tmp_path):
     assert final["cv"]["overall"]["score"] == pytest.approx(runs[0].cv["overall"]["score"])
     # a blend that is better than every member is what gets submitted
     better = SimpleNamespace(mode="global", oof=y + 0.1 * rng.normal(size=y.shape))
+    post = SimpleNamespace(steps=(), oof=better.oof, test_pred=np.zeros((5, 20)), inner_oof={})
     assert ensemble.keep_best(y, folds, "blocks", better, post, runs)["kept"] == "blend global"
+
+
+def _07_oof(y, oof, folds, mode="global", steps=("shrink_to_mean", "clip"), runs=None,
+            fold_sets=None, sets=None):
+    """07's chain on fixed run OOF predictions: blend → post-processing → keep the blend or a
+    member; returns the submitted OOF predictions (what 07's CV scores)."""
+    from types import SimpleNamespace
+
+    genes = [f"g{i}" for i in range(y.shape[1])]
+    set_of_gene, names = sets or ensemble.weight_sets(mode, genes)
+    blended = ensemble.cv_blend(y, oof, oof[:, :N_TEST], folds, mode, set_of_gene, names,
+                                SHRINKS, "blocks", fold_sets)
+    post = ensemble.cv_postprocess(y, blended.oof, blended.test_pred, folds, steps, blended.cv,
+                                   inner_oof=blended.inner_oof)
+    runs = runs or [SimpleNamespace(name=f"run{i}", path=None, oof=o, test_pred=o[:N_TEST])
+                    for i, o in enumerate(oof)]
+    return ensemble.keep_best(y, folds, "blocks", blended, post, runs)["oof"]
+
+
+def _three_runs(y, seed=2):
+    rng = np.random.default_rng(seed)
+    spread = y.std(axis=0)
+    return np.stack([y + rng.normal(0, s, y.shape) * spread for s in (0.6, 0.9, 1.5)]
+                    ).astype(np.float32)
+
+
+@pytest.mark.parametrize("n_folds", [2, 3, 4])
+@pytest.mark.parametrize("mode", ["global", "gene"])
+def test_07_blend_and_postprocessing_of_a_fold_ignore_its_labels(n_folds, mode):
+    """07's blend, post-processing (whether and how) and blend-or-member choice: fold k's
+    submitted OOF predictions do not move when fold k's labels are replaced."""
+    from conftest import assert_label_invariant
+
+    y, _ = _truth()
+    folds = np.arange(len(y)) * n_folds // len(y)
+    oof = _three_runs(y)
+    assert_label_invariant(lambda t: _07_oof(t, oof, folds, mode), y, folds)
+
+
+def test_07_with_groups_made_per_fold_ignores_each_folds_labels(tmp_path):
+    """BLEND="group" with a strategy that reads the targets: the groups of fold k are made
+    without fold k (blend_sets), and the whole chain stays label-blind for fold k."""
+    from conftest import assert_label_invariant
+
+    from utils.config import GeneClusteringConfig, to_dict
+    from utils.paths import write_json
+
+    y, folds = _truth()
+    genes = [f"g{i}" for i in range(G)]
+    pd.DataFrame({"gene": genes, "group": [f"m{i % 3}" for i in range(G)],
+                  "strategy": "correlation"}).to_csv(tmp_path / "gene_groups.csv", index=False)
+    write_json(tmp_path / "config.json", to_dict(GeneClusteringConfig(
+        strategies=["correlation"], n_modules=3, min_group_size=2)))
+    oof = _three_runs(y)
+
+    def submitted(t):
+        set_of_gene, names, fold_sets = ensemble.blend_sets(
+            "group", genes, t, folds, str(tmp_path / "gene_groups.csv"), "correlation")
+        assert fold_sets is not None
+        return _07_oof(t, oof, folds, "group", fold_sets=fold_sets, sets=(set_of_gene, names))
+
+    assert_label_invariant(submitted, y, folds, check_folds=[0, 2])
+
+
+def test_postprocessing_decided_on_all_folds_is_caught():
+    """The leak 07 had: post-processed OOF rows only if the gain over *all* folds (the scored
+    one included) is positive. The helper catches it; the per-fold decision passes."""
+    from conftest import assert_label_invariant
+
+    rng = np.random.default_rng(3)
+    y = rng.gamma(2.0, 1.0, (120, 30)) * rng.uniform(0.5, 3.0, 30)
+    folds = np.repeat(np.arange(3), 40)
+    pred = (y.mean(axis=0) + 0.9 * (y - y.mean(axis=0))
+            + rng.normal(0, 0.8, y.shape) * y.std(axis=0)).astype(np.float32)  # gain ≈ +0.002
+
+    def leaky(t):
+        post = ensemble.cv_postprocess(t, pred, pred[:5], folds, ["shrink_to_mean"],
+                                       score_folds(t, pred, folds, "blocks"))
+        return post.oof if post.steps else pred
+
+    def honest(t):
+        return ensemble.cv_postprocess(t, pred, pred[:5], folds, ["shrink_to_mean"],
+                                       score_folds(t, pred, folds, "blocks")).oof
+
+    for how in ("noise", "other"):
+        with pytest.raises(AssertionError, match="its own labels"):
+            assert_label_invariant(leaky, y, folds, how=how, expect_change=False)
+        assert_label_invariant(honest, y, folds, how=how)

@@ -40,3 +40,27 @@ def test_slices_found_from_the_expression_are_the_sections():
     found = find_slices(data.y)
     assert found is not None and len(found["sizes"]) == 4, found
     assert (found["labels"] == pd.factorize(sections["section"])[0]).mean() > 0.98
+    sizes = sections["section"].value_counts(sort=False).tolist()  # 187, 180, 184, 181
+    assert all(abs(a - b) <= 3 for a, b in zip(found["sizes"], sizes)), (found["sizes"], sizes)
+
+
+@pytest.mark.parametrize("held_out", ["C2", "C3", "C4", "C5"])
+def test_slices_are_found_without_each_section(held_out):
+    """her2st_unseen trains on three sections: their slices are found too (C3 out leaves C2
+    beside C4, whose edge the equal-size detector missed), each edge within 3 rows."""
+    from utils.metric import find_slices
+
+    data = load_data(HER2ST)
+    sections = pd.read_csv(HER2ST / "train_sections.csv").set_index("ID").loc[data.train["ID"]]
+    keep = (sections["section"] != held_out).to_numpy()
+    found = find_slices(data.y[keep])
+    sizes = sections["section"][keep].value_counts(sort=False).tolist()
+    assert found is not None and len(found["sizes"]) == 3, found
+    assert all(abs(a - b) <= 3 for a, b in zip(found["sizes"], sizes)), (found["sizes"], sizes)
+
+
+def test_shuffled_her2st_rows_show_no_slices():
+    from utils.metric import find_slices
+
+    data = load_data(HER2ST)
+    assert find_slices(data.y[np.random.default_rng(0).permutation(len(data.y))]) is None

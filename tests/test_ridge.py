@@ -108,3 +108,73 @@ def test_ridge_on_target_pcs_is_the_projection_of_ridge_onto_them():
     expected = (((full.predict(x, 10.0) - mean) / scale) @ axes.T @ axes) * scale + mean
     np.testing.assert_allclose(reduced.predict(x, 10.0), expected, rtol=1e-4, atol=1e-4)
     assert np.linalg.matrix_rank((reduced.predict(x, 10.0) - mean) / scale, tol=1e-3) == 3
+
+
+@pytest.mark.parametrize("n_folds", [2, 3, 4])
+@pytest.mark.parametrize("how", ["noise", "other"])
+def test_ridge_oof_of_a_fold_ignores_its_labels(n_folds, how):
+    from conftest import assert_label_invariant
+
+    x, y = _data(n=120, g=20)
+    folds = make_folds("blocks", len(x), n_folds)
+    alphas = (1e-2, 1.0, 1e2, 1e4)
+    assert_label_invariant(lambda t: cv_ridge(x, t, x[:3], folds, alphas).oof, y, folds,
+                           how=how)
+
+
+def test_ridge_with_two_folds_chooses_alpha_on_blocks_of_the_other_fold():
+    """2 folds (two training slices, or SMOKE): alpha is chosen by CV over contiguous blocks of
+    the one other fold, and cv.json says so."""
+    from utils.metric import INNER_BLOCKS, score
+
+    x, y = _data(n=90, g=20)
+    folds = make_folds("blocks", len(x), 2)
+    alphas = (1e-2, 1.0, 1e2, 1e4)
+    result = cv_ridge(x, y, x[:3], folds, alphas)
+    assert all(f["selection"].startswith("nested (2 folds") for f in result.cv["folds"])
+    for k in (0, 1):  # the alpha the inner blocks of fold 1 - k prefer
+        rows = np.flatnonzero(folds != k)
+        blocks = make_folds("blocks", len(rows), INNER_BLOCKS)
+        curve = np.mean([[score(y[rows[blocks == b]], fit_ridge_path(
+            x[rows[blocks != b]], y[rows[blocks != b]]).predict(x[rows[blocks == b]], a))["score"]
+            for a in alphas] for b in range(INNER_BLOCKS)], axis=0)
+        assert result.fold_alphas[k] == alphas[int(np.argmax(curve))]
+
+
+def test_a_planted_alpha_leak_is_caught():
+    """The helper fails for ridge whose fold alpha is the best on that fold's own rows."""
+    from conftest import assert_label_invariant
+
+    from utils.metric import score
+
+    x, y = _data(n=120, g=20)
+    folds = make_folds("blocks", len(x), 3)
+    alphas = (1e-2, 1e2, 1e4, 1e6)
+
+    def leaky_oof(t):
+        oof = np.zeros(t.shape)
+        for k in range(3):
+            fit, rows = fit_ridge_path(x[folds != k], t[folds != k]), folds == k
+            preds = [fit.predict(x[rows], a) for a in alphas]
+            oof[rows] = preds[int(np.argmax([score(t[rows], p)["score"] for p in preds]))]
+        return oof
+
+    with pytest.raises(AssertionError, match="its own labels"):
+        assert_label_invariant(leaky_oof, y, folds)
+
+
+@pytest.mark.parametrize("n_folds", [2, 3])
+def test_retrieval_oof_of_a_fold_ignores_its_labels(n_folds):
+    from conftest import assert_label_invariant
+
+    from utils.train import cv_retrieval
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 6))
+    y = np.exp(x[:, :3] @ rng.normal(size=(3, 20)) * 0.3) + 0.1 * rng.normal(size=(90, 20))
+    folds = make_folds("blocks", len(x), n_folds)
+    result = cv_retrieval(x, y, x[:3], folds, (1, 5, 20), (0.05, 0.5), "blocks")
+    expected = "nested" if n_folds > 2 else "nested (2 folds"
+    assert all(f["selection"].startswith(expected) for f in result.cv["folds"])
+    assert_label_invariant(lambda t: cv_retrieval(x, t, x[:3], folds, (1, 5, 20), (0.05, 0.5),
+                                                  "blocks").oof, y, folds)

@@ -180,21 +180,28 @@ def test_out_of_memory_during_training_is_explained(tiny, monkeypatch):
         train.train(cfg, data, folds)
 
 
-def test_resumed_run_ends_as_an_uninterrupted_one(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("patience", [None, 1])
+def test_resumed_run_ends_as_an_uninterrupted_one(tiny, tmp_path, monkeypatch, patience):
     cfg, data, folds = tiny
+    cfg = replace(cfg, patience=patience)
     full = train.train(replace(cfg, run_dir=str(tmp_path / "full")), data, folds)
+    trained = {u: [r["epoch"] for r in run_history(full.path) if r["unit"] == u][-1]
+               for u in ("fold0", "fold1")}  # PATIENCE may stop a unit before EPOCHS
+    # die in fold0's last epoch (fold1 then trains from scratch), or in fold1's if fold0 has one
+    kill_at = trained["fold0"] if trained["fold0"] > 1 else sum(trained.values())
+    dying = "fold0" if kill_at == trained["fold0"] else "fold1"
     calls, original = [], loop.train_epoch
 
-    def killed_in_third_epoch(*args, **kwargs):
+    def killed(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:  # fold0 epochs 1 and 2 are checkpointed, epoch 3 dies
+        if len(calls) == kill_at:  # the epochs before are checkpointed, this one dies
             raise Killed
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "train_epoch", killed_in_third_epoch)
+    monkeypatch.setattr(loop, "train_epoch", killed)
     with pytest.raises(Killed):
         train.train(cfg, data, folds)
-    assert (tmp_path / "run" / "checkpoints" / "fold0" / "last.pt").is_file()
+    assert (tmp_path / "run" / "checkpoints" / dying / "last.pt").is_file()
     killed_s = json.loads(
         (tmp_path / "run" / "checkpoints" / "elapsed.json").read_text())["seconds"]
     calls[:] = [0] * 10  # no more kills; count the epochs the resumed run trains
@@ -203,29 +210,38 @@ def test_resumed_run_ends_as_an_uninterrupted_one(tiny, tmp_path, monkeypatch):
     # elapsed_s counts the killed process's recorded time too, not only the last process
     assert resumed.config["elapsed_s"] >= killed_s + time.perf_counter() - start - 1
     calls[:] = calls[10:]
-    assert len(calls) == 1 + 3  # fold0 epoch 3 only, then fold1 from scratch
+    # the dying epoch only, then (if fold0 died) fold1 from scratch
+    assert len(calls) == 1 + (trained["fold1"] if dying == "fold0" else 0)
     np.testing.assert_array_equal(resumed.oof, full.oof)
     np.testing.assert_array_equal(resumed.test_pred, full.test_pred)
-    keys = ("unit", "epoch", "loss", "val_score")
+    keys = ("unit", "epoch", "loss", "val_score", "stop_score")
     strip = [[{k: row[k] for k in keys if k in row} for row in run_history(r.path)]
              for r in (full, resumed)]
     assert strip[0] == strip[1]
-    assert not (tmp_path / "run" / "checkpoints" / "fold0" / "last.pt").exists()
+    assert not (tmp_path / "run" / "checkpoints" / dying / "last.pt").exists()
 
 
-def test_each_fold_is_scored_at_an_epoch_chosen_without_it(tiny, tmp_path, monkeypatch):
-    """cv.json says which epoch every fold's score comes from and how it was chosen; the epoch is
-    the best of the other folds' mean validation curve (checkable against history.json), the OOF
-    rows are that epoch's predictions, and the test predictions use the all-folds epoch."""
+@pytest.mark.parametrize("patience", [None, 2])
+def test_each_fold_is_scored_at_an_epoch_chosen_without_it(tiny, tmp_path, monkeypatch,
+                                                          patience):
+    """cv.json says which epoch every fold's score comes from and how it was chosen: with
+    PATIENCE the best epoch of the unit's stopping rows (other folds' rows kept out of its
+    training; checkable against history.json), without it the last epoch; the OOF rows are that
+    epoch's predictions, and the test predictions use the all-folds epoch."""
     cfg, data, folds = tiny
     monkeypatch.setattr(train, "remove_epoch_weights", lambda folder: None)  # keep to check
-    run = train.train(replace(cfg, epochs=3), data, folds)
+    run = train.train(replace(cfg, epochs=3, patience=patience), data, folds)
     history = run_history(run.path)
     curves = {k: np.array([r["val_score"] for r in history if r["fold"] == k]) for k in (0, 1)}
     info = json.loads((run.path / "model.json").read_text())
     for k, parts in enumerate(run.cv["folds"]):
-        assert parts["selection"] == "nested"
-        assert parts["epoch"] == int(np.argmax(curves[1 - k]))  # the other fold's best epoch
+        rows_k = [r for r in history if r["fold"] == k]
+        if patience:
+            assert parts["selection"] == "stopping rows (nested)"
+            assert parts["epoch"] == int(np.argmax([r["stop_score"] for r in rows_k]))
+        else:
+            assert parts["selection"] == "last epoch" and parts["epoch"] == 3
+            assert all("stop_score" not in r for r in rows_k)
         assert parts["best_epoch_on_fold"] == [int(np.argmax(curves[k]))]
         model = load_unit_model(run.path, f"fold{k}")
         load_weights(model, units.epoch_weights(run.path / "checkpoints" / f"fold{k}",
@@ -235,26 +251,104 @@ def test_each_fold_is_scored_at_an_epoch_chosen_without_it(tiny, tmp_path, monke
                            for p in np.asarray(data.image_paths("train"))[rows]])
         np.testing.assert_allclose(units.to_original(model, predict(model, images)),
                                    run.oof[rows], rtol=1e-4, atol=1e-4)
-    test_epoch = int(np.argmax(curves[0] + curves[1]))
+    common = min(len(curves[0]), len(curves[1]))
+    test_epoch = int(np.argmax(curves[0][:common] + curves[1][:common]))
     assert {u["epoch"] for u in info["units"].values()} == {test_epoch}
     assert "mean_best_score_on_fold" in run.cv["optimistic"]
 
 
-def test_epoch_choice_and_early_stopping_never_use_the_fold_itself():
-    units = [units.Unit(f"fold{k}", k, k, np.array([0]), np.array([1]), np.arange(2),
-                        {"all": np.arange(2)}) for k in range(3)]
-    curves = {"fold0": [0.1, 0.5, 0.2], "fold1": [0.1, 0.2, 0.9], "fold2": [0.3, 0.4, 0.35]}
-    histories = {name: [{"val_score": s} for s in c] for name, c in curves.items()}
+def test_stopping_rows_come_from_the_other_folds_and_stop_the_unit_alone():
+    folds = np.repeat([0, 1, 2], [10, 20, 6])
+    groups = dict.fromkeys(range(3), {"all": np.arange(2)})
+    units = train.plan_units(folds, groups, "heads", stopping_fraction=0.15)
+    for unit in units:
+        assert not np.isin(unit.stop_idx, unit.val_idx).any()  # never the scored fold
+        assert not np.isin(unit.stop_idx, unit.train_idx).any()  # kept out of training
+        assert len(unit.stop_idx) + len(unit.train_idx) == (folds != unit.fold).sum()
+    np.testing.assert_array_equal(units[0].stop_idx, [27, 28, 29, 34, 35])  # each fold's last
+    assert not len(train.plan_units(folds, groups, "heads")[0].stop_idx)  # no PATIENCE
+    history = [{"epoch": e, "val_score": v, "stop_score": s}
+               for e, (v, s) in enumerate([(0.1, 0.2), (0.9, 0.5), (0.95, 0.4), (0.99, 0.3)])]
+    # PATIENCE counts epochs past the best epoch of the unit's own stopping rows (1), whatever
+    # its validation fold says (still rising)
+    assert train.stop_epoch(history, epochs=10, patience=2) == 3
+    assert train.stop_epoch(history[:2], epochs=10, patience=2) == 3
+    assert train.stop_epoch(history, epochs=10, patience=None) == 10
+    assert train.stop_epoch([], epochs=10, patience=2) == 10
+
+
+def test_epoch_choice_reads_only_the_units_own_stopping_rows():
+    units = [train.Unit(f"fold{k}", k, k, np.array([0]), np.array([1]), np.arange(2),
+                        {"all": np.arange(2)}, stop_idx=np.array([2])) for k in range(3)]
+    val = {"fold0": [0.1, 0.5, 0.2], "fold1": [0.1, 0.2, 0.9], "fold2": [0.3, 0.4, 0.35]}
+    stop = {"fold0": [0.1, 0.2, 0.3], "fold1": [0.5, 0.1, 0.1], "fold2": [0.2, 0.6]}
+    histories = {n: [{"epoch": e, "val_score": v, "stop_score": s}
+                     for e, (v, s) in enumerate(zip(val[n], stop[n]))] for n in val}
     choice = train.choose_epochs(units, histories)
-    # fold0: mean of folds 1, 2 = [0.2, 0.3, 0.625] → 2; fold1: [0.2, 0.45, 0.275] → 1
-    assert [choice[f"fold{k}"]["oof_epoch"] for k in range(3)] == [2, 1, 2]
-    assert {c["test_epoch"] for c in choice.values()} == {2}  # mean of all three
-    assert choice["fold1"]["best_epoch_on_fold"] == 2 and choice["fold0"]["selection"] == "nested"
-    # PATIENCE: the first fold trains every epoch; later ones stop past the others' best epoch
-    assert train.stop_epoch(units[0], units, {}, epochs=10, patience=2) == 10
-    assert train.stop_epoch(units[2], units, {k: histories[k] for k in ("fold0", "fold1")},
-                            epochs=10, patience=1) == 3  # mean [0.1, 0.35, 0.55] peaks at 2
-    assert train.stop_epoch(units[2], units, histories, epochs=10, patience=None) == 10
+    assert [choice[f"fold{k}"]["oof_epoch"] for k in range(3)] == [2, 0, 1]
+    assert {c["test_epoch"] for c in choice.values()} == {1}  # all folds' mean over 2 epochs
+    assert choice["fold1"]["best_epoch_on_fold"] == 2
+    assert {c["selection"] for c in choice.values()} == {"stopping rows (nested)"}
+    plain = {n: [{k: r[k] for k in ("epoch", "val_score")} for r in h]
+             for n, h in histories.items()}  # no PATIENCE: each unit's last epoch
+    assert [c["oof_epoch"] for c in train.choose_epochs(units, plain).values()] == [2, 2, 1]
+
+
+def _finetune_oof(cfg, data, folds, tmp_path):
+    """OOF predictions of a fine-tuning run on targets y, each run in its own folder."""
+    def run(y):
+        target = replace(data, y=np.asarray(y, dtype=data.y.dtype))
+        folder = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+        return train.train(replace(cfg, run_dir=str(folder)), target, folds).oof
+    return run
+
+
+@pytest.mark.parametrize("patience", [None, 1])
+def test_finetune_oof_of_a_fold_ignores_its_labels(tiny, tmp_path, patience):
+    """Fine-tuning with and without PATIENCE passes the label-invariance check: replacing fold
+    k's labels moves the other fold's predictions, never fold k's."""
+    from conftest import assert_label_invariant
+
+    cfg, data, folds = tiny
+    cfg = replace(cfg, patience=patience, epochs=3)
+    (tmp_path / "runs").mkdir()
+    assert_label_invariant(_finetune_oof(cfg, data, folds, tmp_path / "runs"), data.y, folds)
+
+
+def test_finetune_with_groups_made_per_fold_ignores_each_folds_labels(tiny, tmp_path):
+    from conftest import assert_label_invariant
+
+    from utils.config import GeneClusteringConfig, to_dict
+    from utils.paths import write_json
+
+    cfg, data, folds = tiny
+    write_json(tmp_path / "config.json", to_dict(GeneClusteringConfig(
+        strategies=["correlation"], n_modules=2, min_group_size=1)))
+    csv = write_gene_groups(tmp_path / "gene_groups.csv", data.genes, strategy="correlation")
+    cfg = replace(cfg, group_strategy="correlation", gene_groups=str(csv), patience=1, epochs=2)
+    (tmp_path / "runs").mkdir()
+    assert_label_invariant(_finetune_oof(cfg, data, folds, tmp_path / "runs"), data.y, folds)
+
+
+def test_a_planted_epoch_leak_is_caught(tiny, tmp_path, monkeypatch):
+    """A choose_epochs that takes each fold's OOF epoch from its own validation curve (what
+    the kit promises never to do) fails the label-invariance check."""
+    from conftest import assert_label_invariant
+
+    cfg, data, folds = tiny
+    honest = train.choose_epochs
+
+    def own_curve(units, histories):
+        choice = honest(units, histories)
+        for unit in units:
+            choice[unit.name]["oof_epoch"] = choice[unit.name]["best_epoch_on_fold"]
+        return choice
+
+    monkeypatch.setattr(train, "choose_epochs", own_curve)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(AssertionError, match="its own labels"):
+        assert_label_invariant(_finetune_oof(replace(cfg, epochs=3), data, folds,
+                                             tmp_path / "runs"), data.y, folds)
 
 
 def run_history(path):
@@ -359,7 +453,8 @@ def test_pipeline_finetune_run_is_complete(demo_pipeline):
     last = run.cv["n_folds"] - 1
     assert run.config["recipe"] == "finetune" and run.cv["splitter"] == "slices"
     assert 0.0 < run.cv["overall"]["score"] < 1.0
-    assert all(f["selection"] == "nested" for f in run.cv["folds"])
+    assert all(f["selection"] in ("last epoch", "stopping rows (nested)")
+               for f in run.cv["folds"])
     for name in ("model.json", "history.json", "curves.png", f"weights/fold{last}.safetensors"):
         assert (run.path / name).is_file(), name
     assert not list((run.path / "checkpoints").rglob("epoch*.safetensors"))  # cleaned up
@@ -413,3 +508,16 @@ def test_groups_that_read_targets_are_made_per_fold_from_its_training_rows(tiny,
     prefix = train.resolve_groups(replace(cfg, group_strategy="prefix", gene_groups=str(
         write_gene_groups(tmp_path / "p.csv", data.genes))), data, folds)
     assert prefix[0] is prefix[1]
+
+
+def test_two_processes_stop_where_one_does(tiny, tmp_path):
+    """With PATIENCE, process 0 scores the stopping rows and decides for every process of a
+    data-parallel run (stop_epoch broadcasts it): two gloo processes stop each unit at the
+    epoch one process does, with the same predictions."""
+    cfg, data, folds = tiny
+    cfg = replace(cfg, patience=1, epochs=3, augment="none", devices=1)
+    one = train.train(cfg, data, folds)
+    two = train.train(replace(cfg, run_dir=str(tmp_path / "two"), devices=2), data, folds)
+    epochs = [[(r["unit"], r["epoch"]) for r in run_history(run.path)] for run in (one, two)]
+    assert epochs[0] == epochs[1]
+    np.testing.assert_allclose(two.oof, one.oof, rtol=1e-3, atol=1e-3)  # float noise of DDP

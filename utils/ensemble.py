@@ -19,8 +19,12 @@ Post-processing steps (each fitted on train rows only):
   slope of truth on prediction (in (0, 1]). Per-gene r is unchanged; the per-spot profile
   across genes (the metric's `cells` part) is what moves.
 - `clip`: per gene, clip predictions to the train range (a column it would flatten is left as is).
-Which steps to use is chosen by nested CV on the blended OOF predictions, and they are applied to
-the test predictions only if the nested score beats the blend without them.
+Which steps to use, none included, is chosen for each fold on the other folds (nested CV on the
+blended OOF predictions); the test predictions get the steps best over all folds, and only if the
+nested score beats the blend without them.
+
+With 2 folds each nested choice (shrinkage, steps, blend or member) is made on the one other fold
+alone: in-sample for it, never on the fold it scores; the reports say so (`selection`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -42,6 +46,7 @@ from utils.metric import (
     pearson_from_moments,
     score,
     score_folds,
+    selection_rule,
     top_genes,
 )
 from utils.runs import Run
@@ -213,6 +218,26 @@ class BlendResult:
     oof: np.ndarray  # nested: fold k blended with weights fitted without fold k
     test_pred: np.ndarray
     cv: dict
+    # outer fold k → every row as the steps after the blend may see it when choosing for fold k:
+    # fold j ≠ k blended with weights fitted without j and k (2 folds: on j), fold k as `oof`
+    inner_oof: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def inner_blends(oof: np.ndarray, folds: np.ndarray, nested: np.ndarray,
+                 weights_for) -> dict[int, np.ndarray]:
+    """Per outer fold k, the blend of every other fold j with weights fitted on the folds
+    other than j and k (`weights_for(k, fit_folds)`; with 2 folds on j alone), none of which
+    read fold k's labels; fold k's own rows are its nested blend."""
+    ids = [int(k) for k in np.unique(folds)]
+    inner = {}
+    for k in ids:
+        rows = nested.copy()
+        for j in (j for j in ids if j != k):
+            fit = [i for i in ids if i not in (j, k)] or [j]
+            weights, assign = weights_for(k, fit)
+            rows[folds == j] = blend(oof[:, folds == j], weights, assign)
+        inner[k] = rows
+    return inner
 
 
 def cv_blend(y: np.ndarray, oof: np.ndarray, test: np.ndarray, folds: np.ndarray, mode: str,
@@ -252,20 +277,28 @@ def cv_blend(y: np.ndarray, oof: np.ndarray, test: np.ndarray, folds: np.ndarray
         return score_grid(y[rows], basis, towards_mean)["score"]
 
     choices, curve = nested_choice(folds, held_out_scores, len(shrinks))
-    nested, fitted_on = np.empty(y.shape, dtype=np.float32), []
-    for k, choice in zip(ids, choices):
-        others = [j for j in ids if j != k]
+    fold_shrinks = dict(zip(ids, (shrinks[c] for c in choices)))
+
+    def weights_for(k: int, fit_folds: list) -> tuple[np.ndarray, np.ndarray]:
+        """Fold k's shrinkage and weight sets, the weights fitted on fit_folds."""
         tables, assign = tables_for(k)
-        weights = shrink_weights(fit_weights(tables, others, grid), shrinks[choice])
-        nested[folds == k] = blend(oof[:, folds == k], weights, assign)
+        return shrink_weights(fit_weights(tables, fit_folds, grid), fold_shrinks[k]), assign
+
+    nested, fitted_on = np.empty(y.shape, dtype=np.float32), []
+    for k in ids:
+        others = [j for j in ids if j != k]
+        nested[folds == k] = blend(oof[:, folds == k], *weights_for(k, others))
         fitted_on.append(others)
     tables, _ = tables_for(None)
     shrink = shrinks[int(np.argmax(curve))]
     weights = shrink_weights(fit_weights(tables, ids, grid), shrink)
-    return BlendResult(mode, sets, set_of_gene, weights, shrink,
-                       [shrinks[c] for c in choices], fitted_on,
-                       {"shrink": list(shrinks), "score": curve.tolist()}, nested,
-                       blend(test, weights, set_of_gene), score_folds(y, nested, folds, splitter))
+    cv = score_folds(y, nested, folds, splitter)
+    for parts, k in zip(cv["folds"], ids):
+        parts.update(shrink=fold_shrinks[k], selection=selection_rule(folds, len(shrinks)))
+    return BlendResult(mode, sets, set_of_gene, weights, shrink, list(fold_shrinks.values()),
+                       fitted_on, {"shrink": list(shrinks), "score": curve.tolist()}, nested,
+                       blend(test, weights, set_of_gene), cv,
+                       inner_blends(oof, folds, nested, weights_for))
 
 
 def fixed_blend_cv(y: np.ndarray, oof: np.ndarray, folds: np.ndarray, weights: Sequence[float],
@@ -392,63 +425,94 @@ class PostResult:
     """Post-processing chosen by nested CV, and whether it is applied to the test predictions."""
 
     steps: tuple[str, ...]  # applied to the test predictions ((): none)
-    fold_steps: list[tuple[str, ...]]  # per outer fold, chosen by inner CV on the other folds
+    fold_steps: list[tuple[str, ...]]  # per outer fold, chosen on the other folds ((): none)
     curve: dict[str, float]  # each candidate fitted without fold k, scored on k, mean over k
-    oof: np.ndarray  # nested: the post-processing of fold k fitted without fold k
+    oof: np.ndarray  # nested: fold k post-processed as chosen and fitted without fold k
     test_pred: np.ndarray
     cv: dict
     gain: float  # nested score minus the score without post-processing
+    # outer fold k → every row post-processed without reading fold k's labels (keep_best's view)
+    inner_oof: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def cv_postprocess(y: np.ndarray, oof: np.ndarray, test: np.ndarray, folds: np.ndarray,
-                   steps: Sequence[str], baseline: dict, splitter: str = "blocks") -> PostResult:
+                   steps: Sequence[str], baseline: dict, splitter: str = "blocks",
+                   inner_oof: dict[int, np.ndarray] | None = None) -> PostResult:
     """Choose post-processing steps by nested CV (each step must add MIN_GAIN on held-out
-    folds); apply them to the test predictions only if the nested score beats `baseline`."""
+    folds). Whether fold k is post-processed at all, and how, is decided on the other folds
+    only (no steps is a candidate), on predictions that never read fold k's labels:
+    `inner_oof[k]` (a blend's `BlendResult.inner_oof`; None: `oof` is such, e.g. one run's).
+    The test predictions get the steps best over all folds, fitted on `oof`, and only if the
+    nested score beats `baseline` (the predictions without post-processing)."""
     candidates = step_candidates(steps)
     ids = [int(k) for k in np.unique(folds)]
-    stats = {k: postprocess_stats(y[folds == k], oof[folds == k]) for k in ids}
+    inner = inner_oof or dict.fromkeys(ids, oof)
+    stats: dict[int, dict] = {}
 
-    def fit_on(fit_folds: Sequence[int]) -> dict[str, np.ndarray]:
-        return fit_postprocess(stats=combine_stats([stats[j] for j in fit_folds]))
+    def fit_on(outer: int, fit_folds: Sequence[int]) -> dict[str, np.ndarray]:
+        if outer not in stats:
+            stats[outer] = {j: postprocess_stats(y[folds == j], inner[outer][folds == j])
+                            for j in ids}
+        return fit_postprocess(stats=combine_stats([stats[outer][j] for j in fit_folds]))
 
     penalty = MIN_GAIN * np.array([len(c) for c in candidates])
 
     def held_out_scores(fit_folds: list, k: int) -> np.ndarray:
-        params, rows = fit_on(fit_folds), folds == k
-        return np.array([score(y[rows], apply_postprocess(oof[rows], params, c))["score"]
-                         for c in candidates]) - penalty
+        outer = ((set(ids) - set(fit_folds) - {k}) or {k}).pop()  # as in cv_blend
+        params, rows = fit_on(outer, fit_folds), folds == k
+        return np.array([score(y[rows], apply_postprocess(inner[outer][rows], params, c))[
+            "score"] for c in candidates]) - penalty
 
     choices, curve = nested_choice(folds, held_out_scores, len(candidates))
-    nested = np.empty(oof.shape, dtype=np.float32)
+    chains = {}
     for k, choice in zip(ids, choices):
-        params = fit_on([j for j in ids if j != k])
-        nested[folds == k] = apply_postprocess(oof[folds == k], params, candidates[choice])
+        chain = inner[k].copy()  # what the steps after this one may see when choosing for k
+        for j in ids:
+            fit = [i for i in ids if i != j] if j == k else [i for i in ids if i not in (j, k)]
+            chain[folds == j] = apply_postprocess(inner[k][folds == j], fit_on(k, fit or [j]),
+                                                  candidates[choice])
+        chains[k] = chain
+    nested = np.empty(oof.shape, dtype=np.float32)
+    for k in ids:
+        nested[folds == k] = chains[k][folds == k]
     cv = score_folds(y, nested, folds, splitter)
+    for parts, choice in zip(cv["folds"], choices):
+        parts.update(steps="+".join(candidates[choice]) or "none",
+                     selection=selection_rule(folds, len(candidates)))
     gain = cv["overall"]["score"] - baseline["overall"]["score"]
     chosen = candidates[int(np.argmax(curve))] if gain > 0 else ()
-    curve = curve + penalty
-    test_pred = apply_postprocess(test, fit_on(ids), chosen) if chosen else test
-    return PostResult(chosen, [candidates[c] for c in choices],
-                      {"+".join(c) or "none": float(s) for c, s in zip(candidates, curve)},
-                      nested, test_pred, cv, float(gain))
+    test_pred = apply_postprocess(test, fit_postprocess(y, oof), chosen) if chosen else test
+    curve = {"+".join(c) or "none": float(s) for c, s in zip(candidates, curve + penalty)}
+    return PostResult(chosen, [candidates[c] for c in choices], curve, nested, test_pred, cv,
+                      float(gain), chains)
 
 
 def keep_best(y: np.ndarray, folds: np.ndarray, splitter: str, blended: BlendResult,
               post: PostResult, runs: Sequence[Run]) -> dict:
     """What to submit: the blend (after post-processing) unless a run alone beats it. Each fold
     picks, among the blend and every run, the candidate with the best mean score on the other
-    folds (nested, so the reported CV is honest); the test predictions come from the candidate
-    best on all folds. Returns {"kept", "oof", "test_pred", "cv", "fold_choices", "note"}."""
+    folds, the blend's predictions there being `post.inner_oof[k]` (made without fold k's
+    labels), so the reported CV is honest; the test predictions come from the candidate best
+    on all folds. Returns {"kept", "oof", "test_pred", "cv", "fold_choices", "note",
+    "selection"}."""
     blend_name = f"blend {blended.mode}" + (" + " + "+".join(post.steps) if post.steps else "")
-    candidates = {blend_name: (post.oof if post.steps else blended.oof, post.test_pred)}
+    # the nested OOF rows whatever the test predictions got: fold k's steps (or none) were
+    # chosen without fold k, while `post.steps` read every fold
+    candidates = {blend_name: (post.oof, post.test_pred)}
     candidates.update({label: (run.oof, run.test_pred)
                        for label, run in zip(run_labels(runs), runs)})
-    names = list(candidates)
-    scores = {int(k): np.array([score(y[folds == k], oof[folds == k])["score"]
-                                for oof, _ in candidates.values()]) for k in np.unique(folds)}
-    choices, curve = nested_choice(folds, lambda fit_folds, k: scores[int(k)], len(names))
+    names, ids = list(candidates), [int(k) for k in np.unique(folds)]
+    inner = post.inner_oof or dict.fromkeys(ids, post.oof)
+    member = {int(k): np.array([score(y[folds == k], oof[folds == k])["score"]
+                                for oof, _ in list(candidates.values())[1:]]) for k in ids}
+
+    def held_out_scores(fit_folds: list, k: int) -> np.ndarray:
+        outer = ((set(ids) - set(fit_folds) - {k}) or {k}).pop()  # as in cv_blend
+        return np.r_[score(y[folds == k], inner[outer][folds == k])["score"], member[k]]
+
+    choices, curve = nested_choice(folds, held_out_scores, len(names))
     oof = np.empty(y.shape, np.float32)
-    for k, choice in zip(np.unique(folds), choices):
+    for k, choice in zip(ids, choices):
         oof[folds == k] = candidates[names[choice]][0][folds == k]
     kept = names[int(np.argmax(curve))]
     best_run = max(names[1:], key=lambda n: curve[names.index(n)])
@@ -459,7 +523,8 @@ def keep_best(y: np.ndarray, folds: np.ndarray, splitter: str, blended: BlendRes
         note += "; the blend does not beat its best member, so the member is submitted"
     return {"kept": kept, "oof": oof, "test_pred": candidates[kept][1],
             "cv": score_folds(y, oof, folds, splitter),
-            "fold_choices": [names[c] for c in choices], "note": note}
+            "fold_choices": [names[c] for c in choices], "note": note,
+            "selection": selection_rule(folds, len(names))}
 
 
 # --- 07's steps -------------------------------------------------------------------------------
@@ -491,7 +556,7 @@ def postprocess_blend(cfg, y: np.ndarray, runs: Sequence[Run], blended: BlendRes
     """POSTPROCESS measured on the blended OOF predictions (nested); its CV report is added to
     `cvs` as "+ post-processing (nested)"."""
     post = cv_postprocess(y, blended.oof, blended.test_pred, runs[0].folds, cfg.postprocess,
-                          blended.cv, runs[0].cv["splitter"])
+                          blended.cv, runs[0].cv["splitter"], blended.inner_oof)
     cvs["+ post-processing (nested)"] = post.cv
     return post
 

@@ -295,13 +295,17 @@ def train_epoch(step: Stepper, loader, desc: str = "train",
 def run_epochs(step: Stepper, dataset, batch_size: int, epochs: range,
                seed_of: Callable[[int], int], checkpoint: Path, state: dict,
                end_epoch: Callable[[dict], dict], workers: int = 0,
-               max_steps: int | None = None, desc: str = "", on_saved: Callable | None = None
-               ) -> dict:
+               max_steps: int | None = None, desc: str = "", on_saved: Callable | None = None,
+               last_epoch: Callable[[], int] | None = None) -> dict:
     """Train each epoch of `epochs` on a loader seeded by `seed_of(epoch)` (data order,
     augmentations, dropout), then `close_epoch` with the row `end_epoch(stats)` makes of its
-    training stats (epoch, lr, train_s added); `on_saved()` after each checkpoint. Returns the
-    state (history and last epoch), as `load_checkpoint` would read it back."""
+    training stats (epoch, lr, train_s added); `on_saved()` after each checkpoint. With
+    `last_epoch`, training stops before an epoch past `last_epoch()` (early stopping: it reads
+    `state`, so a resumed run stops where an uninterrupted one does). Returns the state (history
+    and last epoch), as `load_checkpoint` would read it back."""
     for epoch in epochs:
+        if last_epoch is not None and epoch > last_epoch():
+            break
         seed = seed_of(epoch)
         seed_everything(seed)
         loader = make_loader(dataset, batch_size, seed, workers, step.device)
@@ -379,13 +383,16 @@ def format_epoch(row: dict) -> str:
         detail = " ".join(f"{k} {row['val_' + k]:.3f}" for k in ("cells", "max_gene", "heg50",
                                                                   "hvg50"))
         parts.append(f"val score {row['val_score']:.4f} ({detail})")
+    if "stop_score" in row:
+        parts.append(f"stopping rows {row['stop_score']:.4f}")
     return f"{head}: " + "; ".join(parts)
 
 
 def plot_history(history: list[dict], choice: dict[str, dict] | None = None):
     """Training loss per epoch, one line per unit; with validation rows (fine-tuning) also the
-    validation score, ★ marking the epoch a unit's OOF predictions come from (chosen on the
-    other folds' curves) and ○ its own best. None for an empty history (a frozen-feature run)."""
+    validation score (dotted: its stopping rows, with PATIENCE), ★ marking the epoch a unit's
+    OOF predictions come from (chosen without its fold: best on its stopping rows, or its last)
+    and ○ its own best. None for an empty history (a frozen-feature run)."""
     if not history:
         return None
     scored = any("val_score" in row for row in history)
@@ -413,6 +420,8 @@ def _plot_scores(ax, rows: list[dict], name: str, choice: dict | None) -> None:
     """One unit's validation curve, its best epoch (○) and its chosen OOF epoch (★)."""
     epochs, scores = [r["epoch"] for r in rows], [r["val_score"] for r in rows]
     line, = ax.plot(epochs, scores, "o-", ms=3, label=name)
+    if all("stop_score" in r for r in rows):
+        ax.plot(epochs, [r["stop_score"] for r in rows], ":", color=line.get_color())
     best = int(np.argmax(scores))
     ax.plot(epochs[best], scores[best], "o", ms=10, mfc="none", color=line.get_color())
     if choice:

@@ -126,13 +126,18 @@ def _as_pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 # --- slices along row order -------------------------------------------------------------------
-# Train rows are stored slice by slice. A slice edge is where the expression of the rows before
-# and after differs most; `find_slices` turns that into the `slices` splitter's folds.
+# Train rows are stored slice by slice. A slice edge is a lasting shift of the expression along
+# row order: ruptures' binary segmentation (least-squares cost, i.e. a change of the mean) of the
+# standardised expression signals proposes the edges, and an edge counts if the rows just before
+# and after it differ far more than neighbouring rows usually do (its jump score). Nothing
+# assumes slices of equal size; `find_slices` turns the edges into the `slices` splitter's folds.
 
 SLICE_SIGNAL_PCS = 5  # expression principal components the slice detector follows
-SLICE_RATIO = 8.0  # an edge's jump score must be at least this many times the median jump
-SLICE_TOLERANCE = 0.1  # an edge lies within this fraction of a slice of the equal-size position
+SLICE_RATIO = 6.0  # an edge's jump score must be at least this many times the median jump
+MIN_SLICE_FRACTION = 1 / 16  # a slice holds at least this fraction of the rows
 MAX_SLICES = 8
+CHANGE_RATIO = 6.0  # find_change_points' default ratio
+MAX_CANDIDATES = 60  # edges binary segmentation proposes before the jump test
 
 
 def row_signals(y: np.ndarray, extra: pd.DataFrame | None = None, n_pcs: int = 3,
@@ -153,11 +158,16 @@ def row_signals(y: np.ndarray, extra: pd.DataFrame | None = None, n_pcs: int = 3
     return frame
 
 
+def _standardised(x: np.ndarray) -> np.ndarray:
+    """Columns of x with mean 0 and sd 1 (constant columns: 0), float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1)
+
+
 def jump_scores(x: np.ndarray, window: int) -> np.ndarray:
     """Per row t: squared distance between the mean of the `window` rows before t and the mean of
     the `window` rows from t on, averaged over standardised columns (NaN near the ends)."""
-    x = np.asarray(x, dtype=np.float64)
-    x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1)
+    x = _standardised(x)
     total = np.vstack([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0)])
     scores = np.full(len(x), np.nan)
     t = np.arange(window, len(x) - window + 1)
@@ -167,65 +177,135 @@ def jump_scores(x: np.ndarray, window: int) -> np.ndarray:
     return scores
 
 
-def find_change_points(x: np.ndarray, window: int, ratio: float = 6.0,
-                       max_points: int = 10) -> list[int]:
-    """Rows where the signals jump: peaks of jump_scores at least `ratio` × its median, at least
-    `window` rows apart, strongest first (at most max_points), returned in row order."""
-    scores = jump_scores(x, window)
-    if np.isnan(scores).all():
-        return []
-    floor = ratio * np.nanmedian(scores)
-    picks: list[int] = []
-    for row in np.argsort(np.nan_to_num(-scores, nan=np.inf), kind="stable"):
-        if len(picks) == max_points or not scores[row] >= floor:
+def _segmenter(x: np.ndarray, min_size: int):
+    """ruptures' binary segmentation of x with the least-squares cost, its segment costs taken
+    from cumulative sums (O(columns) per segment instead of O(rows × columns))."""
+    import ruptures as rpt
+
+    class CumulativeL2(rpt.base.BaseCost):
+        """Sum of squared deviations from the segment mean, from cumulative sums."""
+
+        model, min_size = "l2", 2
+
+        def fit(self, signal):
+            self.signal = np.asarray(signal, dtype=np.float64).reshape(len(signal), -1)
+            zero = np.zeros((1, self.signal.shape[1]))
+            self.sums = np.vstack([zero, np.cumsum(self.signal, axis=0)])
+            self.squares = np.concatenate([[0.0], np.cumsum((self.signal ** 2).sum(1))])
+            return self
+
+        def error(self, start, end):
+            total = self.sums[end] - self.sums[start]
+            return float(self.squares[end] - self.squares[start] - total @ total / (end - start))
+
+    return rpt.Binseg(custom_cost=CumulativeL2(), min_size=min_size, jump=1).fit(x)
+
+
+def _edge_jump(relative: np.ndarray, edge: int, reach: int = 2) -> float:
+    """The largest relative jump score within `reach` rows of an edge."""
+    return float(relative[max(edge - reach, 0):edge + reach + 1].max())
+
+
+def _refine(x: np.ndarray, edges: list[int], reach: int, size: int) -> list[int]:
+    """Each edge moved to the best least-squares split (segments of at least `size` rows) of the
+    rows within `reach` of it and between its neighbours: over a whole long slice, a slow drift
+    can pull binary segmentation's split a few rows off the edge."""
+    edges = sorted(edges)
+    bounds = [0, *edges, len(x)]
+    moved = []
+    for i, edge in enumerate(edges):
+        low, high = max(bounds[i], edge - reach), min(bounds[i + 2], edge + reach)
+        moved.append(_segmenter(x[low:high], size).predict(n_bkps=1)[0] + low
+                     if high - low >= 2 * size else edge)
+    return moved
+
+
+def detect_change_points(x: np.ndarray, window: int, ratio: float, max_points: int,
+                         min_size: int | None = None) -> dict:
+    """Lasting shifts of the signals x (rows, columns) along row order.
+
+    ruptures' binary segmentation (least-squares cost: a change of the mean; segments of at
+    least `min_size` rows, default `window`) proposes up to MAX_CANDIDATES edges. An edge counts
+    if its jump score (`window` rows before vs after) is at least `ratio` × the median jump; the
+    strongest that count are kept (at most max_points), each then moved to the best split
+    within `min_size` rows. Returns the edges in row order, their jumps (× the median) and the
+    strongest jump among the candidates not kept (`rejected`): how clear-cut the answer is.
+    """
+    x = _standardised(x)
+    n, min_size = len(x), max(min_size or window, window, 2)
+    found = {"edges": [], "jumps": [], "rejected": 0.0}
+    n_bkps = min(MAX_CANDIDATES, n // min_size - 1)
+    scores = jump_scores(x, window) if n >= 2 * window else np.full(n, np.nan)
+    if n_bkps < 1 or max_points < 1 or np.isnan(scores).all() or not np.nanmedian(scores) > 0:
+        return found
+    relative = np.nan_to_num(scores / np.nanmedian(scores), nan=0.0)
+    candidates = _segmenter(x, min_size).predict(n_bkps=n_bkps)[:-1]
+    jumps = {e: _edge_jump(relative, e) for e in candidates}
+    kept: list[int] = []
+    for edge in sorted(candidates, key=lambda e: -jumps[e]):
+        if jumps[edge] < ratio or len(kept) == max_points:
             break
-        if all(abs(row - p) >= window for p in picks):
-            picks.append(int(row))
-    return sorted(picks)
+        if min(edge, n - edge, *(abs(edge - k) for k in kept)) >= min_size:
+            kept.append(edge)
+    rejected = [jumps[e] for e in candidates if e not in kept]
+    edges = _refine(x, kept, min_size, max(2, window // 2))
+    return {"edges": [int(e) for e in edges],
+            "jumps": [round(_edge_jump(relative, e), 1) for e in edges],
+            "rejected": round(max(rejected, default=0.0), 1)}
+
+
+def find_change_points(x: np.ndarray, window: int, ratio: float = CHANGE_RATIO,
+                       max_points: int = 10) -> list[int]:
+    """Rows where the signals shift (`detect_change_points`: segments at least `window` rows
+    long, jumps at least `ratio` × the median, at most max_points), in row order."""
+    return detect_change_points(x, window, ratio, max_points)["edges"]
 
 
 def find_slices(y: np.ndarray, max_slices: int = MAX_SLICES, ratio: float = SLICE_RATIO,
-                tolerance: float = SLICE_TOLERANCE, n_pcs: int = SLICE_SIGNAL_PCS) -> dict | None:
+                min_fraction: float = MIN_SLICE_FRACTION, n_pcs: int = SLICE_SIGNAL_PCS,
+                verbose: bool = True) -> dict | None:
     """Slice edges along row order from the expression alone, or None if the rows show none.
 
-    The jump score of row t compares the mean standardised expression (first principal
-    components) of the `window` rows before t with the `window` rows from t on. For K slices of
-    similar size (Visium capture areas; DACON's 2378/2349/2265), an edge is the highest jump
-    within ±tolerance of a slice of the equal-size position j·n/K, and it counts only if its jump
-    is at least `ratio` × the median jump. The answer is the largest K ≤ max_slices whose every
-    edge counts: shuffled rows have no such edge (None), and a K that halves the true slices
-    fails at the middle of a slice.
+    The signals are the total expression and the first principal components of the standardised
+    expression; `detect_change_points` finds their lasting shifts, every slice at least
+    `min_fraction` of the rows (so a small region at a slice's end is not taken for a slice) and
+    every edge's jump at least `ratio` × the median jump of neighbouring windows (window n/50).
+    Slices may differ in size. Shuffled rows have no such edge (None). Prints (`verbose`) what
+    it found and how sure it is: each edge's jump against `ratio`, the strongest it rejected.
     """
+    found = _slice_edges(np.asarray(y), max_slices, ratio, min_fraction, n_pcs)
+    if verbose:
+        print(f"find_slices: {describe_slices(found)}", flush=True)
+    return found if found["edges"] else None
+
+
+def _slice_edges(y: np.ndarray, max_slices: int = MAX_SLICES, ratio: float = SLICE_RATIO,
+                 min_fraction: float = MIN_SLICE_FRACTION,
+                 n_pcs: int = SLICE_SIGNAL_PCS) -> dict:
+    """find_slices' answer, with no edges (and the strongest rejected jump) when it finds none."""
     n = len(y)
     window = max(10, n // 50)
-    if n < 4 * window:
-        return None
-    scores = jump_scores(row_signals(y, n_pcs=n_pcs).to_numpy(), window)
-    relative = np.nan_to_num(scores / np.nanmedian(scores), nan=0.0)
-    found = None
-    for k in range(2, max_slices + 1):
-        size = n / k
-        edges = []
-        for j in range(1, k):
-            low, high = max(int(j * size - tolerance * size), 0), min(int(j * size + tolerance
-                                                                          * size) + 1, n)
-            edges.append(low + int(np.argmax(relative[low:high])))
-        jumps = relative[edges]
-        if (jumps >= ratio).all():
-            found = {"edges": edges, "jumps": np.round(jumps, 1).tolist()}
-    if found is None:
-        return None
+    found = {"edges": [], "jumps": [], "rejected": 0.0}
+    if n >= 4 * window:
+        min_size = max(window, int(np.ceil(min_fraction * n)))
+        found = detect_change_points(row_signals(y, n_pcs=n_pcs).to_numpy(), window, ratio,
+                                     max_slices - 1, min_size)
     bounds = [0, *found["edges"], n]
-    return {**found, "window": window, "sizes": np.diff(bounds).tolist(),
+    return {**found, "ratio": ratio, "window": window, "sizes": np.diff(bounds).tolist(),
             "labels": np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))}
 
 
 def describe_slices(found: dict | None) -> str:
-    """One line on what `find_slices` found."""
-    if found is None:
-        return "no slice structure along row order"
+    """One line on what `find_slices` found and how sure it is."""
+    ratio = SLICE_RATIO if found is None else found.get("ratio", SLICE_RATIO)
+    if found is None or not found["edges"]:
+        strongest = "" if found is None else f" (strongest jump {found['rejected']} × the median"
+        return ("no slice structure along row order" + strongest
+                + (f", an edge needs {ratio:g})" if strongest else ""))
     return (f"{len(found['sizes'])} slices of {found['sizes']} rows; edges at rows "
-            f"{found['edges']} (jumps {found['jumps']} × the median, window {found['window']})")
+            f"{found['edges']} (jumps {found['jumps']} × the median, window {found['window']}; "
+            f"an edge needs {ratio:g}, the weakest has {min(found['jumps']) / ratio:.1f}× that; "
+            f"strongest rejected {found['rejected']})")
 
 
 # --- cross-validation -------------------------------------------------------------------------
@@ -289,14 +369,14 @@ def split_rows(cv: str, y: np.ndarray, n_folds: int, seed: int = 0,
         folds = make_folds(cv, len(y), n_folds, seed, labels)
         sizes = np.bincount(folds).tolist()
         return folds, cv, f"CV={cv!r}: {len(sizes)} folds of {sizes} rows"
-    found = find_slices(y)
-    if found is not None:
+    found = _slice_edges(np.asarray(y))
+    if found["edges"]:
         return (make_folds("slices", len(y), len(found["sizes"]), seed, found["labels"]), "slices",
                 f"CV='slices': {describe_slices(found)}")
-    message = (f"CV='slices': the rows show no slice structure along row order (shuffled rows?); "
-               f"falling back to {n_folds} contiguous row blocks. If rows of one slice are not "
-               "stored together, this CV is optimistic: neighbouring spots land on both sides. "
-               "Give the slices as CV='file:<file.csv>' if you know them.")
+    message = (f"CV='slices': {describe_slices(found)} (shuffled rows?); falling back to "
+               f"{n_folds} contiguous row blocks. If rows of one slice are not stored together, "
+               "this CV is optimistic: neighbouring spots land on both sides. Give the slices "
+               "as CV='file:<file.csv>' if you know them.")
     warnings.warn(message, stacklevel=2)
     return make_folds("blocks", len(y), n_folds, seed), "blocks", message
 
@@ -373,23 +453,86 @@ def format_cv(cv: dict) -> str:
     return "\n".join(lines)
 
 
+INNER_BLOCKS = 3  # with 2-fold CV, candidates fitted on rows are chosen by CV over this many
+# contiguous blocks of the one other fold
+
+
 def nested_choice(folds: np.ndarray, held_out_scores: Callable[[list, int], np.ndarray],
                   n_candidates: int) -> tuple[list[int], np.ndarray]:
     """For each outer fold, the candidate whose inner-CV score over the other folds is best
     (`held_out_scores(fit_folds, k)` scores every candidate fitted on fit_folds on fold k);
-    plus the outer curve (each candidate fitted without fold k, scored on k, mean over k)."""
+    plus the outer curve (each candidate fitted without fold k, scored on k, mean over k).
+
+    With 2 folds there is one other fold: each outer fold chooses on it alone (candidates fitted
+    and scored on it, `held_out_scores([j], j)`): in-sample for that fold, never the scored one.
+    """
     ids = [int(k) for k in np.unique(folds)]
-    if n_candidates > 1 and len(ids) < 3:
-        raise ValueError(f"choosing among {n_candidates} candidates by nested CV needs at "
-                         f"least 3 folds; the runs have {len(ids)} (retrain with N_FOLDS >= 3, "
-                         "or give a single SHRINK and POSTPROCESS = [])")
     choices, curve = [], []
     for k in ids:
         others = [j for j in ids if j != k]
-        if n_candidates > 1:
+        if n_candidates == 1:
+            choices.append(0)
+        elif len(others) == 1:
+            choices.append(int(np.argmax(held_out_scores(others, others[0]))))
+        else:
             inner = [held_out_scores([i for i in others if i != j], j) for j in others]
             choices.append(int(np.argmax(np.mean(inner, axis=0))))
-        else:
-            choices.append(0)
         curve.append(held_out_scores(others, k))
     return choices, np.mean(curve, axis=0)
+
+
+def inner_folds(folds: np.ndarray, k: int) -> np.ndarray:
+    """The inner folds for choosing without outer fold k: every other row keeps its fold, or, if
+    only one fold is left (2-fold CV), goes to one of INNER_BLOCKS contiguous blocks of it; the
+    rows of fold k get -1."""
+    folds = np.asarray(folds)
+    inner = np.where(folds == k, -1, folds).astype(np.int64)
+    rest = np.flatnonzero(folds != k)
+    if len(np.unique(folds[rest])) == 1:
+        inner[rest] = make_folds("blocks", len(rest), max(2, min(INNER_BLOCKS, len(rest) // 2)))
+    return inner
+
+
+def stopping_rows(folds: np.ndarray, k: int, fraction: float) -> np.ndarray:
+    """Rows held out of fold k's training to stop it early and choose its epoch on: the last
+    `fraction` of every other fold's rows in row order (a band of each slice; at least 2 rows
+    of a fold, and at least 2 left to train on). Never a row of fold k."""
+    parts = []
+    for j in np.unique(folds):
+        rows = np.flatnonzero(folds == j)
+        if j != k:
+            parts.append(rows[len(rows) - min(max(2, round(fraction * len(rows))),
+                                              max(len(rows) - 2, 0)):])
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def nested_choice_on_rows(folds: np.ndarray,
+                          held_out_scores: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                          n_candidates: int) -> tuple[list[int], np.ndarray]:
+    """`nested_choice` for candidates fitted on training rows (ridge alphas, retrieval's k):
+    `held_out_scores(fit_rows, held_rows)` (boolean masks) scores every candidate fitted on
+    fit_rows on held_rows. Each outer fold chooses by CV over `inner_folds`: the other folds,
+    or with 2 folds contiguous blocks of the other one (fitting and scoring on one fold would
+    always pick the least regularised candidate)."""
+    choices, curve = [], []
+    for k in np.unique(folds):
+        inner = inner_folds(folds, k)
+        if n_candidates == 1:
+            choices.append(0)
+        else:
+            scores = [held_out_scores((inner >= 0) & (inner != j), inner == j)
+                      for j in np.unique(inner[inner >= 0])]
+            choices.append(int(np.argmax(np.mean(scores, axis=0))))
+        curve.append(held_out_scores(folds != k, folds == k))
+    return choices, np.mean(curve, axis=0)
+
+
+def selection_rule(folds: np.ndarray, n_candidates: int, on_rows: bool = False) -> str:
+    """How `nested_choice` (or, `on_rows`, `nested_choice_on_rows`) chose for these folds: the
+    `selection` that cv.json records beside each fold's choice."""
+    if n_candidates == 1:
+        return "fixed (one candidate)"
+    if len(np.unique(folds)) > 2:
+        return "nested"
+    return (f"nested (2 folds: CV over {INNER_BLOCKS} blocks of the other fold)" if on_rows
+            else "2 folds: chosen on the other fold alone")

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from utils.ensemble import BlendResult, PostResult, run_labels
-from utils.metric import top_genes
+from utils.metric import selection_rule, top_genes
 from utils.paths import resolve, write_json, write_with
 from utils.runs import Run, check_folds, check_shapes, load_run, select_runs
 
@@ -130,16 +130,19 @@ def write_blend_report(submission: str | os.PathLike, config: dict, runs: Sequen
                  for label, run in zip(labels, runs)],
         "blend": {"mode": blended.mode, "shrink": blended.shrink,
                   "fold_shrinks": blended.fold_shrinks, "fitted_on": blended.fitted_on,
+                  "selection": selection_rule(runs[0].folds, len(blended.shrink_curve["shrink"])),
                   "shrink_curve": blended.shrink_curve, "weight_sets": blended.sets,
                   "weights": dict(zip(labels, blended.weights.tolist()))},
         "postprocess": {"applied": list(post.steps), "gain": post.gain, "curve": post.curve,
-                        "fold_steps": [list(s) for s in post.fold_steps]},
+                        "fold_steps": [list(s) for s in post.fold_steps],
+                        "selection": selection_rule(runs[0].folds, len(post.curve))},
         "scores": cvs,
         "audit": {name: {"count": len(genes), "genes": genes[:50]}
                   for name, genes in flags.items()},
     }
     if kept is not None:
-        report["submitted"] = {k: kept[k] for k in ("kept", "fold_choices", "note")}
+        report["submitted"] = {k: kept[k] for k in ("kept", "fold_choices", "note", "selection")
+                               if k in kept}
     return write_json(report_path(submission), report)
 
 

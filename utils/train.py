@@ -14,10 +14,13 @@ its nearest training spots' (N_NEAREST and TEMPERATURES chosen by nested CV).
 scaling on its training rows, optionally starts the heads from a ridge linear probe, and trains
 on the kit's loop (`utils.loop`: AdamW, warmup + cosine, mixed precision, gradient accumulation,
 clipping, EMA, checkpoints and resume, data parallel over DEVICES), scoring the validation rows
-after every epoch (epoch 0 is the starting point); PATIENCE stops a unit early on the other
-folds' curves. A killed run resumed from its last checkpoint ends exactly as an uninterrupted
-one. Besides the run files (`utils.runs`) it writes model.json, weights/, history.json,
-curves.png and checkpoints/.
+after every epoch (epoch 0 is the starting point) and keeping every epoch's weights. With
+PATIENCE a unit also scores its *stopping rows* (the last 15 % of each training fold's rows, held
+out of its training), stops when they have not improved for PATIENCE epochs and takes its OOF
+epoch from them: nothing a fold's OOF predictions depend on reads that fold's labels
+(tests/conftest.assert_label_invariant checks it). A killed run resumed from its last checkpoint
+ends exactly as an uninterrupted one. Besides the run files (`utils.runs`) it writes model.json,
+weights/, history.json, curves.png and checkpoints/.
 This module imports torch; `import utils` does not import it.
 """
 
@@ -64,11 +67,12 @@ from utils.metric import (
     KEYS,
     make_folds,
     max_gene_floor,
-    nested_choice,
+    nested_choice_on_rows,
     pearson_genes,
     read_fold_file,
     score,
     score_folds,
+    selection_rule,
     split_rows,
     top_genes,
 )
@@ -201,34 +205,32 @@ def _alpha_scores(fit: RidgePath, x: np.ndarray, y: np.ndarray,
 def cv_ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.ndarray,
              alphas: tuple[float, ...], pca_dim: int | None = None,
              splitter: str = "blocks", target_dim: int | None = None) -> RidgeResult:
-    """Nested CV: each outer fold picks alpha on the other folds, then predicts its own rows.
+    """Nested CV: each outer fold picks alpha on the other folds (with 2 folds: on contiguous
+    blocks of the other fold, `nested_choice_on_rows`), then predicts its own rows.
 
     The test model is fitted on all rows with the alpha whose mean per-fold score is best.
     """
-    ids = np.unique(folds)
-    fits: dict[frozenset, RidgePath] = {}  # inner fit without {k, j} serves both k and j
+    fits: dict[bytes, RidgePath] = {}  # an inner fit without folds {k, j} serves k and j
 
-    def fit_without(held: frozenset) -> RidgePath:
-        if held not in fits:
-            rows = ~np.isin(folds, list(held))
-            fits[held] = fit_ridge_path(x[rows], y[rows], pca_dim, target_dim)
-        return fits[held]
+    def fit_on(rows: np.ndarray) -> RidgePath:
+        key = np.packbits(rows).tobytes()
+        if key not in fits:
+            fits[key] = fit_ridge_path(x[rows], y[rows], pca_dim, target_dim)
+        return fits[key]
 
-    oof, curve, fold_alphas = np.zeros(y.shape, np.float32), [], []
-    for k in ids:
-        inner = np.mean([_alpha_scores(fit_without(frozenset((k, j))), x[folds == j],
-                                       y[folds == j], alphas) for j in ids if j != k], axis=0)
-        best = alphas[int(np.argmax(inner))]
-        outer = fit_without(frozenset((k,)))
-        oof[folds == k] = outer.predict(x[folds == k], best)
-        curve.append(_alpha_scores(outer, x[folds == k], y[folds == k], alphas))
-        fold_alphas.append(best)
-    mean_curve = np.mean(curve, axis=0)
+    def held_out_scores(fit_rows: np.ndarray, held_rows: np.ndarray) -> np.ndarray:
+        return _alpha_scores(fit_on(fit_rows), x[held_rows], y[held_rows], alphas)
+
+    choices, mean_curve = nested_choice_on_rows(folds, held_out_scores, len(alphas))
+    oof, fold_alphas = np.zeros(y.shape, np.float32), [alphas[c] for c in choices]
+    for k, best in zip(np.unique(folds), fold_alphas):
+        oof[folds == k] = fit_on(folds != k).predict(x[folds == k], best)
     alpha = alphas[int(np.argmax(mean_curve))]
     test_pred = fit_ridge_path(x, y, pca_dim, target_dim).predict(x_test, alpha)
     cv = score_folds(y, oof, folds, splitter)
+    rule = selection_rule(folds, len(alphas), on_rows=True)
     for parts, fold_alpha in zip(cv["folds"], fold_alphas):
-        parts.update(alpha=fold_alpha, selection="nested")
+        parts.update(alpha=fold_alpha, selection=rule)
     return RidgeResult(oof, test_pred, cv, alpha, fold_alphas,
                        {"alpha": list(alphas), "score": mean_curve.tolist()})
 
@@ -269,16 +271,16 @@ def nearest_predictions(x_train: np.ndarray, y_train: np.ndarray, x_query: np.nd
 def cv_retrieval(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.ndarray,
                  n_nearest: tuple[int, ...], temperatures: tuple[float, ...],
                  splitter: str = "blocks") -> RecipeResult:
-    """Nested CV: each outer fold picks (k, temperature) on the other folds, then predicts its
-    own rows from the other folds' spots; the test set uses the pair with the best mean."""
+    """Nested CV: each outer fold picks (k, temperature) on the other folds (with 2 folds: on
+    blocks of the other fold), then predicts its own rows from the other folds' spots; the test
+    set uses the pair with the best mean."""
     pairs = [(k, t) for k in n_nearest for t in temperatures]
 
-    def held_out_scores(fit_folds: list, held: int) -> np.ndarray:
-        fit, rows = np.isin(folds, fit_folds), folds == held
+    def held_out_scores(fit: np.ndarray, rows: np.ndarray) -> np.ndarray:
         preds = nearest_predictions(x[fit], y[fit], x[rows], n_nearest, temperatures)
         return np.array([score(y[rows], p)["score"] for p in preds])
 
-    choices, curve = nested_choice(folds, held_out_scores, len(pairs))
+    choices, curve = nested_choice_on_rows(folds, held_out_scores, len(pairs))
     oof = np.zeros(y.shape, np.float32)
     for held, choice in zip(np.unique(folds), choices):
         rows = folds == held
@@ -289,7 +291,7 @@ def cv_retrieval(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.nda
     cv = score_folds(y, oof, folds, splitter)
     for parts, choice in zip(cv["folds"], choices):
         parts.update(n_nearest=pairs[choice][0], temperature=pairs[choice][1],
-                     selection="nested")
+                     selection=selection_rule(folds, len(pairs), on_rows=True))
     details = {"n_nearest": k, "temperature": t,
                "curve": {f"{a}@{b:g}": float(s) for (a, b), s in zip(pairs, curve)}}
     return RecipeResult(oof, test_pred, cv, details)
@@ -326,16 +328,20 @@ def train_ridge(cfg: TrainConfig, data: KitData, folds: np.ndarray,
 # --- fine-tuning: the recipe ----------------------------------------------------------------
 
 NOT_TRAINING = ("run_dir", "overwrite", "resume", "num_workers", "devices", "data_dir")
+STOPPING_FRACTION = 0.15  # with PATIENCE: share of each training fold's rows (its last rows)
+# held out of a unit's training, to stop it early and choose its OOF epoch on
 
 
 def train_finetune(cfg: TrainConfig, data: KitData, folds: np.ndarray,
                    splitter: str) -> RecipeResult:
     """Fine-tuned backbone + gene-group heads per fold; resumable. Every unit is trained and its
-    weights kept after every epoch; then each fold's OOF predictions come from the epoch chosen
-    without that fold (the best epoch of the other folds' mean validation curve) and the test
-    predictions from the epoch chosen on all folds (`choose_epochs`)."""
+    weights kept after every epoch; each fold's OOF predictions come from an epoch chosen without
+    its labels: with PATIENCE, the best epoch on rows held out of the unit's own training rows
+    (which also stop it early), else the last; the test predictions from the epoch best on all
+    folds' curves (`choose_epochs`)."""
     images, test_images = load_images(data, "train"), load_images(data, "test")
-    units = plan_units(folds, resolve_groups(cfg, data, folds), cfg.group_mode)
+    units = plan_units(folds, resolve_groups(cfg, data, folds), cfg.group_mode,
+                       STOPPING_FRACTION if cfg.patience else 0.0)
     run = resolve(cfg.run_dir)
     checkpoints = prepare_checkpoints(run, checkpoint_settings(cfg, data), cfg.resume)
     watch = Stopwatch(checkpoints / "elapsed.json")
@@ -389,14 +395,11 @@ def checkpoint_settings(cfg: TrainConfig, data: KitData) -> dict:
 
 def train_units(cfg: TrainConfig, units: list[Unit], images: np.ndarray, y: np.ndarray,
                 checkpoints: Path, watch: Stopwatch | None = None) -> dict[str, list[dict]]:
-    """Train every unit in turn (each one's last epoch from the units before it, PATIENCE);
-    returns their epoch histories. A unit trained before is read back, not trained again."""
-    histories: dict[str, list[dict]] = {}
-    for unit in units:
-        last = stop_epoch(unit, units, histories, cfg.epochs, cfg.patience)
-        histories[unit.name] = train_unit(unit, cfg, images, y, checkpoints / unit.name, last,
-                                          watch)
-    return histories
+    """Train every unit in turn, each on its own (up to EPOCHS; with PATIENCE it stops on its
+    own stopping rows, `stop_epoch`): no unit's length depends on another's curve. Returns their
+    epoch histories. A unit trained before is read back, not trained again."""
+    return {unit.name: train_unit(unit, cfg, images, y, checkpoints / unit.name, cfg.epochs,
+                                  watch) for unit in units}
 
 
 def data_parallel_worker(cfg: TrainConfig, units: list[Unit], images: np.ndarray, y: np.ndarray,
@@ -434,7 +437,8 @@ def train_unit(unit: Unit, cfg: TrainConfig, images: np.ndarray, y: np.ndarray, 
         run_epochs(step, dataset, batch_size, range(state["epoch"] + 1, last_epoch + 1),
                    lambda epoch: epoch_seed(cfg.seed, unit.index, epoch), checkpoint, state,
                    end_epoch, loader_workers(cfg.num_workers, step.device), desc=unit.name,
-                   on_saved=watch.tick if watch is not None else None)
+                   on_saved=watch.tick if watch is not None else None,
+                   last_epoch=lambda: stop_epoch(state["history"], last_epoch, cfg.patience))
     except RuntimeError as err:
         if is_oom(err):
             raise oom_error(err, batch_size, cfg.img_size, folder, cfg.resume) from err
@@ -446,43 +450,43 @@ def train_unit(unit: Unit, cfg: TrainConfig, images: np.ndarray, y: np.ndarray, 
     return read_json(folder / "history.json")
 
 
-def stop_epoch(unit: Unit, units: list[Unit], histories: dict[str, list[dict]], epochs: int,
-               patience: int | None) -> int:
-    """The last epoch to train a unit: EPOCHS, or, with PATIENCE, `patience` epochs past the best
-    epoch of the mean validation curve of the units of other folds trained so far (same gene
-    group). Early stopping never looks at the unit's own validation rows."""
-    if not patience:
-        return epochs
-    done = [u for u in units if u.name in histories and u.fold != unit.fold]
-    same = [u for u in done if u.group == unit.group]
-    others = [histories[u.name] for u in (same or done)]
-    if not others:
-        return epochs
-    common = min(len(h) for h in others)
-    curve = np.mean([[row["val_score"] for row in h[:common]] for h in others], axis=0)
-    return min(epochs, int(np.argmax(curve)) + patience)
+def stop_epoch(history: list[dict], epochs: int, patience: int | None) -> int:
+    """The last epoch to train a unit, given its epochs so far: EPOCHS, or, with PATIENCE,
+    `patience` epochs past the best epoch of its own stopping rows (`stop_score`: rows of the
+    other folds held out of its training), never another unit's curve nor its scored fold. In a
+    data-parallel run process 0 (which scores) decides for every process."""
+    last = epochs
+    if patience and history and "stop_score" in history[-1]:
+        last = min(epochs, int(np.argmax([row["stop_score"] for row in history])) + patience)
+    if world()[1] > 1:
+        shared = [last]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        last = shared[0]
+    return last
 
 
 def choose_epochs(units: list[Unit], histories: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per unit: the epoch of its OOF predictions, chosen on the mean validation curve of the
-    other folds' units of its group (nested: never on its own rows), and the epoch of its test
-    predictions, chosen on the mean curve of all folds; plus its own best epoch (optimistic)."""
+    """Per unit: the epoch of its OOF predictions, chosen without its fold's labels (the best
+    epoch of its own stopping rows with PATIENCE, else its last epoch), and the epoch of its test
+    predictions, chosen on the mean validation curve of all folds' units of its group (over the
+    epochs all of them trained); plus its own best epoch (optimistic)."""
     choice, folds = {}, {u.fold for u in units}
     for unit in units:
         peers = [u for u in units if u.group == unit.group]
         if {u.fold for u in peers} != folds:  # fold-aware groups differ by fold: pool each fold
             peers = units
         common = min(len(histories[u.name]) for u in peers)
-        curves = {fold: np.mean([[row["val_score"] for row in histories[u.name][:common]]
-                                 for u in peers if u.fold == fold], axis=0)
-                  for fold in sorted({u.fold for u in peers})}
-        others = [curve for fold, curve in curves.items() if fold != unit.fold]
-        own = np.array([row["val_score"] for row in histories[unit.name]])
+        test_curve = np.mean([[row["val_score"] for row in histories[u.name][:common]]
+                              for u in peers], axis=0)
+        history = histories[unit.name]
+        own = np.array([row["val_score"] for row in history])
+        stopping = [row["stop_score"] for row in history if "stop_score" in row]
+        chosen = (int(np.argmax(stopping)), "stopping rows (nested)") \
+            if len(stopping) == len(history) else (history[-1]["epoch"], "last epoch")
         choice[unit.name] = {
-            "oof_epoch": int(np.argmax(np.mean(others, axis=0))) if others else common - 1,
-            "test_epoch": int(np.argmax(np.mean(list(curves.values()), axis=0))),
+            "oof_epoch": chosen[0], "test_epoch": int(np.argmax(test_curve)),
             "best_epoch_on_fold": int(np.argmax(own)), "best_score_on_fold": float(own.max()),
-            "selection": "nested" if others else "last epoch (single fold)"}
+            "selection": chosen[1]}
     return choice
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from utils.loop import (
     plot_history,
     train_batch_size,
 )
-from utils.metric import score
+from utils.metric import score, stopping_rows
 from utils.models import ModelSpec, build_model, d4_views, load_weights, plan_heads, save_weights
 from utils.paths import save_figure, write_json, write_with
 from utils.runs import weights_file
@@ -52,16 +52,24 @@ class Unit:
     genes: np.ndarray  # column indices into the data's genes
     heads: dict[str, np.ndarray]  # head name → positions in `genes`
     group: str | None = None
+    # rows of the other folds held out of training (PATIENCE), scored after every epoch to stop
+    # and choose the OOF epoch on; empty: none
+    stop_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def plan_units(folds: np.ndarray, groups_by_fold: dict[int, dict[str, np.ndarray]],
-               group_mode: str) -> list[Unit]:
-    """The models to train: one per fold ("heads") or one per fold and group ("models")."""
+               group_mode: str, stopping_fraction: float = 0.0) -> list[Unit]:
+    """The models to train: one per fold ("heads") or one per fold and group ("models"); with
+    `stopping_fraction`, each keeps that share of its training rows out of training, to stop on
+    (`utils.metric.stopping_rows`)."""
     units: list[Unit] = []
     for k in np.unique(folds):
         groups = groups_by_fold[int(k)]
         n_genes = sum(len(cols) for cols in groups.values())
-        rows = {"train_idx": np.flatnonzero(folds != k), "val_idx": np.flatnonzero(folds == k)}
+        held = (stopping_rows(folds, k, stopping_fraction) if stopping_fraction
+                else np.zeros(0, np.int64))
+        train_rows = np.setdiff1d(np.flatnonzero(folds != k), held)
+        rows = {"train_idx": train_rows, "val_idx": np.flatnonzero(folds == k), "stop_idx": held}
         if group_mode == "heads":
             units.append(Unit(f"fold{k}", len(units), int(k), genes=np.arange(n_genes),
                               heads=dict(groups), **rows))
@@ -118,13 +126,19 @@ def to_original(model: nn.Module, z: np.ndarray) -> np.ndarray:
 def score_epoch(unit: Unit, step: Stepper, images: np.ndarray, y: np.ndarray, stats: dict,
                 folder: Path) -> dict:
     """The history row of an epoch: its training stats and every part of the official score on
-    the unit's validation rows (EMA weights if EMA is on); that epoch's weights are kept."""
+    the unit's validation rows (EMA weights if EMA is on), and with stopping rows their score
+    (`stop_score`); that epoch's weights are kept."""
     model = step.ema.module if step.ema is not None else step.model
-    pred = to_original(model, predict(model, images, unit.val_idx, device=step.device))
-    parts = score(y[unit.val_idx][:, unit.genes], pred)
+    rows = np.concatenate([unit.val_idx, unit.stop_idx])  # one pass over both
+    pred = to_original(model, predict(model, images, rows, device=step.device))
+    parts = score(y[unit.val_idx][:, unit.genes], pred[:len(unit.val_idx)])
     save_weights(model, epoch_weights(folder, stats["epoch"]))
-    return {"unit": unit.name, "fold": unit.fold, "group": unit.group, **stats,
-            **{f"val_{k}": v for k, v in parts.items()}}
+    row = {"unit": unit.name, "fold": unit.fold, "group": unit.group, **stats,
+           **{f"val_{k}": v for k, v in parts.items()}}
+    if len(unit.stop_idx):
+        row["stop_score"] = score(y[unit.stop_idx][:, unit.genes],
+                                  pred[len(unit.val_idx):])["score"]
+    return row
 
 
 def epoch_weights(folder: Path, epoch: int) -> Path:
