@@ -162,7 +162,7 @@ def test_presets_build():
 
 
 def test_bad_recipes_are_errors_that_name_the_problem(tmp_path):
-    with pytest.raises(ValueError, match="neither a preset"):
+    with pytest.raises(ValueError, match="neither a built-in policy"):
         read_policy(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text('{"transforms": {"name": "HorizontalFlip"}}')
     with pytest.raises(ValueError, match="needs a 'transforms' list"):
