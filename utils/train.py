@@ -79,15 +79,26 @@ from utils.models import (
     save_weights,
     set_targets,
 )
-from utils.paths import figure, read_json, resolve, save_figure, write_json, write_with
+from utils.paths import (
+    check_output,
+    figure,
+    read_json,
+    remove_file,
+    resolve,
+    save_figure,
+    write_json,
+    write_with,
+)
 from utils.runs import (
     Run,
     Stopwatch,
     load_run,
+    load_state,
     peak_rss_gb,
     prepare_checkpoints,
     reuse_run,
     save_run,
+    save_state,
     weights_file,
 )
 
@@ -116,7 +127,8 @@ def train(cfg: TrainConfig, data: KitData, folds: np.ndarray, splitter: str | No
     cv.json; default CV); reuse a finished identical run."""
     if cfg.recipe == "finetune":
         read_policy(cfg.augment)  # a missing or broken AUGMENT file fails now, not after hours
-    run = None if cfg.overwrite else reuse_run(cfg.run_dir, to_dict(cfg))
+    check_output(cfg.run_dir, "RUN_DIR")
+    run = None if cfg.overwrite else reuse_run(cfg.run_dir, to_dict(cfg), data)
     if run is not None:
         print(f"{run.path} is already trained with these parameters: loaded it "
               "(OVERWRITE=True retrains)")
@@ -126,6 +138,7 @@ def train(cfg: TrainConfig, data: KitData, folds: np.ndarray, splitter: str | No
     earlier = result.details.pop("elapsed_before_s", 0.0)  # a resumed run's earlier processes
     config = {**to_dict(cfg), "data_root": str(data.root), "n_train": len(data.train),
               "n_test": len(data.test), "n_genes": len(data.genes), "details": result.details,
+              "data_fingerprint": data.fingerprint,
               "elapsed_s": round(earlier + time.perf_counter() - start, 1),
               "peak_rss_gb": peak_rss_gb()}
     save_run(cfg.run_dir, config, folds, result.oof, result.test_pred, result.cv)
@@ -402,7 +415,7 @@ def slug(name: str) -> str:
 def checkpoint_settings(cfg: TrainConfig, data: KitData) -> dict:
     """What a checkpoint folder must have been trained with to be resumed."""
     return {**{k: v for k, v in to_dict(cfg).items() if k not in NOT_TRAINING},
-            "n_train": len(data.train), "n_genes": len(data.genes)}
+            "n_train": len(data.train), "n_genes": len(data.genes), "data": data.fingerprint}
 
 
 def write_outputs(cfg: TrainConfig, data: KitData, run: Path, units: list[Unit],
@@ -598,7 +611,7 @@ def train_unit(unit: Unit, cfg, images: np.ndarray, y: np.ndarray, folder: Path,
         raise
     if world()[0] == 0:
         write_json(folder / "history.json", state["history"])
-        (folder / "last.pt").unlink(missing_ok=True)
+        remove_file(folder / "last.pt")
     wait_for_others()
     return read_json(folder / "history.json")
 
@@ -814,12 +827,12 @@ def save_checkpoint(path: Path, step: Stepper, state: dict) -> None:
                     "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             **state}
-    write_with(path, lambda tmp: torch.save(ckpt, tmp))
+    save_state(path, ckpt)
 
 
 def load_checkpoint(path: Path, step: Stepper) -> dict:
     """Restore a training state saved by `save_checkpoint`; returns the loop state."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file
+    ckpt = load_state(path)  # weights_only=True: a pickle that would run code is refused
     step.model.load_state_dict(ckpt["model"])
     step.optimizer.load_state_dict(ckpt["optimizer"])
     step.scheduler.load_state_dict(ckpt["scheduler"])
