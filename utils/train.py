@@ -48,6 +48,7 @@ from torch import nn
 from utils.augment import build_augment, read_policy
 from utils.config import TrainConfig, parse_target, to_dict
 from utils.data import KitData, PatchDataset, load_images
+from utils.duplicates import find_duplicates
 from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_config
 from utils.metric import (
     KEYS,
@@ -115,9 +116,13 @@ class RecipeResult:
 
 def make_cv_folds(cfg: TrainConfig, data: KitData) -> tuple[np.ndarray, str]:
     """The fold of every train row and the splitter actually used (CV='slices' falls back to
-    blocks, with a warning, when the rows show no slice structure); prints how they were made."""
+    blocks, with a warning, when the rows show no slice structure), duplicate train patches in
+    one fold; prints the duplicate audit's line and how the folds were made."""
     groups = read_groups(cfg.cv, data.train, data.root)
-    folds, splitter, note = split_rows(cfg.cv, data.y, cfg.n_folds, cfg.seed, groups)
+    duplicates = find_duplicates(data)
+    print(duplicates.summary())
+    folds, splitter, note = split_rows(cfg.cv, data.y, cfg.n_folds, cfg.seed, groups,
+                                       duplicates.train_groups())
     print(note)
     return folds, splitter
 
