@@ -71,6 +71,19 @@ def test_hashes_of_a_flipped_or_turned_patch_are_a_permutation_of_the_originals(
         assert set(duplicates.dihedral_hashes(np.ascontiguousarray(view))[0]) == set(base)
 
 
+def test_grey_grid_is_the_mean_of_each_cell_divisible_or_not():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (2, 64, 64, 3)).astype(np.uint8)
+    expected = image.astype(float).mean(axis=3).reshape(2, 32, 2, 32, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(duplicates.grey_grid(image, 32), expected)
+    odd = image[:, :40, :40]  # 40 px over 32 cells: cells of 1 or 2 pixels
+    rows = np.linspace(0, 40, 33).astype(int)
+    grey = odd.astype(float).mean(axis=3)
+    direct = [[grey[:, rows[i]:rows[i + 1], rows[j]:rows[j + 1]].mean(axis=(1, 2))
+               for j in range(32)] for i in range(32)]
+    np.testing.assert_allclose(duplicates.grey_grid(odd, 32), np.moveaxis(direct, 2, 0))
+
+
 def test_keep_together_moves_each_group_into_its_majority_fold():
     folds = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
     labels = np.array([5, 5, -1, 5, -1, 7, 7, -1, -1])

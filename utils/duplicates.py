@@ -40,13 +40,17 @@ def dct_matrix(n: int) -> np.ndarray:
 
 
 def grey_grid(images: np.ndarray, size: int) -> np.ndarray:
-    """Mean grey level of every cell of a size x size grid over each (N, H, W, 3) patch."""
+    """Mean grey level of every cell of a size x size grid over each (N, H, W, 3) uint8 patch
+    (area pooling, in integers; one reshape when the grid divides the patch, as 32 does 224)."""
     n, h, w = images.shape[:3]
-    grey = images.mean(axis=3, dtype=np.float32)
+    if h % size == 0 and w % size == 0:
+        cells = images.reshape(n, size, h // size, size, w // size * 3)
+        return cells.sum(axis=(2, 4), dtype=np.uint32) / (3 * (h // size) * (w // size))
     rows = np.linspace(0, h, size + 1).astype(int)
     cols = np.linspace(0, w, size + 1).astype(int)
-    sums = np.add.reduceat(np.add.reduceat(grey, rows[:-1], axis=1), cols[:-1], axis=2)
-    return sums / (np.diff(rows)[:, None] * np.diff(cols)[None, :])
+    sums = np.add.reduceat(images.reshape(n, h, w * 3), rows[:-1], axis=1, dtype=np.uint32)
+    sums = np.add.reduceat(sums, cols[:-1] * 3, axis=2)
+    return sums / (3 * np.diff(rows)[:, None] * np.diff(cols)[None, :])
 
 
 def dihedral_hashes(images: np.ndarray) -> np.ndarray:
@@ -150,33 +154,50 @@ class DuplicateAudit:
         return np.where(linked, np.unique(labels, return_inverse=True)[1], -1)
 
 
+WHERE = ("train–train", "train–test")
+
+
 def find_duplicates(data: KitData, max_bits: int = NEAR_BITS) -> DuplicateAudit:
-    """Every duplicate pair within train and between train and test (hashes cached; candidate
-    pairs at distance 0 compared pixel by pixel)."""
-    train, test = cached_hashes(data, "train"), cached_hashes(data, "test")
-    frames = []
-    for where, query, within in (("train–train", train, True), ("train–test", test, False)):
-        q, t, bits = near_pairs(query, train, max_bits, within)
-        a, b = (q, t) if within else (t, q)  # row_a is always a train row
-        frames.append(_pair_frame(data, where, a, b, bits))
-    pairs = pd.concat(frames, ignore_index=True)
+    """Every duplicate pair within train and between train and test; the hashes and the pairs
+    are cached (a second call with the same images reads them)."""
+    key = {"what": "duplicate pairs", "max_bits": max_bits,
+           "train": images_fingerprint(data, "train"), "test": images_fingerprint(data, "test")}
+    path = cache_dir_for(data) / "duplicates" / f"pairs_{max_bits}bits.npy"
+    table = cached_array(path, key, lambda: pair_table(data, max_bits))
+    where, a, b, bits, exact = table.T
+    id_b = np.empty(len(b), dtype=object)
+    for code, frame in enumerate((data.train, data.test)):
+        id_b[where == code] = frame["ID"].to_numpy()[b[where == code]]
+    pairs = pd.DataFrame({"where": np.array(WHERE)[where], "kind": np.where(exact, "exact", "near"),
+                          "row_a": a, "id_a": data.train["ID"].to_numpy()[a], "row_b": b,
+                          "id_b": id_b, "bits": bits})
     return DuplicateAudit(pairs.sort_values(["where", "kind", "bits", "row_a", "row_b"],
                                             ignore_index=True), len(data.train), len(data.test),
                           max_bits)
 
 
-def _pair_frame(data: KitData, where: str, a: np.ndarray, b: np.ndarray,
-                bits: np.ndarray) -> pd.DataFrame:
-    """Pairs (train row a, train or test row b) as a frame, exact copies marked."""
-    other = data.train if where == "train–train" else data.test
+def pair_table(data: KitData, max_bits: int = NEAR_BITS) -> np.ndarray:
+    """(pairs, 5) int64: where (0 within train, 1 train–test), train row, other row, hash bits
+    and whether the patches are identical (candidates at 0 bits compared pixel by pixel)."""
+    train, test = cached_hashes(data, "train"), cached_hashes(data, "test")
+    parts = []
+    for code, query, within in ((0, train, True), (1, test, False)):
+        q, t, bits = near_pairs(query, train, max_bits, within)
+        a, b = (q, t) if within else (t, q)  # a is always a train row
+        exact = _identical(data, "train" if within else "test", a, b, bits)
+        parts.append(np.stack([np.full(len(a), code), a, b, bits, exact], axis=1))
+    return np.concatenate(parts).astype(np.int64)
+
+
+def _identical(data: KitData, other: str, a: np.ndarray, b: np.ndarray,
+               bits: np.ndarray) -> np.ndarray:
+    """Whether train patch a[k] equals patch b[k] of `other`, pixel for pixel, for each pair
+    (only pairs at 0 bits can be; only then are the patches read)."""
     same = np.zeros(len(a), bool)
     zero = np.flatnonzero(bits == 0)
-    if len(zero):  # only then are the patches read
-        images = load_images(data, "train")
-        others = images if where == "train–train" else load_images(data, "test")
+    if len(zero):
+        images, others = load_images(data, "train"), load_images(data, other)
         for start in range(0, len(zero), CHUNK):
             k = zero[start:start + CHUNK]
             same[k] = (np.asarray(images[a[k]]) == np.asarray(others[b[k]])).all(axis=(1, 2, 3))
-    return pd.DataFrame({"where": where, "kind": np.where(same, "exact", "near"), "row_a": a,
-                         "id_a": data.train["ID"].to_numpy()[a], "row_b": b,
-                         "id_b": other["ID"].to_numpy()[b], "bits": bits})
+    return same
