@@ -43,6 +43,7 @@ import pandas as pd
 from utils.paths import (
     atomic_path,
     check_output,
+    describe_key_change,
     file_lock,
     find_data_dir,
     kit_root,
@@ -321,6 +322,9 @@ def load_images(data: KitData, split: str, cache_dir: str | os.PathLike | None =
     with file_lock(target):
         built = read_json(stamp) if stamp.is_file() else {}
         if {k: built.get(k) for k in fingerprint} != fingerprint or not npy_is_complete(target):
+            if built and target.is_file():
+                print(f"rebuilding {target}: {describe_key_change(built, fingerprint)}",
+                      flush=True)
             remove_file(stamp)
             remove_temporaries(target)
             built = {**fingerprint, "conversions": _build_image_cache(data, split, target, size,

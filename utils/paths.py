@@ -355,7 +355,7 @@ def cached_array(path: str | os.PathLike, key: dict,
 
 def describe_key_change(old: dict, new: dict) -> str:
     """Which fields of a cache key differ, e.g. "images changed (what it was computed from)"."""
-    changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+    changed = sorted(k for k in new if old.get(k) != new.get(k))
     return (f"{', '.join(changed)} changed since it was computed" if changed
             else "its file is incomplete")
 
