@@ -236,9 +236,12 @@ def _narrow_targets(y: np.ndarray, ids: pd.Series, genes: list[str], path: Path)
                         f"({[genes[c] for c in cols[:10]]}); the kit computes in float32, where "
                         "they would become inf. Rescale those genes (e.g. log1p) and rerun")
     y32 = y.astype(np.float32)
-    error = np.sqrt(np.mean((y32.astype(np.float64) - y) ** 2, axis=0))
     spread = y.std(axis=0)
-    lossy = np.flatnonzero((spread > 0) & (error > PRECISION * spread))
+    # float32 rounds a value v by at most |v| * 2**-24: only columns where that bound exceeds
+    # PRECISION of the spread can lose, and only they are checked exactly
+    maybe = np.flatnonzero(np.abs(y).max(axis=0) * 2.0 ** -24 > PRECISION * spread)
+    error = np.sqrt(np.mean((y32[:, maybe].astype(np.float64) - y[:, maybe]) ** 2, axis=0))
+    lossy = maybe[(spread[maybe] > 0) & (error > PRECISION * spread[maybe])]
     if not len(lossy):
         return y32
     warn_every_time(f"{path}: float32 would round {len(lossy)} gene columns by more than "
@@ -372,14 +375,21 @@ def data_fingerprint(data: KitData) -> dict:
     folder on another machine has the same fingerprint."""
     parts = {"train_rows": _text_digest([*data.train["ID"], *data.train["path"]]),
              "genes": _text_digest(data.genes),
-             "targets": hashlib.sha1(str(data.y.dtype).encode()
-                                     + np.ascontiguousarray(data.y).tobytes()).hexdigest(),
+             "targets": _array_digest(data.y),
              "test_rows": _text_digest([*data.test["ID"], *data.test["path"]]),
              "train_images": image_content_digest(data, "train"),
              "test_images": image_content_digest(data, "test")}
     counts = {"n_train": len(data.train), "n_test": len(data.test), "n_genes": len(data.genes)}
     digest = hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return {"version": FINGERPRINT_VERSION, **counts, **parts, "digest": digest}
+
+
+def _array_digest(array: np.ndarray) -> str:
+    """A hash of an array's dtype, shape and values in column-major order (no copy for the
+    column-major arrays pandas gives)."""
+    digest = hashlib.sha1(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.asfortranarray(array).T)
+    return digest.hexdigest()
 
 
 def _text_digest(items: list[str]) -> str:
