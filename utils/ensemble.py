@@ -563,6 +563,7 @@ def write_blend_report(submission: str | os.PathLike, config: dict, runs: Sequen
     labels = run_labels(runs)
     report = {
         "config": config, "submission": str(resolve(submission)),
+        "data_fingerprint": runs[0].config.get("data_fingerprint") if runs else None,
         "runs": [{"label": label, "path": str(run.path), "recipe": run.config.get("recipe"),
                   "backbone": run.config.get("backbone"), "splitter": run.cv["splitter"]}
                  for label, run in zip(labels, runs)],
