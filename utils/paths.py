@@ -354,7 +354,8 @@ def cached_array(path: str | os.PathLike, key: dict,
 
 
 def describe_key_change(old: dict, new: dict) -> str:
-    """Which fields of a cache key differ, e.g. "images changed (what it was computed from)"."""
+    """Which fields of a new cache key differ from the old one, e.g. "images changed since it
+    was computed"."""
     changed = sorted(k for k in new if old.get(k) != new.get(k))
     return (f"{', '.join(changed)} changed since it was computed" if changed
             else "its file is incomplete")
