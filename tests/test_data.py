@@ -275,3 +275,51 @@ def test_patch_dataset_transform_and_no_targets(data, tmp_path):
     np.testing.assert_array_equal(images[2], decode_all(data.root, data.test)[2])  # untouched
     batch = next(iter(torch.utils.data.DataLoader(PatchDataset(images), batch_size=5)))
     assert isinstance(batch, torch.Tensor) and batch.shape == (5, 3, *SIZE)
+
+
+# --- issue 25: targets float32 cannot hold, warnings on every call ---------------------------
+
+def test_targets_beyond_float32_are_refused_never_inf(dacon_dir):
+    def huge(frame):
+        frame.loc[3, "G2"] = 1e39
+
+    edit_csv(dacon_dir, "train.csv", huge)
+    with pytest.raises(DataError) as err:
+        load_data(dacon_dir)
+    msg = str(err.value)
+    assert "beyond float32's range" in msg and "TRAIN_0003" in msg and "'G2'" in msg, msg
+    assert "1e+39" in msg and "inf" in msg
+
+
+def test_targets_float32_would_round_stay_float64_with_a_warning(dacon_dir):
+    offset = 1e8  # float32 steps by 8 here: the spread of ~1 would be rounded away
+    edit_csv(dacon_dir, "train.csv", lambda f: f.assign(G3=f["G3"] + offset))
+    with pytest.warns(data_mod.DataWarning, match=r"1 gene columns.*\['G3'\].*float64"):
+        data = load_data(dacon_dir)
+    raw = pd.read_csv(dacon_dir / "train.csv")["G3"].to_numpy()
+    assert data.y.dtype == np.float64 and np.array_equal(data.y[:, 2], raw)
+    assert np.unique(raw.astype(np.float32)).size < np.unique(raw).size  # float32 would lose
+
+
+def test_ordinary_targets_are_float32_without_a_warning(dacon_dir):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_data(dacon_dir).y.dtype == np.float32
+
+
+def test_conversion_warning_repeats_on_every_read_under_default_filters(data, tmp_path):
+    import warnings
+
+    write_png(data.root / "train" / "TRAIN_0001.png", np.zeros(SIZE))  # greyscale
+    seen = []
+    with warnings.catch_warnings(record=True) as record:
+        warnings.resetwarnings()
+        warnings.simplefilter("default")  # Python's default action: once per location
+        fresh = load_data(data.root)
+        for _ in range(3):  # one line, three calls: the cache is built once, read twice
+            load_images(fresh, "train", cache_dir=tmp_path / "c")
+            seen.append(len([w for w in record if w.category is data_mod.ImageConversionWarning]))
+    assert seen == [1, 2, 3] and "1 greyscale" in str(record[-1].message)
+    assert record[-1].filename == __file__  # attributed to the caller's line

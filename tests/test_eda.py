@@ -1,5 +1,5 @@
 """EDA statistics against direct computations; change points on planted shifts; image colour
-features and the train–test shift classifier; 01_eda (smoke)."""
+features and the train–test shift classifier; 01_eda (smoke), its duplicate audit included."""
 
 from __future__ import annotations
 
@@ -154,3 +154,6 @@ def test_eda_notebook_wrote_stats_and_figures(demo_pipeline):
     images = pd.read_csv(run / "image_stats.csv")
     assert (images["split"] == "test").sum() == len(data.test)
     assert json.loads((run / "config.json").read_text())["image_stride"] == 8  # QUICK
+    pairs = pd.read_csv(run / "duplicates.csv")  # the demo patches are all distinct
+    assert pairs.empty and {"where", "kind", "id_a", "id_b", "bits"} <= set(pairs.columns)
+    assert (run / "duplicates.png").is_file()

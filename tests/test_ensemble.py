@@ -303,7 +303,9 @@ def test_demo_submission_has_a_blend_report(demo_pipeline):
     for cv in report["scores"].values():
         assert cv["splitter"] == "slices" and cv["n_folds"] == n_slices
         assert np.isfinite(list(cv["overall"].values())).all()
-    y = load_data(demo_pipeline["data"]).y
+    data = load_data(demo_pipeline["data"])
+    assert report["data_fingerprint"] == data.fingerprint  # what the submission was made from
+    y = data.y
     blind = blind_cv_score(y, load_run(found[0]).folds)  # image-blind: mean profile + noise
     assert report["scores"]["blend global (nested)"]["overall"]["score"] > blind + 0.05
 

@@ -53,7 +53,7 @@ from utils.loop import default_device, inference_batch_size
 from utils.metric import top_genes
 from utils.models import load_unit_model
 from utils.paths import resolve, write_csv, write_json, write_with
-from utils.runs import read_model_info
+from utils.runs import check_trained_on, load_run, read_model_info
 
 TOP_TARGETS = ("heg50", "hvg50")  # utils.metric.top_genes
 
@@ -425,14 +425,17 @@ class CamJob:
 
 
 def prepare(cfg, data) -> CamJob:
-    """Check the run (a ridge run stops here, saying so), write the config, pick the patches of
-    FOLD that its model never trained on, and build the targets."""
+    """Check the run (a ridge run, or one trained on other data, stops here, saying so), write
+    the config, pick the patches of FOLD that its model never trained on, and build the
+    targets."""
     info = read_model_info(cfg.run_dir)
     units = fold_units(info, cfg.fold)
     check_run_genes(info, data.genes)
+    run = load_run(cfg.run_dir)
+    check_trained_on(run, data, "explain")  # same rows, genes, targets and images
     out = resolve(cfg.run_dir) / "gradcam"
     write_json(out / "config.json", to_dict(cfg))
-    folds = np.load(resolve(cfg.run_dir) / "folds.npy")
+    folds = run.folds
     rows = choose_patches(cfg.patches, folds, cfg.fold, len(data.test), cfg.n_patches, cfg.seed)
     split = "train" if cfg.patches == "val" else "test"
     frame = data.train if split == "train" else data.test

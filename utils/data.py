@@ -9,18 +9,32 @@ Every patch becomes uint8 RGB. Usable non-RGB files are converted as `CONVERSION
 one `ImageConversionWarning` per split naming how many files each conversion applied to; a
 fully transparent patch is an error. All train patches must have one size (the error lists the
 files that differ from the most common size); test patches of another size than the train
-patches are resized to it (bicubic), with the same warning.
+patches are resized to it (bicubic), with the same warning. The conversions are stored with the
+cache, and the warning is repeated on every call that reads it (`warn_every_time`: Python's
+once-per-location registry would silence a rerun cell or a later run over the same cache).
+
+Targets beyond float32's range are refused; genes whose values float32 would round by more than
+0.1% of their spread are kept in float64, with a `DataWarning` naming them.
+
+`KitData.fingerprint` says what the data is: hashes of the train and test rows (IDs and image
+paths, in order), the gene names in order, the target values and the bytes of every image file
+(memoised per file name, size and modification time in the cache folder, so only the first call
+reads the files). Runs store it in config.json and caches in their keys; `describe_change` says
+what differs between two.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
+import sys
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +42,15 @@ import pandas as pd
 
 from utils.paths import (
     atomic_path,
+    check_output,
+    describe_key_change,
     file_lock,
     find_data_dir,
     kit_root,
     npy_is_complete,
+    protect_inputs,
     read_json,
+    remove_file,
     remove_temporaries,
     write_json,
 )
@@ -45,8 +63,22 @@ class DataError(ValueError):
     """The competition files are inconsistent; the message names the file, rows or columns."""
 
 
-class ImageConversionWarning(UserWarning):
+class DataWarning(UserWarning):
+    """The data is usable but not as expected; the message says what the kit did about it."""
+
+
+class ImageConversionWarning(DataWarning):
     """Some patches were not 8-bit RGB (or not the train size) and were converted."""
+
+
+def warn_every_time(message: str, category: type[Warning] = DataWarning,
+                    stacklevel: int = 2) -> None:
+    """`warnings.warn`, shown on every call: without the once-per-location registry a rerun
+    cell, or a later run over the same cache, warns again under Python's default filters
+    (filters that ignore or raise the category still apply)."""
+    frame = sys._getframe(stacklevel)
+    warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__"), registry=None)
 
 
 @dataclass(frozen=True)
@@ -58,12 +90,17 @@ class KitData:
     test: pd.DataFrame  # ID, path
     sample: pd.DataFrame  # the sample submission: ID, genes
     genes: list[str]
-    y: np.ndarray  # float32 (n_train, n_genes), the targets on their original scale
+    y: np.ndarray  # (n_train, n_genes), original scale; float32 (float64 if float32 loses)
     subset: str | None = None  # SMOKE: "48 of 6992 train, 16 of 2277 test rows"; None: all
 
     def image_paths(self, split: str) -> list[Path]:
         """Absolute image paths of 'train' or 'test', in row order."""
         return [self.root / p for p in _split_frame(self, split)["path"]]
+
+    @cached_property
+    def fingerprint(self) -> dict:
+        """What this data is (see `data_fingerprint`); computed once per KitData."""
+        return data_fingerprint(self)
 
 
 SMOKE_ROWS = (48, 16)  # train and test rows of a SMOKE quick check
@@ -111,6 +148,9 @@ def _load_all(data_dir: str | os.PathLike | None) -> KitData:
     _check_same_ids(test, sample)
     _check_images_exist(root, train, "train.csv")
     _check_images_exist(root, test, "test.csv")
+    image_dirs = {(root / p).parent for p in (*train["path"], *test["path"])}
+    protect_inputs(root, [root / n for n in ("train.csv", "test.csv", "sample_submission.csv")],
+                   sorted(image_dirs))
     return KitData(root=root, train=train[list(ID_COLUMNS)], test=test[list(ID_COLUMNS)],
                    sample=sample, genes=genes, y=y)
 
@@ -177,7 +217,39 @@ def _read_targets(train: pd.DataFrame, genes: list[str], path: Path) -> np.ndarr
         raise DataError(f"{path}: NaN or inf targets in {len(rows)} rows "
                         f"(IDs {train['ID'].iloc[rows[:10]].tolist()}) and {len(cols)} columns "
                         f"({[genes[c] for c in cols[:10]]})")
-    return y.astype(np.float32)
+    return _narrow_targets(y, train["ID"], genes, path)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+PRECISION = 1e-3  # float32 may move a gene's values by at most this fraction of its spread
+
+
+def _narrow_targets(y: np.ndarray, ids: pd.Series, genes: list[str], path: Path) -> np.ndarray:
+    """Float64 targets as float32; values beyond float32's range are refused (they would become
+    inf), genes float32 would round by more than PRECISION of their spread stay float64."""
+    big = np.abs(y) > FLOAT32_MAX
+    if big.any():
+        rows, cols = np.flatnonzero(big.any(axis=1)), np.flatnonzero(big.any(axis=0))
+        raise DataError(f"{path}: {int(big.sum())} target values beyond float32's range "
+                        f"(|y| > {FLOAT32_MAX:.3g}, e.g. {y[big][0]:.3g}) in {len(rows)} rows "
+                        f"(IDs {ids.iloc[rows[:10]].tolist()}) and {len(cols)} gene columns "
+                        f"({[genes[c] for c in cols[:10]]}); the kit computes in float32, where "
+                        "they would become inf. Rescale those genes (e.g. log1p) and rerun")
+    y32 = y.astype(np.float32)
+    spread = y.std(axis=0)
+    # float32 rounds a value v by at most |v| * 2**-24: only columns where that bound exceeds
+    # PRECISION of the spread can lose, and only they are checked exactly
+    maybe = np.flatnonzero(np.abs(y).max(axis=0) * 2.0 ** -24 > PRECISION * spread)
+    error = np.sqrt(np.mean((y32[:, maybe].astype(np.float64) - y[:, maybe]) ** 2, axis=0))
+    lossy = maybe[(spread[maybe] > 0) & (error > PRECISION * spread[maybe])]
+    if not len(lossy):
+        return y32
+    warn_every_time(f"{path}: float32 would round {len(lossy)} gene columns by more than "
+                    f"{PRECISION:.1%} of their spread (large values with a small spread, e.g. "
+                    f"{[genes[c] for c in lossy[:10]]}): the targets are kept in float64. "
+                    "Predictions are float32, so subtract a per-gene offset (or log-transform) "
+                    "those genes for full precision", DataWarning, stacklevel=5)
+    return y
 
 
 def _check_blank_cells(frame: pd.DataFrame, name: str) -> None:
@@ -229,9 +301,11 @@ def _split_frame(data: KitData, split: str) -> pd.DataFrame:
 
 def cache_dir_for(data: KitData) -> Path:
     """Where a data folder's caches go: `$KIT_CACHE_DIR` or the kit's `cache/`, one subfolder
-    per data folder. Data folders are never written to (Kaggle input is read-only)."""
+    per data folder. Data folders are never written to (Kaggle input is read-only): a cache
+    folder that is an input of the data is refused."""
     digest = hashlib.sha1(f"{data.root}|{data.subset or ''}".encode()).hexdigest()[:10]
     base = os.environ.get(CACHE_ENV_VAR) or kit_root() / "cache"
+    check_output(base, f"${CACHE_ENV_VAR}" if os.environ.get(CACHE_ENV_VAR) else "the cache")
     return Path(base) / f"{data.root.name}{'-smoke' if data.subset else ''}-{digest}"
 
 
@@ -245,13 +319,16 @@ def load_images(data: KitData, split: str, cache_dir: str | os.PathLike | None =
     (H, W); None takes the most common train patch size (224x224 on DACON) and resizes test
     patches of another size to it.
     """
-    folder = Path(cache_dir) if cache_dir else cache_dir_for(data)
+    folder = check_output(cache_dir, "cache_dir") if cache_dir else cache_dir_for(data)
     target, stamp = folder / f"{split}_images.npy", folder / f"{split}_images.json"
     fingerprint = images_fingerprint(data, split, size)
     with file_lock(target):
         built = read_json(stamp) if stamp.is_file() else {}
         if {k: built.get(k) for k in fingerprint} != fingerprint or not npy_is_complete(target):
-            stamp.unlink(missing_ok=True)
+            if built and target.is_file():
+                print(f"rebuilding {target}: {describe_key_change(built, fingerprint)}",
+                      flush=True)
+            remove_file(stamp)
             remove_temporaries(target)
             built = {**fingerprint, "conversions": _build_image_cache(data, split, target, size,
                                                                       workers)}
@@ -262,10 +339,12 @@ def load_images(data: KitData, split: str, cache_dir: str | os.PathLike | None =
 
 def images_fingerprint(data: KitData, split: str,
                        size: tuple[int, int] | None = None) -> dict:
-    """What a split's image cache is built from: file names, sizes and modification times (for
-    test without an explicit size, the train files' too: they set the patch size)."""
+    """What a split's image cache is built from: file names, sizes and modification times, and
+    the split's image part of the data fingerprint (the files' bytes); for test without an
+    explicit size, the train files' too: they set the patch size."""
     key = {"n": len(_split_frame(data, split)), "size": list(size) if size else None,
-           "files": _files_digest(data.image_paths(split))}
+           "files": _files_digest(data.image_paths(split)),
+           "content": data.fingerprint[f"{split}_images"]}
     if split == "test" and size is None:
         key["train_files"] = _files_digest(data.image_paths("train"))
     return key
@@ -278,6 +357,74 @@ def _files_digest(paths: list[Path]) -> str:
         st = p.stat()
         digest.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+# --- the data fingerprint -------------------------------------------------------------------
+
+FINGERPRINT_VERSION = 1
+# fingerprint part → how a change reads in a message
+FINGERPRINT_PARTS = {"train_rows": "train rows (train.csv IDs or image paths, or their order)",
+                     "genes": "genes (names or order)", "targets": "train target values",
+                     "test_rows": "test rows (test.csv IDs or image paths, or their order)",
+                     "train_images": "train image files", "test_images": "test image files"}
+
+
+def data_fingerprint(data: KitData) -> dict:
+    """Hashes of every part of the data a run depends on (FINGERPRINT_PARTS), the counts, and
+    `digest`, one hash of them all. Image files are hashed by content, so a copy of the data
+    folder on another machine has the same fingerprint."""
+    parts = {"train_rows": _text_digest([*data.train["ID"], *data.train["path"]]),
+             "genes": _text_digest(data.genes),
+             "targets": _array_digest(data.y),
+             "test_rows": _text_digest([*data.test["ID"], *data.test["path"]]),
+             "train_images": image_content_digest(data, "train"),
+             "test_images": image_content_digest(data, "test")}
+    counts = {"n_train": len(data.train), "n_test": len(data.test), "n_genes": len(data.genes)}
+    digest = hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return {"version": FINGERPRINT_VERSION, **counts, **parts, "digest": digest}
+
+
+def _array_digest(array: np.ndarray) -> str:
+    """A hash of an array's dtype, shape and values in column-major order (no copy for the
+    column-major arrays pandas gives)."""
+    digest = hashlib.sha1(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.asfortranarray(array).T)
+    return digest.hexdigest()
+
+
+def _text_digest(items: list[str]) -> str:
+    """A hash of strings in order."""
+    return hashlib.sha1("\n".join(map(str, items)).encode()).hexdigest()
+
+
+def image_content_digest(data: KitData, split: str, workers: int = 4) -> str:
+    """A hash of the bytes of a split's image files in row order, memoised in the cache folder
+    under their names, sizes and modification times (only a changed file list reads them)."""
+    paths = data.image_paths(split)
+    memo, files = cache_dir_for(data) / f"{split}_content.json", _files_digest(paths)
+    saved = read_json(memo) if memo.is_file() else {}
+    if saved.get("files") == files:
+        return saved["content"]
+    with ThreadPoolExecutor(workers) as pool:
+        hashes = list(pool.map(lambda p: hashlib.sha1(p.read_bytes()).hexdigest(), paths))
+    content = _text_digest([f"{p.name}|{h}" for p, h in zip(paths, hashes)])
+    write_json(memo, {"files": files, "content": content})
+    return content
+
+
+def describe_change(old: dict | None, new: dict) -> str:
+    """What differs between two data fingerprints, in words ("" when they agree)."""
+    if not old:
+        return ("it has no data fingerprint (written by an older kit), so whether it is this "
+                "data cannot be told")
+    if old.get("digest") == new.get("digest"):
+        return ""
+    changed = [what for part, what in FINGERPRINT_PARTS.items() if old.get(part) != new.get(part)]
+    counts = [f"{old.get(k)} → {new.get(k)} {what}" for k, what in
+              (("n_train", "train rows"), ("n_test", "test rows"), ("n_genes", "genes"))
+              if old.get(k) != new.get(k)]
+    return ("changed: " + "; ".join(changed or ["the fingerprint format"])
+            + (f" ({', '.join(counts)})" if counts else ""))
 
 
 def _build_image_cache(data: KitData, split: str, target: Path, size: tuple[int, int] | None,
@@ -403,12 +550,13 @@ def _write_image_cache(paths: list[Path], target: Path, size: tuple[int, int],
 
 
 def _warn_conversions(split: str, conversions: dict[str, int], n: int) -> None:
-    """One warning listing how many of a split's patches each conversion applied to."""
+    """One warning listing how many of a split's patches each conversion applied to (on every
+    call: the counts are stored with the cache)."""
     if conversions:
         parts = "; ".join(f"{count} {CONVERSIONS[key]}" for key, count in conversions.items())
-        warnings.warn(f"{split}: {sum(conversions.values())} of {n} patches were converted to "
-                      f"8-bit RGB: {parts} (see utils.data.CONVERSIONS)",
-                      ImageConversionWarning, stacklevel=3)
+        warn_every_time(f"{split}: {sum(conversions.values())} of {n} patches were converted to "
+                        f"8-bit RGB: {parts} (see utils.data.CONVERSIONS)",
+                        ImageConversionWarning, stacklevel=3)
 
 
 # --- torch dataset ----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """01_eda: per-gene distributions, slice structure along row order, image colour (RGB and HED
-stains), a classifier that tells train patches from test patches, and the figures of all that.
+stains), a classifier that tells train patches from test patches, duplicate patches (found by
+utils.duplicates, shown here), and the figures of all that.
 
 Train rows are stored slice by slice and the test set is an unseen slice, so the row order
 carries structure: `find_change_points` looks for the rows where expression and colour jump.
@@ -350,3 +351,25 @@ def save_shift(run: Path, features: dict[str, pd.DataFrame], seed: int = 0) -> d
     shift = shift_auc(features["train"], features["test"], seed=seed)
     write_json(run / "shift.json", shift)
     return shift
+
+
+# --- duplicate patches ------------------------------------------------------------------------
+
+def plot_duplicate_pairs(train: np.ndarray, test: np.ndarray, pairs: pd.DataFrame, n: int = 6):
+    """Up to n duplicate pairs (utils.duplicates: exact first, then the closest near ones), each
+    a column: the train patch above its copy (train or test); a note when there are none."""
+    shown = pairs.sort_values(["kind", "bits"], kind="stable").head(n)
+    fig, axes = figure(1.6 * max(len(shown), 1) + 0.4, 3.6, nrows=2,
+                       ncols=max(len(shown), 1), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    if shown.empty:
+        axes[0, 0].text(0, 0.5, "no duplicate patches found", fontsize="large")
+        return fig
+    for col, pair in enumerate(shown.itertuples()):
+        other = train if pair.where == "train–train" else test
+        axes[0, col].imshow(train[pair.row_a])
+        axes[0, col].set_title(f"{pair.kind}, {pair.bits} bits\n{pair.id_a}", fontsize="small")
+        axes[1, col].imshow(other[pair.row_b])
+        axes[1, col].set_title(pair.id_b, fontsize="small")
+    return fig

@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from utils.choices import LOSSES
-from utils.paths import figure, write_with
+from utils.paths import figure
+from utils.runs import load_state, save_state
 
 # --- devices and precision --------------------------------------------------------------------
 
@@ -343,12 +344,12 @@ def save_checkpoint(path: Path, step: Stepper, state: dict) -> None:
                     "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             **state}
-    write_with(path, lambda tmp: torch.save(ckpt, tmp))
+    save_state(path, ckpt)
 
 
 def load_checkpoint(path: Path, step: Stepper) -> dict:
     """Restore a training state saved by `save_checkpoint`; returns the loop state."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file
+    ckpt = load_state(path)  # weights_only=True: a pickle that would run code is refused
     step.model.load_state_dict(ckpt["model"])
     step.optimizer.load_state_dict(ckpt["optimizer"])
     step.scheduler.load_state_dict(ckpt["scheduler"])

@@ -15,12 +15,13 @@ alpha, blend weights, post-processing) is made without the fold it scores (`nest
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from utils.data import warn_every_time
 
 PARTS = ("cells", "max_gene", "heg50", "hvg50")
 KEYS = ("score", *PARTS, "mean_gene")
@@ -359,32 +360,39 @@ def list_splitters() -> list[str]:
 
 
 def split_rows(cv: str, y: np.ndarray, n_folds: int, seed: int = 0,
-               labels: Sequence | None = None) -> tuple[np.ndarray, str, str]:
+               labels: Sequence | None = None,
+               same_fold: np.ndarray | None = None) -> tuple[np.ndarray, str, str]:
     """Folds for a CV splitter, the splitter actually used and a line saying how they were made.
 
     `slices` holds out one slice per fold, its edges found by `find_slices`; rows that show no
     slice structure (e.g. shuffled) fall back to N_FOLDS contiguous blocks, with a warning.
+    `same_fold` (a label per row, -1 for none; e.g. duplicate patches) keeps rows of one label
+    in one fold (see `keep_together`).
     """
     if cv != "slices":
-        folds = make_folds(cv, len(y), n_folds, seed, labels)
+        folds = make_folds(cv, len(y), n_folds, seed, labels, same_fold)
         sizes = np.bincount(folds).tolist()
-        return folds, cv, f"CV={cv!r}: {len(sizes)} folds of {sizes} rows"
-    found = _slice_edges(np.asarray(y))
-    if found["edges"]:
-        return (make_folds("slices", len(y), len(found["sizes"]), seed, found["labels"]), "slices",
-                f"CV='slices': {describe_slices(found)}")
-    message = (f"CV='slices': {describe_slices(found)} (shuffled rows?); falling back to "
-               f"{n_folds} contiguous row blocks. If rows of one slice are not stored together, "
-               "this CV is optimistic: neighbouring spots land on both sides. Give the slices "
-               "as CV='file:<file.csv>' if you know them.")
-    warnings.warn(message, stacklevel=2)
-    return make_folds("blocks", len(y), n_folds, seed), "blocks", message
+        note = f"CV={cv!r}: {len(sizes)} folds of {sizes} rows"
+    elif (found := _slice_edges(np.asarray(y)))["edges"]:
+        folds = make_folds("slices", len(y), len(found["sizes"]), seed, found["labels"],
+                           same_fold)
+        cv, note = "slices", f"CV='slices': {describe_slices(found)}"
+    else:
+        note = (f"CV='slices': {describe_slices(found)} (shuffled rows?); falling back to "
+                f"{n_folds} contiguous row blocks. If rows of one slice are not stored together, "
+                "this CV is optimistic: neighbouring spots land on both sides. Give the slices "
+                "as CV='file:<file.csv>' if you know them.")
+        warn_every_time(note, UserWarning, stacklevel=2)
+        folds, cv = make_folds("blocks", len(y), n_folds, seed, same_fold=same_fold), "blocks"
+    return folds, cv, note + _together_note(same_fold)
 
 
 def make_folds(cv: str, n_rows: int, n_folds: int, seed: int = 0,
-               labels: Sequence | None = None) -> np.ndarray:
+               labels: Sequence | None = None,
+               same_fold: np.ndarray | None = None) -> np.ndarray:
     """Fold index (0..n_folds-1) for every train row, by splitter name (`slices` and `file`
-    take the label of every row as `labels`)."""
+    take the label of every row as `labels`); rows sharing a `same_fold` label >= 0 (e.g.
+    duplicate patches) end in one fold (`keep_together`)."""
     name = cv.split(":", 1)[0]
     if name not in SPLITTERS:
         raise ValueError(f"unknown CV splitter {cv!r}; choose from {list_splitters()}")
@@ -392,7 +400,34 @@ def make_folds(cv: str, n_rows: int, n_folds: int, seed: int = 0,
         raise ValueError(f"N_FOLDS must be between 2 and the number of rows ({n_rows}); "
                          f"got {n_folds}")
     labels = None if labels is None else np.asarray(labels)
-    return SPLITTERS[name](n_rows, n_folds, seed, labels)
+    folds = SPLITTERS[name](n_rows, n_folds, seed, labels)
+    return folds if same_fold is None else keep_together(folds, same_fold)
+
+
+def keep_together(folds: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Folds with every group of rows sharing a label >= 0 moved into one fold: the fold most
+    of the group is in (ties: the lower fold). A copy of a validation patch in training would
+    let a model recall its targets and flatter the score."""
+    folds, labels = np.asarray(folds).copy(), np.asarray(labels)
+    if len(labels) != len(folds):
+        raise ValueError(f"same_fold has {len(labels)} labels for {len(folds)} rows")
+    rows = np.flatnonzero(labels >= 0)
+    if not len(rows):
+        return folds
+    group = np.unique(labels[rows], return_inverse=True)[1]
+    counts = np.zeros((group.max() + 1, folds.max() + 1), int)
+    np.add.at(counts, (group, folds[rows]), 1)
+    folds[rows] = np.argmax(counts, axis=1)[group]
+    return folds
+
+
+def _together_note(same_fold: np.ndarray | None) -> str:
+    """What `keep_together` did, for the CV note ("" without groups)."""
+    if same_fold is None or not (np.asarray(same_fold) >= 0).any():
+        return ""
+    labels = np.asarray(same_fold)
+    return (f"; {len(np.unique(labels[labels >= 0]))} groups of duplicate rows "
+            f"({int((labels >= 0).sum())} rows) kept in one fold each")
 
 
 def read_fold_file(cv: str, train: pd.DataFrame,

@@ -3,12 +3,18 @@
 A run folder holds `config.json` (the resolved config), `folds.npy` (fold of every train row),
 `oof.npy` (out-of-fold predictions, train order), `test_pred.npy` (test predictions, test.csv
 order) and `cv.json` (`{"splitter", "n_folds", "folds": [parts], "overall": mean of folds,
-"oof": parts}`), all on the original target scale. `config.json` is written last, so a folder
-that has it is complete. A fine-tuning run adds `model.json` (how to rebuild every trained
-model: backbone, size, genes and heads per unit), `weights/<unit>.safetensors`, `history.json`
-(one row per unit and epoch) and `checkpoints/` (`settings.json`; per unit `last.pt` while it
-trains, `result.npz` when done). A unit is one trained model: a fold (`fold0`), or a fold and a
-gene group (`fold0-<group>`).
+"oof": parts}`), all on the original target scale. `config.json` is removed first and written
+last, so a folder that has it is complete, and an interrupted rewrite is never taken for one.
+`config.json` holds the data fingerprint (`data_fingerprint`, see utils.data): a run is reused,
+explained (06) or blended (07) only with the data it was trained on. A fine-tuning run adds
+`model.json` (how to rebuild every trained model: backbone, size, genes and heads per unit),
+`weights/<unit>.safetensors`, `history.json` (one row per unit and epoch) and `checkpoints/`
+(`settings.json`; per unit `last.pt` while it trains, `result.npz` when done). A unit is one
+trained model: a fold (`fold0`), or a fold and a gene group (`fold0-<group>`).
+
+Files load safely: arrays with `np.load` (no pickles), checkpoints with
+`torch.load(weights_only=True)` (`load_state`): a pickle that would run code is refused, naming
+the file.
 """
 
 from __future__ import annotations
@@ -23,7 +29,17 @@ from pathlib import Path
 import numpy as np
 
 from utils.choices import upgrade_config
-from utils.paths import as_json, read_json, resolve, run_dir, save_npy, write_json
+from utils.data import describe_change
+from utils.paths import (
+    as_json,
+    read_json,
+    remove_file,
+    resolve,
+    run_dir,
+    save_npy,
+    write_json,
+    write_with,
+)
 
 RUN_FILES = ("folds.npy", "oof.npy", "test_pred.npy", "cv.json", "config.json")
 
@@ -47,8 +63,10 @@ class Run:
 
 def save_run(run_dir: str | os.PathLike, config: dict, folds: np.ndarray, oof: np.ndarray,
              test_pred: np.ndarray, cv: dict) -> Path:
-    """Write a run folder; every file is written atomically and config.json comes last."""
+    """Write a run folder; every file is written atomically, config.json (what marks the run
+    finished) is removed first and written last."""
     folder = resolve(run_dir)
+    remove_file(folder / "config.json")
     for name, array in (("folds", folds), ("oof", oof), ("test_pred", test_pred)):
         save_npy(folder / f"{name}.npy", np.asarray(array))
     write_json(folder / "cv.json", cv)
@@ -77,14 +95,64 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     if missing:
         raise FileNotFoundError(f"{folder} is not a finished run: missing {', '.join(missing)} "
                                 f"(run notebooks/05_train.ipynb with RUN_DIR={str(run_dir)!r})")
+    arrays = {name: load_array(folder / f"{name}.npy") for name in ("folds", "oof", "test_pred")}
     return Run(path=folder, config=read_json(folder / "config.json"),
-               cv=read_json(folder / "cv.json"), folds=np.load(folder / "folds.npy"),
-               oof=np.load(folder / "oof.npy"), test_pred=np.load(folder / "test_pred.npy"))
+               cv=read_json(folder / "cv.json"), **arrays)
+
+
+class UnsafeFileError(ValueError):
+    """A run file or checkpoint holds Python objects that could run code when loaded."""
+
+
+def load_array(path: str | os.PathLike) -> np.ndarray:
+    """An .npy array of numbers; an object array (a pickle, which could run code) is refused."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise
+        raise UnsafeFileError(f"{path} holds pickled Python objects, not an array of numbers; "
+                              "loading it could run code, so the kit refuses it (run files are "
+                              "plain arrays). Delete it and retrain, or ask whoever shared the "
+                              "run folder") from None
 
 
 def find_runs(root: str | os.PathLike = "runs") -> list[Path]:
     """Finished run folders under `root` (any depth), sorted by path."""
     return sorted(p.parent for p in resolve(root).rglob("config.json") if is_complete(p.parent))
+
+
+def data_mismatch(config: dict, data) -> str:
+    """What differs between the data a run was trained on (its config.json) and `data`; ""
+    when they are the same."""
+    return describe_change(config.get("data_fingerprint"), data.fingerprint)
+
+
+def check_trained_on(run: Run, data, action: str = "use") -> None:
+    """The run was trained on `data`, or an error naming the run and what changed."""
+    change = data_mismatch(run.config, data)
+    if change:
+        raise ValueError(f"{run.path} was trained on other data than {data.root}: {change}. "
+                         f"The kit does not {action} a run with data it was not trained on; "
+                         "retrain it with this data (05_train, OVERWRITE=True) or set DATA_DIR "
+                         "to its data")
+
+
+def check_same_data(runs: list[Run], data) -> None:
+    """Every run was trained on `data` (rows, genes and their order, targets, test IDs,
+    images), or one error naming which runs hold which data: blending those would mix other
+    genes, rows or test sets (shapes can agree while the data differs)."""
+    check_shapes(runs, len(data.train), len(data.test), len(data.genes))
+    stale = {run.name: data_mismatch(run.config, data) for run in runs}
+    stale = {name: change for name, change in stale.items() if change}
+    if stale:
+        same = [run.name for run in runs if run.name not in stale]
+        listing = "; ".join(f"{name}: {change}" for name, change in stale.items())
+        raise ValueError(f"{len(stale)} of {len(runs)} runs were trained on other data than "
+                         f"{data.root}, so they cannot be blended or submitted with it: "
+                         f"{listing}" + (f" (trained on this data: {', '.join(same)})" if same
+                                         else "") + ". Retrain them on this data (05_train, "
+                         "OVERWRITE=True) or leave them out of RUNS")
 
 
 def check_shapes(runs: list[Run], n_train: int, n_test: int, n_genes: int) -> None:
@@ -145,18 +213,23 @@ def runs_table(runs: list[Run]):
     return pd.DataFrame(rows).set_index("run")
 
 
-def reuse_run(run_dir: str | os.PathLike, config: dict) -> Run | None:
+def reuse_run(run_dir: str | os.PathLike, config: dict, data=None) -> Run | None:
     """The finished run in `run_dir` if it was trained with the same parameters (OVERWRITE
-    aside); None if there is none; an error naming what changed if the parameters differ."""
+    aside) on the same `data` (its fingerprint); None if there is none; an error naming what
+    changed if the parameters or the data differ."""
     if not is_complete(run_dir):
         return None
     run = load_run(run_dir)
     saved = upgrade_config(run.config)  # parameters renamed since it was trained: today's names
     changed = {k: (saved.get(k), v) for k, v in as_json(config).items()
                if k != "overwrite" and saved.get(k) != v}
-    if changed:
-        raise FileExistsError(f"{run.path} holds a run with other parameters "
-                              f"(saved, now): {changed}; set OVERWRITE=True or a new RUN_DIR")
+    stale = "" if data is None else data_mismatch(run.config, data)
+    if changed or stale:
+        what = [f"other parameters (saved, now): {changed}"] if changed else []
+        what += [f"other data ({stale})"] if stale else []
+        raise FileExistsError(f"{run.path} holds a run trained with {' and '.join(what)}; its "
+                              "CV and predictions do not belong to this run. Set OVERWRITE=True "
+                              "to retrain it, or choose a new RUN_DIR")
     return run
 
 
@@ -188,12 +261,78 @@ def prepare_checkpoints(run_dir: str | os.PathLike, settings: dict, resume: bool
     saved = folder / "settings.json"
     if saved.is_file() and upgrade_config(read_json(saved)) != settings:
         old = upgrade_config(read_json(saved))
-        changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-        raise ValueError(f"{folder} holds checkpoints of an unfinished run with other settings "
-                         f"(saved, now): {changed}. Set RESUME=False to start over, or use "
-                         "another RUN_DIR")
+        changed = {k: (old.get(k), v) for k, v in settings.items()
+                   if old.get(k) != v and k != "data"}
+        what = [f"other settings (saved, now): {changed}"] if changed else []
+        if old.get("data") != settings.get("data"):
+            what.append(f"other data ({describe_change(old.get('data'), settings.get('data'))})")
+        raise ValueError(f"{folder} holds checkpoints of an unfinished run with "
+                         f"{' and '.join(what)}. Set RESUME=False to start over, or use another "
+                         "RUN_DIR")
     write_json(saved, settings)
     return folder
+
+
+def save_state(path: str | os.PathLike, state: dict) -> None:
+    """Write a training state (tensors, numpy arrays, numbers, strings, lists, tuples, dicts)
+    atomically, in a form `load_state` reads with `torch.load(weights_only=True)`."""
+    import torch
+
+    plain = _to_plain(state)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a Python file: a full disk raises OSError, not RuntimeError
+            torch.save(plain, f)
+
+    write_with(path, write)
+
+
+def load_state(path: str | os.PathLike) -> dict:
+    """A state written by `save_state`, read with `torch.load(weights_only=True)`: a file that
+    holds other Python objects (a pickle that could run code) is refused, naming it."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[-1][:300]
+        raise UnsafeFileError(f"{path} is not a plain checkpoint of tensors and numbers: it holds "
+                              f"Python objects that could run code when loaded ({reason}), so "
+                              "the kit refuses it. Delete it (or set RESUME=False) to start "
+                              "over; never load checkpoints you do not trust") from None
+    return _from_plain(state)
+
+
+NUMPY_TAG = "__numpy__"  # how save_state marks a numpy array kept as a tensor
+
+
+def _to_plain(obj):
+    """`obj` with numpy arrays as tagged tensors and numpy scalars as Python numbers."""
+    import torch
+
+    if isinstance(obj, np.ndarray):
+        return {NUMPY_TAG: torch.from_numpy(obj.astype(np.int64) if obj.dtype == np.uint32
+                                            else obj), "dtype": obj.dtype.str}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_plain(v) for v in obj)
+    return obj
+
+
+def _from_plain(obj):
+    """The inverse of `_to_plain`: tagged tensors back to numpy arrays of their dtype."""
+    if isinstance(obj, dict):
+        if NUMPY_TAG in obj:
+            return obj[NUMPY_TAG].numpy().astype(np.dtype(obj["dtype"]))
+        return {k: _from_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_from_plain(v) for v in obj)
+    return obj
 
 
 class Stopwatch:

@@ -21,7 +21,7 @@ import pandas as pd
 from utils.ensemble import BlendResult, PostResult, run_labels
 from utils.metric import selection_rule, top_genes
 from utils.paths import resolve, write_json, write_with
-from utils.runs import Run, check_folds, check_shapes, load_run, select_runs
+from utils.runs import Run, check_folds, check_same_data, load_run, select_runs
 
 NEAR_CONSTANT = 1e-3  # a predicted column with sd below this fraction of the train sd
 
@@ -125,6 +125,7 @@ def write_blend_report(submission: str | os.PathLike, config: dict, runs: Sequen
     labels = run_labels(runs)
     report = {
         "config": config, "submission": str(resolve(submission)),
+        "data_fingerprint": runs[0].config.get("data_fingerprint") if runs else None,
         "runs": [{"label": label, "path": str(run.path), "recipe": run.config.get("recipe"),
                   "backbone": run.config.get("backbone"), "splitter": run.cv["splitter"]}
                  for label, run in zip(labels, runs)],
@@ -247,11 +248,12 @@ def write_submission(frame: pd.DataFrame, sample: pd.DataFrame,
 
 # --- 07's steps -------------------------------------------------------------------------------
 
-def load_runs(cfg, n_train: int, n_test: int, n_genes: int) -> list[Run]:
-    """The runs of RUNS (or every finished run under RUNS_ROOT), checked to fit the data and to
-    share one CV split."""
+def load_runs(cfg, data) -> list[Run]:
+    """The runs of RUNS (or every finished run under RUNS_ROOT), checked to have been trained on
+    `data` (rows, genes, targets, test IDs, images: `check_same_data`) and to share one CV
+    split."""
     runs = [load_run(path) for path in select_runs(cfg.runs, cfg.runs_root)]
-    check_shapes(runs, n_train, n_test, n_genes)
+    check_same_data(runs, data)
     check_folds(runs)
     return runs
 

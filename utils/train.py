@@ -39,6 +39,7 @@ from torch import nn
 from utils.augment import build_augment, read_policy
 from utils.config import TrainConfig, to_dict
 from utils.data import KitData, PatchDataset, load_images
+from utils.duplicates import find_duplicates
 from utils.features import cached_features
 from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_config
 from utils.loop import (
@@ -77,7 +78,7 @@ from utils.metric import (
     top_genes,
 )
 from utils.models import GeneRegressor, build_model, freeze_blocks, set_targets
-from utils.paths import figure, read_json, resolve, write_json
+from utils.paths import check_output, figure, read_json, remove_file, resolve, write_json
 from utils.runs import (
     Run,
     Stopwatch,
@@ -114,9 +115,13 @@ class RecipeResult:
 
 def make_cv_folds(cfg: TrainConfig, data: KitData) -> tuple[np.ndarray, str]:
     """The fold of every train row and the splitter actually used (CV='slices' falls back to
-    blocks, with a warning, when the rows show no slice structure); prints how they were made."""
+    blocks, with a warning, when the rows show no slice structure), duplicate train patches in
+    one fold; prints the duplicate audit's line and how the folds were made."""
     labels = read_fold_file(cfg.cv, data.train, data.root)
-    folds, splitter, note = split_rows(cfg.cv, data.y, cfg.n_folds, cfg.seed, labels)
+    duplicates = find_duplicates(data)
+    print(duplicates.summary())
+    folds, splitter, note = split_rows(cfg.cv, data.y, cfg.n_folds, cfg.seed, labels,
+                                       duplicates.train_groups())
     print(note)
     return folds, splitter
 
@@ -126,7 +131,8 @@ def train(cfg: TrainConfig, data: KitData, folds: np.ndarray, splitter: str | No
     cv.json; default CV); reuse a finished identical run."""
     if cfg.recipe == "finetune":
         read_policy(cfg.augment)  # a missing or broken AUGMENT file fails now, not after hours
-    run = None if cfg.overwrite else reuse_run(cfg.run_dir, to_dict(cfg))
+    check_output(cfg.run_dir, "RUN_DIR")
+    run = None if cfg.overwrite else reuse_run(cfg.run_dir, to_dict(cfg), data)
     if run is not None:
         print(f"{run.path} is already trained with these parameters: loaded it "
               "(OVERWRITE=True retrains)")
@@ -136,6 +142,7 @@ def train(cfg: TrainConfig, data: KitData, folds: np.ndarray, splitter: str | No
     earlier = result.details.pop("elapsed_before_s", 0.0)  # a resumed run's earlier processes
     config = {**to_dict(cfg), "data_root": str(data.root), "n_train": len(data.train),
               "n_test": len(data.test), "n_genes": len(data.genes), "details": result.details,
+              "data_fingerprint": data.fingerprint,
               "elapsed_s": round(earlier + time.perf_counter() - start, 1),
               "peak_rss_gb": peak_rss_gb()}
     save_run(cfg.run_dir, config, folds, result.oof, result.test_pred, result.cv)
@@ -390,7 +397,7 @@ def resolve_groups(cfg: TrainConfig, data: KitData,
 def checkpoint_settings(cfg: TrainConfig, data: KitData) -> dict:
     """What a checkpoint folder must have been trained with to be resumed."""
     return {**{k: v for k, v in to_dict(cfg).items() if k not in NOT_TRAINING},
-            "n_train": len(data.train), "n_genes": len(data.genes)}
+            "n_train": len(data.train), "n_genes": len(data.genes), "data": data.fingerprint}
 
 
 def train_units(cfg: TrainConfig, units: list[Unit], images: np.ndarray, y: np.ndarray,
@@ -445,7 +452,7 @@ def train_unit(unit: Unit, cfg: TrainConfig, images: np.ndarray, y: np.ndarray, 
         raise
     if world()[0] == 0:
         write_json(folder / "history.json", state["history"])
-        checkpoint.unlink(missing_ok=True)
+        remove_file(checkpoint)
     wait_for_others()
     return read_json(folder / "history.json")
 
