@@ -208,13 +208,14 @@ def test_killed_fine_tuning_epoch_resumes_to_identical_predictions(root, tmp_pat
     run_child(FINETUNE.format(**args, run=str(tmp_path / "full"), patch="",
                               out=str(tmp_path / "full.npy")), cache, expect_killed=False)
     mid_epoch_two = """
-    real, steps = train.optimizer_step, []
+    from utils import loop
+    real, steps = loop.optimizer_step, []
     def step(*a):
         steps.append(1)
         if len(steps) == 4:  # 20 rows in a fold at batch 8: 3 steps an epoch; dies in epoch 2
             die()
         return real(*a)
-    train.optimizer_step = step
+    loop.optimizer_step = step
     """
     run_child(FINETUNE.format(**args, run=str(tmp_path / "run"), patch=mid_epoch_two, out=""),
               cache)

@@ -90,7 +90,8 @@ def test_parameters_cell_and_config_defaults_agree(path):
     from utils.paths import as_json
 
     cls = getattr(config, CONFIGS[path.stem])
-    defaults = {f.name.upper(): f.default for f in dataclasses.fields(cls)}
+    defaults = {f.name.upper(): f.default_factory() if f.default is dataclasses.MISSING
+                else f.default for f in dataclasses.fields(cls)}
     params = {name: ast.literal_eval(line.split("=", 1)[1].split("#", 1)[0].strip())
               for name, line in _parameters(path).items()}
     assert set(params) == set(defaults), (f"{path.name}: parameters without a field "

@@ -1,5 +1,7 @@
 """Recipes end to end on a tiny DACON folder: run folder written, reused, refused, retrained."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -34,8 +36,8 @@ def test_finished_run_is_reused_changed_one_refused(cfg, monkeypatch):
     monkeypatch.setitem(train.RECIPES, "ridge", lambda *a: 1 / 0)
     again = train.train(cfg, data, folds)
     np.testing.assert_array_equal(first.test_pred, again.test_pred)
-    changed = TrainConfig(**{**cfg.__dict__, "alphas": (5.0,)})
+    changed = replace(cfg, alphas=(5.0,))
     with pytest.raises(FileExistsError, match="alphas"):
         train.train(changed, data, folds)
     with pytest.raises(ZeroDivisionError):  # OVERWRITE retrains
-        train.train(TrainConfig(**{**cfg.__dict__, "overwrite": True}), data, folds)
+        train.train(replace(cfg, overwrite=True), data, folds)
