@@ -340,10 +340,16 @@ class Split:
     splitter: str
     held_rows: np.ndarray | None  # bool over train rows; None: her2st's test (labels withheld)
 
-    def xs(self, x: dict) -> tuple[np.ndarray, np.ndarray]:
-        """(features of the fit rows, features of the rows to predict)."""
+    def xs(self, x: dict, centre: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(features of the fit rows, features of the rows to predict); `centre`: each slice's
+        features minus that slice's mean (the fit rows per fold, the predicted rows as one
+        slice, as DACON's test set is): label-free, from the images alone."""
         held = x["test"] if self.held_rows is None else x["train"][self.held_rows]
-        return x["train"][self.fit_rows], held
+        fit = x["train"][self.fit_rows]
+        if not centre:
+            return fit, held
+        means = np.stack([fit[self.folds == k].mean(axis=0) for k in range(self.folds.max() + 1)])
+        return fit - means[self.folds], held - held.mean(axis=0)
 
 
 def make_splits(data) -> list[Split]:
@@ -449,11 +455,11 @@ def features_of(data, recipe: dict) -> dict[str, np.ndarray]:
 
 
 def refit(data, split: Split, recipe: dict, kind: str = "ridge", target: str | None = None,
-          groups: dict | None = None) -> Fit:
+          groups: dict | None = None, centre: bool = False) -> Fit:
     """A member on a split: ridge (TARGET of the recipe unless `target`), per-group ridge, or
-    retrieval, on the recipe's features."""
+    retrieval, on the recipe's features (slice-centred if `centre`)."""
     x = features_of(data, recipe)
-    args = (*split.xs(x), data.y[split.fit_rows], split.folds, split.splitter)
+    args = (*split.xs(x, centre), data.y[split.fit_rows], split.folds, split.splitter)
     if kind == "retrieval":
         return fit_retrieval(*args)
     if groups is not None:
@@ -488,49 +494,68 @@ BLENDS = {  # name → (members, BLEND, gene-group strategy)
 }
 
 
-def split_members(data, grid: pd.DataFrame, split: Split) -> tuple[dict, dict]:
+def split_members(data, grid: pd.DataFrame, split: Split, centre: bool) -> tuple[dict, dict]:
     """The members chosen on the split's slice CV (best recipe per backbone; retrieval and
-    ridge on every gene over the best of them) and the fixed baselines; (fits, recipes)."""
+    ridge on every gene over the best of them; one ridge over the three backbones' features)
+    and, on plain features, the fixed baselines: (fits, recipes)."""
     recipes = {b: choose(grid, split, backbone=b, stain="none") for b in BACKBONES
                if b in set(grid["backbone"])}
-    recipes["best"] = choose(grid, split, stain="none")
-    recipes["plain ridge"], recipes["cpu_best"] = PLAIN, CPU_BEST
-    fits = {name: refit(data, split, recipe) for name, recipe in recipes.items()}
-    best = recipes["best"]
-    fits["retrieval"] = refit(data, split, best, "retrieval")
-    fits["ridge genes"] = refit(data, split, best, target="genes")
-    fits["cpu_best retrieval"] = refit(data, split, CPU_BEST, "retrieval")
-    fits["cpu_best ridge genes"] = refit(data, split, CPU_BEST, target="genes")
+    recipes["best"] = best = choose(grid, split, stain="none")
+    if not centre:
+        recipes["plain ridge"], recipes["cpu_best"] = PLAIN, CPU_BEST
+    fits = {name: refit(data, split, recipe, centre=centre) for name, recipe in recipes.items()}
+    fits["retrieval"] = refit(data, split, best, "retrieval", centre=centre)
+    fits["ridge genes"] = refit(data, split, best, target="genes", centre=centre)
+    if not centre:
+        fits["cpu_best retrieval"] = refit(data, split, CPU_BEST, "retrieval")
+        fits["cpu_best ridge genes"] = refit(data, split, CPU_BEST, target="genes")
     if all(b in recipes for b in BACKBONES):  # feature-level fusion: not a 05 run today
         parts = [features_of(data, recipes[b]) for b in BACKBONES]
         x = {k: np.concatenate([p[k] for p in parts], axis=1) for k in ("train", "test")}
         fits["one ridge on the three backbones' features"] = fit_ridge(
-            *split.xs(x), data.y[split.fit_rows], split.folds, split.splitter, best["target"])
+            *split.xs(x, centre), data.y[split.fit_rows], split.folds, split.splitter,
+            best["target"])
     return fits, recipes
 
 
-def run_split(data, grid: pd.DataFrame, split: Split) -> list[dict]:
-    """Every member, baseline and blend on one split; the blend with the best slice CV is the
-    split's chosen submission."""
-    start = time.perf_counter()
-    with SharedSVD().active():
-        fits, recipes = split_members(data, grid, split)
-    y, rows, blends = data.y[split.fit_rows], [], {}
-    group_sets = {s: gene_group_sets(s, data, split)[1] for s in ("prefix", "correlation")}
+def split_blends(data, split: Split, fits: dict, group_sets: dict) -> dict[str, Fit]:
+    """07 over the members: every BLENDS entry whose members exist, and today's blend."""
+    y, blends = data.y[split.fit_rows], {}
     for name, (members, mode, strategy) in BLENDS.items():
         if set(members) <= set(fits):  # every backbone's passes are cached
             blends[name] = blend_fits(y, split.folds, split.splitter,
                                       {m: fits[m] for m in members}, mode,
                                       group_sets.get(strategy))
     today = ("cpu_best", "cpu_best ridge genes", "cpu_best retrieval")
-    blends["07 cpu_best blend (ensemble.yaml today)"] = blend_fits(
-        y, split.folds, split.splitter, {m: fits[m] for m in today})
-    chosen = max((n for n in BLENDS if n in blends), key=lambda n: blends[n].cv["overall"]["score"])
-    blends[f"chosen blend = {chosen}"] = blends[chosen]
-    for name, fit in {**fits, **blends}.items():
-        recipe = recipes.get(name, {})
-        rows.append(score_fit(fit, split, data.y, what=name, **recipe,
-                              **{k: str(v) for k, v in fit.details.items() if k != "curve"}))
+    if set(today) <= set(fits):
+        blends["07 cpu_best blend (ensemble.yaml today)"] = blend_fits(
+            y, split.folds, split.splitter, {m: fits[m] for m in today})
+    return blends
+
+
+CENTRED = " (slice-centred)"
+
+
+def run_split(data, grid: pd.DataFrame, split: Split) -> list[dict]:
+    """Every member, baseline and blend on one split, on plain and on slice-centred features;
+    the blend with the best slice CV is the split's chosen submission (among the plain ones,
+    and among all)."""
+    start, rows, candidates = time.perf_counter(), [], {}
+    group_sets = {s: gene_group_sets(s, data, split)[1] for s in ("prefix", "correlation")}
+    for centre in (False, True):
+        with SharedSVD().active():
+            fits, recipes = split_members(data, grid, split, centre)
+        blends = split_blends(data, split, fits, group_sets)
+        tag = CENTRED if centre else ""
+        for name, fit in {**fits, **blends}.items():
+            rows.append(score_fit(fit, split, data.y, what=name + tag, **recipes.get(name, {}),
+                                  **{k: str(v) for k, v in fit.details.items() if k != "curve"}))
+        candidates.update({name + tag: fit for name, fit in blends.items() if name in BLENDS})
+    for label, pool in (("chosen blend, plain features", [n for n in candidates
+                                                          if CENTRED not in n]),
+                        ("chosen blend", list(candidates))):
+        chosen = max(pool, key=lambda n: candidates[n].cv["overall"]["score"])
+        rows.append(score_fit(candidates[chosen], split, data.y, what=label, chosen=chosen))
     print(f"{split.name}: {time.perf_counter() - start:.0f} s", flush=True)
     return rows
 
@@ -611,6 +636,7 @@ def main() -> None:
     parser.add_argument("--only-extract", action="store_true")
     parser.add_argument("--no-extract", action="store_true",
                         help="analyse the passes cached so far (another process extracts)")
+    parser.add_argument("--grid-only", action="store_true", help="stop after the grid")
     args = parser.parse_args()
     if not HER2ST.is_dir():
         raise SystemExit(f"{HER2ST} is absent: this benchmark needs ../shared/her2st")
@@ -626,6 +652,8 @@ def main() -> None:
     diff = check_shared_svd(x, data.y, splits[0].folds, splits[0].splitter)
     print(f"shared SVD vs cv_ridge: max |diff| {diff:.2e}", flush=True)
     grid = run_grid(data, splits, OUT, done)
+    if args.grid_only:
+        return
     table = pd.DataFrame([row for split in splits for row in run_split(data, grid, split)])
     groups = pd.DataFrame([row for split in splits for row in run_groups(data, grid, split)])
     show("choices per split (cv: choosing; held: confirming)", choices_table(table), OUT,
