@@ -1,6 +1,8 @@
 """presets/*.yaml: papermill parameter files whose every key is a parameter of their notebook
-and whose values make a valid config; cpu_best.yaml runs on any data folder given as DATA_DIR."""
+and whose values make a valid config; cpu_best.yaml runs on any data folder given as DATA_DIR;
+cpu_ensemble.yaml blends exactly the runs of the 05 presets it names, end to end."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ from utils.dev.pipeline import DEMO_MODEL, execute_notebook, list_notebooks
 from utils.paths import kit_root
 
 PRESETS = sorted((kit_root() / "presets").glob("*.yaml"))
-NOTEBOOK = {"ensemble": "07_ensemble_submit"}  # every other preset is for 05_train
+NOTEBOOK = {"ensemble": "07_ensemble_submit",  # every other preset is for 05_train
+            "cpu_ensemble": "07_ensemble_submit"}
 CONFIG = {"05_train": config.TrainConfig, "07_ensemble_submit": config.SubmitConfig}
 
 
@@ -19,9 +22,29 @@ def notebook_of(path: Path) -> str:
     return NOTEBOOK.get(path.stem, "05_train")
 
 
+def load_preset(name: str) -> dict:
+    return yaml.safe_load((kit_root() / "presets" / f"{name}.yaml").read_text())
+
+
+def members_of(ensemble: dict) -> list[str]:
+    """The 05 presets whose runs a 07 preset's RUNS are (matched by RUN_DIR)."""
+    by_run = {load_preset(p.stem)["RUN_DIR"]: p.stem for p in PRESETS
+              if notebook_of(p) == "05_train"}
+    missing = [run for run in ensemble["RUNS"] if run not in by_run]
+    assert not missing, f"RUNS {missing} are the RUN_DIR of no 05 preset"
+    return [by_run[run] for run in ensemble["RUNS"]]
+
+
 def test_there_are_cpu_gpu_and_ensemble_presets():
-    assert {"cpu_best", "gpu_finetune_cnn", "gpu_foundation_ridge", "ensemble"} <= {
-        p.stem for p in PRESETS}
+    assert {"cpu_best", "gpu_finetune_cnn", "gpu_foundation_ridge", "ensemble",
+            "cpu_ensemble"} <= {p.stem for p in PRESETS}
+
+
+def test_the_cpu_ensemble_blends_cpu_runs_of_every_backbone_on_the_same_folds():
+    members = [load_preset(name) for name in members_of(load_preset("cpu_ensemble"))]
+    assert {m["BACKBONE"] for m in members} >= {f"tf_efficientnet_lite{i}" for i in range(3)}
+    assert {m["CV"] for m in members} == {"slices"}  # 07 blends runs made on the same folds
+    assert len({m["RUN_DIR"] for m in members}) == len(members)
 
 
 def test_the_foundation_preset_is_a_proven_hub_model_at_its_magnification():
@@ -57,3 +80,23 @@ def test_cpu_best_runs_on_a_data_folder_given_as_data_dir(demo_pipeline, tmp_pat
                                 "RUN_DIR": str(run_dir)}, tmp_path / "05.ipynb")
     run = load_run(run_dir)
     assert run.config["recipe"] == values["RECIPE"] and run.cv["splitter"] == "slices"
+
+
+@pytest.mark.smoke
+def test_cpu_ensemble_runs_end_to_end_on_a_data_folder(demo_pipeline, tmp_path):
+    """Every member preset through 05 (the tiny model, the recipe of the file), then 07 with
+    cpu_ensemble.yaml: a submission and a blend report over exactly those runs."""
+    notebooks = {p.stem: p for p in list_notebooks()}
+    ensemble, data = load_preset("cpu_ensemble"), str(demo_pipeline["data"])
+    for name in members_of(ensemble):
+        values = load_preset(name)
+        execute_notebook(notebooks["05_train"], {
+            **values, **DEMO_MODEL, "DATA_DIR": data,
+            "RUN_DIR": str(tmp_path / values["RUN_DIR"])}, tmp_path / f"{name}.ipynb")
+    submission = tmp_path / "cpu_ensemble.csv"
+    execute_notebook(notebooks["07_ensemble_submit"], {
+        **ensemble, "DATA_DIR": data, "RUNS": [str(tmp_path / r) for r in ensemble["RUNS"]],
+        "SUBMISSION": str(submission)}, tmp_path / "07.ipynb")
+    report = json.loads(submission.with_suffix(".blend.json").read_text())
+    assert [r["path"] for r in report["runs"]] == [str(tmp_path / r) for r in ensemble["RUNS"]]
+    assert len(submission.read_text().splitlines()) == 1 + 80  # the demo's 80 test rows
