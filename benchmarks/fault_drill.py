@@ -76,17 +76,18 @@ cfg = TrainConfig(data_dir=os.environ["DRILL_DATA"], run_dir=os.environ["DRILL_R
                   recipe="finetune", backbone="test_convnext", pretrained=False, img_size=IMG,
                   n_folds=2, epochs=2, batch_size=16, patience=None, tta=False)
 folds, _ = train.make_cv_folds(cfg, data)
-real, steps, epochs = train.optimizer_step, [], []
+from utils import loop
+real, steps, epochs = loop.optimizer_step, [], []
 def step(*a):
     steps.append(1)
     if KILL and len(epochs) == 2:  # the first step of the first unit's epoch 2
         die()
     return real(*a)
-real_epoch = train.train_epoch
+real_epoch = loop.train_epoch
 def epoch(*a, **k):
     epochs.append(1)
     return real_epoch(*a, **k)
-train.optimizer_step, train.train_epoch = step, epoch
+loop.optimizer_step, loop.train_epoch = step, epoch
 run = train.train(cfg, data, folds)
 print(f"trained {len(epochs)} epochs ({len(steps)} steps)", digest(run.oof, run.test_pred))
 """

@@ -27,11 +27,13 @@ import pandas as pd
 
 from utils import ensemble, train
 from utils.augment import hed_to_rgb, rgb_to_hed
-from utils.config import GeneClusteringConfig, parse_target
+from utils.choices import target_pca_from_target
+from utils.config import FeatureSpec, GeneClusteringConfig
 from utils.data import cache_dir_for, load_data, load_images
+from utils.features import cache_entry, cached_features, extract_features
 from utils.genes import LABEL_FREE, groups_on_rows
 from utils.metric import KEYS, score, score_folds, split_rows
-from utils.models import cached_features, create_backbone, extract_features, feature_cache_entry
+from utils.models import create_backbone
 from utils.paths import cached_array, kit_root
 from utils.runs import Run, peak_rss_gb
 from utils.train import RidgePath
@@ -68,11 +70,11 @@ def pass_name(backbone: str, size: int, crop: float, stain: str | None) -> str:
     return f"{backbone}@{size} crop{crop:g}" + (f" {stain}" if stain else "")
 
 
-def feature_args(backbone: str, size: int, crop: float, stain: str | None = None) -> dict:
-    """`cached_features` arguments of a pass (D4 TTA, every stage, one crop)."""
-    return {"backbone": timm_name(backbone), "pretrained": str(weights_file(backbone)),
-            "img_size": size, "tta": True, "stages": "all", "crops": (crop,),
-            "stain_norm": stain if stain == "macenko" else None}
+def feature_spec(backbone: str, size: int, crop: float, stain: str | None = None) -> FeatureSpec:
+    """The feature set of a pass (D4 TTA, every stage, one crop)."""
+    return FeatureSpec(timm_name(backbone), str(weights_file(backbone)), size, tta=True,
+                       stages="all", crops=(crop,),
+                       stain_norm=stain if stain == "macenko" else None)
 
 
 def jitter_stains(images: np.ndarray, seed: int, chunk: int = 64) -> np.ndarray:
@@ -92,19 +94,19 @@ def jitter_stains(images: np.ndarray, seed: int, chunk: int = 64) -> np.ndarray:
 def jittered_features(data, backbone: str, size: int, crop: float, seed: int) -> dict:
     """Features of HED-jittered copies of every patch (a pass like `cached_features`' but on
     jittered images; cached beside them under its own name and key)."""
-    args = feature_args(backbone, size, crop)
+    spec = feature_spec(backbone, size, crop)
     folder = Path(cache_dir_for(data)) / "features"
     model = []
 
     def compute(split: str) -> np.ndarray:
         if not model:
-            model.append(create_backbone(args["backbone"], args["pretrained"], size))
+            model.append(create_backbone(spec.backbone, spec.pretrained, size))
         images = jitter_stains(np.asarray(load_images(data, split)), seed)
-        return extract_features(model[0], images, size, tta=True, stages="all", crops=(crop,))
+        return extract_features(model[0], images, spec)
 
     features = {}
     for split in ("train", "test"):
-        name, key = feature_cache_entry(data, split, **args)
+        name, key = cache_entry(data, split, spec)
         key = {**key, "hed_jitter": {**HED_LEVEL, "seed": seed}}
         features[split] = cached_array(folder / name.replace(".npy", f"_hed{seed}.npy"), key,
                                        partial(compute, split))
@@ -116,7 +118,7 @@ def load_pass(data, backbone: str, size: int, crop: float, stain: str | None) ->
 
     if stain and stain.startswith("hed"):
         return jittered_features(data, backbone, size, crop, int(stain[3:]))
-    return cached_features(data, **feature_args(backbone, size, crop, stain))
+    return cached_features(data, feature_spec(backbone, size, crop, stain))
 
 
 def extract_all(data, log: Path) -> dict[str, float]:
@@ -193,7 +195,7 @@ def recipe_features(data, backbone: str, size: int, stain: str | None, stages,
 # --- the kit's fits, in a few small functions (05's ridge and retrieval, 07's blend) --------------
 
 ALPHAS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)  # 05's default ALPHAS
-NEIGHBOURS, TEMPERATURES = (5, 10, 20, 50), (0.02, 0.05, 0.1)  # 05's retrieval defaults
+N_NEAREST, TEMPERATURES = (5, 10, 20, 50), (0.02, 0.05, 0.1)  # 05's retrieval defaults
 SHRINK, POSTPROCESS = (0.0, 0.25, 0.5, 0.75, 1.0), ("shrink_to_mean", "clip")  # 07's defaults
 
 
@@ -211,14 +213,15 @@ def fit_ridge(x: np.ndarray, x_pred: np.ndarray, y: np.ndarray, folds: np.ndarra
               splitter: str, target: str) -> Fit:
     """05's ridge (nested alpha over the folds; the final fit on every row predicts x_pred)."""
 
-    fit = train.cv_ridge(x, y, x_pred, folds, ALPHAS, None, splitter, parse_target(target))
+    fit = train.cv_ridge(x, y, x_pred, folds, ALPHAS, None, splitter,
+                         target_pca_from_target(target))
     return Fit(fit.oof, fit.test_pred, fit.cv, {"alpha": fit.alpha})
 
 
 def fit_retrieval(x: np.ndarray, x_pred: np.ndarray, y: np.ndarray, folds: np.ndarray,
                   splitter: str) -> Fit:
     """05's retrieval (nested k and temperature)."""
-    fit = train.cv_retrieval(x, y, x_pred, folds, NEIGHBOURS, TEMPERATURES, splitter)
+    fit = train.cv_retrieval(x, y, x_pred, folds, N_NEAREST, TEMPERATURES, splitter)
     return Fit(fit.oof, fit.test_pred, fit.cv, fit.details)
 
 

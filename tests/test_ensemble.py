@@ -320,7 +320,9 @@ def test_notebook_blends_per_gene_and_prefers_the_better_run(demo_pipeline, tmp_
     spread = ridge.oof.std(axis=0)
     oof = ridge.oof + rng.normal(0, 3, ridge.oof.shape) * spread
     y = load_data(demo_pipeline["data"]).y
-    noisy = save_run(tmp_path / "runs" / "noisy", {"recipe": "noise", "backbone": "none"},
+    noisy = save_run(tmp_path / "runs" / "noisy", {"recipe": "noise", "backbone": "none",
+                                                   "data_fingerprint":
+                                                   ridge.config["data_fingerprint"]},
                      ridge.folds, oof,
                      ridge.test_pred + rng.normal(0, 3, ridge.test_pred.shape) * spread,
                      score_folds(y, oof, ridge.folds, "blocks"))

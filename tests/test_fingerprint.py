@@ -121,11 +121,12 @@ def test_checkpoints_of_other_data_are_not_resumed(tmp_path):
 
 
 def test_caches_are_keyed_by_the_data_and_rebuilt_when_it_changes(tmp_path, capsys):
-    from utils.models import feature_cache_entry
+    from utils.config import FeatureSpec
+    from utils.features import cache_entry
 
     root = make_dacon(tmp_path)
     data = load_data(root)
-    _, key = feature_cache_entry(data, "train", "test_convnext", pretrained=False)
+    _, key = cache_entry(data, "train", FeatureSpec("test_convnext", pretrained=False))
     assert key["images"]["content"] == data.fingerprint["train_images"]
     old = np.array(load_images(data, "train", cache_dir=tmp_path / "c"))
     write_png(root / "train" / "TRAIN_0004.png", np.full((16, 16, 3), 7))

@@ -21,14 +21,14 @@ def data(tmp_path):
 
 
 def _submission(data) -> pd.DataFrame:
-    from utils.ensemble import make_submission
+    from utils.submit import make_submission
 
     pred = np.random.default_rng(0).normal(size=(len(data.test), len(data.genes)))
     return make_submission(pred, data.test["ID"].tolist(), data.sample)
 
 
 def test_submission_over_sample_submission_is_refused(data, tmp_path):
-    from utils.ensemble import write_submission
+    from utils.submit import write_submission
 
     before = (data.root / "sample_submission.csv").read_bytes()
     (tmp_path / "link.csv").symlink_to(data.root / "sample_submission.csv")

@@ -69,7 +69,7 @@ def test_read_only_run_folder_submission_and_checkpoint(tmp_path, mode):
     folder = tmp_path / "run"
     folder.mkdir()
     frame, sample = _frames()
-    from utils.ensemble import write_submission
+    from utils.submit import write_submission
 
     with read_only(folder, mode):
         with pytest.raises(WriteError) as err:
@@ -94,7 +94,7 @@ def test_read_only_parent_of_a_new_run_folder(tmp_path):
 # --- a folder that does not exist and cannot be created ---------------------------------------
 
 def test_missing_folders_are_created_and_uncreatable_ones_named(tmp_path):
-    from utils.ensemble import write_submission
+    from utils.submit import write_submission
 
     frame, sample = _frames()
     path = write_submission(frame, sample, tmp_path / "new" / "deeper" / "sub.csv")
@@ -174,7 +174,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
 
 
 def test_full_disk_while_writing_the_submission_keeps_the_old_one(tmp_path):
-    from utils.ensemble import write_submission
+    from utils.submit import write_submission
 
     frame, sample = _frames()
     sub = tmp_path / "submission.csv"
