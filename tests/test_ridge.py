@@ -178,3 +178,32 @@ def test_retrieval_oof_of_a_fold_ignores_its_labels(n_folds):
     assert all(f["selection"].startswith(expected) for f in result.cv["folds"])
     assert_label_invariant(lambda t: cv_retrieval(x, t, x[:3], folds, (1, 5, 20), (0.05, 0.5),
                                                   "blocks").oof, y, folds)
+
+
+def test_centring_by_fold_removes_a_per_slice_offset_and_keeps_ridge_nested():
+    """CENTRE_FEATURES: every fold's features (and the test set's) lose their own mean, so a
+    staining offset shared by a slice's patches no longer moves the predictions; it reads no
+    labels, so ridge on centred features still passes the label-invariance check."""
+    from conftest import assert_label_invariant
+
+    from utils.train import centre_by_fold
+
+    x, y = _data(n=120)
+    folds = make_folds("blocks", len(x), 3)
+    shift = np.random.default_rng(1).normal(size=(3, x.shape[1])) * 20  # one offset per slice
+    test = x[:30] + 7.0
+    centred = centre_by_fold({"train": x + shift[folds], "test": test}, folds)
+    for k in range(3):
+        np.testing.assert_allclose(centred["train"][folds == k].mean(axis=0), 0, atol=1e-3)
+        np.testing.assert_allclose(centred["train"][folds == k],
+                                   x[folds == k] - x[folds == k].mean(axis=0), atol=1e-3)
+    np.testing.assert_allclose(centred["test"], x[:30] - x[:30].mean(axis=0), atol=1e-3)
+    plain = cv_ridge(x + shift[folds], y, test, folds, (1.0, 100.0)).cv["overall"]["score"]
+    fixed = cv_ridge(centred["train"], y, centred["test"], folds, (1.0, 100.0))
+    assert fixed.cv["overall"]["score"] > plain  # the offsets were noise to the fit
+
+    def oof(t):
+        c = centre_by_fold({"train": x + shift[folds], "test": test}, folds)
+        return cv_ridge(c["train"], t, c["test"], folds, (1.0, 100.0)).oof
+
+    assert_label_invariant(oof, y, folds)

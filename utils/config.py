@@ -488,6 +488,7 @@ class TrainConfig:
     feature_stages: str | tuple[int, ...] | None = None
     feature_crops: tuple[float, ...] = (1.0,)
     stain_norm: str | None = None
+    centre_features: bool = False  # ridge, retrieval: each slice's features minus its mean
 
     def __post_init__(self):
         if self.recipe not in RECIPES:

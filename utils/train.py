@@ -304,30 +304,47 @@ def cv_retrieval(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.nda
     return RecipeResult(oof, test_pred, cv, details)
 
 
-def frozen_features(cfg: TrainConfig, data: KitData) -> tuple[dict[str, np.ndarray], bool]:
+def frozen_features(cfg: TrainConfig, data: KitData,
+                    folds: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
     """Train and test features of the frozen backbone, as `cfg.feature_spec` names them (cached;
-    D4 TTA unless TTA is off or SMOKE); and whether TTA was used."""
+    D4 TTA unless TTA is off or SMOKE), centred per slice with CENTRE_FEATURES; and whether TTA
+    was used."""
     spec = cfg.feature_spec
-    return cached_features(data, spec, cfg.batch_size), spec.tta
+    features = cached_features(data, spec, cfg.batch_size)
+    return (centre_by_fold(features, folds) if cfg.centre_features else features), spec.tta
+
+
+def centre_by_fold(features: dict[str, np.ndarray], folds: np.ndarray) -> dict[str, np.ndarray]:
+    """Each slice's features minus that slice's mean: the train rows of every CV fold (a slice
+    with CV="slices") by their fold's mean, the test rows (one unseen slice, as DACON's) by
+    theirs. It reads images only, never targets, and treats a validation fold as the test set is
+    treated, so CV stays honest; it removes what is constant within a slice (staining, scanner)."""
+    train = np.asarray(features["train"], np.float32).copy()
+    for k in np.unique(folds):
+        train[folds == k] -= train[folds == k].mean(axis=0)
+    test = np.asarray(features["test"], np.float32)
+    return {"train": train, "test": test - test.mean(axis=0)}
 
 
 def train_retrieval(cfg: TrainConfig, data: KitData, folds: np.ndarray,
                     splitter: str) -> RecipeResult:
     """Retrieval on the same cached frozen features as ridge."""
-    features, tta = frozen_features(cfg, data)
+    features, tta = frozen_features(cfg, data, folds)
     result = cv_retrieval(features["train"], data.y, features["test"], folds, cfg.n_nearest,
                           cfg.temperatures, splitter)
-    result.details.update(n_features=features["train"].shape[1], tta=tta)
+    result.details.update(n_features=features["train"].shape[1], tta=tta,
+                          centre_features=cfg.centre_features)
     return result
 
 
 def train_ridge(cfg: TrainConfig, data: KitData, folds: np.ndarray,
                 splitter: str) -> RecipeResult:
     """Frozen-feature ridge: cached features, nested-CV alpha, refit on all rows for test."""
-    features, tta = frozen_features(cfg, data)
+    features, tta = frozen_features(cfg, data, folds)
     fit = cv_ridge(features["train"], data.y, features["test"], folds, cfg.alphas, cfg.pca_dim,
                    splitter, cfg.target_pca)
-    details = {"n_features": features["train"].shape[1], "tta": tta, "alpha": fit.alpha,
+    details = {"n_features": features["train"].shape[1], "tta": tta,
+               "centre_features": cfg.centre_features, "alpha": fit.alpha,
                "fold_alphas": fit.fold_alphas, "alpha_curve": fit.alpha_curve}
     return RecipeResult(fit.oof, fit.test_pred, fit.cv, details)
 
