@@ -75,13 +75,22 @@ def make_patches(n: int, size: int, genes: int, seed: int = 0) -> tuple[np.ndarr
 
 def skip_reason(precision: str, device) -> str | None:
     """Why a fine-tuning precision cannot run here (None: it can)."""
-    import torch
 
     if precision != "fp32" and device.type != "cuda":
         return "skipped: no CUDA"
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        return "skipped: this GPU has no bf16"
+    if precision == "bf16" and not native_bf16():
+        return "skipped: this GPU has no native bf16"
     return None
+
+
+def native_bf16() -> bool:
+    """`torch.cuda.is_bf16_supported()`, not counting emulation (a T4 emulates it, slowly)."""
+    import torch
+
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.3 counts native support only
+        return torch.cuda.is_bf16_supported()
 
 
 def finetune(args: argparse.Namespace, images: np.ndarray, y: np.ndarray, precision: str,
@@ -234,7 +243,9 @@ def auto_batch_row(model, spec, images: np.ndarray, device) -> dict:
 
     preprocess = Preprocess(data_config(model, spec.img_size)).to(device)
     shape = (images.shape[3], *images.shape[1:3])
-    free = torch.cuda.mem_get_info(device)[0] / 1e9 if device.type == "cuda" else None
+    cuda = device.type == "cuda"
+    free = torch.cuda.mem_get_info(device)[0] / 1e9 if cuda else None
+    held = torch.cuda.memory_allocated(device) / 1e9 if cuda else 0.0  # the model's weights
     batch = auto_batch_size(model, preprocess, shape, device)
     row = {"check": "auto batch size",
            "setting": f"{spec.backbone}: chose batch {batch}"
@@ -243,9 +254,11 @@ def auto_batch_row(model, spec, images: np.ndarray, device) -> dict:
         feats = extract_features(model, images[np.arange(batch) % len(images)], spec,
                                  batch_size=batch, device=device, progress=False)
     ok = bool(np.isfinite(feats).all())
+    notes = ["one batch of that size, no out-of-memory" + ("" if ok else "; not finite")]
+    if cuda:  # far below 50 %: the estimate is too cautious; above 100 %: it was lucky
+        notes.append(f"it took {(clock.peak_gb - held) / free:.0%} of the free memory")
     return {**row, "images/s": round(batch / clock.seconds, 1), "peak GPU GB": gb(clock.peak_gb),
-            "status": "ok" if ok else "FAIL",
-            "note": "one batch of that size, no out-of-memory" + ("" if ok else "; not finite")}
+            "status": "ok" if ok else "FAIL", "note": "; ".join(notes)}
 
 
 def failed_row(check: str, err: BaseException) -> dict:
