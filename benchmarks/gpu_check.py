@@ -75,7 +75,6 @@ def make_patches(n: int, size: int, genes: int, seed: int = 0) -> tuple[np.ndarr
 
 def skip_reason(precision: str, device) -> str | None:
     """Why a fine-tuning precision cannot run here (None: it can)."""
-
     if precision != "fp32" and device.type != "cuda":
         return "skipped: no CUDA"
     if precision == "bf16" and not native_bf16():
