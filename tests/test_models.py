@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from utils.choices import target_pca_from_target
-from utils.loop import amp_dtype, grad_scaler
+from utils.loop import amp_dtype, autocast, grad_scaler
 from utils.models import (
     HUB_MODELS,
     ModelSpec,
@@ -139,3 +139,17 @@ def test_hub_models_resolve_to_timm_arguments():
 def test_mixed_precision_is_off_on_cpu():
     assert amp_dtype(torch.device("cpu")) is None
     assert not grad_scaler(torch.device("cpu")).is_enabled()
+
+
+def test_precision_can_be_forced_and_mixed_precision_needs_cuda():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_dtype(cuda, "fp16") is torch.float16 and amp_dtype(cuda, "bf16") is torch.bfloat16
+    assert amp_dtype(cuda, "fp32") is None and amp_dtype(cpu, "fp32") is None
+    assert not grad_scaler(cpu, "fp32").is_enabled()
+    with autocast(cpu, "fp32"):
+        assert not torch.is_autocast_enabled("cpu")
+    for precision in ("fp16", "bf16"):
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            amp_dtype(cpu, precision)
+    with pytest.raises(ValueError, match="choose from"):
+        amp_dtype(cuda, "fp8")

@@ -52,25 +52,39 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def amp_dtype(device: torch.device) -> torch.dtype | None:
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # "auto": `amp_dtype`'s choice for the device
+
+
+def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """Mixed-precision dtype: bf16 on GPUs with native bf16 (Ampere+), fp16 on older ones
-    (T4, P100: bf16 would only be emulated there), None (full precision) off CUDA."""
-    if device.type != "cuda":
+    (T4, P100: bf16 would only be emulated there), None (full precision) off CUDA. A
+    `precision` other than "auto" forces one ("fp32": none), e.g. to check fp16 and bf16 on one
+    GPU (benchmarks/gpu_check.py); forced mixed precision needs CUDA."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is unknown; choose from {PRECISIONS}")
+    if precision == "fp32":
         return None
+    if device.type != "cuda":
+        if precision != "auto":
+            raise ValueError(f"precision {precision!r} needs a CUDA device, not {device.type}")
+        return None
+    if precision != "auto":
+        return torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
 
 
-def autocast(device: torch.device):
+def autocast(device: torch.device, precision: str = "auto"):
     """Mixed precision where it pays (see `amp_dtype`); off on CPU and MPS."""
-    dtype = amp_dtype(device)
+    dtype = amp_dtype(device, precision)
     if dtype is None:
         return torch.autocast("cpu", enabled=False)
     return torch.autocast("cuda", dtype=dtype)
 
 
-def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+def grad_scaler(device: torch.device, precision: str = "auto") -> torch.amp.GradScaler:
     """Loss scaling for fp16 training (a no-op for bf16 and full precision)."""
-    return torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
+    return torch.amp.GradScaler(device.type,
+                                enabled=amp_dtype(device, precision) == torch.float16)
 
 
 def inference_batch_size(device: torch.device) -> int:
@@ -195,6 +209,7 @@ class Stepper:
     compute: Callable | None = None  # (step, batch) → (loss, parts, n); None: `regression_loss`
     global_loss: bool = True  # the loss is of the gathered global batch (× processes under DDP)
     after_step: Callable[[int], None] | None = None  # called with the steps done so far
+    precision: str = "auto"  # of the forward pass (`amp_dtype`); the scaler must match it
 
     def __post_init__(self):
         self.forward = self.forward or self.model
@@ -218,7 +233,7 @@ def regression_loss(step: Stepper, batch) -> tuple[torch.Tensor, dict, int]:
     x, y = (t.to(step.device, non_blocking=True) for t in batch)
     if step.mixup:
         x, y = mix_batch(x, y, step.mixup)
-    with autocast(step.device):
+    with autocast(step.device, step.precision):
         pred = step.forward(x)
     pred, y = gather_batch(pred.float(), y)
     loss, parts = step.loss_fn(pred, y)
