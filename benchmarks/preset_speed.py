@@ -3,17 +3,19 @@ train + 2277 test patches, 3467 genes), split into feature extraction, fitting a
 and the kit's extraction images/s against the backbone's pure forward in the same process.
 
     PYTHONPATH=. .venv/bin/python benchmarks/preset_speed.py [--n-images 64] [--batch-size 16]
-        [--presets cpu_best cpu_lite1 ...] [--fit-rows 6992] [--tiny]
+        [--presets cpu_best cpu_lite1 ...] [--fit-rows 6992] [--fit cpu_best ...]
+        [--nchw] [--tiny]
 
 Extraction is timed on a SAMPLE of demo patches (`utils.dev.demo.write_demo`, 224 px) with the
 kit's own path (`utils.features.extract_features` with the preset's `TrainConfig.feature_spec`,
 random weights of the same architecture: no download) and extrapolated linearly to 9269
 patches. The pure forward is `model(x)` on resident float tensors, as many passes (views ×
-crops per patch) at the same batch size, `torch.inference_mode`, no preprocessing; NCHW and
-channels_last are both timed and the faster counts. Presets with the same feature spec share
-one extraction. Fitting runs for real (`cv_ridge` / `cv_retrieval` on random float32 features
-of the preset's width, random targets, 3 block folds, `--fit-rows` rows, 2277 test rows);
-prediction is the test model's predict on 2277 rows, timed apart. `--tiny` runs the same code
+crops per patch) at the same batch size, `torch.inference_mode`, no preprocessing, in
+channels_last (the kit's format; `--nchw` also times NCHW, the faster counts), before and after
+the extraction. Presets with the same feature spec share one extraction. Fitting runs for real
+(`cv_ridge` / `cv_retrieval` on random float32 features of the preset's width, random targets,
+3 block folds, `--fit-rows` rows, 2277 test rows); prediction is the test model's predict on
+2277 rows, timed apart. `--tiny` runs the same code
 on `test_efficientnet` at 64 px with a small ridge (the test's path). Timings on a shared
 machine: read the ratios, taken within one run.
 """
@@ -95,21 +97,22 @@ def time_extraction(model: torch.nn.Module, images: np.ndarray, cfg: TrainConfig
     return time.perf_counter() - start, features
 
 
-def measure_extraction(cfg: TrainConfig, images: np.ndarray, batch_size: int) -> dict:
-    """Kit extraction vs pure forward (best of NCHW and channels_last, timed before and after
-    the extraction and averaged, so a load change between them cancels out in part)."""
+def measure_extraction(cfg: TrainConfig, images: np.ndarray, batch_size: int,
+                       nchw: bool = False) -> dict:
+    """Kit extraction vs pure channels_last forward (the kit's format), timed before and after
+    the extraction and averaged, so a load change between them cancels out in part; `nchw`
+    also times the NCHW forward once (the faster format counts)."""
     model = create_backbone(cfg.backbone, False, cfg.img_size, cfg.seed)
     n, passes = len(images), passes_per_image(cfg)
     size = cfg.feature_spec.img_size or 224
-    nchw = time_forward(model, n, passes, batch_size, size, channels_last=False)
+    plain = time_forward(model, n, passes, batch_size, size, False) if nchw else float("inf")
     last = time_forward(model, n, passes, batch_size, size, channels_last=True)
     extraction, features = time_extraction(model, images, cfg, batch_size)
-    channels_last = last < nchw
+    channels_last = last < plain
     after = time_forward(model, n, passes, batch_size, size, channels_last=channels_last)
-    forward = (min(nchw, last) + after) / 2
     return {"n": n, "passes": passes, "width": features.shape[1], "extract_s": extraction,
-            "forward_s": forward, "nchw_s": nchw, "channels_last_s": last,
-            "faster": "channels_last" if channels_last else "NCHW"}
+            "forward_s": (min(plain, last) + after) / 2, "nchw_s": plain,
+            "channels_last_s": last, "faster": "channels_last" if channels_last else "NCHW"}
 
 
 def time_fit(cfg: TrainConfig, width: int, rows: int, sizes: dict, seed: int = 0) -> dict:
@@ -152,8 +155,10 @@ def time_predict(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, x_test: np.ndar
 
 
 def measure(names: list[str], n_images: int, batch_size: int, fit_rows: int | None,
-            tiny: bool = False) -> list[dict]:
-    """One row per preset: extraction (shared by presets of one feature spec), fit, predict."""
+            tiny: bool = False, nchw: bool = False,
+            fitted: list[str] | None = None) -> list[dict]:
+    """One row per preset: extraction (shared by presets of one feature spec), fit, predict
+    (only for the presets in `fitted`, if given: a fit takes minutes at DACON scale)."""
     sizes = TINY if tiny else DACON
     configs = {name: preset_config(name, tiny) for name in names}
     extractions: dict[str, dict] = {}
@@ -163,19 +168,23 @@ def measure(names: list[str], n_images: int, batch_size: int, fit_rows: int | No
         for name, cfg in configs.items():
             tag = cfg.feature_spec.tag
             if tag not in extractions:
-                extractions[tag] = measure_extraction(cfg, images, batch_size)
+                extractions[tag] = measure_extraction(cfg, images, batch_size, nchw)
                 print(f"{tag}: {extractions[tag]}", flush=True)
             ext = extractions[tag]
-            fit = time_fit(cfg, ext["width"], fit_rows or sizes["train"], sizes)
-            print(f"{name}: {fit}", flush=True)
+            fit = None
+            if fitted is None or name in fitted:
+                fit = time_fit(cfg, ext["width"], fit_rows or sizes["train"], sizes)
+                print(f"{name}: {fit}", flush=True)
             rows.append(summarise(name, cfg, ext, fit, sizes))
     return rows
 
 
-def summarise(name: str, cfg: TrainConfig, ext: dict, fit: dict, sizes: dict) -> dict:
-    """A table row: rates on the sample, extraction extrapolated to every patch, minutes."""
+def summarise(name: str, cfg: TrainConfig, ext: dict, fit: dict | None, sizes: dict) -> dict:
+    """A table row: rates on the sample, extraction extrapolated to every patch, minutes (fit
+    and predict NaN where not timed)."""
     total = sizes["train"] + sizes["test"]
     extract_min = ext["extract_s"] / ext["n"] * total / 60
+    fit = fit or {"fit_s": np.nan, "predict_s": np.nan, "rows": "not timed"}
     fit_min, predict_min = fit["fit_s"] / 60, fit["predict_s"] / 60
     return {"preset": name, "backbone": f"{cfg.backbone}@{cfg.feature_spec.img_size}",
             "views x crops": f"{ext['passes'] // len(cfg.feature_spec.crops)}x"
@@ -184,7 +193,7 @@ def summarise(name: str, cfg: TrainConfig, ext: dict, fit: dict, sizes: dict) ->
             "forward img/s": ext["n"] / ext["forward_s"],
             "ratio": ext["extract_s"] / ext["forward_s"],
             f"extract min ({total}, extrap.)": extract_min,
-            f"fit min ({fit['rows']} rows)": fit_min, "predict min": predict_min,
+            "fit rows": fit["rows"], "fit min": fit_min, "predict min": predict_min,
             "total min": extract_min + fit_min, "width": ext["width"]}
 
 
@@ -213,10 +222,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--n-images", type=int, default=64, help="sample patches to extract")
     parser.add_argument("--batch-size", type=int, default=16, help="the kit's CPU default: 16")
     parser.add_argument("--fit-rows", type=int, default=None, help="default: 6992 (DACON)")
+    parser.add_argument("--fit", nargs="+", default=None,
+                        help="presets whose fit is timed (default: every one)")
+    parser.add_argument("--nchw", action="store_true", help="also time the NCHW forward")
     parser.add_argument("--tiny", action="store_true", help="test_efficientnet at 64 px, small fit")
     args = parser.parse_args(argv)
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()}", flush=True)
-    rows = measure(args.presets, args.n_images, args.batch_size, args.fit_rows, args.tiny)
+    rows = measure(args.presets, args.n_images, args.batch_size, args.fit_rows, args.tiny,
+                   args.nchw, args.fit)
     print(format_table(rows))
     print(verdict(rows))
     print(f"load average at the end {os.getloadavg()}")
