@@ -2,7 +2,7 @@
 H&E? Times augmenting N patches and each score (stain_shift, ssim, DINO, LPIPS) per candidate,
 and prints the screening table with its verdicts.
 
-    .venv/bin/python benchmarks/augment_screening.py [--data ../shared/her2st] [--patches 64]
+    .venv/bin/python -m benchmarks.augment_screening [--data ../shared/her2st] [--patches 64]
         [--dino vit_small_patch16_224.dino] [--lpips alex] [--random-weights]
 
 Without network the DINO and LPIPS weights cannot be downloaded; `--random-weights` then times

@@ -2,7 +2,7 @@
 backward pass per target down to the target layer: `utils.cam.compute_cams`) against
 pytorch-grad-cam called once per target (a forward and a full backward pass every time).
 
-    .venv/bin/python benchmarks/cam_speed.py [--patches 100] [--targets 10] [--genes 1000]
+    .venv/bin/python -m benchmarks.cam_speed [--patches 100] [--targets 10] [--genes 1000]
         [--models test_convnext:64 test_vit:64 test_convnext:224 tf_efficientnet_lite0:224]
         [--method GradCAM] [--threads 2] [--no-library]
 

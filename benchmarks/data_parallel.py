@@ -4,7 +4,7 @@ OOF/test predictions and CV scores are apart. On CPU the N processes are gloo pr
 the cores (a correctness check, not a speed-up); on a machine with N GPUs it measures the real
 scaling (NCCL, mixed precision as the kit picks it).
 
-    .venv/bin/python benchmarks/data_parallel.py [--devices 2] [--backbone test_efficientnet]
+    .venv/bin/python -m benchmarks.data_parallel [--devices 2] [--backbone test_efficientnet]
         [--img-size 64] [--batch 16] [--epochs 2]
 """
 

@@ -9,7 +9,7 @@ plus two processes building one cache at once. One row per fault: what was left 
 the kill, what the rerun did, and whether its outputs are identical to the uninterrupted run's.
 `tests/test_fault_drill.py` runs it small in CI.
 
-    .venv/bin/python benchmarks/fault_drill.py [--n-train 120] [--n-test 40] [--keep DIR]
+    .venv/bin/python -m benchmarks.fault_drill [--n-train 120] [--n-test 40] [--keep DIR]
 """
 
 from __future__ import annotations

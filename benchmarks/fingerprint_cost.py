@@ -2,7 +2,7 @@
 file is read and hashed; later calls: a stat of every file, the CSV parts hashed again) and the
 duplicate audit (hashes of every patch, then all pairs), next to decoding the image cache.
 
-    .venv/bin/python benchmarks/fingerprint_cost.py [--n-train 6992] [--n-test 2277] [--keep DIR]
+    .venv/bin/python -m benchmarks.fingerprint_cost [--n-train 6992] [--n-test 2277] [--keep DIR]
 
 Times are one run each on whatever else the machine is doing; the ratios within a run are the
 numbers to compare.

@@ -7,7 +7,7 @@ tensor peak, a typical ViT inference efficiency); memory = fp16 weights + the fl
 cache of 1,000 patches. Big models are built one at a time and deleted; a model whose fp32
 weights do not fit in 60% of the available RAM is skipped with a message.
 
-    .venv/bin/python benchmarks/foundation_presets.py [names...]
+    .venv/bin/python -m benchmarks.foundation_presets [names...]
 """
 
 import gc

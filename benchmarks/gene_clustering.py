@@ -1,8 +1,8 @@
 """Time gene clustering at DACON scale: 3467 genes × 6992 spots of demo-generator expression.
 
-    .venv/bin/python benchmarks/gene_clustering.py                 # demo expression, DACON size
-    .venv/bin/python benchmarks/gene_clustering.py --data ../shared/her2st   # a real data folder
-    .venv/bin/python benchmarks/gene_clustering.py --all-pairs     # + UMAP's slow default path
+    .venv/bin/python -m benchmarks.gene_clustering                 # demo expression, DACON size
+    .venv/bin/python -m benchmarks.gene_clustering --data ../shared/her2st   # a real data folder
+    .venv/bin/python -m benchmarks.gene_clustering --all-pairs     # + UMAP's slow default path
 
 Prints numba's first-compile time apart, then for both neighbour methods of
 `utils.genes.embed_genes` ("exact": kNN by correlation, passed to UMAP as

@@ -6,7 +6,7 @@ Rows: each HEDJitter level of 03 (`utils.choices.PHOTOMETRIC`), HEStain at zero 
 the method alone repaint the patch?) and HEStain at strengths matched to HEDJitter's (intensity
 scale 1 ± alpha, shift ± a multiple of beta), for its per-image stain methods and its presets.
 
-    .venv/bin/python benchmarks/hed_vs_hestain.py [--data ../shared/her2st] [--patches 64]
+    .venv/bin/python -m benchmarks.hed_vs_hestain [--data ../shared/her2st] [--patches 64]
 """
 
 from __future__ import annotations

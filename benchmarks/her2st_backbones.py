@@ -7,7 +7,7 @@ feature time) and the Macenko-normalised patches. Each pass is computed once and
 runs/her2st/backbones/cache (`cached_features`, or `cached_array` for the jitter copies); every
 recipe's features are column subsets of the passes.
 
-    .venv/bin/python benchmarks/her2st_backbones.py --only-extract   # the passes (hours on 2 cores)
+    .venv/bin/python -m benchmarks.her2st_backbones --only-extract   # the passes (hours on 2 cores)
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Blend her2st runs with notebook 07's machinery and print every score (nested CV) and timing.
 
-    .venv/bin/python benchmarks/her2st_blend.py                     # blocks runs under runs/her2st
-    .venv/bin/python benchmarks/her2st_blend.py --runs runs/her2st/a runs/her2st/b
-    .venv/bin/python benchmarks/her2st_blend.py --gene-groups runs/her2st/genes/gene_groups.csv \
+    .venv/bin/python -m benchmarks.her2st_blend                     # blocks runs under runs/her2st
+    .venv/bin/python -m benchmarks.her2st_blend --runs runs/her2st/a runs/her2st/b
+    .venv/bin/python -m benchmarks.her2st_blend --gene-groups runs/her2st/genes/gene_groups.csv \
         --groups kmeans                                            # adds the per-group blend
-    .venv/bin/python benchmarks/her2st_blend.py --dacon-scale      # timing at 6992 x 3467, 3 runs
+    .venv/bin/python -m benchmarks.her2st_blend --dacon-scale      # timing at 6992 x 3467, 3 runs
 
 Runs are the run folders written by notebooks/05_train.ipynb on ../shared/her2st. Without
 --runs, every finished run under runs/her2st whose folds equal those of the first blocks run is

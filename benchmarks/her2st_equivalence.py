@@ -5,8 +5,8 @@ lite0 ImageNet weights from the shared file, 224 px, CV = "slices" (the 4 sectio
 parameters otherwise (fine-tuning: 1 epoch, no early stopping). Each recipe is one 05 run folder
 under --out; the features are computed in --out/cache (never another branch's cache).
 
-    .venv/bin/python benchmarks/her2st_equivalence.py --out runs/her2st/before
-    .venv/bin/python benchmarks/her2st_equivalence.py --out runs/her2st/after \
+    .venv/bin/python -m benchmarks.her2st_equivalence --out runs/her2st/before
+    .venv/bin/python -m benchmarks.her2st_equivalence --out runs/her2st/after \
         --compare runs/her2st/before/scores.json
 """
 

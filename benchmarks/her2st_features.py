@@ -11,7 +11,7 @@ stage's pooled map does not depend on which other stages are kept) and are writt
 feature cache under that variant's own name and key, so each row is an ordinary 05 ridge run.
 The default columns of a pass are checked against today's cached features.
 
-    .venv/bin/python benchmarks/her2st_features.py [--out runs/her2st/features]
+    .venv/bin/python -m benchmarks.her2st_features [--out runs/her2st/features]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Fine-tuning vs the frozen-feature ridge run on ../shared/her2st, on the same block folds:
 every metric part (mean over folds and pooled OOF), per-fold scores, wall time and peak RSS.
 
-    .venv/bin/python benchmarks/her2st_finetune.py [--run runs/her2st/finetune_lite0]
+    .venv/bin/python -m benchmarks.her2st_finetune [--run runs/her2st/finetune_lite0]
         [--ridge runs/her2st/ridge_lite0_blocks] [--epochs 3] [--lr 2e-4] [--head-lr 2e-4]
         [--loss mse=0.3 pearson=0.6 covariance=0.1] [--freeze 2] [--head-init ridge]
         [--ema 0.9] [--threads 1]

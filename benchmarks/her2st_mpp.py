@@ -1,7 +1,7 @@
 """Frozen-feature ridge on ../shared/her2st with and without magnification matching: the same
 lite0 weights at 224 px, slice CV, once per (MODEL_MPP, MPP_FIT) given on the command line.
 
-    KIT_CACHE_DIR=runs/her2st/cache_mpp .venv/bin/python benchmarks/her2st_mpp.py \
+    KIT_CACHE_DIR=runs/her2st/cache_mpp .venv/bin/python -m benchmarks.her2st_mpp \
         none 0.5:pad 0.5:resize 1.0:resize
 """
 

@@ -5,7 +5,7 @@ Every row: lite0 ImageNet weights from the shared file, 224 px, D4 TTA features 
 cached), CV = "slices" (the 4 sections). Each variant is one 05 run folder; the blends are what
 07 computes from those folders (nested weights, then the nested keep-the-best rule).
 
-    .venv/bin/python benchmarks/her2st_recipes.py [--out runs/her2st/recipes]
+    .venv/bin/python -m benchmarks.her2st_recipes [--out runs/her2st/recipes]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 time, peak RSS, and the test-set CSV. Features are computed from scratch in a fresh cache for
 the first run; the second run reuses them.
 
-    .venv/bin/python benchmarks/her2st_ridge.py [--backbone tf_efficientnet_lite0]
+    .venv/bin/python -m benchmarks.her2st_ridge [--backbone tf_efficientnet_lite0]
 """
 
 import argparse

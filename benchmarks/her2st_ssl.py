@@ -7,8 +7,8 @@ CV stays honest); the probe is 05's ridge recipe at 224 px with D4 TTA and the d
 exactly as benchmarks/her2st_recipes.py runs it. Each recipe writes `rows/<recipe>.json`; run
 one recipe per process so that peak RSS is that recipe's, then print the table:
 
-    .venv/bin/python benchmarks/her2st_ssl.py --recipes imagenet flips flips+color
-    .venv/bin/python benchmarks/her2st_ssl.py --table
+    .venv/bin/python -m benchmarks.her2st_ssl --recipes imagenet flips flips+color
+    .venv/bin/python -m benchmarks.her2st_ssl --table
 """
 
 from __future__ import annotations

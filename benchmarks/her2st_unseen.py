@@ -12,7 +12,7 @@ temperature, epochs, blend weights) is made by the kit's nested CV on the three 
 sections; the "cv" columns are that selection-side estimate. The held-out section plays no
 part in any choice: the "unseen" columns only confirm.
 
-    .venv/bin/python benchmarks/her2st_unseen.py [--sections C2 C3 C4 C5]
+    .venv/bin/python -m benchmarks.her2st_unseen [--sections C2 C3 C4 C5]
         [--recipes ridge retrieval finetune] [--cv slices blocks] [--tag after]
         [--set LAYER_DECAY=0.75 MIXUP=0.4 ...]
 

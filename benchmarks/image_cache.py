@@ -2,7 +2,7 @@
 of loading the CSVs, building the cache, and reloading it with a full pass over every pixel.
 Each step runs in a fresh process so its peak RSS is its own.
 
-    .venv/bin/python benchmarks/image_cache.py [--data /tmp/dacon_scale]
+    .venv/bin/python -m benchmarks.image_cache [--data /tmp/dacon_scale]
 """
 
 import argparse

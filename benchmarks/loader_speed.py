@@ -2,7 +2,7 @@
 worker count) against training images/s of a model (forward + backward + AdamW), on this
 machine's device. The loader must be several times faster than training, or the GPU waits.
 
-    .venv/bin/python benchmarks/loader_speed.py [--data ../shared/her2st] [--backbone test_convnext]
+    .venv/bin/python -m benchmarks.loader_speed [--data ../shared/her2st] [--backbone test_convnext]
         [--img-size 224] [--batch-size 32] [--augment flips] [--workers 0 2] [--threads 1]
 
 Without --data it uses ../shared/her2st if present, else writes a small demo set to a temporary

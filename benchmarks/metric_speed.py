@@ -1,6 +1,6 @@
 """Time the four-part metric at DACON test size (2277 spots × 3467 genes).
 
-    .venv/bin/python benchmarks/metric_speed.py
+    .venv/bin/python -m benchmarks.metric_speed
 """
 
 import time

@@ -2,7 +2,7 @@
 train + 2277 test patches, 3467 genes), split into feature extraction, fitting and prediction,
 and the kit's extraction images/s against the backbone's pure forward in the same process.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/preset_speed.py [--n-images 64] [--batch-size 16]
+    .venv/bin/python -m benchmarks.preset_speed [--n-images 64] [--batch-size 16]
         [--presets cpu_best cpu_lite1 ...] [--fit-rows 6992] [--fit cpu_best ...]
         [--nchw] [--tiny]
 

@@ -9,7 +9,7 @@ frozen features) and is reported as "cold"; the second, with the same parameters
 the one-minute promise is about. Wall seconds include the kernel start (a few seconds); the
 kernel's CPU seconds (user + system) are less sensitive to other jobs on a shared machine.
 
-    .venv/bin/python benchmarks/smoke_times.py [--passes 2] [--only 05_train.finetune ...]
+    .venv/bin/python -m benchmarks.smoke_times [--passes 2] [--only 05_train.finetune ...]
 
 Caches go to `$KIT_CACHE_DIR` (set it to a folder of your own), outputs under `runs/smoke/`.
 On a machine shared with other jobs, note the load average beside each row, and run it once

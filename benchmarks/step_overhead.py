@@ -3,7 +3,7 @@
 backward+optimizer. Runs on CPU with a small model; on a GPU the same script measures the
 real thing (mixed precision as the kit picks it) and prints the peak memory.
 
-    .venv/bin/python benchmarks/step_overhead.py [--backbone tf_efficientnet_lite0]
+    .venv/bin/python -m benchmarks.step_overhead [--backbone tf_efficientnet_lite0]
         [--img-size 128] [--batch 16] [--steps 12]
 """
 
