@@ -221,6 +221,21 @@ def test_explain_run_with_one_model_per_group_combines_the_parts(tmp_path):
         explain_run(run, 1, images, cam.target_weights(targets, 6))
 
 
+def test_a_run_whose_models_read_two_crops_is_refused_by_name(tmp_path):
+    """FEATURE_CROPS=[1.0, 0.5]: two forward passes per patch, one Grad-CAM tap: refused."""
+    model = build_model(ModelSpec("test_convnext", 64, list(range(6)), {"a": list(range(6))},
+                                  crops=[1.0, 0.5])).eval()
+    save_weights(model, tmp_path / "weights/fold0.safetensors")
+    entry = {"fold": 0, "group": None, "spec": model.spec.to_dict(),
+             "weights": "weights/fold0.safetensors"}
+    (tmp_path / "model.json").write_text(json.dumps({"backbone": "test_convnext", "img_size": 64,
+                                                     "group_mode": "heads", "genes": GENES,
+                                                     "units": {"fold0": entry}}))
+    targets = cam.make_targets(["MT-CO1"], GENES, GROUPS)
+    with pytest.raises(ValueError, match=r"FEATURE_CROPS=\[1.0, 0.5\].*FEATURE_CROPS=\[1.0\]"):
+        explain_run(tmp_path, 0, _images(), cam.target_weights(targets, 6), device="cpu")
+
+
 def test_a_ridge_run_has_nothing_to_explain(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"recipe": "ridge"}))
     with pytest.raises(ValueError, match="RECIPE='ridge' run.*finetune"):

@@ -8,16 +8,17 @@ import pytest
 import torch
 
 from utils.config import FeatureSpec, TrainConfig
-from utils.features import (
+from utils.features import extract_features, fit_stain_reference, normalise_stains
+from utils.models import (
+    Preprocess,
     centre_crop,
+    create_backbone,
+    d4_views,
+    data_config,
     embed,
-    extract_features,
-    fit_stain_reference,
-    normalise_stains,
     stage_channels,
     stage_indices,
 )
-from utils.models import Preprocess, create_backbone, d4_views, data_config
 
 SIZE = 64
 HE_REFERENCE = np.array([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]])  # Macenko's H and E vectors

@@ -153,3 +153,36 @@ def test_precision_can_be_forced_and_mixed_precision_needs_cuda():
             amp_dtype(cpu, precision)
     with pytest.raises(ValueError, match="choose from"):
         amp_dtype(cuda, "fp8")
+
+
+def test_finetuning_starts_where_ridge_on_the_same_features_ends():
+    """With FEATURE_STAGES and FEATURE_CROPS the fine-tune model reads the ridge recipe's
+    features (D4-averaged with TTA), so its ridge-initialised heads (epoch 0) predict what the
+    ridge recipe predicts on those features at the alpha the probe chose."""
+    from utils.config import TrainConfig
+    from utils.features import extract_features
+    from utils.train import fit_ridge_path, init_heads_by_ridge
+    from utils.units import Unit, predict, to_original, unit_spec
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (24, 32, 32, 3), dtype=np.uint8)
+    y = (images.reshape(24, -1, 3).mean(1) @ rng.normal(size=(3, 6)) / 50
+         + rng.normal(size=(24, 6))).astype(np.float32)
+    cfg = TrainConfig(recipe="finetune", backbone="test_convnext", pretrained=False, img_size=32,
+                      feature_stages="all", feature_crops=[1.0, 0.5], target_pca=3, tta=True)
+    train, val = np.arange(18), np.arange(18, 24)
+    unit = Unit("fold0", 0, 0, train, val, np.arange(6), {"all": np.arange(6)})
+    model = build_model(unit_spec(unit, cfg), pretrained=False).eval()
+    assert model.spec.stages == "all" and model.spec.crops == [1.0, 0.5]
+    expected_features = extract_features(model.backbone, images, cfg.feature_spec, progress=False)
+    features = predict(model, images, None, tta=True, features=True)
+    np.testing.assert_allclose(features, expected_features, rtol=1e-4, atol=1e-4)
+    z = set_targets(model, y[train])
+    z_all = ((y - model.y_mean.numpy()) / model.y_std.numpy()).astype(np.float32)
+    assert np.allclose(z, z_all[train])
+    alpha = init_heads_by_ridge(model, cfg, images, unit, z_all, y)
+    start = to_original(model, predict(model, images, val, tta=True))
+    ridge = fit_ridge_path(expected_features[train], y[train], None, 3).predict(
+        expected_features[val], alpha)
+    np.testing.assert_allclose(start, ridge, rtol=1e-3, atol=1e-3)
+    assert np.abs(start - y[train].mean(0)).max() > 1e-2  # not the mean profile

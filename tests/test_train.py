@@ -473,9 +473,14 @@ def test_train_notebook_finetunes_in_both_group_modes(demo_pipeline, tmp_path, m
               "RECIPE": "finetune", **DEMO_MODEL, "TTA": False, "CV": "blocks", "N_FOLDS": 2,
               "EPOCHS": 1,
               "BATCH_SIZE": 32, "GROUPS": "prefix", "GENE_GROUPS": str(csv), "GROUP_MODE": mode}
+    if mode == "heads":  # the heads read cpu_best's feature set: every stage, two crops
+        params.update(FEATURE_STAGES="all", FEATURE_CROPS=[1.0, 0.5])
     execute_notebook(notebook, params, tmp_path / f"05_{mode}.ipynb")
     run = load_run(tmp_path / mode)
     assert run.config["group_mode"] == mode and run.config["details"]["n_groups"] == 3
+    spec = json.loads((run.path / "model.json").read_text())["units"]["fold0"]["spec"] \
+        if mode == "heads" else None
+    assert spec is None or (spec["stages"] == "all" and spec["crops"] == [1.0, 0.5])
     assert run.oof.shape == data.y.shape and 0.0 < run.cv["overall"]["score"] < 1.0
     n_weights = 2 if mode == "heads" else 2 * 3
     assert len(list((run.path / "weights").glob("*.safetensors"))) == n_weights

@@ -372,6 +372,10 @@ def explain_run(run_dir: str | os.PathLike, fold: int, images: np.ndarray, weigh
         if not used.any():
             continue
         model = load_unit_model(run_dir, unit, device)
+        if list(model.spec.crops) != [1.0]:  # one forward pass per crop: the tap sees the last
+            raise ValueError(f"{run_dir}: its models read FEATURE_CROPS={model.spec.crops} (one "
+                             "forward pass per crop); Grad-CAM maps one pass per patch. Explain "
+                             "a run trained with FEATURE_CROPS=[1.0]")
         choice = choose_layer(model.backbone, model.preprocess.size, layer, reshape)
         m, s = compute_cams(model, images, w[used], choice, method, scale, batch_size)
         part_maps = np.zeros((len(w), *m.shape[1:]), np.float32)

@@ -527,13 +527,13 @@ class TrainConfig:
 
     def _check_features(self) -> None:
         """The feature spec is valid (`FeatureSpec`: MPP, MODEL_MPP, MPP_FIT, FEATURE_DTYPE,
-        FEATURE_STAGES, FEATURE_CROPS, STAIN_NORM), and FEATURE_STAGES, FEATURE_CROPS and
-        STAIN_NORM are left alone by fine-tuning (which would not honour them)."""
+        FEATURE_STAGES, FEATURE_CROPS, STAIN_NORM), and fine-tuning leaves STAIN_NORM and
+        CENTRE_FEATURES alone (its model reads FEATURE_STAGES and FEATURE_CROPS; it would not
+        honour those two)."""
         set_field(self, "feature_stages", parse_stages(self.feature_stages))
         set_field(self, "feature_crops", parse_crops(self.feature_crops))
         self.feature_spec  # noqa: B018 (built now: an invalid spec fails here, naming it)
-        changed = [name for name, default in (("FEATURE_STAGES", None),
-                                               ("FEATURE_CROPS", (1.0,)), ("STAIN_NORM", None))
+        changed = [name for name, default in (("STAIN_NORM", None), ("CENTRE_FEATURES", False))
                    if getattr(self, name.lower()) != default]
         if self.recipe == "finetune" and changed:
             raise ValueError(f"{', '.join(changed)} apply to the frozen-feature recipes (ridge, "

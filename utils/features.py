@@ -20,7 +20,6 @@ This module imports torch and timm; `import utils` does not import it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -32,7 +31,15 @@ from utils.bootstrap import ensure
 from utils.config import FeatureSpec
 from utils.data import cache_dir_for, images_fingerprint, load_images
 from utils.loop import autocast, default_device, inference_batch_size
-from utils.models import Preprocess, create_backbone, d4_views, data_config
+from utils.models import (
+    Preprocess,
+    centre_crop,
+    create_backbone,
+    d4_views,
+    data_config,
+    embed,
+    stage_indices,
+)
 from utils.paths import cached_array, read_json, write_json
 
 # --- extraction -------------------------------------------------------------------------------
@@ -93,58 +100,6 @@ def extract_features(model: nn.Module, images: np.ndarray, spec: FeatureSpec,
                 parts.append(torch.stack(views).mean(0))
             out.append(torch.cat(parts, dim=1).cpu().numpy())
     return np.concatenate(out).astype(np.float32)
-
-
-def stage_indices(model: nn.Module, stages: Sequence[int] | str | None) -> list[int] | None:
-    """FEATURE_STAGES as sorted, non-negative indices into timm's `feature_info` (None: the
-    pooled embedding only); "all" is every stage, negative indices count from the last."""
-    if stages is None:
-        return None
-    info = getattr(model, "feature_info", None)
-    if not hasattr(model, "forward_intermediates") or not info:
-        raise ValueError(f"FEATURE_STAGES={stages!r}: {type(model).__name__} has no timm "
-                         "forward_intermediates; use FEATURE_STAGES=None with this backbone")
-    n = len(info)
-    if stages == "all":
-        return list(range(n))
-    chosen = [int(s) for s in ([stages] if isinstance(stages, (int, str)) else stages)]
-    if not chosen or any(not -n <= s < n for s in chosen):
-        raise ValueError(f"FEATURE_STAGES={stages!r}: this backbone has {n} stages, indices "
-                         f"{-n}..{n - 1} (or 'all')")
-    return sorted({s % n for s in chosen})
-
-
-def stage_channels(model: nn.Module, stages: Sequence[int] | str | None) -> int:
-    """The width of `embed`'s output: the chosen stages' channels plus the pooled embedding."""
-    indices = stage_indices(model, stages) or []
-    pooled = getattr(model, "head_hidden_size", None) or model.num_features  # e.g. MambaOut
-    return sum(model.feature_info[i]["num_chs"] for i in indices) + pooled
-
-
-def embed(model: nn.Module, x: torch.Tensor, indices: list[int] | None = None) -> torch.Tensor:
-    """The pooled embedding of a preprocessed batch, after the global average of each chosen
-    stage's feature map (timm's `forward_intermediates`: one forward pass, NCHW maps for CNNs
-    and ViTs alike); `indices` None is the model's own output."""
-    if indices is None:
-        return model(x)
-    try:
-        final, maps = model.forward_intermediates(x, indices=indices, output_fmt="NCHW")
-    except NotImplementedError as err:  # timm models that declare but do not implement it
-        raise ValueError(f"FEATURE_STAGES: {type(model).__name__} does not support "
-                         "forward_intermediates; use FEATURE_STAGES=None") from err
-    pooled = [m.float().mean(dim=(-2, -1)) for m in maps]
-    return torch.cat([*pooled, model.forward_head(final).float()], dim=1)
-
-
-def centre_crop(x: torch.Tensor, fraction: float) -> torch.Tensor:
-    """The centre `fraction` of an NCHW batch's height and width (at least 1 px; 1.0: x)."""
-    if fraction >= 1:
-        return x
-    h, w = x.shape[-2:]
-    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return x[..., top:top + ch, left:left + cw]
-
 
 
 # --- stain normalisation (STAIN_NORM) ---------------------------------------------------------

@@ -8,8 +8,11 @@ them with one head per gene group to standardised expression (spots × genes, in
 order). A head either predicts its genes directly or the top-K principal components of them,
 decoded by a fixed matrix (`TARGET_PCA = K`). Per-gene mean and std are buffers, so a saved
 state dict holds everything needed to predict. `ModelSpec` is the JSON recipe to rebuild a model
-(`model.json` in a run folder; weights beside it). Frozen features live in `utils.features`, the
-losses in `utils.losses`, devices and mixed precision in `utils.loop`.
+(`model.json` in a run folder; weights beside it). Its features are a backbone's pooled
+embedding, with the pooled maps of chosen stages and the features of centre crops when the spec
+names them (`embed`, `centre_crop`: the same functions the frozen features of `utils.features`
+use, so a fine-tuned model reads what a ridge run read). The losses live in `utils.losses`,
+devices and mixed precision in `utils.loop`.
 
 This module imports torch and timm; `import utils` does not import it.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -311,6 +314,57 @@ def d4_views(x: torch.Tensor, tta: bool = True) -> Iterator[torch.Tensor]:
             yield torch.rot90(flipped, k, dims=(-2, -1))
 
 
+# --- features of a backbone: stages and centre crops ----------------------------------------
+
+def stage_indices(model: nn.Module, stages: Sequence[int] | str | None) -> list[int] | None:
+    """FEATURE_STAGES as sorted, non-negative indices into timm's `feature_info` (None: the
+    pooled embedding only); "all" is every stage, negative indices count from the last."""
+    if stages is None:
+        return None
+    info = getattr(model, "feature_info", None)
+    if not hasattr(model, "forward_intermediates") or not info:
+        raise ValueError(f"FEATURE_STAGES={stages!r}: {type(model).__name__} has no timm "
+                         "forward_intermediates; use FEATURE_STAGES=None with this backbone")
+    n = len(info)
+    if stages == "all":
+        return list(range(n))
+    chosen = [int(s) for s in ([stages] if isinstance(stages, (int, str)) else stages)]
+    if not chosen or any(not -n <= s < n for s in chosen):
+        raise ValueError(f"FEATURE_STAGES={stages!r}: this backbone has {n} stages, indices "
+                         f"{-n}..{n - 1} (or 'all')")
+    return sorted({s % n for s in chosen})
+
+
+def stage_channels(model: nn.Module, stages: Sequence[int] | str | None) -> int:
+    """The width of `embed`'s output: the chosen stages' channels plus the pooled embedding."""
+    indices = stage_indices(model, stages) or []
+    pooled = getattr(model, "head_hidden_size", None) or model.num_features  # e.g. MambaOut
+    return sum(model.feature_info[i]["num_chs"] for i in indices) + pooled
+
+
+def embed(model: nn.Module, x: torch.Tensor, indices: list[int] | None = None) -> torch.Tensor:
+    """The pooled embedding of a preprocessed batch, after the global average of each chosen
+    stage's feature map (timm's `forward_intermediates`: one forward pass, NCHW maps for CNNs
+    and ViTs alike); `indices` None is the model's own output."""
+    if indices is None:
+        return model(x)
+    try:
+        final, maps = model.forward_intermediates(x, indices=indices, output_fmt="NCHW")
+    except NotImplementedError as err:  # timm models that declare but do not implement it
+        raise ValueError(f"FEATURE_STAGES: {type(model).__name__} does not support "
+                         "forward_intermediates; use FEATURE_STAGES=None") from err
+    pooled = [m.float().mean(dim=(-2, -1)) for m in maps]
+    return torch.cat([*pooled, model.forward_head(final).float()], dim=1)
+
+
+def centre_crop(x: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The centre `fraction` of an NCHW batch's height and width (at least 1 px; 1.0: x)."""
+    if fraction >= 1:
+        return x
+    h, w = x.shape[-2:]
+    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return x[..., top:top + ch, left:left + cw]
 
 
 # --- gene regressors --------------------------------------------------------------------------
@@ -328,6 +382,8 @@ class ModelSpec:
     mpp: float | None = None  # source µm/px of the patches (used with model_mpp)
     model_mpp: float | None = None  # µm/px the backbone expects; None: no rescaling
     mpp_fit: str = "pad"  # how a rescaled patch meets the input size (`fit_field`)
+    stages: str | list[int] | None = None  # FEATURE_STAGES: pooled stage maps beside the embedding
+    crops: list[float] = field(default_factory=lambda: [1.0])  # FEATURE_CROPS, concatenated
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
@@ -351,12 +407,19 @@ class GeneHead(nn.Module):
 
 
 class GeneRegressor(nn.Module):
-    """uint8 patches → standardised expression of the model's genes, one head per gene group."""
+    """uint8 patches → standardised expression of the model's genes, one head per gene group.
+
+    Its features are those of the frozen-feature recipes with the same FEATURE_STAGES and
+    FEATURE_CROPS (`utils.features.extract_features` without TTA): per centre crop, the pooled
+    maps of the chosen stages and the pooled embedding, concatenated. So a head set to the ridge
+    fit on those features predicts what the ridge run predicts, and fine-tuning starts there."""
 
     def __init__(self, backbone: nn.Module, config: dict, spec: ModelSpec):
         super().__init__()
         self.spec, self.backbone, self.preprocess = spec, backbone, Preprocess(config)
-        self.heads = nn.ModuleList(GeneHead(backbone.num_features, len(cols), spec.dims.get(name))
+        self.stage_indices = stage_indices(backbone, spec.stages)
+        width = stage_channels(backbone, spec.stages) * len(spec.crops)
+        self.heads = nn.ModuleList(GeneHead(width, len(cols), spec.dims.get(name))
                                    for name, cols in spec.heads.items())
         order = np.argsort(np.concatenate([np.asarray(c) for c in spec.heads.values()]))
         self.register_buffer("order", torch.as_tensor(order, dtype=torch.long))
@@ -367,11 +430,14 @@ class GeneRegressor(nn.Module):
         self.channels_last = False
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features of raw patches."""
-        x = self.preprocess(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x)
+        """Pooled backbone features of raw patches: per crop, the stages' and the embedding's."""
+        parts = []
+        for fraction in self.spec.crops:
+            view = self.preprocess(centre_crop(x, fraction))
+            if self.channels_last:
+                view = view.contiguous(memory_format=torch.channels_last)
+            parts.append(embed(self.backbone, view, self.stage_indices))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.forward_features(x)

@@ -565,13 +565,15 @@ def init_heads_ridge(model: GeneRegressor, features: np.ndarray, z: np.ndarray,
 
 def init_heads_by_ridge(model: nn.Module, cfg, images: np.ndarray, unit: Unit, z: np.ndarray,
                         y: np.ndarray) -> float:
-    """Linear probe: ridge from frozen features to every head's targets (alpha by inner block
-    CV on the metric over the training rows), then fine-tuning starts from it. Returns alpha."""
+    """Linear probe: ridge from the model's frozen features (its FEATURE_STAGES and
+    FEATURE_CROPS, averaged over the D4 views with TTA, as the ridge recipe reads them) to every
+    head's targets, alpha by inner block CV on the metric over the training rows (on TARGET_PCA
+    components, as the ridge recipe); fine-tuning starts from it. Returns alpha."""
     rows = unit.train_idx
-    features = predict(model, images, rows, features=True)
+    features = predict(model, images, rows, tta=cfg.tta and not cfg.smoke, features=True)
     inner = make_folds("blocks", len(rows), min(3, len(rows)))
     alpha = cv_ridge(features, y[rows][:, unit.genes], features[:1], inner, cfg.alphas,
-                     cfg.pca_dim).alpha
+                     cfg.pca_dim, target_dim=cfg.target_pca).alpha
     init_heads_ridge(model, features, z[rows], alpha, cfg.pca_dim)
     return alpha
 

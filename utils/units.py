@@ -86,11 +86,14 @@ def slug(name: str) -> str:
 
 
 def unit_spec(unit: Unit, cfg: TrainConfig) -> ModelSpec:
-    """The ModelSpec of a unit: backbone, size, genes, heads and their PCA dims."""
+    """The ModelSpec of a unit: backbone, size, genes, heads and their PCA dims, and the
+    feature set its heads read (FEATURE_STAGES, FEATURE_CROPS)."""
     dims = plan_heads(unit.heads, cfg.target_pca, len(unit.train_idx))
+    stages = cfg.feature_stages
     return ModelSpec(cfg.backbone, cfg.img_size, unit.genes.tolist(),
                      {k: v.tolist() for k, v in unit.heads.items()}, dims, cfg.drop_path,
-                     cfg.mpp, cfg.model_mpp, cfg.mpp_fit)
+                     cfg.mpp, cfg.model_mpp, cfg.mpp_fit,
+                     stages if stages in (None, "all") else list(stages), list(cfg.feature_crops))
 
 
 # --- predictions ------------------------------------------------------------------------------
