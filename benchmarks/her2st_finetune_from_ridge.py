@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table[["section", "epoch", *KEYS, "no_tta_score", "train_s"]].round(4)
           .to_string(index=False))
     print("\nmean over held-out sections, per epoch (epoch 0 = the ridge start):")
-    print(table.groupby("epoch")[KEYS].mean().round(4).to_string())
+    print(table.groupby("epoch")[list(KEYS)].mean().round(4).to_string())
 
 
 if __name__ == "__main__":
