@@ -1,11 +1,11 @@
-"""What D4 TTA buys `cpu_best` on held-out her2st sections, and what it costs (issue 26).
+"""What TTA buys `cpu_best` on held-out her2st sections, and what it costs (issue 26).
 
 `cpu_best` extracts 16 forward passes per patch (8 D4 views × 2 crops), 29 of its 32 minutes at
 DACON scale. This measures the same recipe (lite0 at 224 from the shared weights,
 FEATURE_STAGES "all", FEATURE_CROPS [1.0, 0.5], ridge on the top 16 target PCs, alpha by
-nested slice CV) with and without TTA: each her2st section held out in turn, alpha chosen on the
-other three (the kit's `cv_ridge` with one fold per section), every metric part on the held-out
-section, and the extraction seconds of each feature set on this machine.
+nested slice CV) with D4 TTA (8 views), TTA="flips" (4) and none: each her2st section held
+out in turn, alpha chosen on the other three (the kit's `cv_ridge` with one fold per section),
+every metric part on the held-out section, and the extraction seconds of each feature set.
 
     .venv/bin/python -m benchmarks.her2st_tta_cost [--out runs/her2st/tta_cost]
 
@@ -29,10 +29,11 @@ SHARED = kit_root().parent / "shared"
 HER2ST = SHARED / "her2st"
 WEIGHTS = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
 ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0)  # cpu_best's
-VARIANTS = {"cpu_best (D4 TTA, 16 passes)": True, "no TTA (2 passes)": False}
+VARIANTS = {"cpu_best (D4 TTA, 16 passes)": True, "TTA flips (8 passes)": "flips",
+            "no TTA (2 passes)": False}
 
 
-def features(images: np.ndarray, tta: bool, out) -> tuple[np.ndarray, float]:
+def features(images: np.ndarray, tta: bool | str, out) -> tuple[np.ndarray, float]:
     """cpu_best's features of every patch, with or without TTA, and the seconds their
     extraction took (kept beside the cached array, so a rerun reports the first run's time)."""
     from utils.features import extract_features

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import yaml
 
+from utils.choices import TTA_VIEWS
 from utils.config import TrainConfig
 from utils.data import load_data, load_images
 from utils.dev.demo import write_demo
@@ -64,9 +65,9 @@ def sample_images(folder: Path, n: int, size: int) -> np.ndarray:
 
 
 def passes_per_image(cfg: TrainConfig) -> int:
-    """Forward passes per patch: the D4 views (8 with TTA) times the crops."""
+    """Forward passes per patch: the TTA views (8, 4 with "flips", 1 without) times the crops."""
     spec = cfg.feature_spec
-    return (8 if spec.tta else 1) * len(spec.crops)
+    return TTA_VIEWS[spec.tta] * len(spec.crops)
 
 
 def time_forward(model: torch.nn.Module, n_images: int, passes: int, batch_size: int,

@@ -6,7 +6,7 @@ import torch
 
 from utils.config import FeatureSpec
 from utils.features import cached_features, extract_features
-from utils.models import Preprocess, create_backbone, d4_views, data_config
+from utils.models import Preprocess, create_backbone, data_config, tta_views
 
 
 def cache_name(backbone, pretrained, img_size, tta, seed, split):
@@ -57,11 +57,28 @@ def test_preprocess_uses_the_model_data_config():
     torch.testing.assert_close(out[0, :, 5, 5], expected.float(), rtol=1e-4, atol=1e-4)
 
 
-def test_d4_views_are_the_eight_dihedral_transforms():
+def test_tta_views_are_the_eight_dihedral_transforms_or_the_four_flips():
     x = torch.arange(9.0).view(1, 1, 3, 3)
-    views = [v.flatten().tolist() for v in d4_views(x)]
+    views = [v.flatten().tolist() for v in tta_views(x)]
     assert len(views) == 8 and len({tuple(v) for v in views}) == 8
-    assert [v.flatten().tolist() for v in d4_views(x, tta=False)] == [x.flatten().tolist()]
+    assert [v.flatten().tolist() for v in tta_views(x, tta=False)] == [x.flatten().tolist()]
+    flips = {tuple(v.flatten().tolist()) for v in tta_views(x, "flips")}
+    assert len(flips) == 4 and flips < {tuple(v) for v in views}  # a subgroup of D4
+    flipped = {tuple(v.flatten().tolist()) for v in tta_views(x.flip(-1), "flips")}
+    assert flipped == flips  # closed under a flip: flip-averaged features are flip-invariant
+
+
+def test_tta_is_true_flips_or_false_and_names_its_cache():
+    from utils.choices import TTA_VIEWS
+    from utils.config import FeatureSpec, TrainConfig
+
+    tags = {tta: FeatureSpec("test_convnext", False, 32, tta).tag for tta in TTA_VIEWS}
+    assert len(set(tags.values())) == 3 and tags[True].endswith("_d4")  # old caches still match
+    assert TrainConfig(tta="flips").feature_spec.tta == "flips"
+    assert TrainConfig(tta="flips", smoke=True).applied_tta is False
+    for bad in ("rotations", 4, None):
+        with pytest.raises(ValueError, match="TTA="):
+            TrainConfig(tta=bad)
 
 
 def test_tta_features_are_invariant_to_flips_and_rotations():

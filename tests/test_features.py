@@ -13,11 +13,11 @@ from utils.models import (
     Preprocess,
     centre_crop,
     create_backbone,
-    d4_views,
     data_config,
     embed,
     stage_channels,
     stage_indices,
+    tta_views,
 )
 
 SIZE = 64
@@ -40,7 +40,7 @@ def today_features(model, x: np.ndarray) -> np.ndarray:
     preprocess = Preprocess(data_config(model, SIZE))
     with torch.inference_mode():
         batch = preprocess(torch.from_numpy(x).permute(0, 3, 1, 2))
-        return torch.stack([model.eval()(v) for v in d4_views(batch)]).mean(0).numpy()
+        return torch.stack([model.eval()(v) for v in tta_views(batch)]).mean(0).numpy()
 
 
 def stained(stains: np.ndarray, seed: int = 0, size: int = 48) -> np.ndarray:

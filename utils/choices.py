@@ -20,6 +20,10 @@ HEAD_INITS = ("ridge", "random")  # 05 HEAD_INIT
 MPP_FITS = ("pad", "tile", "resize")  # 05 MPP_FIT (utils.models.fit_field)
 FEATURE_DTYPES = ("float32", "float16")  # 05 FEATURE_DTYPE (utils.features.cached_features)
 STAIN_NORMS = ("macenko",)  # 05 STAIN_NORM besides None (utils.features.normalise_stains)
+# 05 TTA: the views averaged (utils.models.tta_views): True the 8 dihedral ones (D4), "flips"
+# the 4 of flipping each axis or both (half the passes), False the patch alone
+TTA_VIEWS = {True: 8, "flips": 4, False: 1}
+TTA_TAGS = {True: "d4", "flips": "flips", False: "noTTA"}  # in feature cache names
 # DACON patches: Visium spots are 100 µm apart centre to centre and ~329 px apart in the public
 # spot coordinates of the same liver sections, so 100 / 329 ≈ 0.30 µm/px (issue 13: 0.26–0.30).
 DACON_MPP = 0.3
@@ -162,6 +166,13 @@ def parse_crops(crops) -> tuple[float, ...]:
         raise ValueError(f"FEATURE_CROPS={crops!r} must list fractions of the patch side in "
                          "(0, 1], e.g. [1.0, 0.5]: whole patch and centre half")
     return values
+
+
+def check_tta(tta) -> bool | str:
+    """TTA is True, "flips" or False (a ValueError naming it otherwise)."""
+    if not any(tta is key or (isinstance(key, str) and tta == key) for key in TTA_VIEWS):
+        raise ValueError(f"TTA={tta!r}: choose True (8 views), \"flips\" (4) or False (1)")
+    return tta
 
 
 def check_stain_norm(stain_norm: str | None) -> str | None:

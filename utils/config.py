@@ -37,6 +37,7 @@ from utils.choices import (
     SMOKE_PX,
     SPLITTERS,
     STRATEGIES,
+    TTA_TAGS,
     UNMATCHED_RULES,
     as_tuple,
     check_augment,
@@ -44,6 +45,7 @@ from utils.choices import (
     check_loss,
     check_method,
     check_stain_norm,
+    check_tta,
     check_views,
     cv_from_groups,
     parse_crops,
@@ -149,7 +151,7 @@ class FeatureSpec:
     backbone: str
     pretrained: bool | str = True  # True: hub weights; False: random, seeded; or a weights file
     img_size: int | None = None
-    tta: bool = True  # mean over the 8 dihedral views
+    tta: bool | str = True  # views averaged: True the 8 dihedral ones, "flips" 4, False 1
     seed: int = 0  # seeds random weights (pretrained=False)
     mpp: float | None = None  # µm/px of the patches (used with model_mpp)
     model_mpp: float | None = None  # µm/px the backbone expects; None: no rescaling
@@ -163,6 +165,7 @@ class FeatureSpec:
         set_field(self, "stages", parse_stages(self.stages))
         set_field(self, "crops", parse_crops(self.crops))
         check_stain_norm(self.stain_norm)
+        check_tta(self.tta)
         if not (self.mpp is None or is_positive(self.mpp)) or not (
                 self.model_mpp is None or (is_positive(self.model_mpp) and self.mpp)):
             raise ValueError(f"MPP={self.mpp!r} must be > 0 (µm/px of the patches) and "
@@ -198,7 +201,7 @@ class FeatureSpec:
         slug = self.backbone.replace("hf-hub:", "hf-").replace("/", "--").replace(":", "-")
         half = "" if self.dtype == "float32" else f"_{self.dtype}"
         return (f"{slug}_{self.weights}_{self.img_size or 'default'}px{self.design}_"
-                f"{'d4' if self.tta else 'noTTA'}{half}")
+                f"{TTA_TAGS[self.tta]}{half}")
 
     def cache_name(self, split: str) -> str:
         """The cache file of one split's features."""
@@ -447,7 +450,7 @@ class TrainConfig:
     n_folds: int = 4
     seed: int = 0
     smoke: bool = False
-    tta: bool = True
+    tta: bool | str = True
     pca_dim: int | None = None
     alphas: tuple[float, ...] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
     n_nearest: tuple[int, ...] = (5, 10, 20, 50)  # RECIPE="retrieval": k nearest spots tried
@@ -499,6 +502,7 @@ class TrainConfig:
         if self.cv.split(":", 1)[0] not in SPLITTERS:
             raise ValueError(f"CV={self.cv!r} is unknown; choose from {list(SPLITTERS)} "
                              "(your own folds as 'file:<csv>[:<column>]')")
+        check_tta(self.tta)
         set_field(self, "alphas", tuple(float(a) for a in self.alphas))
         set_field(self, "n_nearest", tuple(int(k) for k in as_tuple(self.n_nearest)))
         set_field(self, "temperatures", tuple(float(t) for t in as_tuple(self.temperatures)))
@@ -517,13 +521,18 @@ class TrainConfig:
         self._check_features()
         self._check_finetune()
 
+    @property
+    def applied_tta(self) -> bool | str:
+        """The TTA that features and predictions apply: `TTA`, none with SMOKE."""
+        return False if self.smoke else self.tta
+
     @cached_property
     def feature_spec(self) -> FeatureSpec:
-        """The frozen features ridge and retrieval use (D4 TTA unless TTA is off or SMOKE)."""
-        return FeatureSpec(self.backbone, self.pretrained, self.img_size,
-                           self.tta and not self.smoke, self.seed, self.mpp, self.model_mpp,
-                           self.mpp_fit, self.feature_stages, self.feature_crops,
-                           self.stain_norm, self.feature_dtype)
+        """The frozen features ridge and retrieval use (with `applied_tta`)."""
+        return FeatureSpec(self.backbone, self.pretrained, self.img_size, self.applied_tta,
+                           self.seed, self.mpp, self.model_mpp, self.mpp_fit,
+                           self.feature_stages, self.feature_crops, self.stain_norm,
+                           self.feature_dtype)
 
     def _check_features(self) -> None:
         """The feature spec is valid (`FeatureSpec`: MPP, MODEL_MPP, MPP_FIT, FEATURE_DTYPE,

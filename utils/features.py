@@ -35,10 +35,10 @@ from utils.models import (
     Preprocess,
     centre_crop,
     create_backbone,
-    d4_views,
     data_config,
     embed,
     stage_indices,
+    tta_views,
 )
 from utils.paths import cached_array, read_json, write_json
 
@@ -96,7 +96,7 @@ def extract_features(model: nn.Module, images: np.ndarray, spec: FeatureSpec,
             for fraction in spec.crops:
                 view = preprocess(centre_crop(x, fraction))
                 with autocast(device):
-                    views = [embed(model, v, indices).float() for v in d4_views(view, spec.tta)]
+                    views = [embed(model, v, indices).float() for v in tta_views(view, spec.tta)]
                 parts.append(torch.stack(views).mean(0))
             out.append(torch.cat(parts, dim=1).cpu().numpy())
     return np.concatenate(out).astype(np.float32)

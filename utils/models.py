@@ -304,8 +304,12 @@ class Preprocess(nn.Module):
         return x if self.scale is None else fit_field(x, self.size, self.fit)
 
 
-def d4_views(x: torch.Tensor, tta: bool = True) -> Iterator[torch.Tensor]:
-    """The 8 dihedral views of a batch (4 rotations × optional flip), or just x."""
+def tta_views(x: torch.Tensor, tta: bool | str = True) -> Iterator[torch.Tensor]:
+    """The views of a batch that TTA averages: with True the 8 dihedral ones (4 rotations ×
+    optional flip), with "flips" the 4 of flipping each axis or both, with False just x."""
+    if tta == "flips":
+        yield from (x, x.flip(-1), x.flip(-2), x.flip(-2, -1))
+        return
     if not tta:
         yield x
         return

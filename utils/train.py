@@ -570,7 +570,7 @@ def init_heads_by_ridge(model: nn.Module, cfg, images: np.ndarray, unit: Unit, z
     head's targets, alpha by inner block CV on the metric over the training rows (on TARGET_PCA
     components, as the ridge recipe); fine-tuning starts from it. Returns alpha."""
     rows = unit.train_idx
-    features = predict(model, images, rows, tta=cfg.tta and not cfg.smoke, features=True)
+    features = predict(model, images, rows, tta=cfg.applied_tta, features=True)
     inner = make_folds("blocks", len(rows), min(3, len(rows)))
     alpha = cv_ridge(features, y[rows][:, unit.genes], features[:1], inner, cfg.alphas,
                      cfg.pca_dim, target_dim=cfg.target_pca).alpha

@@ -35,7 +35,7 @@ from utils.loop import (
     train_batch_size,
 )
 from utils.metric import score, stopping_rows
-from utils.models import ModelSpec, build_model, d4_views, load_weights, plan_heads, save_weights
+from utils.models import ModelSpec, build_model, load_weights, plan_heads, save_weights, tta_views
 from utils.paths import save_figure, write_json, write_with
 from utils.runs import weights_file
 
@@ -100,9 +100,10 @@ def unit_spec(unit: Unit, cfg: TrainConfig) -> ModelSpec:
 
 @torch.inference_mode()
 def predict(model: nn.Module, images: np.ndarray, indices: np.ndarray | None = None,
-            tta: bool = False, device: torch.device | None = None,
+            tta: bool | str = False, device: torch.device | None = None,
             batch_size: int | None = None, features: bool = False) -> np.ndarray:
-    """Model outputs (rows, outputs) for uint8 (N, H, W, 3) patches, averaged over D4 views;
+    """Model outputs (rows, outputs) for uint8 (N, H, W, 3) patches, averaged over the TTA views
+    (`tta_views`: True the 8 dihedral ones, "flips" 4, False none);
     with `features`, the pooled backbone features (`model.forward_features`) instead."""
     device = device or next(model.parameters()).device
     batch_size = batch_size or inference_batch_size(device)
@@ -114,7 +115,7 @@ def predict(model: nn.Module, images: np.ndarray, indices: np.ndarray | None = N
         x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2)
         with autocast(device):
             forward = model.forward_features if features else model
-            views = [forward(v).float() for v in d4_views(x, tta)]
+            views = [forward(v).float() for v in tta_views(x, tta)]
         out.append(torch.stack(views).mean(0).cpu().numpy())
     if not out:
         return np.zeros((0, 0), np.float32)
@@ -166,7 +167,7 @@ def predict_unit(unit: Unit, cfg: TrainConfig, images: np.ndarray, test_images: 
         if {k: result[k] for k in epochs} == epochs:
             return result
     model = build_model(unit_spec(unit, cfg), pretrained=False).to(default_device())
-    tta = cfg.tta and not cfg.smoke
+    tta = cfg.applied_tta
     load_weights(model, epoch_weights(folder, choice["oof_epoch"]))
     val_pred = to_original(model, predict(model, images, unit.val_idx, tta))
     load_weights(model, epoch_weights(folder, choice["test_epoch"]))
@@ -244,7 +245,7 @@ def run_details(cfg: TrainConfig, units: list[Unit], choice: dict[str, dict],
     return {"group_mode": cfg.group_mode, "group_strategy": cfg.group_strategy,
             "n_groups": len({u.group for u in units}) if cfg.group_mode == "models"
             else len(units[0].heads), "target_pca": cfg.target_pca,
-            "tta": cfg.tta and not cfg.smoke, "device": device.type,
+            "tta": cfg.applied_tta, "device": device.type,
             "amp": str(amp_dtype(device)), "batch_size": cfg.batch_size or train_batch_size(device),
             "train_images_per_s": round(float(np.mean(speeds)), 1) if speeds else None,
             "units": {u.name: {**choice[u.name], "epochs_run": max(
