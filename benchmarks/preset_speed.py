@@ -42,7 +42,8 @@ from utils.models import create_backbone
 from utils.paths import kit_root
 from utils.train import RidgePath, centre_by_fold, cv_retrieval, cv_ridge, nearest_predictions
 
-PRESETS = ("cpu_best", "cpu_lite0", "cpu_lite1", "cpu_lite2", "cpu_retrieval", "cpu_ridge_genes")
+PRESETS = ("cpu_best", "cpu_fast", "cpu_lite0", "cpu_lite1", "cpu_lite2", "cpu_retrieval",
+           "cpu_ridge_genes")
 DACON = {"train": 6992, "test": 2277, "genes": 3467}
 TINY = {"train": 96, "test": 32, "genes": 40}
 GOAL_RATIO, BEST_MINUTES = 1.1, 20.0
