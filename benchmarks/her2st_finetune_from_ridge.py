@@ -23,14 +23,10 @@ import time
 import numpy as np
 import pandas as pd
 
+from benchmarks.her2st_tta_cost import WEIGHTS, load_sections
 from utils.config import TrainConfig
-from utils.data import load_data, load_images
 from utils.metric import KEYS, score
-from utils.paths import kit_root, read_json, resolve, write_json
-
-SHARED = kit_root().parent / "shared"
-HER2ST = SHARED / "her2st"
-WEIGHTS = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
+from utils.paths import read_json, resolve, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,12 +76,7 @@ def section_curve(args: argparse.Namespace, data, images: np.ndarray, sections: 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if not HER2ST.is_dir() or not WEIGHTS.is_file():
-        raise SystemExit(f"needs {HER2ST} and {WEIGHTS}")
-    data = load_data(HER2ST)
-    meta = pd.read_csv(HER2ST / "train_sections.csv", dtype=str).set_index("ID")
-    sections = meta.loc[data.train["ID"], "section"].to_numpy()
-    images = load_images(data, "train")
+    data, sections, images = load_sections()
     rows = [r for s in args.sections for r in section_curve(args, data, images, sections, s)]
     table = pd.DataFrame(rows)
     print(table[["section", "epoch", *KEYS, "no_tta_score", "train_s"]].round(4)

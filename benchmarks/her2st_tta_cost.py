@@ -33,6 +33,16 @@ VARIANTS = {"cpu_best (D4 TTA, 16 passes)": True, "TTA flips (8 passes)": "flips
             "no TTA (2 passes)": False}
 
 
+def load_sections():
+    """her2st's data, each train row's section (benchmark-only metadata) and its patches; exits
+    with a message when ../shared/her2st or the lite0 weights are absent."""
+    if not HER2ST.is_dir() or not WEIGHTS.is_file():
+        raise SystemExit(f"needs {HER2ST} and {WEIGHTS}")
+    data = load_data(HER2ST)
+    meta = pd.read_csv(HER2ST / "train_sections.csv", dtype=str).set_index("ID")
+    return data, meta.loc[data.train["ID"], "section"].to_numpy(), load_images(data, "train")
+
+
 def features(images: np.ndarray, tta: bool | str, out) -> tuple[np.ndarray, float]:
     """cpu_best's features of every patch, with or without TTA, and the seconds their
     extraction took (kept beside the cached array, so a rerun reports the first run's time)."""
@@ -72,12 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/her2st/tta_cost")
     args = parser.parse_args(argv)
-    if not HER2ST.is_dir() or not WEIGHTS.is_file():
-        raise SystemExit(f"needs {HER2ST} and {WEIGHTS}")
-    data = load_data(HER2ST)
-    meta = pd.read_csv(HER2ST / "train_sections.csv", dtype=str).set_index("ID")
-    sections = meta.loc[data.train["ID"], "section"].to_numpy()
-    images = load_images(data, "train")
+    data, sections, images = load_sections()
     rows, seconds = [], {}
     for name, tta in VARIANTS.items():
         x, seconds[name] = features(images, tta, args.out)
