@@ -4,15 +4,18 @@ and the kit's extraction images/s against the backbone's pure forward in the sam
 
     .venv/bin/python -m benchmarks.preset_speed [--n-images 64] [--batch-size 16]
         [--presets cpu_best cpu_lite1 ...] [--fit-rows 6992] [--fit cpu_best ...]
-        [--nchw] [--tiny]
+        [--nchw] [--no-compile] [--tiny]
 
 Extraction is timed on a SAMPLE of demo patches (`utils.dev.demo.write_demo`, 224 px) with the
 kit's own path (`utils.features.extract_features` with the preset's `TrainConfig.feature_spec`,
 random weights of the same architecture: no download) and extrapolated linearly to 9269
 patches. The pure forward is `model(x)` on resident float tensors, as many passes (views ×
 crops per patch) at the same batch size, `torch.inference_mode`, no preprocessing, in
-channels_last (the kit's format; `--nchw` also times NCHW, the faster counts), before and after
-the extraction. Presets with the same feature spec share one extraction. Fitting runs for real
+channels_last (the kit's format; `--nchw` also times NCHW). Both are timed eagerly and compiled
+(COMPILE: at DACON scale the kit's "auto" compiles on CPU), compiled against compiled; the
+compiled extraction's one-off compile (its warm-up call) is reported and counted in the total,
+and its features are checked against the eager ones. Presets with the same feature spec share
+one extraction. Fitting runs for real
 (`cv_ridge` / `cv_retrieval` on random float32 features of the preset's width, random targets,
 3 block folds, `--fit-rows` rows, 2277 test rows); prediction is the test model's predict on
 2277 rows, timed apart. `--tiny` runs the same code
@@ -23,10 +26,13 @@ machine: read the ratios, taken within one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -88,33 +94,60 @@ def time_forward(model: torch.nn.Module, n_images: int, passes: int, batch_size:
         return time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def compile_once():
+    """torch.compile memoised per (model, stages) inside the block, so the timed extraction runs
+    the graph its warm-up call compiled. (The kit builds one compiled function per
+    `extract_features` call: a re-trace of a few seconds per split, paid once per run.)"""
+    real, memo = torch.compile, {}
+
+    def once(fn, **kwargs):
+        key = (id(fn.args[0]), repr(fn.keywords)) if isinstance(fn, partial) else id(fn)
+        if key not in memo:
+            memo[key] = real(fn, **kwargs)
+        return memo[key]
+
+    with mock.patch.object(torch, "compile", once):
+        yield
+
+
 def time_extraction(model: torch.nn.Module, images: np.ndarray, cfg: TrainConfig,
-                    batch_size: int) -> tuple[float, np.ndarray]:
-    """Seconds of the kit's `extract_features` on the sample (after a one-batch warm-up), and
-    the features."""
+                    batch_size: int, compile_: bool) -> tuple[float, float, np.ndarray]:
+    """Seconds of the kit's `extract_features` on the sample after a one-batch warm-up call
+    (compiled: the compile happens there), the warm-up's seconds, and the features."""
     cpu = torch.device("cpu")
-    extract_features(model, images[:batch_size], cfg.feature_spec, batch_size, cpu, False)
     start = time.perf_counter()
-    features = extract_features(model, images, cfg.feature_spec, batch_size, cpu, False)
-    return time.perf_counter() - start, features
+    extract_features(model, images[:batch_size], cfg.feature_spec, batch_size, cpu, False,
+                     compile=compile_)
+    warm_up = time.perf_counter() - start
+    start = time.perf_counter()
+    features = extract_features(model, images, cfg.feature_spec, batch_size, cpu, False,
+                                compile=compile_)
+    return time.perf_counter() - start, warm_up, features
 
 
 def measure_extraction(cfg: TrainConfig, images: np.ndarray, batch_size: int,
-                       nchw: bool = False) -> dict:
-    """Kit extraction vs pure channels_last forward (the kit's format), timed before and after
-    the extraction and averaged, so a load change between them cancels out in part; `nchw`
-    also times the NCHW forward once (the faster format counts)."""
+                       nchw: bool = False, compiled: bool = True) -> dict:
+    """Kit extraction vs pure channels_last forward (the kit's format), eager and, with
+    `compiled`, both through torch.compile (static shapes, as the kit compiles); `nchw` also
+    times the eager NCHW forward."""
     model = create_backbone(cfg.backbone, False, cfg.img_size, cfg.seed)
     n, passes = len(images), passes_per_image(cfg)
     size = cfg.feature_spec.img_size or 224
-    plain = time_forward(model, n, passes, batch_size, size, False) if nchw else float("inf")
-    last = time_forward(model, n, passes, batch_size, size, channels_last=True)
-    extraction, features = time_extraction(model, images, cfg, batch_size)
-    channels_last = last < plain
-    after = time_forward(model, n, passes, batch_size, size, channels_last=channels_last)
-    return {"n": n, "passes": passes, "width": features.shape[1], "extract_s": extraction,
-            "forward_s": (min(plain, last) + after) / 2, "nchw_s": plain,
-            "channels_last_s": last, "faster": "channels_last" if channels_last else "NCHW"}
+    out = {"n": n, "passes": passes,
+           "eager_forward_s": time_forward(model, n, passes, batch_size, size, True)}
+    if nchw:
+        out["nchw_forward_s"] = time_forward(model, n, passes, batch_size, size, False)
+    out["eager_extract_s"], _, features = time_extraction(model, images, cfg, batch_size, False)
+    out["width"] = features.shape[1]
+    if compiled:
+        with compile_once():
+            fast = torch.compile(model, dynamic=False)
+            out["compiled_forward_s"] = time_forward(fast, n, passes, batch_size, size, True)
+            out["compiled_extract_s"], out["compile_s"], same = time_extraction(
+                model, images, cfg, batch_size, True)
+        out["max_diff"] = float(np.abs(same - features).max())
+    return out
 
 
 def time_fit(cfg: TrainConfig, width: int, rows: int, sizes: dict, seed: int = 0) -> dict:
@@ -158,7 +191,7 @@ def time_predict(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, x_test: np.ndar
 
 def measure(names: list[str], n_images: int, batch_size: int, fit_rows: int | None,
             tiny: bool = False, nchw: bool = False,
-            fitted: list[str] | None = None) -> list[dict]:
+            fitted: list[str] | None = None, compiled: bool = True) -> list[dict]:
     """One row per preset: extraction (shared by presets of one feature spec), fit, predict
     (only for the presets in `fitted`, if given: a fit takes minutes at DACON scale)."""
     sizes = TINY if tiny else DACON
@@ -170,7 +203,7 @@ def measure(names: list[str], n_images: int, batch_size: int, fit_rows: int | No
         for name, cfg in configs.items():
             tag = cfg.feature_spec.tag
             if tag not in extractions:
-                extractions[tag] = measure_extraction(cfg, images, batch_size, nchw)
+                extractions[tag] = measure_extraction(cfg, images, batch_size, nchw, compiled)
                 print(f"{tag}: {extractions[tag]}", flush=True)
             ext = extractions[tag]
             fit = None
@@ -182,21 +215,27 @@ def measure(names: list[str], n_images: int, batch_size: int, fit_rows: int | No
 
 
 def summarise(name: str, cfg: TrainConfig, ext: dict, fit: dict | None, sizes: dict) -> dict:
-    """A table row: rates on the sample, extraction extrapolated to every patch, minutes (fit
-    and predict NaN where not timed)."""
-    total = sizes["train"] + sizes["test"]
-    extract_min = ext["extract_s"] / ext["n"] * total / 60
+    """A table row: rates on the sample, eager and compiled; extraction extrapolated to every
+    patch in the kit's DACON-scale mode (compiled unless --no-compile) plus its one-off compile;
+    minutes (fit and predict NaN where not timed)."""
+    total, n = sizes["train"] + sizes["test"], ext["n"]
+    mode = "compiled" if "compiled_extract_s" in ext else "eager"
+    extract_min = (ext[f"{mode}_extract_s"] / n * total + ext.get("compile_s", 0.0)) / 60
     fit = fit or {"fit_s": np.nan, "predict_s": np.nan, "rows": "not timed"}
     fit_min, predict_min = fit["fit_s"] / 60, fit["predict_s"] / 60
-    return {"preset": name, "backbone": f"{cfg.backbone}@{cfg.feature_spec.img_size}",
-            "views x crops": f"{ext['passes'] // len(cfg.feature_spec.crops)}x"
-                             f"{len(cfg.feature_spec.crops)}",
-            "sample img/s": ext["n"] / ext["extract_s"],
-            "forward img/s": ext["n"] / ext["forward_s"],
-            "ratio": ext["extract_s"] / ext["forward_s"],
-            f"extract min ({total}, extrap.)": extract_min,
-            "fit rows": fit["rows"], "fit min": fit_min, "predict min": predict_min,
-            "total min": extract_min + fit_min, "width": ext["width"]}
+    row = {"preset": name, "backbone": f"{cfg.backbone}@{cfg.feature_spec.img_size}",
+           "views x crops": f"{ext['passes'] // len(cfg.feature_spec.crops)}x"
+                            f"{len(cfg.feature_spec.crops)}",
+           "eager img/s": n / ext["eager_extract_s"]}
+    if mode == "compiled":
+        row.update({"compiled img/s": n / ext["compiled_extract_s"],
+                    "speed-up": ext["eager_extract_s"] / ext["compiled_extract_s"],
+                    "compile s": ext["compile_s"]})
+    row.update({"ratio": ext[f"{mode}_extract_s"] / ext[f"{mode}_forward_s"],
+                f"extract min ({total}, extrap.)": extract_min,
+                "fit rows": fit["rows"], "fit min": fit_min, "predict min": predict_min,
+                "total min": extract_min + fit_min, "width": ext["width"]})
+    return row
 
 
 def format_table(rows: list[dict]) -> str:
@@ -215,7 +254,8 @@ def verdict(rows: list[dict]) -> str:
     total = best[0]["total min"]
     return (f"cpu_best end to end (extraction extrapolated + fit): {total:.1f} min, target "
             f"<= {BEST_MINUTES:g} min: {'met' if total <= BEST_MINUTES else 'NOT met'}; "
-            f"extraction/forward ratio {best[0]['ratio']:.2f} (goal <= {GOAL_RATIO})")
+            f"extraction/forward ratio {best[0]['ratio']:.2f} (goal <= {GOAL_RATIO}, "
+            f"{'compiled' if 'speed-up' in best[0] else 'eager'})")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -227,11 +267,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--fit", nargs="+", default=None,
                         help="presets whose fit is timed (default: every one)")
     parser.add_argument("--nchw", action="store_true", help="also time the NCHW forward")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="eager extraction only (COMPILE=False)")
     parser.add_argument("--tiny", action="store_true", help="test_efficientnet at 64 px, small fit")
     args = parser.parse_args(argv)
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()}", flush=True)
     rows = measure(args.presets, args.n_images, args.batch_size, args.fit_rows, args.tiny,
-                   args.nchw, args.fit)
+                   args.nchw, args.fit, not args.no_compile)
     print(format_table(rows))
     print(verdict(rows))
     print(f"load average at the end {os.getloadavg()}")

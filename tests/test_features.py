@@ -209,3 +209,60 @@ def test_the_default_spec_keeps_the_cache_name_and_key_of_earlier_kits(dacon_dir
         name, got = cache_entry(data, "test", feature_spec)
         assert name == f"{tag}_test.npy"
         assert got == {**base, **key, "images": images["test"]}
+
+
+# --- COMPILE: torch.compile for extraction -----------------------------------------------------
+
+def test_compile_rule_is_auto_on_long_cpu_extractions_only():
+    from utils.choices import COMPILE_MIN_PASSES
+    from utils.features import should_compile
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert should_compile("auto", cpu, COMPILE_MIN_PASSES)
+    assert not should_compile("auto", cpu, COMPILE_MIN_PASSES - 1)
+    assert not should_compile("auto", cuda, 10 ** 9)  # unmeasured on a GPU: off unless asked
+    assert should_compile(True, cuda, 1) and not should_compile(False, cpu, 10 ** 9)
+    with pytest.raises(ValueError, match="COMPILE"):
+        TrainConfig(compile="yes")
+
+
+def test_compiled_features_equal_eager_ones_with_a_padded_last_batch(monkeypatch):
+    """Every pass goes through the compiled function, with one shape (the last, short batch
+    padded, then cut off again), and the features equal eager extraction's to float tolerance."""
+    compile_, shapes = torch.compile, []
+
+    def spy(fn, **kwargs):
+        compiled = compile_(fn, **kwargs)
+
+        def forward(x):
+            shapes.append(tuple(x.shape))
+            return compiled(x)
+        return forward
+
+    model = create_backbone("test_efficientnet", pretrained=False)
+    x = images(5)
+    settings = spec(stages="all", crops=(1.0, 0.5), tta="flips")
+    eager = extract_features(model, x, settings, batch_size=4, progress=False, compile=False)
+    assert not shapes
+    monkeypatch.setattr(torch, "compile", spy)
+    fast = extract_features(model, x, settings, batch_size=4, progress=False, compile=True)
+    assert len(shapes) == 2 * 2 * 4 and set(shapes) == {(4, 3, SIZE, SIZE)}  # batches×crops×views
+    assert fast.shape == eager.shape == (5, 2 * stage_channels(model, "all"))
+    np.testing.assert_allclose(fast, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_a_runtime_that_cannot_compile_extracts_eagerly_and_says_why(monkeypatch):
+    from utils.features import CompileWarning
+
+    def broken(fn, **kwargs):
+        def fail(x):
+            raise RuntimeError("no C++ compiler found\nlong trace")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model = create_backbone("test_convnext", pretrained=False)
+    x = images()
+    with pytest.warns(CompileWarning, match="COMPILE: torch.compile failed .*no C\\+\\+ compiler"):
+        got = extract_features(model, x, spec(tta=False), progress=False, compile=True)
+    np.testing.assert_array_equal(got, extract_features(model, x, spec(tta=False),
+                                                        progress=False, compile=False))

@@ -1,6 +1,6 @@
 """Issue 26: `benchmarks/preset_speed.py` keeps working. Its `--tiny` path (test_efficientnet at
 64 px, a few demo patches, a small ridge and retrieval) runs every CPU preset through the same
-functions as the DACON-scale run; nothing is timed against a threshold."""
+functions as the DACON-scale run, eager and compiled; nothing is timed against a threshold."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ def test_tiny_run_has_a_row_per_preset(capsys):
     views = {row["preset"]: row["views x crops"] for row in rows}
     assert views.pop("cpu_fast") == "4x2" and set(views.values()) == {"8x2"}  # TTA flips: 4
     assert all(row["ratio"] > 0 and row["total min"] > 0 for row in rows)
+    # the kit's DACON-scale mode: compiled extraction (COMPILE "auto" on CPU), its compile counted
+    assert all(row["compiled img/s"] > 0 and row["compile s"] > 0 for row in rows)
     out = capsys.readouterr().out
     assert "| cpu_best | test_efficientnet@64 |" in out
     assert "cpu_best end to end" in out

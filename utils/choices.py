@@ -24,6 +24,11 @@ STAIN_NORMS = ("macenko",)  # 05 STAIN_NORM besides None (utils.features.normali
 # the 4 of flipping each axis or both (half the passes), False the patch alone
 TTA_VIEWS = {True: 8, "flips": 4, False: 1}
 TTA_TAGS = {True: "d4", "flips": "flips", False: "noTTA"}  # in feature cache names
+# 05 COMPILE: torch.compile the backbone for frozen-feature extraction (utils.features): "auto"
+# on CPU for extractions of at least COMPILE_MIN_PASSES forward passes (1.8x on 2 cores, after a
+# one-off compile of ~5-50 s), True on every device, False never
+COMPILE_CHOICES = ("auto", True, False)
+COMPILE_MIN_PASSES = 4096
 # DACON patches: Visium spots are 100 µm apart centre to centre and ~329 px apart in the public
 # spot coordinates of the same liver sections, so 100 / 329 ≈ 0.30 µm/px (issue 13: 0.26–0.30).
 DACON_MPP = 0.3
@@ -173,6 +178,15 @@ def check_tta(tta) -> bool | str:
     if not any(tta is key or (isinstance(key, str) and tta == key) for key in TTA_VIEWS):
         raise ValueError(f"TTA={tta!r}: choose True (8 views), \"flips\" (4) or False (1)")
     return tta
+
+
+def check_compile(compile_: bool | str) -> bool | str:
+    """COMPILE is "auto", True or False (a ValueError naming it otherwise)."""
+    if not any(compile_ is key or (isinstance(key, str) and compile_ == key)
+               for key in COMPILE_CHOICES):
+        raise ValueError(f"COMPILE={compile_!r}: choose \"auto\" (on CPU, for long "
+                         "extractions), True (every device) or False")
+    return compile_
 
 
 def check_stain_norm(stain_norm: str | None) -> str | None:

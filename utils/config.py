@@ -42,6 +42,7 @@ from utils.choices import (
     as_tuple,
     check_augment,
     check_candidate,
+    check_compile,
     check_loss,
     check_method,
     check_stain_norm,
@@ -492,6 +493,7 @@ class TrainConfig:
     feature_crops: tuple[float, ...] = (1.0,)
     stain_norm: str | None = None
     centre_features: bool = False  # ridge, retrieval: each slice's features minus its mean
+    compile: bool | str = "auto"  # torch.compile for feature extraction (utils.features)
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -503,6 +505,7 @@ class TrainConfig:
             raise ValueError(f"CV={self.cv!r} is unknown; choose from {list(SPLITTERS)} "
                              "(your own folds as 'file:<csv>[:<column>]')")
         check_tta(self.tta)
+        check_compile(self.compile)
         set_field(self, "alphas", tuple(float(a) for a in self.alphas))
         set_field(self, "n_nearest", tuple(int(k) for k in as_tuple(self.n_nearest)))
         set_field(self, "temperatures", tuple(float(t) for t in as_tuple(self.temperatures)))

@@ -20,6 +20,8 @@ This module imports torch and timm; `import utils` does not import it.
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from utils.bootstrap import ensure
+from utils.choices import COMPILE_MIN_PASSES, TTA_VIEWS, check_compile
 from utils.config import FeatureSpec
 from utils.data import cache_dir_for, images_fingerprint, load_images
 from utils.loop import autocast, default_device, inference_batch_size
@@ -67,15 +70,60 @@ def auto_batch_size(model: nn.Module, preprocess: nn.Module, image_shape: tuple,
 
 
 
+class CompileWarning(UserWarning):
+    """torch.compile could not compile the backbone; extraction went on without it."""
+
+
+def should_compile(compile_: bool | str, device: torch.device, n_passes: int) -> bool:
+    """COMPILE's rule: True always, False never, "auto" on CPU for an extraction of at least
+    COMPILE_MIN_PASSES forward passes (a one-off compile of ~5–50 s then pays for itself: 1.8x
+    on 2 cores, benchmarks/compile_speed.py; on a GPU it is unmeasured, so "auto" leaves it off)."""
+    check_compile(compile_)
+    if compile_ == "auto":
+        return device.type == "cpu" and n_passes >= COMPILE_MIN_PASSES
+    return bool(compile_)
+
+
+def feature_forward(model: nn.Module, indices: list[int] | None,
+                    compiled: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`embed(model, ·, indices)`, through `torch.compile` (static shapes) if `compiled`. A
+    runtime that cannot compile (no C++ compiler, an unsupported op) fails on the first batch:
+    that batch and the rest are then computed eagerly, with a CompileWarning saying why."""
+    eager = partial(embed, model, indices=indices)
+    if not compiled:
+        return eager
+    fast = torch.compile(eager, dynamic=False)
+    chosen: list[Callable] = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if chosen:
+            return chosen[0](x)
+        try:
+            out = fast(x)
+            chosen.append(fast)
+            return out
+        except Exception as err:  # noqa: BLE001 (any backend failure: extract eagerly)
+            reason = (str(err).strip().splitlines() or [""])[0][:200]
+            warnings.warn(f"COMPILE: torch.compile failed ({type(err).__name__}: {reason}); "
+                          "extracting features without it (set COMPILE = False to skip the "
+                          "attempt)", CompileWarning, stacklevel=2)
+            chosen.append(eager)
+            return eager(x)
+
+    return forward
+
+
 def extract_features(model: nn.Module, images: np.ndarray, spec: FeatureSpec,
                      batch_size: int | None = None, device: torch.device | None = None,
-                     progress: bool = True) -> np.ndarray:
+                     progress: bool = True, compile: bool | str = "auto") -> np.ndarray:
     """Pooled features (N, D) float32 of uint8 (N, H, W, 3) patches as `spec` says: at its input
     size, averaged over the D4 views with TTA, patches rescaled from `mpp` to `model_mpp` µm/px
     when that is set (`Preprocess`). Its `stages` add the average-pooled maps of those backbone
     stages before the pooled embedding (`embed`); its `crops` concatenate the features of each
     centre crop, a fraction of the patch side resized to the input (1.0: the whole patch). The
-    spec's backbone and weights are the caller's to build (`model`)."""
+    spec's backbone and weights are the caller's to build (`model`). `compile` is COMPILE
+    (`should_compile`); compiled, the last batch is padded to the batch size (one shape, one
+    compile) and the features equal the eager ones to float tolerance."""
     from tqdm.auto import tqdm
 
     device = device or default_device()
@@ -86,19 +134,24 @@ def extract_features(model: nn.Module, images: np.ndarray, spec: FeatureSpec,
     indices = stage_indices(model, spec.stages)
     shape = (images.shape[3], *images.shape[1:3]) if len(images) else (3, 1, 1)
     batch_size = batch_size or auto_batch_size(model, preprocess, shape, device)
+    compiled = should_compile(compile, device, len(images) * TTA_VIEWS[spec.tta] * len(spec.crops))
+    forward = feature_forward(model, indices, compiled)
     out = []
     with torch.inference_mode():
         for start in tqdm(range(0, len(images), batch_size), desc="features", mininterval=10,
                           disable=not progress):
             x = torch.from_numpy(np.array(images[start:start + batch_size]))  # off the memmap
+            n = len(x)
+            if compiled and n < batch_size:  # the compiled shape: repeat the last patch
+                x = torch.cat([x, x[-1:].expand(batch_size - n, *x.shape[1:])])
             x = x.to(device).permute(0, 3, 1, 2)
             parts = []
             for fraction in spec.crops:
                 view = preprocess(centre_crop(x, fraction))
                 with autocast(device):
-                    views = [embed(model, v, indices).float() for v in tta_views(view, spec.tta)]
+                    views = [forward(v).float() for v in tta_views(view, spec.tta)]
                 parts.append(torch.stack(views).mean(0))
-            out.append(torch.cat(parts, dim=1).cpu().numpy())
+            out.append(torch.cat(parts, dim=1)[:n].cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 
 
@@ -181,11 +234,12 @@ def cache_entry(data, split: str, spec: FeatureSpec) -> tuple[str, dict]:
 
 
 def cached_features(data, spec: FeatureSpec, batch_size: int | None = None,
-                    cache_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+                    cache_dir: str | os.PathLike | None = None,
+                    compile: bool | str = "auto") -> dict[str, np.ndarray]:
     """Train and test features of a spec, computed once and then read from the cache;
     `dtype="float16"` halves the cache (HEST's way for 1–2.5 k-dim foundation-model
     embeddings); they are returned as float32 either way. The model is built only if some
-    split is not cached yet."""
+    split is not cached yet; `compile` is COMPILE (`extract_features`)."""
     folder = Path(cache_dir or cache_dir_for(data)) / "features"
     model: list[nn.Module] = []
 
@@ -195,7 +249,8 @@ def cached_features(data, spec: FeatureSpec, batch_size: int | None = None,
                                          spec.seed))
         if spec.stain_norm:
             images = stain_normalised(data, images, split, cache_dir, folder)
-        return extract_features(model[0], images, spec, batch_size).astype(spec.dtype)
+        return extract_features(model[0], images, spec, batch_size,
+                                compile=compile).astype(spec.dtype)
 
     features = {}
     for split in ("train", "test"):

@@ -310,7 +310,7 @@ def frozen_features(cfg: TrainConfig, data: KitData,
     D4 TTA unless TTA is off or SMOKE), centred per slice with CENTRE_FEATURES; and whether TTA
     was used."""
     spec = cfg.feature_spec
-    features = cached_features(data, spec, cfg.batch_size)
+    features = cached_features(data, spec, cfg.batch_size, compile=cfg.compile)
     return (centre_by_fold(features, folds) if cfg.centre_features else features), spec.tta
 
 
