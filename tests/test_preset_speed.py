@@ -31,3 +31,11 @@ def test_tiny_run_has_a_row_per_preset(capsys):
     out = capsys.readouterr().out
     assert "| cpu_best | test_efficientnet@64 |" in out
     assert "cpu_best end to end" in out
+
+
+def test_ridge_speed_tiny_run_compares_both_routes():
+    from benchmarks import ridge_speed
+
+    rows = ridge_speed.main(["--tiny", "--k", "4"])
+    assert [row["rows"] for row in rows] == [120, 80, 40]
+    assert all(row["speed-up"] > 0 and row["max rel. diff"] < 1e-6 for row in rows)

@@ -207,3 +207,34 @@ def test_centring_by_fold_removes_a_per_slice_offset_and_keeps_ridge_nested():
         return cv_ridge(c["train"], t, c["test"], folds, (1.0, 100.0)).oof
 
     assert_label_invariant(oof, y, folds)
+
+
+@pytest.mark.parametrize("shape", [(60, 25), (25, 60)])
+def test_gram_svd_is_the_thin_svd(shape):
+    """The Gram route gives LAPACK's singular values and the same factorisation, tall or wide,
+    and its top-k alone are the first k."""
+    from utils.train import gram_svd
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=shape) @ np.diag(np.geomspace(1, 1e-3, shape[1]))
+    u, s, vt = gram_svd(a)
+    np.testing.assert_allclose(s, np.linalg.svd(a, compute_uv=False), rtol=1e-8)
+    np.testing.assert_allclose((u * s) @ vt, a, atol=1e-10)
+    np.testing.assert_allclose(u.T @ u, np.eye(len(s)), atol=1e-8)
+    top = gram_svd(a, 4)
+    np.testing.assert_allclose(top[1], s[:4], rtol=1e-10)
+    np.testing.assert_allclose(np.abs(top[2] @ vt[:4].T), np.eye(4), atol=1e-8)
+
+
+def test_ridge_on_collinear_features_matches_the_lapack_svd_path():
+    """Features as collinear as a backbone's stage maps (rank 12 of 80, plus 1e-7 noise): the
+    ridge predictions of the Gram route equal those of a full LAPACK SVD at every alpha."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(50, 12)) @ rng.normal(size=(12, 80)) + 1e-7 * rng.normal(size=(50, 80))
+    y = x[:, :5] @ rng.normal(size=(5, 9)) + rng.normal(size=(50, 9))
+    fit = fit_ridge_path(x, y)
+    xs = (x - x.mean(0)) / x.std(0)
+    u, s, vt = np.linalg.svd(xs, full_matrices=False)
+    for alpha in (1e-3, 1.0, 100.0):
+        expected = (xs @ vt.T * (s / (s ** 2 + alpha))) @ (u.T @ (y - y.mean(0))) + y.mean(0)
+        np.testing.assert_allclose(fit.predict(x, alpha), expected, rtol=1e-4, atol=1e-4)

@@ -169,6 +169,29 @@ class RidgePath:
         return ((z * shrink) @ self.uty + self.y_mean).astype(np.float32)
 
 
+def gram_svd(a: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD (u, s, vt) of a, largest first, from the eigendecomposition of its smaller Gram
+    matrix (a's rows' or columns'): 4x faster than LAPACK's SVD on the wide and tall matrices
+    ridge fits (and 8x for the top few, `k`), the same values to float precision
+    (benchmarks/ridge_speed.py). Directions with s below 1e-6 of the largest are dropped: their
+    squared singular values are below the Gram's float precision, and a ridge with any alpha
+    in ALPHAS' range gives them no weight."""
+    from scipy.linalg import eigh
+
+    wide = a.shape[0] < a.shape[1]
+    gram = a @ a.T if wide else a.T @ a
+    m = len(gram)
+    top = None if k is None or k >= m else [m - k, m - 1]
+    lam, vec = eigh(gram, subset_by_index=top, driver="evr" if top else "evd",
+                    overwrite_a=True, check_finite=False)
+    lam, vec = lam[::-1], vec[:, ::-1]
+    keep = lam > max(lam[0], 0.0) * 1e-12
+    s, vec = np.sqrt(lam[keep]), vec[:, keep]
+    if wide:
+        return vec, s, (vec.T @ a) / s[:, None]
+    return (a @ vec) / s, s, vec.T
+
+
 def fit_ridge_path(x: np.ndarray, y: np.ndarray, pca_dim: int | None = None,
                    target_dim: int | None = None) -> RidgePath:
     """Standardise x, take its SVD (keeping `pca_dim` components if set), project y.
@@ -180,15 +203,14 @@ def fit_ridge_path(x: np.ndarray, y: np.ndarray, pca_dim: int | None = None,
     x_mean, x_scale = x.mean(axis=0), x.std(axis=0)
     x_scale[x_scale < 1e-12] = 1.0
     y_mean = y.mean(axis=0, dtype=np.float64)
-    u, s, vt = np.linalg.svd((x - x_mean) / x_scale, full_matrices=False)
-    k = len(s) if pca_dim is None else min(pca_dim, len(s))
-    uty = u[:, :k].T @ (y - y_mean)
+    u, s, vt = gram_svd((x - x_mean) / x_scale, pca_dim)
+    uty = u.T @ (y - y_mean)
     if target_dim is not None:  # ridge is linear in y: fitting the PCs = projecting onto them
         y_scale = y.std(axis=0, dtype=np.float64)
         y_scale[y_scale < 1e-12] = 1.0
-        axes = np.linalg.svd((y - y_mean) / y_scale, full_matrices=False)[2][:target_dim]
+        axes = gram_svd((y - y_mean) / y_scale, target_dim)[2]
         uty = ((uty / y_scale) @ axes.T @ axes) * y_scale
-    return RidgePath(x_mean, x_scale, y_mean, vt[:k], s[:k], uty)
+    return RidgePath(x_mean, x_scale, y_mean, vt, s, uty)
 
 
 @dataclass
