@@ -149,7 +149,8 @@ def extract_features(model: nn.Module, images: np.ndarray, spec: FeatureSpec,
             for fraction in spec.crops:
                 view = preprocess(centre_crop(x, fraction))
                 with autocast(device):
-                    views = [forward(v).float() for v in tta_views(view, spec.tta)]
+                    views = [forward(v.contiguous(memory_format=torch.channels_last)).float()
+                             for v in tta_views(view, spec.tta)]  # one layout: one graph
                 parts.append(torch.stack(views).mean(0))
             out.append(torch.cat(parts, dim=1)[:n].cpu().numpy())
     return np.concatenate(out).astype(np.float32)
