@@ -136,6 +136,9 @@ def extract_features(model: nn.Module, images: np.ndarray, spec: FeatureSpec,
     batch_size = batch_size or auto_batch_size(model, preprocess, shape, device)
     compiled = should_compile(compile, device, len(images) * TTA_VIEWS[spec.tta] * len(spec.crops))
     forward = feature_forward(model, indices, compiled)
+    if compiled and progress:
+        print(f"COMPILE={compile!r}: {type(model).__name__} runs through torch.compile (the first "
+              "batch waits for a one-off compile, ~5-50 s)", flush=True)
     out = []
     with torch.inference_mode():
         for start in tqdm(range(0, len(images), batch_size), desc="features", mininterval=10,
