@@ -138,6 +138,6 @@ def test_ridge_takes_hest_pca_256():
     x, y = rng.normal(size=(300, 512)), rng.normal(size=(300, 5))
     fit = fit_ridge_path(x, y, pca_dim=256)
     assert fit.components.shape == (256, 512) and fit.predict(x, 1.0).shape == (300, 5)
-    full = fit_ridge_path(x, y)
-    assert full.components.shape == (300, 512)
+    full = fit_ridge_path(x, y)  # every direction the centred rows span: 300 rows, rank 299
+    assert full.components.shape == (299, 512)
     assert not np.allclose(fit.predict(x, 1.0), full.predict(x, 1.0))
