@@ -1,6 +1,7 @@
 """presets/*.yaml: papermill parameter files whose every key is a parameter of their notebook
 and whose values make a valid config; cpu_best.yaml runs on any data folder given as DATA_DIR;
-cpu_ensemble.yaml blends exactly the runs of the 05 presets it names, end to end."""
+cpu_ensemble.yaml and gpu_ensemble.yaml blend exactly the runs of the 05 presets they name, end
+to end."""
 
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from utils.paths import kit_root
 
 PRESETS = sorted((kit_root() / "presets").glob("*.yaml"))
 NOTEBOOK = {"ensemble": "07_ensemble_submit",  # every other preset is for 05_train
-            "cpu_ensemble": "07_ensemble_submit"}
+            "cpu_ensemble": "07_ensemble_submit", "gpu_ensemble": "07_ensemble_submit"}
 CONFIG = {"05_train": config.TrainConfig, "07_ensemble_submit": config.SubmitConfig}
 
 
@@ -37,7 +38,7 @@ def members_of(ensemble: dict) -> list[str]:
 
 def test_there_are_cpu_gpu_and_ensemble_presets():
     assert {"cpu_best", "gpu_finetune_cnn", "gpu_foundation_ridge", "ensemble",
-            "cpu_ensemble"} <= {p.stem for p in PRESETS}
+            "cpu_ensemble", "gpu_ensemble"} <= {p.stem for p in PRESETS}
 
 
 def test_the_cpu_ensemble_blends_cpu_runs_of_every_backbone_on_the_same_folds():
@@ -82,18 +83,25 @@ def test_cpu_best_runs_on_a_data_folder_given_as_data_dir(demo_pipeline, tmp_pat
     assert run.config["recipe"] == values["RECIPE"] and run.cv["splitter"] == "slices"
 
 
+def test_the_gpu_ensemble_is_the_cpu_ensemble_plus_the_fine_tune_from_cpu_best():
+    cpu, gpu = members_of(load_preset("cpu_ensemble")), members_of(load_preset("gpu_ensemble"))
+    assert gpu == [*cpu, "gpu_finetune_from_best"]
+    assert load_preset("gpu_finetune_from_best")["CV"] == "slices"
+
+
 @pytest.mark.smoke
-def test_cpu_ensemble_runs_end_to_end_on_a_data_folder(demo_pipeline, tmp_path):
+@pytest.mark.parametrize("name", ["cpu_ensemble", "gpu_ensemble"])
+def test_ensemble_presets_run_end_to_end_on_a_data_folder(name, demo_pipeline, tmp_path):
     """Every member preset through 05 (the tiny model, the recipe of the file), then 07 with
-    cpu_ensemble.yaml: a submission and a blend report over exactly those runs."""
+    the ensemble's file: a submission and a blend report over exactly those runs."""
     notebooks = {p.stem: p for p in list_notebooks()}
-    ensemble, data = load_preset("cpu_ensemble"), str(demo_pipeline["data"])
+    ensemble, data = load_preset(name), str(demo_pipeline["data"])
     for name in members_of(ensemble):
         values = load_preset(name)
         execute_notebook(notebooks["05_train"], {
             **values, **DEMO_MODEL, "DATA_DIR": data,
             "RUN_DIR": str(tmp_path / values["RUN_DIR"])}, tmp_path / f"{name}.ipynb")
-    submission = tmp_path / "cpu_ensemble.csv"
+    submission = tmp_path / f"{name}.csv"
     execute_notebook(notebooks["07_ensemble_submit"], {
         **ensemble, "DATA_DIR": data, "RUNS": [str(tmp_path / r) for r in ensemble["RUNS"]],
         "SUBMISSION": str(submission)}, tmp_path / "07.ipynb")
