@@ -14,13 +14,12 @@ from utils.dev.pipeline import DEMO_MODEL, execute_notebook, list_notebooks
 from utils.paths import kit_root
 
 PRESETS = sorted((kit_root() / "presets").glob("*.yaml"))
-NOTEBOOK = {"ensemble": "07_ensemble_submit",  # every other preset is for 05_train
-            "cpu_ensemble": "07_ensemble_submit", "gpu_ensemble": "07_ensemble_submit"}
 CONFIG = {"05_train": config.TrainConfig, "07_ensemble_submit": config.SubmitConfig}
 
 
 def notebook_of(path: Path) -> str:
-    return NOTEBOOK.get(path.stem, "05_train")
+    """07 for a preset that lists runs to blend, 05 for every other."""
+    return "07_ensemble_submit" if "RUNS" in yaml.safe_load(path.read_text()) else "05_train"
 
 
 def load_preset(name: str) -> dict:
@@ -96,11 +95,11 @@ def test_ensemble_presets_run_end_to_end_on_a_data_folder(name, demo_pipeline, t
     the ensemble's file: a submission and a blend report over exactly those runs."""
     notebooks = {p.stem: p for p in list_notebooks()}
     ensemble, data = load_preset(name), str(demo_pipeline["data"])
-    for name in members_of(ensemble):
-        values = load_preset(name)
+    for member in members_of(ensemble):
+        values = load_preset(member)
         execute_notebook(notebooks["05_train"], {
             **values, **DEMO_MODEL, "DATA_DIR": data,
-            "RUN_DIR": str(tmp_path / values["RUN_DIR"])}, tmp_path / f"{name}.ipynb")
+            "RUN_DIR": str(tmp_path / values["RUN_DIR"])}, tmp_path / f"{member}.ipynb")
     submission = tmp_path / f"{name}.csv"
     execute_notebook(notebooks["07_ensemble_submit"], {
         **ensemble, "DATA_DIR": data, "RUNS": [str(tmp_path / r) for r in ensemble["RUNS"]],
