@@ -1,21 +1,28 @@
 """Every notebook's parameters as a typed, frozen config, and the feature spec ridge and
 retrieval share.
 
-Each numbered notebook has one `parameters` cell of UPPER_CASE literals; the next cell turns it
-into one of the configs below with `from_params` (field `x` is read from parameter `X`). The
-defaults here are the notebooks' defaults (a test checks that they agree), and every error names
-the parameter. A parameter renamed since an earlier version of the kit (`RENAMED`) still works
-under its old name, with a `RenamedParameterWarning` that gives the new one; `upgrade_config`
-reads an older run folder's config.json the same way, so finished runs stay reusable. What each
-name-valued parameter accepts is listed in `utils.choices`. This module imports nothing heavy.
+Each config is the one source of its notebook's defaults: every field carries its default and a
+one-line doc (`documented`), and `CELL` names the fields the notebook's `parameters` cell shows,
+grouped under headings; `python -m utils.dev.publish` renders that cell from them. The cell after
+it builds the config with `from_params` (field `x` is read from parameter `X`), so any other field
+is set by one more UPPER_CASE line in the cell, by papermill's `-p`, or by a preset
+(`PRESET = "<name>"`, a file in presets/: see `apply_preset` for what wins). Every error names
+the parameter; with `SMOKE`, `from_params` prints what the quick check changed. A parameter
+renamed since an earlier version of the kit (`RENAMED`) still works under its old name, with a
+`RenamedParameterWarning`. What each name-valued parameter accepts is listed in `utils.choices`.
+This module imports nothing heavy.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+import json
+from dataclasses import MISSING, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
+from typing import ClassVar
+
+import yaml
 
 from utils.choices import (
     AUGMENT_CANDIDATES,
@@ -56,11 +63,32 @@ from utils.choices import (
 
 # --- building configs -------------------------------------------------------------------------
 
+def documented(default=MISSING, doc: str = "", *, factory=MISSING):
+    """A config field with its default and the one-line doc its notebook's parameters cell shows
+    (`factory` for a mutable default)."""
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+def field_defaults(cls: type) -> dict:
+    """Each field's default, by field name."""
+    return {f.name: f.default_factory() if f.default is MISSING else f.default
+            for f in fields(cls)}
+
+
+def as_literal(value) -> str:
+    """A value as JSON text, so that a tuple and a list, or 1 and 1.0, compare equal."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def from_params(cls: type, params: dict):
     """Build config `cls` from the notebook's globals: field `x` is read from parameter `X`.
 
+    `PRESET` (when the config has it) puts a preset's values under the cell's (`apply_preset`).
     "True"/"False" given as text (some shells and papermill calls) become booleans for fields
-    that take a bool. A parameter under its old name (`RENAMED`) is read, with a warning.
+    that take a bool. A parameter under its old name (`RENAMED`) is read, with a warning. With
+    `SMOKE`, one line says what the quick check changed.
     """
     names = {f.name.upper() for f in fields(cls)}
     params = dict(params)
@@ -68,11 +96,70 @@ def from_params(cls: type, params: dict):
         if old in params and new in names:
             params[new] = convert(params.pop(old)) if convert else params.pop(old)
             warn_renamed(old, new, params[new])
+    if "PRESET" in names:
+        params = apply_preset(cls, params)
     values = {f.name: params[f.name.upper()] for f in fields(cls) if f.name.upper() in params}
     for f in fields(cls):
         if "bool" in str(f.type) and values.get(f.name) in ("True", "False"):
             values[f.name] = values[f.name] == "True"
-    return cls(**values)
+    config = cls(**values)
+    if getattr(config, "smoke", False):
+        print(describe_smoke(config, cls(**{**values, "smoke": False})))
+    return config
+
+
+def describe_smoke(config, plain) -> str:
+    """One line: what SMOKE changed, `config` against the same parameters without it."""
+    before, after = to_dict(plain), to_dict(config)
+    changed = [f"{name} {before[name]!r} → {value!r}" for name, value in after.items()
+               if name != "smoke" and as_literal(value) != as_literal(before[name])]
+    if getattr(config, "tta", False):
+        changed.append(f"tta {config.tta!r} → False")
+    return ("SMOKE changed: " + ", ".join(changed or ["nothing in the config"])
+            + "; it also reads a subset of the rows (scores mean nothing)")
+
+
+PRESETS = Path(__file__).resolve().parent.parent / "presets"
+
+
+def read_preset(name: str) -> dict:
+    """A preset's parameters: `presets/<name>.yaml`, or a YAML file's path."""
+    path = Path(name).expanduser()
+    if path.suffix not in (".yaml", ".yml"):
+        path = PRESETS / f"{name}.yaml"
+    elif not path.is_absolute() and not path.exists():
+        path = PRESETS.parent / path
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+        raise ValueError(f"PRESET={name!r}: there is no {path}; choose from {known} or give a "
+                         "YAML file's path")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict) or "PRESET" in values:
+        raise ValueError(f"PRESET={name!r}: {path} must map parameter names to values, without "
+                         "a PRESET of its own")
+    return values
+
+
+def apply_preset(cls: type, params: dict) -> dict:
+    """The parameters with `PRESET`'s values under them. What wins, lowest first: the config's
+    defaults, then the preset, then a cell or papermill value that differs from the default.
+    Prints the preset's parameters the cell overrides."""
+    name = params.get("PRESET")
+    if not name:
+        return params
+    preset = read_preset(name)
+    defaults = {key.upper(): value for key, value in field_defaults(cls).items()}
+    unknown = sorted(set(preset) - set(defaults))
+    if unknown:
+        raise ValueError(f"PRESET={name!r} sets {unknown}, which are not parameters of "
+                         f"{cls.__name__}: is it a preset of another notebook?")
+    kept = {key: params[key] for key in preset if key in params
+            and as_literal(params[key]) != as_literal(defaults[key])}
+    overridden = [f"{key}={value!r} (preset: {preset[key]!r})" for key, value in kept.items()
+                  if as_literal(value) != as_literal(preset[key])]
+    print(f"PRESET {name}: {len(preset)} parameters"
+          + (f"; the cell overrides {', '.join(overridden)}" if overridden else ""))
+    return {**params, **preset, **kept}
 
 
 def to_dict(config) -> dict:
@@ -234,18 +321,29 @@ class FeatureSpec:
 class EdaConfig:
     """Parameters of notebooks/01_eda.ipynb (see its parameters cell)."""
 
-    data_dir: str | None = None
-    run_dir: str = "runs/eda"
-    near_zero: float = 0.01
-    n_example_genes: int = 6
-    n_heatmap_genes: int = 60
-    window: int | None = None
-    change_ratio: float = 6.0
-    max_change_points: int = 10
-    image_stride: int = 4
-    n_patches: int = 8
-    seed: int = 0
-    smoke: bool = False
+    CELL: ClassVar[dict[str, tuple[str, ...]]] = {
+        "": ("data_dir", "run_dir", "smoke", "seed", "window", "image_stride",
+             "n_heatmap_genes")}
+
+    data_dir: str | None = documented(None, "data folder; None looks in $KIT_DATA_DIR, Kaggle "
+                                      "input, Colab Drive, data/")
+    run_dir: str = documented("runs/eda", "output folder for figures and tables (relative to the "
+                              "kit root)")
+    near_zero: float = documented(0.01, "|expression| below this counts as zero in gene_stats.csv")
+    n_example_genes: int = documented(6, "genes whose histograms are shown, from the lowest to "
+                                      "the highest mean")
+    n_heatmap_genes: int = documented(60, "most variable genes in the clustered correlation "
+                                      "heatmap")
+    window: int | None = documented(None, "rows per rolling window along row order; None: 2% of "
+                                    "the train rows, at least 10")
+    change_ratio: float = documented(6.0, "a change point jumps at least this many times the "
+                                     "median jump")
+    max_change_points: int = documented(10, "report at most this many change points")
+    image_stride: int = documented(4, "colour statistics read every n-th pixel in each direction")
+    n_patches: int = documented(8, "patches shown per split")
+    seed: int = documented(0, "seed for pixel samples and the train-vs-test classifier's folds")
+    smoke: bool = documented(False, "True: a 1-minute check on 48+16 rows (scores mean nothing), "
+                             "outputs in smoke/")
 
     def __post_init__(self):
         if self.smoke:  # the quickest settings: a small heatmap, coarse colour statistics
@@ -268,24 +366,40 @@ class EdaConfig:
 class GeneClusteringConfig:
     """Parameters of notebooks/02_gene_clustering.ipynb (see its parameters cell)."""
 
-    data_dir: str | None = None
-    run_dir: str = "runs/genes"
-    strategies: tuple[str, ...] = ("kmeans", "prefix", "correlation")
-    k: int | None = None
-    k_range: tuple[int, int] = (4, 30)
-    n_pca: int = 50
-    n_neighbors: int = 15
-    neighbors: str = "exact"
-    umap_epochs: int = 200
-    n_modules: int = 20
-    min_group_size: int = 10
-    prefixes: dict[str, str] | None = None
-    groups_file: str | None = None
-    gene_sets: tuple[str, ...] | None = None
-    gene_set_cache: str | None = None
-    unmatched: str = "other"
-    seed: int = 0
-    smoke: bool = False
+    CELL: ClassVar[dict[str, tuple[str, ...]]] = {
+        "": ("data_dir", "run_dir", "smoke", "seed", "strategies", "k", "k_range", "n_modules",
+             "min_group_size", "groups_file", "gene_sets", "unmatched")}
+
+    data_dir: str | None = documented(None, "data folder; None looks in $KIT_DATA_DIR, Kaggle "
+                                      "input, Colab Drive, data/")
+    run_dir: str = documented("runs/genes", "output folder; 05_train reads "
+                              "RUN_DIR/gene_groups.csv as GENE_GROUPS")
+    strategies: tuple[str, ...] = documented(("kmeans", "prefix", "correlation"), "of kmeans, "
+                                             "prefix, correlation, file, functional")
+    k: int | None = documented(None, "kmeans: number of clusters; None: the best silhouette in "
+                               "K_RANGE")
+    k_range: tuple[int, int] = documented((4, 30), "kmeans: smallest and largest K tried")
+    n_pca: int = documented(50, "principal components of the standardised genes fed to UMAP")
+    n_neighbors: int = documented(15, "UMAP: neighbours per gene")
+    neighbors: str = documented("exact", "\"exact\": neighbours by correlation; \"approx\": UMAP's "
+                                "NN-descent on the PCA")
+    umap_epochs: int = documented(200, "UMAP: optimisation epochs")
+    n_modules: int = documented(20, "correlation: modules cut from the co-expression tree")
+    min_group_size: int = documented(10, "prefix, correlation, functional: smaller groups are "
+                                     "merged/dissolved")
+    prefixes: dict[str, str] | None = documented(None, "prefix: {group: regular expression}; "
+                                                 "None: the kit's (utils.genes.PREFIXES)")
+    groups_file: str | None = documented(None, "CSV with columns gene, group (e.g. pathway sets); "
+                                         'adds the "file" strategy')
+    gene_sets: tuple[str, ...] | None = documented(None, "GMT files, folders of them or Enrichr "
+                                                   'library names; adds "functional"')
+    gene_set_cache: str | None = documented(None, "fetched libraries; None: "
+                                            "$KIT_CACHE_DIR/genesets or cache/genesets")
+    unmatched: str = documented("other", 'functional: genes in no set go to "other" or "nearest" '
+                                "group by mean r")
+    seed: int = documented(0, "seed of PCA, UMAP and KMeans")
+    smoke: bool = documented(False, "True: a 1-minute check on 48+16 rows (scores mean nothing), "
+                             "outputs in smoke/")
 
     def __post_init__(self):
         names = as_tuple(self.strategies)
@@ -337,21 +451,39 @@ class GeneClusteringConfig:
 class ScreenConfig:
     """Parameters of notebooks/03_augmentation_screening.ipynb (see its parameters cell)."""
 
-    data_dir: str | None = None
-    run_dir: str = "runs/augment"
-    candidates: tuple[str, ...] | None = None
-    n_patches: int = 64
-    seed: int = 0
-    smoke: bool = False
-    dino_model: str | None = "vit_small_patch16_224.dino"
-    dino_pretrained: bool | str = True
-    img_size: int | None = None
-    lpips_net: str | None = "alex"
-    lpips_pretrained: bool = True
-    min_dino_sim: float | None = 0.9
-    max_lpips: float | None = 0.2
-    max_stain_shift: float | None = 0.25
-    min_ssim: float | None = 0.9
+    CELL: ClassVar[dict[str, tuple[str, ...]]] = {
+        "": ("data_dir", "run_dir", "smoke", "seed", "candidates", "n_patches", "dino_model",
+             "dino_pretrained", "lpips_net", "min_dino_sim", "max_lpips", "max_stain_shift",
+             "min_ssim")}
+
+    data_dir: str | None = documented(None, "data folder; None looks in $KIT_DATA_DIR, Kaggle "
+                                      "input, Colab Drive, data/")
+    run_dir: str = documented("runs/augment", "output folder (relative to the kit root)")
+    candidates: tuple[str, ...] | None = documented(None, "candidate keys to screen "
+                                                    "(utils.choices.AUGMENT_CANDIDATES); None: "
+                                                    "all")
+    n_patches: int = documented(64, "random train patches to screen on")
+    seed: int = documented(0, "seed of the patch sample and of the random augmentations")
+    smoke: bool = documented(False, "True: a 1-minute check on 48+16 rows (scores mean nothing), "
+                             "outputs in smoke/")
+    dino_model: str | None = documented("vit_small_patch16_224.dino", "timm model for feature "
+                                        "similarity; None: skip it")
+    dino_pretrained: bool | str = documented(True, "True: hub weights; a local weights file; "
+                                             "False: random (mechanics only)")
+    img_size: int | None = documented(None, "DINO input size in px (patches are resized); None: "
+                                      "the model's default")
+    lpips_net: str | None = documented("alex", 'LPIPS trunk: "alex", "vgg" or "squeeze"; None: '
+                                       "skip LPIPS")
+    lpips_pretrained: bool = documented(True, "True: torchvision ImageNet trunk; False: random "
+                                        "(mechanics only)")
+    min_dino_sim: float | None = documented(0.9, "keep a candidate only if its DINO similarity is "
+                                            "at least this (None: off)")
+    max_lpips: float | None = documented(0.2, "... and its LPIPS distance at most this "
+                                         "(photometric candidates; None: off)")
+    max_stain_shift: float | None = documented(0.25, "... and its H/E stain shift at most this "
+                                               "(None: off)")
+    min_ssim: float | None = documented(0.9, "... and its SSIM at least this (photometric "
+                                        "candidates; None: off)")
 
     def __post_init__(self):
         keys = as_tuple(self.candidates) if self.candidates is not None else tuple(
@@ -383,30 +515,49 @@ class ScreenConfig:
 class AdaptConfig:
     """Parameters of notebooks/04_adapt.ipynb (see its parameters cell)."""
 
-    data_dir: str | None = None
-    run_dir: str = "runs/adapt_effnet_lite0"
-    backbone: str = "tf_efficientnet_lite0"
-    pretrained: bool | str = True
-    objective: str = "simclr"
-    views: str = "flips+color+hed+blur+crop"
-    splits: tuple[str, ...] = ("train", "test")
-    img_size: int = 128
-    epochs: int = 4
-    batch_size: int = 32
-    steps_per_epoch: int | None = None
-    lr: float = 1e-4
-    head_lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 0.5
-    temperature: float = 0.2
-    momentum: float = 0.99
-    n_probe: int = 256
-    num_workers: int | None = None
-    devices: int | None = None  # data-parallel processes (utils.loop.device_count)
-    seed: int = 0
-    smoke: bool = False
-    resume: bool = True
-    overwrite: bool = False
+    CELL: ClassVar[dict[str, tuple[str, ...]]] = {
+        "": ("data_dir", "run_dir", "smoke", "seed", "overwrite", "backbone", "pretrained",
+             "objective", "views", "splits", "img_size", "epochs", "batch_size", "lr")}
+
+    data_dir: str | None = documented(None, "data folder; None looks in $KIT_DATA_DIR, Kaggle "
+                                      "input, Colab Drive, data/")
+    run_dir: str = documented("runs/adapt_effnet_lite0", "output folder (relative to the kit root)")
+    backbone: str = documented("tf_efficientnet_lite0", 'timm model name, "hf-hub:<repo>" or a '
+                               "HUB_MODELS name (as 05)")
+    pretrained: bool | str = documented(True, "starting weights: True hub, False random, or a "
+                                        "local weights file (as 05)")
+    objective: str = documented("simclr", "\"simclr\", \"byol\" or \"dino\" (lightly's heads and "
+                                "losses)")
+    views: str = documented("flips+color+hed+blur+crop", '"+"-joined transforms: flips color hed '
+                            "blur crop, or a .json")
+    splits: tuple[str, ...] = documented(("train", "test"), "unlabelled patches to adapt on "
+                                         "(test: transductive, no labels)")
+    img_size: int = documented(128, "views are resized to this many px")
+    epochs: int = documented(4, "passes over the patches; fixed in advance (never chosen by the "
+                             "probe's score)")
+    batch_size: int = documented(32, "patches per step (two views each); SimCLR likes large "
+                                 "batches on a GPU")
+    steps_per_epoch: int | None = documented(None, "cap on the steps of an epoch; None: every "
+                                             "full batch")
+    lr: float = documented(1e-4, "peak learning rate of the backbone (AdamW; warmup, then cosine "
+                           "decay to 0)")
+    head_lr: float = documented(1e-3, "peak learning rate of the projection/prediction heads")
+    weight_decay: float = documented(1e-4, "AdamW weight decay (biases and norm layers get none)")
+    warmup_epochs: float = documented(0.5, "epochs of linear learning-rate warmup")
+    temperature: float = documented(0.2, "SimCLR: NT-Xent temperature")
+    momentum: float = documented(0.99, "BYOL, DINO: starting EMA momentum of the teacher (cosine "
+                                 "to 1)")
+    n_probe: int = documented(256, "patches on which view agreement is measured before and after")
+    num_workers: int | None = documented(None, "DataLoader workers; None: 0 on CPU, up to 4 "
+                                         "beside a GPU")
+    devices: int | None = documented(None, "data-parallel GPUs: None every visible one (Kaggle: "
+                                     "2 T4s), 1 one")
+    seed: int = documented(0, "seed of the heads, the data order and the views (per epoch)")
+    smoke: bool = documented(False, "True: a 1-minute check on 48+16 rows (scores mean nothing), "
+                             "outputs in smoke/")
+    resume: bool = documented(True, "continue an unfinished run from its last finished epoch")
+    overwrite: bool = documented(False, "True: adapt again even if RUN_DIR already holds a "
+                                 "finished run")
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -441,59 +592,112 @@ class AdaptConfig:
 class TrainConfig:
     """Parameters of notebooks/05_train.ipynb (see its parameters cell for what each means)."""
 
-    data_dir: str | None = None
-    run_dir: str = "runs/ridge_effnet_lite0"
-    recipe: str = "ridge"
-    backbone: str = "tf_efficientnet_lite0"
-    pretrained: bool | str = True
-    img_size: int | None = None
-    cv: str = "slices"
-    n_folds: int = 4
-    seed: int = 0
-    smoke: bool = False
-    tta: bool | str = True
-    pca_dim: int | None = None
-    alphas: tuple[float, ...] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
-    n_nearest: tuple[int, ...] = (5, 10, 20, 50)  # RECIPE="retrieval": k nearest spots tried
-    temperatures: tuple[float, ...] = (0.02, 0.05, 0.1)  # RECIPE="retrieval": softmax temperatures
-    batch_size: int | None = None
-    overwrite: bool = False
+    CELL: ClassVar[dict[str, tuple[str, ...]]] = {
+        "data and run": ("data_dir", "run_dir", "preset", "smoke", "overwrite"),
+        "recipe": ("recipe", "backbone", "pretrained", "img_size", "cv", "tta", "target_pca"),
+        "features": ("feature_stages", "feature_crops", "centre_features", "model_mpp"),
+        "fine-tuning": ("epochs", "lr", "head_lr", "batch_size", "freeze", "augment", "loss",
+                        "patience", "group_strategy")}
+
+    data_dir: str | None = documented(None, "data folder; None looks in $KIT_DATA_DIR, Kaggle "
+                                      "input, Colab Drive, data/")
+    preset: str | None = documented(None, "a file of presets/ (its name) or a YAML path: its "
+                                    "values, then the cell's changes")
+    run_dir: str = documented("runs/ridge_effnet_lite0", "this run's output folder (relative to "
+                              "the kit root)")
+    recipe: str = documented("ridge", '"ridge" or "retrieval" on frozen features; "finetune": '
+                             "train per fold")
+    backbone: str = documented("tf_efficientnet_lite0", 'timm model name, "hf-hub:<repo>" or a '
+                               "HUB_MODELS name (table)")
+    pretrained: bool | str = documented(True, "True: hub weights; False: random init; or the path "
+                                        "of a local weights file")
+    img_size: int | None = documented(None, "model input size in px (patches are resized on the "
+                                      "fly); None: model default")
+    cv: str = documented("slices", '"slices" (found along row order), "blocks", "random", or your '
+                         'folds "file:<csv>"')
+    n_folds: int = documented(4, 'folds of "blocks" and "random" ("slices": one per slice found)')
+    seed: int = documented(0, "seed for random folds and random initialisation")
+    smoke: bool = documented(False, "True: a 1-minute check on 48+16 rows (scores mean nothing), "
+                             "outputs in smoke/")
+    tta: bool | str = documented(True, "views averaged by features and predictions: True 8 (D4), "
+                                 '"flips" 4, False none')
+    pca_dim: int | None = documented(None, "feature principal components kept by ridge and the "
+                                     "finetune head init; None: all")
+    alphas: tuple[float, ...] = documented((1.0, 10.0, 100.0, 1e3, 1e4, 1e5), "ridge strengths "
+                                           "tried (also head init)")
+    n_nearest: tuple[int, ...] = documented((5, 10, 20, 50), "retrieval: numbers of nearest "
+                                            "training spots tried")
+    temperatures: tuple[float, ...] = documented((0.02, 0.05, 0.1), "retrieval: softmax "
+                                                 "temperatures of the similarity")
+    batch_size: int | None = documented(None, "patches per batch; None: ridge 16 on CPU / 64 on "
+                                        "GPU, finetune 16 / 32")
+    overwrite: bool = documented(False, "True: retrain even if RUN_DIR already holds a finished "
+                                 "run")
     # fine-tuning (RECIPE="finetune"); see utils.train
-    epochs: int = 5
-    lr: float = 2e-4
-    head_lr: float = 2e-4
-    weight_decay: float = 0.01
-    warmup_epochs: float = 1.0
-    grad_clip: float | None = 1.0
-    accumulate: int = 1
-    ema: float | None = None
-    layer_decay: float | None = None  # layer-wise LR decay of the backbone (timm), None: off
-    mixup: float | None = None  # regression mixup: Beta(MIXUP, MIXUP) weights, None: off
-    patience: int | None = 2
-    loss: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS))  # utils.losses
-    target_pca: int | None = None  # None: predict every gene; K: the targets' top-K PCs
-    group_strategy: str | None = None  # a strategy of GENE_GROUPS; None: one group of all genes
-    gene_groups: str = "runs/genes/gene_groups.csv"
-    group_mode: str = "heads"
-    augment: str = "flips"
-    freeze: int = 0  # backbone blocks frozen: the stem, then stages (CNN) or blocks (ViT)
-    freeze_bn: bool = True
-    head_init: str = "ridge"
-    drop_path: float = 0.0
-    num_workers: int | None = None
-    devices: int | None = None  # data-parallel processes (utils.loop.device_count)
-    resume: bool = True
+    epochs: int = documented(5, "maximum epochs per fold (early stopping may end a fold sooner)")
+    lr: float = documented(2e-4, "peak learning rate of the backbone (AdamW; linear warmup, then "
+                           "cosine decay to 0)")
+    head_lr: float = documented(2e-4, "peak learning rate of the gene heads (ridge-initialised: "
+                                "keep it low)")
+    weight_decay: float = documented(0.01, "AdamW weight decay (biases and norm layers get none)")
+    warmup_epochs: float = documented(1.0, "epochs of linear learning-rate warmup")
+    grad_clip: float | None = documented(1.0, "clip the gradient norm to this value; None: no "
+                                         "clipping")
+    accumulate: int = documented(1, "gradient accumulation steps (effective batch: BATCH_SIZE × "
+                                 "ACCUMULATE)")
+    ema: float | None = documented(None, "decay of an exponential moving average of the weights "
+                                   "(e.g. 0.99); None: off")
+    layer_decay: float | None = documented(None, "layer-wise LR decay, e.g. 0.75: each backbone "
+                                           "layer down learns 0.75× slower")
+    mixup: float | None = documented(None, "regression mixup: patches and profiles blended, λ ~ "
+                                     "Beta(MIXUP, MIXUP); e.g. 0.4")
+    patience: int | None = documented(2, "epochs past a fold's best on its stopping rows (kept "
+                                      "out of training); None: off")
+    loss: dict[str, float] = documented(factory=lambda: dict(DEFAULT_LOSS), doc="loss terms and "
+                                        "weights (utils.losses)")
+    target_pca: int | None = documented(16, "K: fit the targets' top-K principal components, "
+                                        "decoded to genes; None: every gene")
+    group_strategy: str | None = documented(None, "None: one group; or a strategy of GENE_GROUPS "
+                                            "(target-based: per fold)")
+    gene_groups: str = documented("runs/genes/gene_groups.csv", "gene_groups.csv written by "
+                                  "02_gene_clustering")
+    group_mode: str = documented("heads", '"heads": one backbone, one head per group; "models": '
+                                 "one model per group")
+    augment: str = documented("flips", '"none", "flips", "seed", or a policy JSON from '
+                              "03_augmentation_screening")
+    freeze: int = documented(0, "backbone blocks frozen: the stem, then each stage (CNN) or "
+                             "transformer block (ViT)")
+    freeze_bn: bool = documented(True, "batch norms keep their running statistics (small batches "
+                                 "would corrupt them)")
+    head_init: str = documented("ridge", '"ridge": heads start from a ridge fit on frozen '
+                                'features; "random"')
+    drop_path: float = documented(0.0, "stochastic-depth rate, for backbones that support it")
+    num_workers: int | None = documented(None, "DataLoader worker processes; None: 0 on CPU, up "
+                                         "to 4 beside a GPU")
+    devices: int | None = documented(None, "data-parallel GPUs (finetune): None every visible "
+                                     "one (Kaggle: 2 T4s), 1 one")
+    resume: bool = documented(True, "continue an interrupted run from its last finished epoch "
+                              "(RUN_DIR/checkpoints)")
     # magnification (both recipes): rescale patches from MPP to MODEL_MPP µm/px, then MPP_FIT
-    mpp: float = DACON_MPP
-    model_mpp: float | None = None
-    mpp_fit: str = "pad"
-    feature_dtype: str = "float32"
+    mpp: float = documented(DACON_MPP, "µm/px of the patches; DACON ≈ 0.30 (100 µm Visium spot "
+                            "pitch / ~329 px), her2st 0.63")
+    model_mpp: float | None = documented(None, "µm/px the backbone expects (0.5 for the "
+                                         "HUB_MODELS); None: no rescaling")
+    mpp_fit: str = documented("pad", 'rescaled patch → input: "pad" (reflect; crop if larger), '
+                              '"tile", "resize"')
+    feature_dtype: str = documented("float32", 'ridge feature cache: "float32" or "float16" (half '
+                                    "the disk, as HEST)")
     # frozen features (ridge, retrieval): which stages, crops and stain normalisation
-    feature_stages: str | tuple[int, ...] | None = None
-    feature_crops: tuple[float, ...] = (1.0,)
-    stain_norm: str | None = None
-    centre_features: bool = False  # ridge, retrieval: each slice's features minus its mean
-    compile: bool | str = "auto"  # torch.compile for feature extraction (utils.features)
+    feature_stages: str | tuple[int, ...] | None = documented(
+        "all", 'features (also finetune\'s): "all" stages pooled, None the embedding, or "-2,-1"')
+    feature_crops: tuple[float, ...] = documented(
+        (1.0, 0.5), "features of the patch and of centre crops (fractions of the side), joined")
+    stain_norm: str | None = documented(None, 'ridge features: None, or "macenko" (stain '
+                                        "reference from train patches)")
+    centre_features: bool = documented(False, "ridge/retrieval: each slice's features minus its "
+                                       "mean (folds; test)")
+    compile: bool | str = documented("auto", 'torch.compile for frozen features: "auto" (CPU, '
+                                     "long runs), True, False")
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -590,25 +794,41 @@ class TrainConfig:
 class CamConfig:
     """Parameters of notebooks/06_gradcam.ipynb (see its parameters cell)."""
 
-    data_dir: str | None = None
-    run_dir: str = "runs/finetune_effnet_lite0"
-    fold: int = 0
-    patches: str = "val"
-    n_patches: int = 32
-    n_show: int = 6
-    method: str = "GradCAM"
-    targets: tuple[str, ...] = ("heg50", "hvg50", "groups")
-    gene_groups: str | None = "runs/genes/gene_groups.csv"
-    group_strategy: str = DEFAULT_GROUP_STRATEGY
-    strategies: tuple[str, ...] = ()  # empty: every strategy of gene_groups
-    genes_per_group: int = 5
-    n_permutations: int = 1000
-    scale: str = "standardised"
-    layer: str | None = None
-    reshape: str | None = None
-    batch_size: int | None = None
-    seed: int = 0
-    smoke: bool = False
+    CELL: ClassVar[dict[str, tuple[str, ...]]] = {
+        "": ("data_dir", "run_dir", "smoke", "seed", "fold", "patches", "n_patches", "method",
+             "targets", "gene_groups", "group_strategy", "strategies")}
+
+    data_dir: str | None = documented(None, "data folder; None looks in $KIT_DATA_DIR, Kaggle "
+                                      "input, Colab Drive, data/")
+    run_dir: str = documented("runs/finetune_effnet_lite0", "a fine-tuning run of 05_train; "
+                              "outputs: RUN_DIR/gradcam")
+    fold: int = documented(0, "whose model(s) to explain (fold0 or fold0-<group> in model.json)")
+    patches: str = documented("val", "\"val\": FOLD's held-out train rows; \"test\": test patches")
+    n_patches: int = documented(32, "patches explained (drawn at random with SEED)")
+    n_show: int = documented(6, "patches shown in the grid figure")
+    method: str = documented("GradCAM", "GradCAM, GradCAM++, XGradCAM, LayerCAM, HiResCAM, "
+                             "EigenCAM, ...")
+    targets: tuple[str, ...] = documented(("heg50", "hvg50", "groups"), "gene names, "
+                                          '"group:<name>", "groups", "heg50", "hvg50"')
+    gene_groups: str | None = documented("runs/genes/gene_groups.csv", "written by "
+                                         "02_gene_clustering; None: no groups")
+    group_strategy: str = documented(DEFAULT_GROUP_STRATEGY, "strategy of GENE_GROUPS for group "
+                                     "targets and the group figures")
+    strategies: tuple[str, ...] = documented((), "strategies compared by CAM similarity; []: "
+                                             "every one in GENE_GROUPS")
+    genes_per_group: int = documented(5, "most variable genes per group whose CAMs are compared")
+    n_permutations: int = documented(1000, "label shuffles for the p-value of within − between")
+    scale: str = documented("standardised", "targets on the model's standardised scale, or "
+                            '"original"')
+    layer: str | None = documented(None, "target layer (a module name of the backbone, e.g. "
+                                   '"stages.2"); None: automatic')
+    reshape: str | None = documented(None, 'None: automatic; "nchw", "nhwc", "tokens" or '
+                                     '"tokens:HxW" (the token grid)')
+    batch_size: int | None = documented(None, "patches per forward pass; None: 16 on CPU, 64 on "
+                                        "GPU")
+    seed: int = documented(0, "seed of the patch sample and the permutations")
+    smoke: bool = documented(False, "True: a 1-minute check on 48+16 rows (scores mean nothing), "
+                             "outputs in smoke/")
 
     def __post_init__(self):
         set_field(self, "method", check_method(self.method))
@@ -632,17 +852,34 @@ class CamConfig:
 class SubmitConfig:
     """Parameters of notebooks/07_ensemble_submit.ipynb (see its parameters cell)."""
 
-    data_dir: str | None = None
-    runs: tuple[str, ...] = ("runs/ridge_effnet_lite0",)  # empty or None: every finished run
-    runs_root: str = "runs"
-    submission: str = "submissions/submission.csv"
-    blend: str = "global"
-    gene_groups: str | None = "runs/genes/gene_groups.csv"
-    group_strategy: str | None = DEFAULT_GROUP_STRATEGY
-    shrink: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    postprocess: tuple[str, ...] = ("shrink_to_mean", "clip")
-    strict: bool = False  # True: refuse a submission with constant gene columns
-    smoke: bool = False  # True: the quick check's runs (runs/smoke/) and submission folder
+    CELL: ClassVar[dict[str, tuple[str, ...]]] = {
+        "": ("data_dir", "preset", "runs", "runs_root", "submission", "blend", "gene_groups",
+             "group_strategy", "smoke")}
+
+    data_dir: str | None = documented(None, "data folder; None looks in $KIT_DATA_DIR, Kaggle "
+                                      "input, Colab Drive, data/")
+    preset: str | None = documented(None, "a file of presets/ (its name) or a YAML path: its "
+                                    "values, then the cell's changes")
+    runs: tuple[str, ...] = documented(("runs/ridge_effnet_lite0",), "run folders written by "
+                                       "05_train; [] or None: find them")
+    runs_root: str = documented("runs", "folder searched (any depth) for finished runs when RUNS "
+                                "is empty")
+    submission: str = documented("submissions/submission.csv", "output CSV; the blend report goes "
+                                 "beside it")
+    blend: str = documented("global", '"mean", "global" (a weight per run), "group" (per gene '
+                            'group), "gene"')
+    gene_groups: str | None = documented("runs/genes/gene_groups.csv", "written by "
+                                         '02_gene_clustering; for "group" only')
+    group_strategy: str | None = documented(DEFAULT_GROUP_STRATEGY, "which strategy of "
+                                            'GENE_GROUPS: "kmeans", "prefix", "correlation", …')
+    shrink: tuple[float, ...] = documented((0.0, 0.25, 0.5, 0.75, 1.0), "shrinkage towards equal "
+                                           "weights tried by CV (1: mean)")
+    postprocess: tuple[str, ...] = documented(("shrink_to_mean", "clip"), "tried on OOF, used "
+                                              "only if they help; [] for none")
+    strict: bool = documented(False, "True: refuse to write a CSV with constant gene columns "
+                              "(each one scores r 0)")
+    smoke: bool = documented(False, "True: a 1-minute check on 48+16 rows (scores mean nothing), "
+                             "outputs in smoke/")
 
     def __post_init__(self):
         set_field(self, "runs", as_tuple(self.runs))

@@ -222,7 +222,7 @@ def reuse_run(run_dir: str | os.PathLike, config: dict, data=None) -> Run | None
     run = load_run(run_dir)
     saved = upgrade_config(run.config)  # parameters renamed since it was trained: today's names
     changed = {k: (saved.get(k), v) for k, v in as_json(config).items()
-               if k != "overwrite" and saved.get(k) != v}
+               if k not in ("overwrite", "preset") and saved.get(k) != v}
     stale = "" if data is None else data_mismatch(run.config, data)
     if changed or stale:
         what = [f"other parameters (saved, now): {changed}"] if changed else []

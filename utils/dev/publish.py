@@ -1,15 +1,19 @@
-"""Write the setup cell into every notebook, and — for whoever publishes the kit — its address.
+"""Write the setup and parameters cells into every notebook, and — for whoever publishes the
+kit — its address.
 
-    python -m utils.dev.publish                       # notebooks/setup_cell.py → every notebook
+    python -m utils.dev.publish                       # setup and parameters cells → notebooks
     python -m utils.dev.publish --repo https://github.com/<you>/mai-kit [--branch main]
     python -m utils.dev.publish --repo ""             # back to no address (the committed state)
 
 The setup cell has one source, `notebooks/setup_cell.py`; this copies it into the first code
-cell (id `setup`) of every numbered notebook. `--repo` first sets the cell's `KIT_REPO` line to
-that URL (after checking with `git ls-remote` that it answers) and writes the Open in Colab /
-Open in Kaggle badges of every notebook into README.md and notebooks/README.md, between the
-`<!-- badges -->` markers; a repository not on GitHub gets `KIT_REPO` but no badges (Colab
-opens notebooks from GitHub only). The kit never carries an address it has not been given.
+cell (id `setup`) of every numbered notebook. The parameters cell (tagged `parameters`) is
+rendered from the notebook's config dataclass (`utils.config`): the fields its `CELL` names,
+each with its default and doc, under `CELL`'s headings (`render_parameters`). `--repo` first
+sets the setup cell's `KIT_REPO` line to that URL (after checking with `git ls-remote` that it
+answers) and writes the Open in Colab / Open in Kaggle badges of every notebook into README.md
+and notebooks/README.md, between the `<!-- badges -->` markers; a repository not on GitHub
+gets `KIT_REPO` but no badges (Colab opens notebooks from GitHub only). The kit never carries
+an address it has not been given.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import argparse
 import json
 import re
 import subprocess
+from dataclasses import fields
 from pathlib import Path
 
+from utils import config
 from utils.dev.pipeline import list_notebooks
 from utils.paths import kit_root
 
@@ -31,6 +37,10 @@ BADGES = re.compile(r"(<!-- badges -->\n).*?(<!-- /badges -->)", re.S)
 GITHUB = re.compile(r"https://github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?/?")
 COLAB_SVG = "https://colab.research.google.com/assets/colab-badge.svg"
 KAGGLE_SVG = "https://kaggle.com/static/images/open-in-kaggle.svg"
+CONFIGS = {"01_eda": config.EdaConfig, "02_gene_clustering": config.GeneClusteringConfig,
+           "03_augmentation_screening": config.ScreenConfig, "04_adapt": config.AdaptConfig,
+           "05_train": config.TrainConfig, "06_gradcam": config.CamConfig,
+           "07_ensemble_submit": config.SubmitConfig}
 UNPUBLISHED = ("Open in Colab / Kaggle badges: none yet, the kit has no published address. "
                "Whoever publishes it runs\n`python -m utils.dev.publish --repo <its GitHub URL>`, "
                "which writes them here and sets `KIT_REPO` in every notebook.\n")
@@ -80,6 +90,58 @@ def write_setup_cells(source: str, notebooks: list[Path] | None = None) -> list[
             raise ValueError(f"{path.name}: the first code cell must have id '{SETUP_ID}'")
         lines = source.splitlines(keepends=True)
         code[0].update(source=lines, outputs=[], execution_count=None)
+        new = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+        if new != text:
+            path.write_text(new)
+            changed.append(path)
+    return changed
+
+
+def as_python(value) -> str:
+    """A default as the literal a parameters cell shows (tuples as lists, strings in double
+    quotes)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(as_python(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{as_python(k)}: {as_python(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def render_parameters(cls: type) -> str:
+    """A notebook's parameters cell: the fields `cls.CELL` names, one `NAME = default  # doc`
+    line each, under a comment per heading."""
+    by_name = {f.name: f for f in fields(cls)}
+    defaults = config.field_defaults(cls)
+    lines = [f"# What you change. Any other {cls.__name__} field (utils/config.py) is one more",
+             "# UPPER_CASE line here, a papermill -p, or a preset's value."]
+    for heading, names in cls.CELL.items():
+        lines += [f"# --- {heading} ---"] if heading else []
+        lines += [f"{name.upper()} = {as_python(defaults[name])}  # "
+                  f"{by_name[name].metadata['doc']}" for name in names]
+    return "\n".join(lines)
+
+
+def parameters_cell(nb: dict, name: str) -> dict:
+    """The one cell tagged `parameters` of a notebook."""
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{name}: needs exactly one cell tagged 'parameters'; has {len(cells)}")
+    return cells[0]
+
+
+def write_parameter_cells(notebooks: list[Path] | None = None) -> list[Path]:
+    """Render every notebook's parameters cell from its config; returns those that changed."""
+    changed = []
+    for path in notebooks or list_notebooks():
+        if path.stem not in CONFIGS:
+            continue
+        text = path.read_text()
+        nb = json.loads(text)
+        cell = parameters_cell(nb, path.name)
+        cell.update(source=render_parameters(CONFIGS[path.stem]).splitlines(keepends=True),
+                    outputs=[], execution_count=None)
         new = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
         if new != text:
             path.write_text(new)
@@ -145,7 +207,7 @@ def publish(repo: str | None = None, branch: str = "main", check: bool = True,
             changed.append(source_file)
         changed += write_badges(repo, branch, root)
     notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    return changed + write_setup_cells(source, notebooks)
+    return changed + write_setup_cells(source, notebooks) + write_parameter_cells(notebooks)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
