@@ -97,3 +97,44 @@ def test_submit_config_runs():
     assert from_params(SubmitConfig, {"RUNS": "runs/a"}).runs == ("runs/a",)
     assert from_params(SubmitConfig, {"RUNS": ["runs/a", "runs/b"]}).runs == ("runs/a", "runs/b")
     assert from_params(SubmitConfig, {"RUNS": []}).runs == ()  # empty: found under RUNS_ROOT
+
+
+def test_a_preset_sits_between_the_defaults_and_the_cell(tmp_path, capsys):
+    """Lowest first: the dataclass defaults, the preset, a cell or -p value that differs from
+    the default. The cell's overrides are printed; a cell value equal to the default does not
+    undo the preset's."""
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("RECIPE: retrieval\nTARGET_PCA: 8\nN_FOLDS: 5\nRUN_DIR: runs/mine\n")
+    cell = {"PRESET": str(preset), "RECIPE": "ridge", "TARGET_PCA": 4, "RUN_DIR": "runs/mine",
+            "SEED": 3}
+    cfg = from_params(TrainConfig, cell)
+    assert cfg.recipe == "retrieval"  # the cell's "ridge" is the default: the preset's wins
+    assert cfg.target_pca == 4 and cfg.seed == 3  # differ from the default: the cell's win
+    assert cfg.n_folds == 5 and cfg.run_dir == "runs/mine" and cfg.preset == str(preset)
+    out = capsys.readouterr().out
+    assert "TARGET_PCA=4 (preset: 8)" in out and "RECIPE" not in out.split("overrides")[1]
+    assert from_params(TrainConfig, {"PRESET": "cpu_best"}).feature_crops == (1.0, 0.5)
+
+
+@pytest.mark.parametrize("preset, message", [
+    ("no_such_preset", "PRESET='no_such_preset': there is no"),
+    ("ensemble", "not parameters of TrainConfig"),  # a 07 preset given to 05
+])
+def test_a_bad_preset_is_named(preset, message):
+    with pytest.raises(ValueError, match=message):
+        from_params(TrainConfig, {"PRESET": preset})
+
+
+def test_smoke_says_in_one_line_what_it_changed(capsys):
+    cfg = from_params(TrainConfig, {"SMOKE": True, "RUN_DIR": "runs/x", "RECIPE": "finetune"})
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("SMOKE")]
+    assert len(lines) == 1, lines
+    for change in ("cv 'slices' → 'blocks'", "n_folds 4 → 3", "epochs 5 → 1",
+                   "img_size None → 64", "run_dir 'runs/x' → 'runs/smoke/x'", "tta True → False"):
+        assert change in lines[0], (change, lines[0])
+    assert cfg.epochs == 1
+    from_params(TrainConfig, {"RUN_DIR": "runs/x"})
+    assert "SMOKE" not in capsys.readouterr().out  # silent without it
+    from_params(SubmitConfig, {"SMOKE": True})
+    assert "submission 'submissions/submission.csv' → 'submissions/smoke/submission.csv'" in (
+        capsys.readouterr().out)

@@ -18,25 +18,22 @@ NOTEBOOKS = list_notebooks()
 REQUIRED_PARAMETERS = {
     "01_eda": {"DATA_DIR", "RUN_DIR", "SMOKE", "SEED", "IMAGE_STRIDE", "WINDOW"},
     "02_gene_clustering": {"DATA_DIR", "RUN_DIR", "SMOKE", "SEED", "STRATEGIES", "K", "K_RANGE",
-                           "GROUPS_FILE"},
+                           "GROUPS_FILE", "GENE_SETS"},
     "03_augmentation_screening": {"DATA_DIR", "RUN_DIR", "CANDIDATES", "N_PATCHES", "SEED",
                                   "SMOKE", "DINO_MODEL", "DINO_PRETRAINED", "LPIPS_NET",
                                   "MIN_DINO_SIM", "MAX_LPIPS", "MAX_STAIN_SHIFT", "MIN_SSIM"},
     "04_adapt": {"DATA_DIR", "RUN_DIR", "BACKBONE", "PRETRAINED", "OBJECTIVE", "VIEWS", "SPLITS",
-                 "IMG_SIZE", "EPOCHS", "BATCH_SIZE", "STEPS_PER_EPOCH", "LR", "SEED", "SMOKE",
-                 "RESUME", "OVERWRITE", "DEVICES"},
-    "05_train": {"DATA_DIR", "RUN_DIR", "RECIPE", "BACKBONE", "PRETRAINED", "IMG_SIZE", "CV",
-                 "N_FOLDS", "SEED", "SMOKE", "EPOCHS", "BATCH_SIZE", "LR", "HEAD_LR",
-                 "WEIGHT_DECAY", "WARMUP_EPOCHS", "GRAD_CLIP", "ACCUMULATE", "EMA", "PATIENCE",
-                 "LOSS", "TARGET_PCA", "GROUP_STRATEGY", "GENE_GROUPS", "GROUP_MODE", "AUGMENT",
-                 "FREEZE", "FREEZE_BN", "HEAD_INIT", "DROP_PATH", "NUM_WORKERS", "RESUME"},
+                 "IMG_SIZE", "EPOCHS", "BATCH_SIZE", "LR", "SEED", "SMOKE", "OVERWRITE"},
+    "05_train": {"DATA_DIR", "RUN_DIR", "PRESET", "SMOKE", "RECIPE", "BACKBONE", "PRETRAINED",
+                 "CV", "TTA", "TARGET_PCA", "FEATURE_STAGES", "FEATURE_CROPS", "EPOCHS", "LR",
+                 "LOSS", "AUGMENT", "FREEZE", "GROUP_STRATEGY"},
     "06_gradcam": {"DATA_DIR", "RUN_DIR", "SMOKE", "FOLD", "PATCHES", "N_PATCHES", "METHOD",
-                   "TARGETS", "GENE_GROUPS", "GROUP_STRATEGY", "STRATEGIES", "GENES_PER_GROUP",
-                   "SCALE",
-                   "LAYER", "RESHAPE", "SEED"},
-    "07_ensemble_submit": {"DATA_DIR", "RUNS", "RUNS_ROOT", "SUBMISSION", "BLEND", "GENE_GROUPS",
-                           "GROUP_STRATEGY", "SHRINK", "POSTPROCESS"},
+                   "TARGETS", "GENE_GROUPS", "GROUP_STRATEGY", "SEED"},
+    "07_ensemble_submit": {"DATA_DIR", "PRESET", "RUNS", "RUNS_ROOT", "SUBMISSION", "BLEND",
+                           "GENE_GROUPS", "GROUP_STRATEGY", "SMOKE"},
 }
+MAX_CELL_WORDS, MAX_NOTEBOOK_WORDS, MAX_ALL_WORDS = 150, 600, 4000
+MAX_TRAIN_PARAMETERS = 25  # 05's cell: what a competitor changes; the rest is in TrainConfig
 
 
 def _cells(path):
@@ -74,32 +71,92 @@ def test_parameters_cell_is_upper_case_literals_with_comments(path):
         ast.literal_eval(line.split("=", 1)[1].split("#", 1)[0].strip())
 
 
-CONFIGS = {"01_eda": "EdaConfig", "02_gene_clustering": "GeneClusteringConfig",
-           "03_augmentation_screening": "ScreenConfig", "04_adapt": "AdaptConfig",
-           "05_train": "TrainConfig",
-           "06_gradcam": "CamConfig", "07_ensemble_submit": "SubmitConfig"}
+def _markdown_words(path) -> list[int]:
+    return [len("".join(c["source"]).split()) for c in _cells(path) if c["cell_type"] == "markdown"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_parameters_cell_and_config_defaults_agree(path):
-    """One source of defaults: every parameter is a config field with the same default, and
-    every config field is a parameter."""
+def test_notebook_prose_reads_in_a_minute(path):
+    """A title, a purpose, Reads/Writes, short sections: no markdown cell over 150 words, no
+    notebook over 600; the long explanations live in docs/."""
+    words = _markdown_words(path)
+    assert max(words) <= MAX_CELL_WORDS, f"{path.name}: markdown cells of {words} words"
+    assert sum(words) <= MAX_NOTEBOOK_WORDS, f"{path.name}: {sum(words)} markdown words"
+    first = "".join(_cells(path)[0]["source"])
+    assert first.startswith("# ") and "**Reads**" in first and "**Writes**" in first, path.name
+
+
+def test_all_notebooks_together_stay_short():
+    total = sum(sum(_markdown_words(path)) for path in NOTEBOOKS)
+    assert total <= MAX_ALL_WORDS, f"{total} markdown words in the notebooks"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_prose_carries_no_measured_scores(path):
+    """Numbers live in benchmarks/results and the table generated from them."""
+    import re
+
+    text = " ".join("".join(c["source"]) for c in _cells(path) if c["cell_type"] == "markdown")
+    scores = re.findall(r"(?<![\w.])0\.\d{3,}\b", text)
+    assert not scores, f"{path.name}: measured numbers {scores}; link benchmarks/README.md"
+
+
+def test_the_train_cell_holds_at_most_25_parameters():
+    path = next(p for p in NOTEBOOKS if p.stem == "05_train")
+    assert len(_parameters(path)) <= MAX_TRAIN_PARAMETERS, sorted(_parameters(path))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_is_rendered_from_the_config(path):
+    """One source of defaults: the cell is exactly what `python -m utils.dev.publish` renders
+    from the config dataclass (its CELL fields, defaults and docs)."""
+    from utils.dev.publish import CONFIGS, parameters_cell, render_parameters
+
+    cell = "".join(parameters_cell(json.loads(path.read_text()), path.name)["source"])
+    assert cell == render_parameters(CONFIGS[path.stem]), (
+        f"{path.name}: its parameters cell is not its config's rendering; run "
+        "`python -m utils.dev.publish`")
+
+
+@pytest.mark.parametrize("name", ["EdaConfig", "GeneClusteringConfig", "ScreenConfig",
+                                  "AdaptConfig", "TrainConfig", "CamConfig", "SubmitConfig"])
+def test_every_config_field_has_a_doc_papermill_can_parse(name):
+    """Each field has a one-line doc; the cell's fields exist; no doc holds '=' or '#'
+    (papermill cannot parse a parameter line with a second '=')."""
     import dataclasses
 
     from utils import config
-    from utils.paths import as_json
 
-    cls = getattr(config, CONFIGS[path.stem])
-    defaults = {f.name.upper(): f.default_factory() if f.default is dataclasses.MISSING
-                else f.default for f in dataclasses.fields(cls)}
-    params = {name: ast.literal_eval(line.split("=", 1)[1].split("#", 1)[0].strip())
-              for name, line in _parameters(path).items()}
-    assert set(params) == set(defaults), (f"{path.name}: parameters without a field "
-                                          f"{set(params) - set(defaults)}, fields without a "
-                                          f"parameter {set(defaults) - set(params)}")
-    differ = {k: (params[k], defaults[k]) for k in params
-              if as_json(params[k]) != as_json(defaults[k])}
-    assert not differ, f"{path.name}: notebook default vs {cls.__name__} default: {differ}"
+    cls = getattr(config, name)
+    docs = {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
+    assert all(docs.values()), f"{name}: fields without a doc {[k for k in docs if not docs[k]]}"
+    bad = {k: v for k, v in docs.items() if "=" in v or "#" in v or "\n" in v}
+    assert not bad, f"{name}: docs papermill cannot parse {bad}"
+    cell = [n for names in cls.CELL.values() for n in names]
+    assert set(cell) <= set(docs) and len(cell) == len(set(cell)), (name, cell)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter_of_the_cell(path, caplog):
+    import papermill
+
+    with caplog.at_level("WARNING"):
+        inferred = papermill.inspect_notebook(str(path))
+    assert set(inferred) == set(_parameters(path)), path.name
+    assert "Unable to parse" not in caplog.text, caplog.text
+
+
+def test_papermill_help_notebook_lists_every_train_parameter():
+    import subprocess
+    import sys
+
+    path = next(p for p in NOTEBOOKS if p.stem == "05_train")
+    out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(path)],
+                         capture_output=True, text=True, check=True)
+    listed = {line.split(":")[0].strip() for line in out.stdout.splitlines()
+              if line.startswith("  ") and ":" in line and not line.startswith("    ")}
+    assert set(_parameters(path)) <= listed, set(_parameters(path)) - listed
+    assert "Unable to parse" not in out.stdout + out.stderr
 
 
 @pytest.mark.smoke

@@ -3,7 +3,9 @@ and whose values make a valid config; cpu_best.yaml runs on any data folder give
 cpu_ensemble.yaml and gpu_ensemble.yaml blend exactly the runs of the 05 presets they name, end
 to end."""
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -57,15 +59,35 @@ def test_the_foundation_preset_is_a_proven_hub_model_at_its_magnification():
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
-def test_preset_keys_are_notebook_parameters_and_make_a_valid_config(path):
-    from test_notebooks import _parameters
-
+def test_preset_keys_are_config_fields_and_make_a_valid_config(path):
     values = yaml.safe_load(path.read_text())
-    notebook = next(p for p in list_notebooks() if p.stem == notebook_of(path))
-    unknown = set(values) - set(_parameters(notebook))
-    assert not unknown, f"{path.name}: not parameters of {notebook.name}: {unknown}"
-    assert "DATA_DIR" not in values, f"{path.name} must work on any DATA_DIR"
-    config.from_params(CONFIG[notebook.stem], values)  # raises on a bad value
+    cls = CONFIG[notebook_of(path)]
+    unknown = set(values) - {f.name.upper() for f in dataclasses.fields(cls)}
+    assert not unknown, f"{path.name}: not parameters of {notebook_of(path)}: {unknown}"
+    assert "DATA_DIR" not in values and "PRESET" not in values, path.name
+    config.from_params(cls, values)  # raises on a bad value
+    assert config.from_params(cls, {"PRESET": path.stem}) == config.from_params(
+        cls, {**values, "PRESET": path.stem})  # PRESET in the cell = the file's values
+
+
+@pytest.mark.parametrize("path", [*PRESETS, kit_root() / "presets" / "README.md"],
+                         ids=lambda p: p.name)
+def test_presets_carry_no_measured_numbers(path):
+    """Scores and timings live in benchmarks/results and benchmarks/README.md's table."""
+    text = path.read_text()
+    comments = text if path.suffix == ".md" else "\n".join(
+        line.split("#", 1)[1] for line in text.splitlines() if "#" in line)
+    found = re.findall(r"(?<![\w.])0\.\d{3,}\b|\b\d+(?:\.\d+)? ?(?:min|h|s|GB)\b", comments)
+    assert not found, f"{path.name}: {found}"
+
+
+def test_the_train_defaults_are_the_best_single_run():
+    """Run All on 05 runs cpu_best's recipe: its features and target PCs are the defaults."""
+    best, defaults = load_preset("cpu_best"), config.TrainConfig()
+    for key, value in best.items():
+        if key not in ("RUN_DIR", "IMG_SIZE"):  # IMG_SIZE 224 is lite0's own (None: default)
+            assert config.as_literal(getattr(defaults, key.lower())) == config.as_literal(
+                value), key
 
 
 @pytest.mark.smoke
