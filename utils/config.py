@@ -608,7 +608,7 @@ class TrainConfig:
     recipe: str = documented("ridge", '"ridge" or "retrieval" on frozen features; "finetune": '
                              "train per fold")
     backbone: str = documented("tf_efficientnet_lite0", 'timm model name, "hf-hub:<repo>" or a '
-                               "HUB_MODELS name (table)")
+                               "HUB_MODELS name (docs/foundation_models.md)")
     pretrained: bool | str = documented(True, "True: hub weights; False: random init; or the path "
                                         "of a local weights file")
     img_size: int | None = documented(None, "model input size in px (patches are resized on the "
