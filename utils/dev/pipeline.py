@@ -12,15 +12,17 @@ import time
 from pathlib import Path
 
 from utils.dev.demo import write_demo
-from utils.paths import kit_root, resolve
+from utils.places import kit_root, resolve
 
 DEMO_DATA = "data/demo"
 DEMO_RUNS = "runs/demo"
 DEMO_SUBMISSION = "submissions/demo.csv"
 # A tiny timm model at 64 px: the demo runs in minutes on a laptop CPU, with no download.
 DEMO_MODEL = {"BACKBONE": "test_convnext", "PRETRAINED": False, "IMG_SIZE": 64}
-# Fine-tuning that tiny random-init model: a few epochs (one with --quick), seconds per fold.
-DEMO_FINETUNE = {"EPOCHS": 4, "BATCH_SIZE": 32, "LR": 5e-4, "PATIENCE": None}
+# Fine-tuning that tiny random-init model: a few epochs (one with --quick), seconds per fold;
+# the whole patch only (one forward pass per patch), so 06 can explain it with Grad-CAM.
+DEMO_FINETUNE = {"EPOCHS": 4, "BATCH_SIZE": 32, "LR": 5e-4, "PATIENCE": None,
+                 "FEATURE_CROPS": [1.0]}
 # Self-supervised adaptation of that model: two short epochs (one with --quick).
 DEMO_ADAPT = {"EPOCHS": 2, "BATCH_SIZE": 16, "STEPS_PER_EPOCH": 4, "N_PROBE": 64}
 

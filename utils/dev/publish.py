@@ -27,7 +27,7 @@ from pathlib import Path
 
 from utils import config
 from utils.dev.pipeline import list_notebooks
-from utils.paths import kit_root
+from utils.places import kit_root
 
 SETUP_SOURCE = "notebooks/setup_cell.py"
 SETUP_ID = "setup"
