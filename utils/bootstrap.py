@@ -218,7 +218,8 @@ def describe_kit() -> str:
     manifest = kit_root() / MANIFEST
     if manifest.is_file():
         info = json.loads(manifest.read_text())
-        return f"bundle {info.get('version', '?')} ({info.get('commit', '?')[:7]})"
+        commit = info.get("commit") or ""
+        return f"bundle {info.get('version', '?')}" + (f" ({commit[:7]})" if commit else "")
     return "checkout" if (kit_root() / ".git").exists() else "copy"
 
 
