@@ -236,18 +236,6 @@ def test_zipped_bundle_beside_the_notebook_is_unpacked(tmp_path):
 
 # --- any zip of the kit, anywhere a platform attaches it -----------------------------------------
 
-@pytest.fixture(scope="module")
-def github_zip(tmp_path_factory) -> Path:
-    """GitHub's "Download ZIP" of the kit: `git archive --prefix=mai-kit-main/` of this tree
-    (its uncommitted changes included, as `git stash create` records them)."""
-    tree = subprocess.run(["git", "stash", "create"], cwd=kit_root(), capture_output=True,
-                          text=True, check=True).stdout.strip() or "HEAD"
-    out = tmp_path_factory.mktemp("github") / "mai-kit-main.zip"
-    subprocess.run(["git", "archive", "--format=zip", "--prefix=mai-kit-main/", "-o", out, tree],
-                   cwd=kit_root(), check=True)
-    return out
-
-
 def attach(archive: Path, folder: Path, unpacked: bool, name: str | None = None) -> Path:
     """`archive` in `folder` as a platform shows it: the zip (renamed to `name`), or unpacked."""
     folder.mkdir(parents=True, exist_ok=True)
