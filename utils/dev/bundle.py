@@ -50,9 +50,9 @@ from utils.bootstrap import (
     RUNTIME,
     WHEELS,
     canonical,
-    kit_root,
     read_requirements,
 )
+from utils.places import kit_root, resolve
 
 # What both Colab (Python 3.12) and Kaggle (Python 3.11) images ship, at versions the kit's
 # requirements accept (2025 images): large compiled packages, neither bundled nor followed.
@@ -76,11 +76,6 @@ UNTRACKED = (".git", ".venv", "__pycache__", ".pytest_cache", "dist", ".ruff_cac
              ".ipynb_checkpoints", "cache", "runs")
 TOP_UNTRACKED = ("wheels", "weights", "data", "submissions")
 
-
-def resolve(path: str | Path) -> Path:
-    """An absolute path; relative ones are taken from the kit's root folder."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else kit_root() / path
 
 
 def target_args(python: str, platforms: tuple[str, ...] = PLATFORMS) -> list[str]:
