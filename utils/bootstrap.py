@@ -151,11 +151,11 @@ def python_version() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-def lacking(done: subprocess.CompletedProcess) -> str:
-    """The distribution pip found no version of (from its error), or "a package"."""
+def lacking(done: subprocess.CompletedProcess) -> str | None:
+    """The distribution pip found no version of (from its error), if that was the failure."""
     hit = re.search(r"(?:No matching distribution found for|satisfies the requirement) "
                     r"([A-Za-z0-9][A-Za-z0-9_.\-]*)", done.stderr + done.stdout)
-    return hit.group(1) if hit else "a package"
+    return hit.group(1) if hit else None
 
 
 def pip_install(reqs: list[str], wheels: Path | None = None) -> str:
@@ -181,8 +181,13 @@ def install_failure(reqs: list[str], wheels: Path | None, offline: subprocess.Co
     if not wheels:
         return (f"{head} From PyPI:\n{pip_tail(done)}\nNo internet? Attach the kit's bundle "
                 "(README: 'Get the kit').")
-    version = python_version()
-    return (f"{head} The bundle ({wheels}) has no wheel of {lacking(offline)} for Python "
+    version, name = python_version(), lacking(offline)
+    if name is None:  # the wheels are there, but need newer versions than the runtime has
+        return (f"{head} The bundle's wheels ({wheels}) do not fit the packages this runtime "
+                f"has, and the package index could not supply ones that do (internet off?):\n"
+                f"{pip_tail(offline, 8)}\nTurn the internet on (Kaggle: Settings → Internet on) "
+                "and run this cell again.")
+    return (f"{head} The bundle ({wheels}) has no wheel of {name} for Python "
             f"{version}, and the package index could not supply it (internet off?):\n"
             f"{pip_tail(done, 6)}\nTurn the internet on (Kaggle: Settings → Internet on) and run "
             f"this cell again, or use a bundle built for Python {version}: `python -m "
