@@ -399,12 +399,14 @@ def fresh_python(tmp_path: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def probe_wheel(folder: Path, name: str = "kit_probe") -> Path:
-    """A tiny pure-Python wheel built here, for offline installs."""
+def probe_wheel(folder: Path, name: str = "kit_probe", needs: str = "") -> Path:
+    """A tiny pure-Python wheel built here (depending on `needs`), for offline installs."""
     src = folder / "src"
     (src / name).mkdir(parents=True)
     (src / name / "__init__.py").write_text("VALUE = 42\n")
+    deps = f'"{needs}"' if needs else ""
     (src / "pyproject.toml").write_text(f'[project]\nname = "{name}"\nversion = "1.0"\n'
+                                        f'dependencies = [{deps}]\n'
                                         '[build-system]\nrequires = ["setuptools"]\n'
                                         'build-backend = "setuptools.build_meta"\n')
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
@@ -442,6 +444,15 @@ def test_install_failure_names_the_package_the_python_and_the_build_command(tmp_
     assert f"python -m utils.dev.bundle --python {version}" in str(err.value)
     assert len(str(err.value).splitlines()) <= 12
     assert "keeping every installed package as it is" in str(err.value)
+
+
+def test_bundle_wheels_needing_newer_packages_than_the_runtime_has_say_so(tmp_path, monkeypatch):
+    wheels = probe_wheel(tmp_path, needs="packaging>=999")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # internet off
+    with pytest.raises(RuntimeError) as err:
+        bootstrap.pip_install(["kit-probe"], wheels=wheels)
+    assert "do not fit the packages this runtime has" in str(err.value), err.value
+    assert "packaging" in str(err.value) and "Turn the internet on" in str(err.value)
 
 
 def test_a_wheel_the_bundle_lacks_comes_from_the_index_when_it_can_be_reached(tmp_path):

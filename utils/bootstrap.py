@@ -136,14 +136,16 @@ def run_pip(args: list[str]) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as tmp:
         pins = Path(tmp) / "installed.txt"
         pins.write_text("".join(f"{pin}\n" for pin in installed_pins()))
-        return subprocess.run([sys.executable, "-m", "pip", *args, "-q",
+        return subprocess.run([sys.executable, "-m", "pip", *args,  # not -q: pip's reasons
                                "--disable-pip-version-check", "-c", str(pins)],
                               capture_output=True, text=True)
 
 
 def pip_tail(done: subprocess.CompletedProcess, lines: int = 12) -> str:
-    """pip's last lines of output."""
-    return "\n".join((done.stderr or done.stdout).strip().splitlines()[-lines:])
+    """pip's last lines of output, or the lines saying what conflicts, when it says that."""
+    text = (done.stderr or done.stdout).strip()
+    conflict = re.search(r"The conflict is caused by:\n(?:.+\n)+", f"{done.stdout}\n")
+    return conflict.group(0).strip() if conflict else "\n".join(text.splitlines()[-lines:])
 
 
 def python_version() -> str:
