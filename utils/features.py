@@ -243,7 +243,11 @@ def cached_features(data, spec: FeatureSpec, batch_size: int | None = None,
     """Train and test features of a spec, computed once and then read from the cache;
     `dtype="float16"` halves the cache (HEST's way for 1–2.5 k-dim foundation-model
     embeddings); they are returned as float32 either way. The model is built only if some
-    split is not cached yet; `compile` is COMPILE (`extract_features`)."""
+    split is not cached yet; `compile` is COMPILE (`extract_features`). A row subset of some
+    data (`utils.data.rows_of`) gets its rows of the full data's features."""
+    if getattr(data, "source", None) is not None and cache_dir is None and not spec.stain_norm:
+        full = cached_features(data.source, spec, batch_size, None, compile)
+        return {split: full[part][rows] for split, (part, rows) in data.rows.items()}
     folder = Path(cache_dir or cache_dir_for(data)) / "features"
     model: list[nn.Module] = []
 
