@@ -191,25 +191,48 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name)
 
 
+ALL = "all"  # the rotation with no section held out: the headline a run on every row prints
+
+
+def rotation_data(data: KitData, sections: np.ndarray, held: str) -> tuple[KitData, np.ndarray]:
+    """The rotation's data (train: every other section; test: the held-out one, or the data's
+    own test rows for ALL) and the train rows it keeps."""
+    if held == ALL:
+        return data, np.arange(len(data.train))
+    train_rows = np.flatnonzero(sections != held)
+    return rows_of(data, train_rows, np.flatnonzero(sections == held), "train",
+                   f"{held} held out"), train_rows
+
+
+def rotation_cv(bench: Bench, part: KitData, sections: np.ndarray, folder: Path) -> dict:
+    """The CV parameters of the rotation's 05 runs: with `cv: sections` one fold per training
+    section, through 05's own file splitter (CV="file:…")."""
+    if bench.cv != "sections":
+        return {"CV": bench.cv}
+    cv_file = folder / "sections.csv"
+    pd.DataFrame({"ID": part.train["ID"], "section": sections}).to_csv(cv_file, index=False)
+    return {"CV": f"file:{cv_file}:section", "N_FOLDS": len(set(sections))}
+
+
+def needed(bench: Bench, only: set[str] | None) -> list[RunSpec]:
+    """The runs to score and the members they blend."""
+    if only is None:
+        return list(bench.runs)
+    members = {m for s in bench.runs if s.name in only for m in s.members}
+    return [s for s in bench.runs if s.name in only | members]
+
+
 def rotation(bench: Bench, data: KitData, sections: np.ndarray, held: str, out: Path,
-             only: set[str] | None) -> list[dict]:
-    """Every run with `held` out: trained on the other sections, scored on `held`."""
-    train_rows, held_rows = np.flatnonzero(sections != held), np.flatnonzero(sections == held)
-    part = rows_of(data, train_rows, held_rows, "train", f"{held} held out")
+             only: set[str] | None, results: Path) -> list[dict]:
+    """Every run with `held` out: trained on the other sections, scored on `held` (ALL: on
+    every section, CV only); each row appended to `results` as soon as it is measured."""
+    part, train_rows = rotation_data(data, sections, held)
     folder = out / bench.name / slug(held)
     folder.mkdir(parents=True, exist_ok=True)
-    cv = {"CV": bench.cv}
-    if bench.cv == "sections":  # one CV fold per training section, by 05's own file splitter
-        cv_file = folder / "sections.csv"
-        pd.DataFrame({"ID": part.train["ID"], "section": sections[train_rows]}).to_csv(
-            cv_file, index=False)
-        cv = {"CV": f"file:{cv_file}:section", "N_FOLDS": len(set(sections[train_rows]))}
+    cv = rotation_cv(bench, part, sections[train_rows], folder)
+    truth = None if held == ALL else data.y[sections == held]
     runs, rows = {}, []
-    for spec in bench.runs:
-        wanted = only is None or spec.name in only
-        if not wanted and not any(spec.name in s.members for s in bench.runs
-                                  if s.name in (only or ())):
-            continue
+    for spec in needed(bench, only):
         start = time.perf_counter()
         if spec.members:
             run, choice = run_07(spec, part, runs, folder)
@@ -217,21 +240,21 @@ def rotation(bench: Bench, data: KitData, sections: np.ndarray, held: str, out: 
             run, choice = run_05(spec, bench, part, cv, folder)
         runs[spec.name] = run
         seconds = run.config.get("elapsed_s", time.perf_counter() - start)  # 05's own time
-        if wanted:
-            rows.append(result_row(bench, spec.name, held, data.y[held_rows], run, choice,
-                                   seconds))
+        if only is None or spec.name in only:
+            rows.append(result_row(bench, spec.name, held, truth, run, choice, seconds))
+            append_rows(results, rows[-1:])
             print(pd.DataFrame([rows[-1]])[["run", "section", *METRIC, "cv_score", "seconds"]]
                   .round(4).to_string(index=False), flush=True)
     return rows
 
 
-def result_row(bench: Bench, name: str, held: str, truth: np.ndarray, run: Run, choice: str,
-               seconds: float) -> dict:
-    """A results row: every metric part on the held-out section, the run's CV headline and
-    range, what it chose, its time, peak memory, machine and versions."""
-    parts = score(truth, run.test_pred)
+def result_row(bench: Bench, name: str, held: str, truth: np.ndarray | None, run: Run,
+               choice: str, seconds: float) -> dict:
+    """A results row: every metric part on the held-out section (none without one), the run's
+    CV headline and range, what it chose, its time, peak memory, machine and versions."""
+    parts = score(truth, run.test_pred) if truth is not None else dict.fromkeys(METRIC)
     return {"config": bench.name, "run": name, "section": held,
-            **{k: round(parts[k], 5) for k in METRIC},
+            **{k: None if parts[k] is None else round(parts[k], 5) for k in METRIC},
             "cv_score": round(run.cv["overall"]["score"], 5),
             "cv_min": round(run.cv["min"]["score"], 5),
             "cv_max": round(run.cv["max"]["score"], 5), "choice": choice,
@@ -247,7 +270,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                         "the data folder)")
     parser.add_argument("--weights", help="folder of weight files for PRETRAINED true")
     parser.add_argument("--only", nargs="+", help="run names to score (members still train)")
-    parser.add_argument("--held", nargs="+", help="sections to hold out (default: every one)")
+    parser.add_argument("--held", nargs="+", help="sections to hold out (default: every one; "
+                        f"{ALL!r}: none, the headline of a run on every section)")
     parser.add_argument("--out", default="runs/heldout", help="where the runs are written")
     parser.add_argument("--results", default=str(RESULTS / "heldout.csv"))
     args = parser.parse_args(argv)
@@ -256,18 +280,18 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     data = load_data(args.data)
     sections = read_sections(data, Path(args.sections or data.root / bench.sections))
     held_out = args.held or sorted(set(sections))
-    unknown = sorted(set(held_out) - set(sections))
+    unknown = sorted(set(held_out) - set(sections) - {ALL})
     if unknown:
         raise SystemExit(f"--held {unknown}: no such section; have {sorted(set(sections))}")
     out = Path(args.out).absolute()
     rows = []
     for held in held_out:
-        new = rotation(bench, data, sections, held, out, set(args.only) if args.only else None)
-        append_rows(Path(args.results), new)
-        rows += new
+        rows += rotation(bench, data, sections, held, out,
+                         set(args.only) if args.only else None, Path(args.results))
     table = pd.DataFrame(rows)
     if len(table):
-        print(table.pivot(index="run", columns="section", values="score").round(4).to_string())
+        print(table.pivot(index="run", columns="section", values="cv_score").round(4)
+              .to_string())
     return table
 
 
