@@ -22,7 +22,7 @@ import argparse
 import itertools
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -222,29 +222,57 @@ def needed(bench: Bench, only: set[str] | None) -> list[RunSpec]:
     return [s for s in bench.runs if s.name in only | members]
 
 
-def rotation(bench: Bench, data: KitData, sections: np.ndarray, held: str, out: Path,
-             only: set[str] | None, results: Path) -> list[dict]:
-    """Every run with `held` out: trained on the other sections, scored on `held` (ALL: on
-    every section, CV only); each row appended to `results` as soon as it is measured."""
+@dataclass
+class Rotation:
+    """One held-out section (or ALL): its data, CV parameters, run folder, the held-out
+    targets (None for ALL) and the runs trained so far (07 blends them)."""
+
+    held: str
+    data: KitData
+    cv: dict
+    folder: Path
+    truth: np.ndarray | None
+    runs: dict[str, Run] = field(default_factory=dict)
+
+
+def make_rotation(bench: Bench, data: KitData, sections: np.ndarray, held: str,
+                  out: Path) -> Rotation:
+    """The rotation holding `held` out (its folder made, its sections file written)."""
     part, train_rows = rotation_data(data, sections, held)
     folder = out / bench.name / slug(held)
     folder.mkdir(parents=True, exist_ok=True)
-    cv = rotation_cv(bench, part, sections[train_rows], folder)
     truth = None if held == ALL else data.y[sections == held]
-    runs, rows = {}, []
+    return Rotation(held, part, rotation_cv(bench, part, sections[train_rows], folder), folder,
+                    truth)
+
+
+def run_in(spec: RunSpec, bench: Bench, rotation: Rotation) -> tuple[Run, str, float]:
+    """A run in one rotation (05, or 07 over that rotation's members): the run, its choice
+    and its seconds (a 05 run's own elapsed time, read back when it was reused)."""
+    start = time.perf_counter()
+    if spec.members:
+        run, choice = run_07(spec, rotation.data, rotation.runs, rotation.folder)
+    else:
+        run, choice = run_05(spec, bench, rotation.data, rotation.cv, rotation.folder)
+    rotation.runs[spec.name] = run
+    return run, choice, run.config.get("elapsed_s", time.perf_counter() - start)
+
+
+def run_bench(bench: Bench, rotations: list[Rotation], only: set[str] | None,
+              results: Path) -> list[dict]:
+    """Every run over every rotation, run by run (a run's rows are written as soon as it has
+    been through every rotation's, so the cheap runs' rows come first)."""
+    rows = []
     for spec in needed(bench, only):
-        start = time.perf_counter()
-        if spec.members:
-            run, choice = run_07(spec, part, runs, folder)
-        else:
-            run, choice = run_05(spec, bench, part, cv, folder)
-        runs[spec.name] = run
-        seconds = run.config.get("elapsed_s", time.perf_counter() - start)  # 05's own time
-        if only is None or spec.name in only:
-            rows.append(result_row(bench, spec.name, held, truth, run, choice, seconds))
-            append_rows(results, rows[-1:])
-            print(pd.DataFrame([rows[-1]])[["run", "section", *METRIC, "cv_score", "seconds"]]
-                  .round(4).to_string(index=False), flush=True)
+        for rotation in rotations:
+            run, choice, seconds = run_in(spec, bench, rotation)
+            if only is None or spec.name in only:
+                rows.append(result_row(bench, spec.name, rotation.held, rotation.truth, run,
+                                       choice, seconds))
+                append_rows(results, rows[-1:])
+                print(pd.DataFrame([rows[-1]])[["run", "section", *METRIC, "cv_score",
+                                                "seconds"]].round(4).to_string(index=False),
+                      flush=True)
     return rows
 
 
@@ -284,11 +312,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if unknown:
         raise SystemExit(f"--held {unknown}: no such section; have {sorted(set(sections))}")
     out = Path(args.out).absolute()
-    rows = []
-    for held in held_out:
-        rows += rotation(bench, data, sections, held, out,
-                         set(args.only) if args.only else None, Path(args.results))
-    table = pd.DataFrame(rows)
+    rotations = [make_rotation(bench, data, sections, held, out) for held in held_out]
+    table = pd.DataFrame(run_bench(bench, rotations, set(args.only) if args.only else None,
+                                   Path(args.results)))
     if len(table):
         print(table.pivot(index="run", columns="section", values="cv_score").round(4)
               .to_string())
