@@ -25,14 +25,13 @@ MEAN = "mean"  # a transcribed row holding only the mean of the parts over the s
 KEYS = ["config", "run", "section"]
 
 
-def read_results(path: Path) -> pd.DataFrame:
-    """A results CSV, the latest row of each (config, run, section) kept (a rerun replaces)."""
+def read_results(path: Path, keys: list[str]) -> pd.DataFrame:
+    """A results CSV, the latest row of each combination of `keys` kept (a rerun replaces)."""
     if not path.is_file():
         return pd.DataFrame()
     table = pd.read_csv(path, dtype={"section": str}, keep_default_na=True,
                         na_values=["", "None", "nan"])
-    keys = [k for k in KEYS if k in table.columns]
-    return table.drop_duplicates(keys, keep="last") if keys else table
+    return table.drop_duplicates([k for k in keys if k in table.columns], keep="last")
 
 
 def fmt(value, digits: int = 4) -> str:
@@ -66,9 +65,9 @@ def summarise_run(rows: pd.DataFrame, sections: list[str]) -> dict:
     out["choosing CV"] = fmt(cv.mean() if len(cv) else (
         mean_row["cv_score"].iloc[0] if len(mean_row) else np.nan))
     every = rows[rows["section"] == ALL]
-    out["all-sections CV [range]"] = "" if every.empty else (
-        f"{fmt(every['cv_score'].iloc[0])} [{fmt(every['cv_min'].iloc[0], 3)}, "
-        f"{fmt(every['cv_max'].iloc[0], 3)}]")
+    out["all-sections CV [range]"] = "" if every.empty else fmt(every["cv_score"].iloc[0]) + (
+        "" if every[["cv_min", "cv_max"]].iloc[0].isna().any() else
+        f" [{fmt(every['cv_min'].iloc[0], 3)}, {fmt(every['cv_max'].iloc[0], 3)}]")
     minutes = held["seconds"].dropna().sum() / 60 if "seconds" in held else np.nan
     out["minutes"] = fmt(minutes, 1) if minutes > 0 else ""
     out["source"] = ", ".join(dict.fromkeys(rows["source"].dropna().astype(str)))
@@ -90,14 +89,13 @@ def heldout_table(table: pd.DataFrame) -> str:
     return "\n\n".join(blocks)
 
 
+SPEED_KEYS = ["config", "item", "stage", "mode", "size"]
 SPEED_COLUMNS = ("config", "item", "stage", "mode", "size", "seconds", "per_s",
-                 "ratio_to_forward", "minutes_at_scale", "cpu", "cores", "source")
+                 "ratio_to_forward", "minutes_at_scale", "detail", "cpu", "cores", "date", "source")
 
 
 def speed_table(table: pd.DataFrame) -> str:
     """The speed rows as they are (the latest per config, item, stage, mode and size)."""
-    keys = [k for k in ("config", "item", "stage", "mode", "size") if k in table.columns]
-    table = table.drop_duplicates(keys, keep="last")
     columns = [c for c in SPEED_COLUMNS if c in table.columns]
     shown = table[columns].map(lambda v: fmt(v, 3) if isinstance(v, float) else fmt(v))
     return markdown(shown)
@@ -106,10 +104,10 @@ def speed_table(table: pd.DataFrame) -> str:
 def tables(results: Path = RESULTS) -> dict[str, str]:
     """Every generated table by marker name."""
     out = {}
-    heldout = read_results(results / "heldout.csv")
+    heldout = read_results(results / "heldout.csv", KEYS)
     if len(heldout):
         out["heldout"] = heldout_table(heldout)
-    speed = read_results(results / "speed.csv")
+    speed = read_results(results / "speed.csv", SPEED_KEYS)
     if len(speed):
         out["speed"] = speed_table(speed)
     return out
@@ -118,11 +116,11 @@ def tables(results: Path = RESULTS) -> dict[str, str]:
 def render(text: str, generated: dict[str, str]) -> str:
     """The README with each marked table replaced by its generated one."""
     for name, body in generated.items():
-        pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(\n<!-- /results:{name} -->)",
+        pattern = re.compile(rf"(<!-- results:{name} -->\n)(?:.*?\n)?(<!-- /results:{name} -->)",
                              re.S)
         if not pattern.search(text):
             raise ValueError(f"{README.name}: no <!-- results:{name} --> … markers")
-        text = pattern.sub(lambda m, b=body: m.group(1) + b + m.group(2), text)
+        text = pattern.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(2), text)
     return text
 
 

@@ -7,7 +7,7 @@ built-in policy of `utils.choices.AUGMENT_POLICIES`). A name is an albumentation
 transform (`HEDJitter`, the H&E stain jitter below). `utils.choices.AUGMENT_CANDIDATES` are what
 03 screens.
 
-`HEDJitter` rather than albumentations' `HEStain` (`benchmarks/hed_vs_hestain.py`, 64 her2st
+`HEDJitter` rather than albumentations' `HEStain` (`benchmarks/results/augment.csv`, 64 her2st
 patches, 03's weight-free scores): at zero strength `HEDJitter` is the identity, while
 HEStain's Macenko method already shifts the stain by 0.52 (03's limit: 0.25; SSIM 0.958) and its
 random presets by 0.40, both repainting the patch before any jitter; its Vahadane method keeps

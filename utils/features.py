@@ -77,7 +77,7 @@ class CompileWarning(UserWarning):
 def should_compile(compile_: bool | str, device: torch.device, n_passes: int) -> bool:
     """COMPILE's rule: True always, False never, "auto" on CPU for an extraction of at least
     COMPILE_MIN_PASSES forward passes (a one-off compile of ~5–50 s then pays for itself: 1.8x
-    on 2 cores, benchmarks/compile_speed.py; on a GPU it is unmeasured, so "auto" leaves it off)."""
+    on 2 cores, benchmarks/results/speed.csv; on a GPU it is unmeasured, so "auto" leaves it off)."""
     check_compile(compile_)
     if compile_ == "auto":
         return device.type == "cpu" and n_passes >= COMPILE_MIN_PASSES
