@@ -171,7 +171,7 @@ def gram_svd(a: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarra
     """Thin SVD (u, s, vt) of a, largest first, from the eigendecomposition of its smaller Gram
     matrix (a's rows' or columns'): 4x faster than LAPACK's SVD on the wide and tall matrices
     ridge fits (and 8x for the top few, `k`), the same values to float precision
-    (benchmarks/ridge_speed.py). Directions with s below 1e-6 of the largest are dropped: their
+    (benchmarks/results/speed.csv). Directions with s below 1e-6 of the largest are dropped: their
     squared singular values are below the Gram's float precision, and a ridge with any alpha
     in ALPHAS' range gives them no weight."""
     from scipy.linalg import eigh
