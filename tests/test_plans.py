@@ -194,3 +194,24 @@ def test_quickstart_runs_the_auto_plan_on_the_demo_set_and_reuses_it(tmp_path):
                              tmp_path / "00-again.ipynb")
     assert json.dumps(json.loads(again.read_text())["cells"]).count(
         "already trained with these parameters") == 3  # a restart reuses every finished run
+
+
+def read_plan_table(readme: Path = KIT / "README.md") -> dict[str, dict[str, str]]:
+    """The README's plan table (between the plan-table markers): plan → its columns."""
+    text = readme.read_text()
+    table = text[text.index("<!-- plan-table -->"):text.index("<!-- /plan-table -->")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+            if line.startswith("|") and not line.startswith("|---")]
+    header, body = rows[0], rows[1:]
+    return {row[0].strip("`"): dict(zip(header, row)) for row in body}
+
+
+def test_the_readmes_plan_table_lists_every_plan_with_the_estimates_minutes():
+    table = read_plan_table()
+    assert set(table) == set(plans.list_plans())
+    for name, row in table.items():
+        device = "cuda" if plans.create_plan(name).gpu else "cpu"
+        minutes = row["minutes at DACON scale (9,269 patches)"].split()[0]
+        assert int(minutes) == round(plans.estimate_minutes(plans.create_plan(name), 9269,
+                                                            device)), name
+        assert 0.5 < float(row["her2st held-out mean"]) < 0.6, name
