@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from conftest import make_dacon
 
-from utils import paths, plans
+from utils import places, plans
 from utils.config import QuickstartConfig, TrainConfig
+from utils.cv import score_folds
 from utils.data import load_data
 from utils.dev.pipeline import DEMO_MODEL, execute_notebook
-from utils.metric import score_folds
 from utils.runs import RunNotFoundError, load_run, save_run, select_runs
 from utils.submit import validate_submission
 
@@ -59,29 +59,29 @@ def platform(tmp_path, monkeypatch):
     roots = {"kaggle": tmp_path / "kaggle" / "working", "content": tmp_path / "content",
              "drive": tmp_path / "content" / "drive" / "MyDrive",
              "input": tmp_path / "kaggle" / "input"}
-    monkeypatch.setattr(paths, "KAGGLE_WORKING", roots["kaggle"])
-    monkeypatch.setattr(paths, "COLAB_CONTENT", roots["content"])
-    monkeypatch.setattr(paths, "COLAB_MYDRIVE", roots["drive"])
-    monkeypatch.setattr(paths, "KAGGLE_INPUT", roots["input"])
+    monkeypatch.setattr(places, "KAGGLE_WORKING", roots["kaggle"])
+    monkeypatch.setattr(places, "COLAB_CONTENT", roots["content"])
+    monkeypatch.setattr(places, "COLAB_MYDRIVE", roots["drive"])
+    monkeypatch.setattr(places, "KAGGLE_INPUT", roots["input"])
     monkeypatch.setattr(plans, "KAGGLE_INPUT", roots["input"])
     monkeypatch.setattr(plans, "COLAB_MYDRIVE", roots["drive"])
     return roots
 
 
 def test_run_root_and_submission_per_platform(platform):
-    assert paths.default_run_root() == paths.kit_root() / "runs"
-    assert paths.default_submission() == paths.kit_root() / "submissions" / "submission.csv"
+    assert places.default_run_root() == places.kit_root() / "runs"
+    assert places.default_submission() == places.kit_root() / "submissions" / "submission.csv"
     platform["content"].mkdir()
-    with pytest.warns(paths.VolatileRunsWarning, match="runtime reset"):
-        assert paths.default_run_root() == platform["content"] / "runs"
-    assert paths.default_submission() == platform["content"] / "submission.csv"
-    assert paths.submission_copies("x/submission.csv") == []
+    with pytest.warns(places.VolatileRunsWarning, match="runtime reset"):
+        assert places.default_run_root() == platform["content"] / "runs"
+    assert places.default_submission() == platform["content"] / "submission.csv"
+    assert places.submission_copies("x/submission.csv") == []
     platform["drive"].mkdir(parents=True)
-    assert paths.default_run_root() == platform["drive"] / "mai-kit" / "runs"
-    assert paths.submission_copies("x/s.csv") == [platform["drive"] / "mai-kit" / "s.csv"]
+    assert places.default_run_root() == platform["drive"] / "mai-kit" / "runs"
+    assert places.submission_copies("x/s.csv") == [platform["drive"] / "mai-kit" / "s.csv"]
     platform["kaggle"].mkdir(parents=True)
-    assert paths.default_run_root() == platform["kaggle"] / "runs"
-    assert paths.default_submission() == platform["kaggle"] / "submission.csv"
+    assert places.default_run_root() == platform["kaggle"] / "runs"
+    assert places.default_submission() == platform["kaggle"] / "submission.csv"
     assert plans.run_root(QuickstartConfig()) == platform["kaggle"] / "runs"
     assert plans.run_root(QuickstartConfig(run_root="/elsewhere")) == Path("/elsewhere")
 

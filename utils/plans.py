@@ -28,7 +28,7 @@ from pathlib import Path
 from utils import ensemble, submit, train
 from utils.config import QuickstartConfig, SubmitConfig, TrainConfig, from_params, to_dict
 from utils.data import KitData
-from utils.paths import (
+from utils.places import (
     COLAB_MYDRIVE,
     KAGGLE_INPUT,
     default_run_root,
