@@ -187,7 +187,8 @@ def test_select_runs_lists_or_discovers(tmp_path):
     y, folds = _truth()
     for name in ("r1", "r2"):
         _save(tmp_path / "root" / name, y, y, folds, y[:N_TEST])
-    assert select_runs(["a/b"], tmp_path)[0].name == "b"
+    assert select_runs([str(tmp_path / "root" / "r1")], tmp_path)[0].name == "r1"
+    assert select_runs(["runs/r2"], tmp_path / "root")[0] == tmp_path / "root" / "r2"  # by name
     assert [p.name for p in select_runs(None, tmp_path / "root")] == ["r1", "r2"]
     with pytest.raises(FileNotFoundError, match="RUNS_ROOT"):
         select_runs([], tmp_path / "empty")

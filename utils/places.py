@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -227,3 +228,53 @@ def unpack_dacon_zip(zip_path: str | os.PathLike, dest: str | os.PathLike = "/co
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+# --- where runs and the submission live on each platform --------------------------------------
+
+KAGGLE_WORKING = Path("/kaggle/working")  # Kaggle's output folder (the Output panel)
+COLAB_MYDRIVE = Path("/content/drive/MyDrive")  # Google Drive, once mounted on Colab
+DRIVE_FOLDER = "mai-kit"  # the kit's folder in My Drive (runs/, a copy of the submission)
+
+
+class VolatileRunsWarning(UserWarning):
+    """Runs go to a folder the platform wipes (Colab's /content without Drive)."""
+
+
+def detect_platform() -> str:
+    """"kaggle", "colab" or "local", from the folders each platform has."""
+    if KAGGLE_WORKING.is_dir():
+        return "kaggle"
+    return "colab" if COLAB_CONTENT.is_dir() else "local"
+
+
+def default_run_root() -> Path:
+    """Where run folders outlive the notebook: /kaggle/working/runs on Kaggle (kept with a saved
+    version), My Drive/mai-kit/runs on Colab with Drive mounted, else /content/runs (with a
+    warning: a runtime reset loses it), the kit's runs/ locally."""
+    platform = detect_platform()
+    if platform == "kaggle":
+        return KAGGLE_WORKING / "runs"
+    if platform == "local":
+        return kit_root() / "runs"
+    if COLAB_MYDRIVE.is_dir():
+        return COLAB_MYDRIVE / DRIVE_FOLDER / "runs"
+    warnings.warn(f"runs go to {COLAB_CONTENT / 'runs'}, which a runtime reset deletes: mount "
+                  "Drive (Files panel) to keep them in My Drive/mai-kit/runs",
+                  VolatileRunsWarning, stacklevel=2)
+    return COLAB_CONTENT / "runs"
+
+
+def default_submission() -> Path:
+    """Where the platform shows outputs: /kaggle/working/submission.csv (the Output panel),
+    /content/submission.csv on Colab (Files panel), the kit's submissions/ locally."""
+    return {"kaggle": KAGGLE_WORKING, "colab": COLAB_CONTENT}.get(
+        detect_platform(), kit_root() / "submissions") / "submission.csv"
+
+
+def submission_copies(path: str | os.PathLike) -> list[Path]:
+    """Where a copy of the submission is kept beside `path`: My Drive/mai-kit/ when Drive is
+    mounted on Colab (it survives the runtime); nowhere else."""
+    if detect_platform() == "colab" and COLAB_MYDRIVE.is_dir():
+        return [COLAB_MYDRIVE / DRIVE_FOLDER / Path(path).name]
+    return []

@@ -10,7 +10,7 @@ its nearest training spots' (N_NEAREST and TEMPERATURES chosen by nested CV).
 
 `finetune` — a timm backbone fine-tuned on every CV fold. Per fold, one model (GROUP_MODE=
 "heads": one backbone, one head per gene group) or one model per gene group (GROUP_MODE=
-"models", the seed team's way) is a *unit* (`utils.units`). `train_unit` fits the unit's target
+"models", the DACON winners' way) is a *unit* (`utils.units`). `train_unit` fits the unit's target
 scaling on its training rows, optionally starts the heads from a ridge linear probe, and trains
 on the kit's loop (`utils.loop`: AdamW, warmup + cosine, mixed precision, gradient accumulation,
 clipping, EMA, checkpoints and resume, data parallel over DEVICES), scoring the validation rows
