@@ -27,7 +27,6 @@ import pandas as pd
 
 from utils import ensemble, train
 from utils.augment import hed_to_rgb, rgb_to_hed
-from utils.choices import target_pca_from_target
 from utils.config import FeatureSpec, GeneClusteringConfig
 from utils.data import cache_dir_for, load_data, load_images
 from utils.features import cache_entry, cached_features, extract_features
@@ -213,8 +212,8 @@ def fit_ridge(x: np.ndarray, x_pred: np.ndarray, y: np.ndarray, folds: np.ndarra
               splitter: str, target: str) -> Fit:
     """05's ridge (nested alpha over the folds; the final fit on every row predicts x_pred)."""
 
-    fit = train.cv_ridge(x, y, x_pred, folds, ALPHAS, None, splitter,
-                         target_pca_from_target(target))
+    target_pca = None if target == "genes" else int(target.partition(":")[2])  # "pca:K"
+    fit = train.cv_ridge(x, y, x_pred, folds, ALPHAS, None, splitter, target_pca)
     return Fit(fit.oof, fit.test_pred, fit.cv, {"alpha": fit.alpha})
 
 
@@ -359,7 +358,7 @@ def make_splits(data) -> list[Split]:
     """"all": the four sections, 05's slice CV (utils.metric.split_rows: its found slices are
     the sections but for 3 boundary rows); "without Cx": the other three sections, each a fold
     (split_rows finds no slices in C2+C4+C5 and falls back to blocks, so the true sections
-    are the folds, as CV='groups:…' would give), and Cx scored."""
+    are the folds, as CV='file:…' would give), and Cx scored."""
     sections = pd.read_csv(HER2ST / "train_sections.csv", dtype=str).set_index("ID")
     section = sections.loc[data.train["ID"], "section"].to_numpy()
     everything = np.ones(len(section), bool)

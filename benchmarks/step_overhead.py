@@ -12,7 +12,6 @@ import time
 
 import torch
 
-from utils.choices import loss_from_weights
 from utils.loop import (
     Stepper,
     autocast,
@@ -66,7 +65,7 @@ def main() -> None:
                      {"all": list(range(args.genes))})
     model = build_model(spec).to(device)
     optimizer = make_optimizer(model, 1e-4, 1e-4, 0.01)
-    step = Stepper(model, create_loss(loss_from_weights((0.3, 0.6))), optimizer,
+    step = Stepper(model, create_loss({"mse": 0.3, "pearson": 0.6, "covariance": 0.1}), optimizer,
                    make_scheduler(optimizer, 0, 10 ** 6), grad_scaler(device), None, device,
                    1.0, 1)
     gen = torch.Generator().manual_seed(0)

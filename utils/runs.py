@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.choices import upgrade_config
 from utils.data import describe_change
 from utils.paths import (
     as_json,
@@ -220,7 +219,7 @@ def reuse_run(run_dir: str | os.PathLike, config: dict, data=None) -> Run | None
     if not is_complete(run_dir):
         return None
     run = load_run(run_dir)
-    saved = upgrade_config(run.config)  # parameters renamed since it was trained: today's names
+    saved = run.config
     changed = {k: (saved.get(k), v) for k, v in as_json(config).items()
                if k != "overwrite" and saved.get(k) != v}
     stale = "" if data is None else data_mismatch(run.config, data)
@@ -259,8 +258,8 @@ def prepare_checkpoints(run_dir: str | os.PathLike, settings: dict, resume: bool
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(run / "weights", ignore_errors=True)
     saved = folder / "settings.json"
-    if saved.is_file() and upgrade_config(read_json(saved)) != settings:
-        old = upgrade_config(read_json(saved))
+    old = read_json(saved) if saved.is_file() else settings
+    if old != settings:
         changed = {k: (old.get(k), v) for k, v in settings.items()
                    if old.get(k) != v and k != "data"}
         what = [f"other settings (saved, now): {changed}"] if changed else []
