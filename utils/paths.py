@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import fcntl
 import io
 import json
 import os
@@ -44,6 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 REQUIRED = ("train.csv", "test.csv", "sample_submission.csv", "train/", "test/")
 ENV_VAR = "KIT_DATA_DIR"
@@ -316,18 +316,17 @@ def npy_is_complete(path: str | os.PathLike) -> bool:
 
 @contextmanager
 def file_lock(path: str | os.PathLike):
-    """Hold an exclusive lock on `<path>.lock` (other processes asking for it wait)."""
+    """Hold an exclusive lock on `<path>.lock` (filelock's, on Linux, macOS and Windows: other
+    processes asking for it wait)."""
     path = Path(path)
-    lock = path.with_name(f"{path.name}.lock")
+    lock = FileLock(path.with_name(f"{path.name}.lock"))
     make_folder(path.parent)
-    with named_write_errors(lock):
-        handle = open(lock, "a")
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with named_write_errors(Path(lock.lock_file)):
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def remove_temporaries(path: str | os.PathLike) -> list[Path]:
