@@ -318,11 +318,12 @@ def test_finetune_oof_of_a_fold_ignores_its_labels(tiny, tmp_path, patience):
 def test_finetune_with_groups_made_per_fold_ignores_each_folds_labels(tiny, tmp_path):
     from conftest import assert_label_invariant
 
-    from utils.config import GeneClusteringConfig, to_dict
+    from utils.config import GeneClusteringConfig
+    from utils.genes import grouping_settings
     from utils.paths import write_json
 
     cfg, data, folds = tiny
-    write_json(tmp_path / "config.json", to_dict(GeneClusteringConfig(
+    write_json(tmp_path / "gene_groups.json", grouping_settings(GeneClusteringConfig(
         strategies=["correlation"], n_modules=2, min_group_size=1)))
     csv = write_gene_groups(tmp_path / "gene_groups.csv", data.genes, strategy="correlation")
     cfg = replace(cfg, group_strategy="correlation", gene_groups=str(csv), patience=1, epochs=2)
@@ -488,19 +489,20 @@ def test_train_notebook_finetunes_in_both_group_modes(demo_pipeline, tmp_path, m
 def test_groups_that_read_targets_are_made_per_fold_from_its_training_rows(tiny, tmp_path):
     """Gene groups of a GROUP_STRATEGY that reads the targets (here `correlation`) are recomputed
     on each fold's training rows: changing a fold's own targets cannot change its groups."""
-    from utils.config import GeneClusteringConfig, to_dict
-    from utils.genes import groups_on_rows
+    from utils.config import GeneClusteringConfig
+    from utils.genes import grouping_settings, groups_on_rows
     from utils.paths import write_json
 
     cfg, data, folds = tiny
-    settings = GeneClusteringConfig(strategies=["correlation", "prefix"], n_modules=2,
-                                    min_group_size=1)
+    settings = grouping_settings(GeneClusteringConfig(strategies=["correlation", "prefix"],
+                                                      n_modules=2, min_group_size=1))
     csv = write_gene_groups(tmp_path / "gene_groups.csv", data.genes, strategy="correlation")
-    write_json(tmp_path / "config.json", to_dict(settings))
+    write_json(tmp_path / "gene_groups.json", settings)
     cfg = replace(cfg, group_strategy="correlation", gene_groups=str(csv))
     by_fold = train.resolve_groups(cfg, data, folds)
     for k in (0, 1):
-        expected = groups_on_rows(settings, "correlation", data.genes, data.y[folds != k])
+        expected = groups_on_rows(settings["correlation"], "correlation", data.genes,
+                                  data.y[folds != k])
         assert {n: c.tolist() for n, c in by_fold[k].items()} == \
             {n: c.tolist() for n, c in expected.items()}
     scrambled = replace(data, y=data.y.copy())

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from utils.choices import BLENDS, POSTPROCESS_STEPS
-from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_config
+from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_settings
 from utils.metric import (
     KEYS,
     PARTS,
@@ -101,9 +101,9 @@ def blend_sets(mode: str, genes: Sequence[str], y: np.ndarray, folds: np.ndarray
     """The weight sets of BLEND `mode`: (set of every gene, set names, per-fold sets or None).
 
     For BLEND="group" with a strategy that reads the targets (kmeans, correlation, functional),
-    the groups are also recomputed without each fold's rows (02's settings), so that no fold's
-    blend score rests on groups made from its own targets; the sets of all rows serve the test
-    predictions.
+    the groups are also refitted without each fold's rows (with the settings 02 wrote beside
+    GENE_GROUPS), so that no fold's blend score rests on groups made from its own targets; the
+    sets of all rows serve the test predictions.
     """
     if mode != "group":
         return (*weight_sets(mode, genes), None)
@@ -111,7 +111,7 @@ def blend_sets(mode: str, genes: Sequence[str], y: np.ndarray, folds: np.ndarray
     set_of_gene, names = weight_sets(mode, genes, groups)
     if strategy in LABEL_FREE:
         return set_of_gene, names, None
-    settings = read_grouping_config(gene_groups)
+    settings = read_grouping_settings(gene_groups, strategy)
     fold_sets = {int(k): weight_sets(mode, genes, groups_on_rows(settings, strategy, genes,
                                                                   y[folds != k]))[0]
                  for k in np.unique(folds)}
