@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from utils.choices import BLENDS, POSTPROCESS_STEPS
+from utils.data import KitData
 from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_settings
 from utils.metric import (
     KEYS,
@@ -529,36 +530,43 @@ def keep_best(y: np.ndarray, folds: np.ndarray, splitter: str, blended: BlendRes
 
 # --- 07's steps -------------------------------------------------------------------------------
 
-def blend_runs(cfg, y: np.ndarray, genes: Sequence[str],
-               runs: Sequence[Run]) -> tuple[BlendResult, dict[str, dict]]:
-    """The nested-CV blend of `runs` that 07's parameters ask for (BLEND, SHRINK, GENE_GROUPS,
-    GROUP_STRATEGY) and the CV reports to compare it with: every run alone, the plain mean,
-    the seed team's fixed weights (three runs), then the blend."""
+@dataclass
+class BlendOutcome:
+    """07 from its runs to what it submits: the nested blend, its post-processing, the nested
+    choice between them and each run alone (`final`, as `keep_best` returns it) and every CV
+    report on the way (`cvs`, in the order they were made)."""
+
+    runs: list[Run]
+    blended: BlendResult
+    post: PostResult
+    final: dict
+    cvs: dict[str, dict]
+
+
+def blend_runs(cfg, data: KitData, runs: Sequence[Run]) -> BlendOutcome:
+    """07's chain on `runs`: the nested-CV blend that BLEND, SHRINK, GENE_GROUPS and
+    GROUP_STRATEGY ask for, POSTPROCESS measured on it (nested), and the nested choice between
+    the result and each run alone; `cvs` also holds every run alone, the plain mean and the
+    fixed weights (three runs) to compare with."""
     oof, test = stack_predictions(runs)
-    folds, splitter = runs[0].folds, runs[0].cv["splitter"]
-    set_of_gene, sets, fold_sets = blend_sets(cfg.blend, genes, y, folds, cfg.gene_groups,
+    y, folds, splitter = data.y, runs[0].folds, runs[0].cv["splitter"]
+    set_of_gene, sets, fold_sets = blend_sets(cfg.blend, data.genes, y, folds, cfg.gene_groups,
                                               cfg.group_strategy)
     blended = cv_blend(y, oof, test, folds, cfg.blend, set_of_gene, sets, cfg.shrink, splitter,
                        fold_sets)
+    post = cv_postprocess(y, blended.oof, blended.test_pred, folds, cfg.postprocess, blended.cv,
+                          splitter, blended.inner_oof)
+    final = keep_best(y, folds, splitter, blended, post, runs)
     cvs = {**comparison_cvs(y, oof, folds, run_labels(runs), splitter),
-           f"blend {cfg.blend} (nested)": blended.cv}
-    return blended, cvs
+           f"blend {cfg.blend} (nested)": blended.cv, "+ post-processing (nested)": post.cv,
+           "submitted (nested choice)": final["cv"]}
+    return BlendOutcome(list(runs), blended, post, final, cvs)
 
 
 def describe_shrink(blended: BlendResult) -> str:
     """The shrinkage used for the test weights, per outer fold, and its held-out curve."""
     return (f"shrink {blended.shrink} (per outer fold: {blended.fold_shrinks}); held-out score "
             f"by shrink: {blended.shrink_curve}")
-
-
-def postprocess_blend(cfg, y: np.ndarray, runs: Sequence[Run], blended: BlendResult,
-                      cvs: dict[str, dict]) -> PostResult:
-    """POSTPROCESS measured on the blended OOF predictions (nested); its CV report is added to
-    `cvs` as "+ post-processing (nested)"."""
-    post = cv_postprocess(y, blended.oof, blended.test_pred, runs[0].folds, cfg.postprocess,
-                          blended.cv, runs[0].cv["splitter"], blended.inner_oof)
-    cvs["+ post-processing (nested)"] = post.cv
-    return post
 
 
 def describe_postprocess(post: PostResult) -> str:
