@@ -1,4 +1,4 @@
-"""utils.paths, atomic writes: JSON round trips; nothing is ever left half-written behind."""
+"""utils.files, atomic writes: JSON round trips; nothing is ever left half-written behind."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import KIT_ROOT
 
-from utils.paths import (
+from utils.files import (
     atomic_path,
     cached_array,
     file_lock,
@@ -133,7 +133,7 @@ def test_cached_array_computes_once_per_key(tmp_path):
 def test_file_lock_makes_another_process_wait(tmp_path):
     """A second process asking for the lock waits until the holder lets go."""
     target = tmp_path / "sub" / "cache.npy"
-    code = ("import time; from utils.paths import file_lock\n"
+    code = ("import time; from utils.files import file_lock\n"
             f"with file_lock({str(target)!r}):\n"
             "    print('held', flush=True); time.sleep(1.5)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
