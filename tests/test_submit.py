@@ -194,8 +194,8 @@ def test_07s_chain_is_one_outcome_that_submit_writes(tmp_path):
 
     from utils import ensemble, submit
     from utils.config import SubmitConfig
+    from utils.cv import score_folds
     from utils.data import load_data
-    from utils.metric import score_folds
     from utils.runs import save_run
 
     data = load_data(make_dacon(tmp_path, n_train=30, n_test=5))
