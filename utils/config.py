@@ -4,10 +4,8 @@ retrieval share.
 Each numbered notebook has one `parameters` cell of UPPER_CASE literals; the next cell turns it
 into one of the configs below with `from_params` (field `x` is read from parameter `X`). The
 defaults here are the notebooks' defaults (a test checks that they agree), and every error names
-the parameter. A parameter renamed since an earlier version of the kit (`RENAMED`) still works
-under its old name, with a `RenamedParameterWarning` that gives the new one; `upgrade_config`
-reads an older run folder's config.json the same way, so finished runs stay reusable. What each
-name-valued parameter accepts is listed in `utils.choices`. This module imports nothing heavy.
+the parameter. What each name-valued parameter accepts is listed in `utils.choices`. This
+module imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ from utils.choices import (
     OBJECTIVES,
     POSTPROCESS_STEPS,
     RECIPES,
-    RENAMED,
     SMOKE_PX,
     SPLITTERS,
     STRATEGIES,
@@ -48,10 +45,8 @@ from utils.choices import (
     check_stain_norm,
     check_tta,
     check_views,
-    cv_from_groups,
     parse_crops,
     parse_stages,
-    warn_renamed,
 )
 
 # --- building configs -------------------------------------------------------------------------
@@ -60,14 +55,8 @@ def from_params(cls: type, params: dict):
     """Build config `cls` from the notebook's globals: field `x` is read from parameter `X`.
 
     "True"/"False" given as text (some shells and papermill calls) become booleans for fields
-    that take a bool. A parameter under its old name (`RENAMED`) is read, with a warning.
+    that take a bool.
     """
-    names = {f.name.upper() for f in fields(cls)}
-    params = dict(params)
-    for old, (new, convert) in RENAMED.items():
-        if old in params and new in names:
-            params[new] = convert(params.pop(old)) if convert else params.pop(old)
-            warn_renamed(old, new, params[new])
     values = {f.name: params[f.name.upper()] for f in fields(cls) if f.name.upper() in params}
     for f in fields(cls):
         if "bool" in str(f.type) and values.get(f.name) in ("True", "False"):
@@ -498,9 +487,6 @@ class TrainConfig:
     def __post_init__(self):
         if self.recipe not in RECIPES:
             raise ValueError(f"RECIPE={self.recipe!r} is unknown; choose from {list(RECIPES)}")
-        if cv_from_groups(self.cv) != self.cv:
-            warn_renamed(f"CV={self.cv!r}", "CV", cv_from_groups(self.cv))
-            set_field(self, "cv", cv_from_groups(self.cv))
         if self.cv.split(":", 1)[0] not in SPLITTERS:
             raise ValueError(f"CV={self.cv!r} is unknown; choose from {list(SPLITTERS)} "
                              "(your own folds as 'file:<csv>[:<column>]')")

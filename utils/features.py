@@ -12,7 +12,7 @@ maps of chosen backbone stages (timm's `forward_intermediates`, CNNs and ViTs), 
 concatenates the features of centre crops resized up to the input, and STAIN_NORM="macenko"
 normalises every patch (torchstain) to a stain reference fitted, without labels, on training
 patches; patches with too little tissue are kept as they are and counted. Each is part of the
-spec's tag and cache key (nothing at its default, so older caches stay valid).
+spec's tag and cache key (nothing at its default).
 
 This module imports torch and timm; `import utils` does not import it.
 """

@@ -50,7 +50,7 @@ from utils.data import KitData, PatchDataset, load_images
 from utils.duplicates import find_duplicates
 from utils.features import cached_features
 from utils.files import check_output, read_json, remove_file, write_json
-from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_config
+from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_settings
 from utils.loop import (
     Stepper,
     close_epoch,
@@ -418,15 +418,15 @@ def resolve_groups(cfg: TrainConfig, data: KitData,
                    folds: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
     """Per fold, its gene groups (group → gene columns): one group of every gene without
     GROUP_STRATEGY; the groups of GENE_GROUPS for a strategy that reads no targets (prefix, file);
-    otherwise the strategy recomputed on the fold's training rows with 02's settings, so no
-    fold is scored with groups made from its own targets."""
+    otherwise the strategy refitted on the fold's training rows with the settings 02 wrote
+    beside GENE_GROUPS, so no fold is scored with groups made from its own targets."""
     ids = [int(k) for k in np.unique(folds)]
     if not cfg.group_strategy:
         return dict.fromkeys(ids, {"all": np.arange(len(data.genes))})
     saved = load_gene_groups(cfg.gene_groups, data.genes, cfg.group_strategy)  # checks the file
     if cfg.group_strategy in LABEL_FREE:
         return dict.fromkeys(ids, saved)
-    settings = read_grouping_config(cfg.gene_groups)
+    settings = read_grouping_settings(cfg.gene_groups, cfg.group_strategy)
     return {k: groups_on_rows(settings, cfg.group_strategy, data.genes, data.y[folds != k])
             for k in ids}
 
