@@ -29,12 +29,15 @@ from utils import ensemble, submit, train
 from utils.config import QuickstartConfig, SubmitConfig, TrainConfig, from_params
 from utils.data import KitData
 from utils.places import (
-    COLAB_MYDRIVE,
+    COLAB_CONTENT,
+    COLAB_DRIVE,
+    DRIVE_FOLDER,
     KAGGLE_INPUT,
     default_run_root,
     default_submission,
     detect_platform,
     kit_root,
+    platform_path,
     resolve,
     submission_copies,
 )
@@ -163,8 +166,8 @@ def weight_places(weights: str | None = None) -> list[Path]:
     """Folders searched for weights files: WEIGHTS, the kit's weights/ (the bundle's), Kaggle
     inputs, My Drive/mai-kit and Colab's /content."""
     places = [resolve(weights)] if weights else []
-    places += [kit_root() / "weights", KAGGLE_INPUT, COLAB_MYDRIVE / "mai-kit",
-               COLAB_MYDRIVE.parent.parent]
+    places += [kit_root() / "weights", platform_path(KAGGLE_INPUT),
+               platform_path(COLAB_DRIVE) / DRIVE_FOLDER, platform_path(COLAB_CONTENT)]
     return [p for p in dict.fromkeys(places) if p.is_dir()]
 
 
