@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -227,3 +228,53 @@ def unpack_dacon_zip(zip_path: str | os.PathLike, dest: str | os.PathLike = "/co
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+# --- where runs and the submission live on each platform --------------------------------------
+
+DRIVE_FOLDER = "mai-kit"  # the kit's folder in My Drive (runs/, a copy of the submission)
+
+
+class VolatileRunsWarning(UserWarning):
+    """Runs go to a folder the platform wipes (Colab's /content without Drive)."""
+
+
+def detect_platform() -> str:
+    """"kaggle", "colab" or "local", from the folders each platform has."""
+    if platform_path(KAGGLE_WORKING).is_dir():
+        return "kaggle"
+    return "colab" if platform_path(COLAB_CONTENT).is_dir() else "local"
+
+
+def default_run_root() -> Path:
+    """Where run folders outlive the notebook: /kaggle/working/runs on Kaggle (kept with a saved
+    version), My Drive/mai-kit/runs on Colab with Drive mounted, else /content/runs (with a
+    warning: a runtime reset loses it), the kit's runs/ locally."""
+    platform, drive = detect_platform(), platform_path(COLAB_DRIVE)
+    if platform == "kaggle":
+        return platform_path(KAGGLE_WORKING) / "runs"
+    if platform == "local":
+        return kit_root() / "runs"
+    if drive.is_dir():
+        return drive / DRIVE_FOLDER / "runs"
+    content = platform_path(COLAB_CONTENT)
+    warnings.warn(f"runs go to {content / 'runs'}, which a runtime reset deletes: mount Drive "
+                  "(Files panel) to keep them in My Drive/mai-kit/runs",
+                  VolatileRunsWarning, stacklevel=2)
+    return content / "runs"
+
+
+def default_submission() -> Path:
+    """Where the platform shows outputs: /kaggle/working/submission.csv (the Output panel),
+    /content/submission.csv on Colab (Files panel), the kit's submissions/ locally."""
+    folder = {"kaggle": KAGGLE_WORKING, "colab": COLAB_CONTENT}.get(detect_platform())
+    return (platform_path(folder) if folder else kit_root() / "submissions") / "submission.csv"
+
+
+def submission_copies(path: str | os.PathLike) -> list[Path]:
+    """Where a copy of the submission is kept beside `path`: My Drive/mai-kit/ when Drive is
+    mounted on Colab (it survives the runtime); nowhere else."""
+    drive = platform_path(COLAB_DRIVE)
+    if detect_platform() == "colab" and drive.is_dir():
+        return [drive / DRIVE_FOLDER / Path(path).name]
+    return []
