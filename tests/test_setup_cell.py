@@ -117,6 +117,7 @@ REAL_ADDRESSES = (
     "https://huggingface.co/MahmoodLab/uni",
     "https://www.gsea-msigdb.org/gsea/msigdb",
     "https://github.com/huggingface/pytorch-image-models",  # timm: publish's GitHub example
+    "https://github.com/jjuhyeok/KUMC-Medical_AI",  # the DACON winners' public repository
     "http://127.0.0.1:9",  # the discard port: first contact's blocked proxy (no network)
 )
 INVENTED = "dacon-" + "mai-kit"  # the owner the kit once made up (spelled apart: not a hit here)
