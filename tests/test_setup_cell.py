@@ -482,27 +482,18 @@ def sections(text: str) -> dict[str, str]:
     return dict(zip(parts[1::2], parts[2::2]))
 
 
-def test_readme_is_a_start_page_whose_defaults_are_the_codes():
-    from utils import config
-    from utils.data import SMOKE_ROWS
-
+def test_readme_starts_each_platform_in_five_steps_from_zips_the_setup_cell_takes():
     text = (kit_root() / "README.md").read_text()
-    parts = sections(text)
-    for path in ("Local", "Colab", "Kaggle, internet on", "Kaggle offline"):
-        name = next(k for k in parts if k.startswith(path))
-        steps = re.findall(r"^\d+\. ", parts[name], flags=re.M)
-        assert steps and len(parts[name].strip().splitlines()) <= 25, name  # one screen
-    assert "make demo" in text and "make test" in text and len(text.splitlines()) <= 160
-    train = config.TrainConfig()
-    assert f'CV = "{train.cv}"' in text and f'`RECIPE = "{train.recipe}"` (default)' in text
-    assert f"`{train.backbone}`" in parts["Get the kit"] + text.split("## ")[0]
-    assert f"{SMOKE_ROWS[0]} train and {SMOKE_ROWS[1]} test rows" in text
-    defaults = [config.EdaConfig.run_dir, config.GeneClusteringConfig.run_dir,
-                config.ScreenConfig.run_dir, config.AdaptConfig.run_dir,
-                config.SubmitConfig.submission]
-    assert all(f"`{d}" in parts["The notebooks"] for d in defaults), defaults
+    start = sections(text)["Start here"]
+    platforms = dict(zip(*[iter(re.split(r"^### (.+)$", start, flags=re.M)[1:])] * 2))
+    assert {"Colab", "Kaggle"} <= set(platforms) and any(p.startswith("Your machine")
+                                                         for p in platforms)
+    for name, steps in platforms.items():
+        numbered = re.findall(r"^(\d+)\. ", steps, flags=re.M)
+        assert 1 <= len(numbered) <= 5 and numbered == [str(i + 1) for i in
+                                                        range(len(numbered))], name
+    assert "Download ZIP" in start and "mai-kit-bundle.zip" in start  # both found by content
+    assert "Change runtime type" in platforms["Colab"].split("\n2. ")[0]  # before any upload
+    assert "make demo" in text and "make test" in text
     for readme in ("README.md", "notebooks/README.md"):
         assert "block CV" not in (kit_root() / readme).read_text(), readme
-    assert f"{config.SMOKE_PX} px" in (kit_root() / "notebooks" / "README.md").read_text()
-    assert "[benchmarks/README.md](benchmarks/README.md)" in text
-    assert "| max_gene |" not in text  # the measured tables live in benchmarks/README.md
