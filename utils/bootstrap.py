@@ -182,7 +182,7 @@ def install_failure(reqs: list[str], wheels: Path | None, offline: subprocess.Co
             "it is.")
     if not wheels:
         return (f"{head} From PyPI:\n{pip_tail(done)}\nNo internet? Attach the kit's bundle "
-                "(README: 'Get the kit').")
+                "(README: 'Start here').")
     version, name = python_version(), lacking(offline)
     if name is None:  # the wheels are there, but need newer versions than the runtime has
         return (f"{head} The bundle's wheels ({wheels}) do not fit the packages this runtime "
@@ -193,7 +193,7 @@ def install_failure(reqs: list[str], wheels: Path | None, offline: subprocess.Co
             f"{version}, and the package index could not supply it (internet off?):\n"
             f"{pip_tail(done, 6)}\nTurn the internet on (Kaggle: Settings → Internet on) and run "
             f"this cell again, or use a bundle built for Python {version}: `python -m "
-            f"utils.dev.bundle --python {version}` (README: 'Get the kit').")
+            f"utils.dev.bundle --python {version}` (README: 'Start here').")
 
 
 def too_old_message(old: list[tuple[str, str]], wheels: Path | None) -> str:
