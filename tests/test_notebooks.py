@@ -16,6 +16,8 @@ from utils.submit import validate_submission
 
 NOTEBOOKS = list_notebooks()
 REQUIRED_PARAMETERS = {
+    "00_quickstart": {"DATA_DIR", "PLAN", "TIME_BUDGET", "RUN_ROOT", "SUBMISSION", "WEIGHTS",
+                      "SMOKE", "OVERRIDES"},
     "01_eda": {"DATA_DIR", "RUN_DIR", "SMOKE", "SEED", "IMAGE_STRIDE", "WINDOW"},
     "02_gene_clustering": {"DATA_DIR", "RUN_DIR", "SMOKE", "SEED", "STRATEGIES", "K", "K_RANGE",
                            "GROUPS_FILE", "GENE_SETS"},
@@ -118,7 +120,8 @@ def test_parameters_cell_is_rendered_from_the_config(path):
         "`python -m utils.dev.publish`")
 
 
-@pytest.mark.parametrize("name", ["EdaConfig", "GeneClusteringConfig", "ScreenConfig",
+@pytest.mark.parametrize("name", ["QuickstartConfig", "EdaConfig", "GeneClusteringConfig",
+                                  "ScreenConfig",
                                   "AdaptConfig", "TrainConfig", "CamConfig", "SubmitConfig"])
 def test_every_config_field_has_a_doc_papermill_can_parse(name):
     """Each field has a one-line doc; the cell's fields exist; no doc holds '=' or '#'

@@ -7,10 +7,8 @@ grouped under headings; `python -m utils.dev.publish` renders that cell from the
 it builds the config with `from_params` (field `x` is read from parameter `X`), so any other field
 is set by one more UPPER_CASE line in the cell, by papermill's `-p`, or by a preset
 (`PRESET = "<name>"`, a file in presets/: see `apply_preset` for what wins). Every error names
-the parameter; with `SMOKE`, `from_params` prints what the quick check changed. A parameter
-renamed since an earlier version of the kit (`RENAMED`) still works under its old name, with a
-`RenamedParameterWarning`. What each name-valued parameter accepts is listed in `utils.choices`.
-This module imports nothing heavy.
+the parameter; with `SMOKE`, `from_params` prints what the quick check changed. What each
+name-valued parameter accepts is listed in `utils.choices`. This module imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -40,7 +38,6 @@ from utils.choices import (
     OBJECTIVES,
     POSTPROCESS_STEPS,
     RECIPES,
-    RENAMED,
     SMOKE_PX,
     SPLITTERS,
     STRATEGIES,
@@ -55,10 +52,8 @@ from utils.choices import (
     check_stain_norm,
     check_tta,
     check_views,
-    cv_from_groups,
     parse_crops,
     parse_stages,
-    warn_renamed,
 )
 
 # --- building configs -------------------------------------------------------------------------
@@ -87,16 +82,9 @@ def from_params(cls: type, params: dict):
 
     `PRESET` (when the config has it) puts a preset's values under the cell's (`apply_preset`).
     "True"/"False" given as text (some shells and papermill calls) become booleans for fields
-    that take a bool. A parameter under its old name (`RENAMED`) is read, with a warning. With
-    `SMOKE`, one line says what the quick check changed.
+    that take a bool. With `SMOKE`, one line says what the quick check changed.
     """
-    names = {f.name.upper() for f in fields(cls)}
-    params = dict(params)
-    for old, (new, convert) in RENAMED.items():
-        if old in params and new in names:
-            params[new] = convert(params.pop(old)) if convert else params.pop(old)
-            warn_renamed(old, new, params[new])
-    if "PRESET" in names:
+    if "PRESET" in {f.name.upper() for f in fields(cls)}:
         params = apply_preset(cls, params)
     values = {f.name: params[f.name.upper()] for f in fields(cls) if f.name.upper() in params}
     for f in fields(cls):
@@ -702,9 +690,6 @@ class TrainConfig:
     def __post_init__(self):
         if self.recipe not in RECIPES:
             raise ValueError(f"RECIPE={self.recipe!r} is unknown; choose from {list(RECIPES)}")
-        if cv_from_groups(self.cv) != self.cv:
-            warn_renamed(f"CV={self.cv!r}", "CV", cv_from_groups(self.cv))
-            set_field(self, "cv", cv_from_groups(self.cv))
         if self.cv.split(":", 1)[0] not in SPLITTERS:
             raise ValueError(f"CV={self.cv!r} is unknown; choose from {list(SPLITTERS)} "
                              "(your own folds as 'file:<csv>[:<column>]')")
@@ -898,3 +883,41 @@ class SubmitConfig:
         if unknown:
             raise ValueError(f"POSTPROCESS has unknown steps {unknown}; choose from "
                              f"{list(POSTPROCESS_STEPS)} (or [] for none)")
+
+
+# --- 00_quickstart ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QuickstartConfig:
+    """Parameters of notebooks/00_quickstart.ipynb (see its parameters cell)."""
+
+    CELL: ClassVar[dict[str, tuple[str, ...]]] = {
+        "": ("data_dir", "plan", "time_budget", "run_root", "submission", "weights", "smoke",
+             "overrides")}
+
+    data_dir: str | None = documented(None, "data folder; None looks in $KIT_DATA_DIR, Kaggle "
+                                      "input, Colab Drive, data/")
+    plan: str = documented("auto", '"auto" (GPU: gpu_ensemble; CPU: cpu_ensemble, over '
+                           'TIME_BUDGET cpu_fast) or a name')
+    time_budget: float = documented(120.0, "minutes a CPU plan may take (estimated); over it "
+                                    '"auto" picks cpu_fast')
+    run_root: str | None = documented(None, "folder of the run folders; None: "
+                                      "/kaggle/working/runs, Drive or /content, runs/")
+    submission: str | None = documented(None, "output CSV; None: /kaggle/working, /content or "
+                                        "submissions/ submission.csv")
+    weights: str | None = documented(None, "folder of offline weights files "
+                                     "(<timm name>*.safetensors); None: look around")
+    smoke: bool = documented(False, "True: a quick check on 48+16 rows (scores mean nothing), "
+                             "runs under smoke/")
+    overrides: dict = documented(factory=dict, doc='05_train parameters given to every step, e.g. '
+                                 '{"BATCH_SIZE": 32}')
+
+    def __post_init__(self):
+        if not is_positive(self.time_budget):
+            raise ValueError(f"TIME_BUDGET must be minutes > 0; got {self.time_budget!r}")
+        if not isinstance(self.overrides, dict) or not all(
+                isinstance(k, str) and k.isupper() for k in self.overrides):
+            raise ValueError(f"OVERRIDES must be a dict of 05_train parameters by their UPPER_CASE "
+                             f"names, e.g. {{'EPOCHS': 2}}; got {self.overrides!r}")
+        if "RUN_DIR" in self.overrides or "DATA_DIR" in self.overrides:
+            raise ValueError("OVERRIDES cannot set RUN_DIR or DATA_DIR: set RUN_ROOT and DATA_DIR")

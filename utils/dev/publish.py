@@ -37,7 +37,8 @@ BADGES = re.compile(r"(<!-- badges -->\n).*?(<!-- /badges -->)", re.S)
 GITHUB = re.compile(r"https://github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?/?")
 COLAB_SVG = "https://colab.research.google.com/assets/colab-badge.svg"
 KAGGLE_SVG = "https://kaggle.com/static/images/open-in-kaggle.svg"
-CONFIGS = {"01_eda": config.EdaConfig, "02_gene_clustering": config.GeneClusteringConfig,
+CONFIGS = {"00_quickstart": config.QuickstartConfig, "01_eda": config.EdaConfig,
+           "02_gene_clustering": config.GeneClusteringConfig,
            "03_augmentation_screening": config.ScreenConfig, "04_adapt": config.AdaptConfig,
            "05_train": config.TrainConfig, "06_gradcam": config.CamConfig,
            "07_ensemble_submit": config.SubmitConfig}
