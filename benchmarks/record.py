@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils.paths import file_lock, write_csv
+from utils.files import file_lock, write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -34,12 +34,12 @@ import yaml
 from benchmarks.record import RESULTS, append_rows, environment
 from utils.choices import TTA_VIEWS
 from utils.config import TrainConfig
+from utils.cv import make_folds
 from utils.data import load_data, load_images
 from utils.dev.demo import write_demo
 from utils.features import extract_features
-from utils.metric import make_folds
 from utils.models import create_backbone
-from utils.paths import kit_root
+from utils.places import kit_root
 from utils.train import (
     RidgePath,
     centre_by_fold,

@@ -9,9 +9,10 @@ from conftest import blind_cv_score
 
 from utils import ensemble, submit
 from utils.config import SubmitConfig, from_params
+from utils.cv import score_folds
 from utils.data import load_data
 from utils.genes import load_gene_groups
-from utils.metric import pearson_genes, score, score_folds, top_genes
+from utils.metric import pearson_genes, score, top_genes
 from utils.runs import check_folds, load_run, save_run, select_runs
 from utils.submit import make_submission, validate_submission, write_submission
 
@@ -186,7 +187,8 @@ def test_select_runs_lists_or_discovers(tmp_path):
     y, folds = _truth()
     for name in ("r1", "r2"):
         _save(tmp_path / "root" / name, y, y, folds, y[:N_TEST])
-    assert select_runs(["a/b"], tmp_path)[0].name == "b"
+    assert select_runs([str(tmp_path / "root" / "r1")], tmp_path)[0].name == "r1"
+    assert select_runs(["runs/r2"], tmp_path / "root")[0] == tmp_path / "root" / "r2"  # by name
     assert [p.name for p in select_runs(None, tmp_path / "root")] == ["r1", "r2"]
     with pytest.raises(FileNotFoundError, match="RUNS_ROOT"):
         select_runs([], tmp_path / "empty")
@@ -409,7 +411,7 @@ def test_07_with_groups_made_per_fold_ignores_each_folds_labels(tmp_path):
     from conftest import assert_label_invariant
 
     from utils.config import GeneClusteringConfig, to_dict
-    from utils.paths import write_json
+    from utils.files import write_json
 
     y, folds = _truth()
     genes = [f"g{i}" for i in range(G)]

@@ -66,7 +66,7 @@ AUGMENT_POLICIES: dict[str, list[dict]] = {
     "none": [],
     # the eight dihedral views (flips × 90° rotations), each equally likely
     "flips": [{"name": "SquareSymmetry", "params": {"p": 1.0}}],
-    # the seed team's final list: flips, mild shift-scale-rotate, mild brightness/contrast
+    # the DACON winners' final list: flips, mild shift-scale-rotate, mild brightness/contrast
     "seed": [
         {"name": "SquareSymmetry", "params": {"p": 1.0}},
         {"name": "Affine", "params": {"translate_percent": [-0.0625, 0.0625], "scale": [0.9, 1.1],

@@ -661,3 +661,29 @@ class SubmitConfig:
         if unknown:
             raise ValueError(f"POSTPROCESS has unknown steps {unknown}; choose from "
                              f"{list(POSTPROCESS_STEPS)} (or [] for none)")
+
+
+# --- 00_quickstart ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QuickstartConfig:
+    """Parameters of notebooks/00_quickstart.ipynb (see its parameters cell)."""
+
+    data_dir: str | None = None
+    plan: str = "auto"
+    time_budget: float = 120.0
+    run_root: str | None = None
+    submission: str | None = None
+    weights: str | None = None
+    smoke: bool = False
+    overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not is_positive(self.time_budget):
+            raise ValueError(f"TIME_BUDGET must be minutes > 0; got {self.time_budget!r}")
+        if not isinstance(self.overrides, dict) or not all(
+                isinstance(k, str) and k.isupper() for k in self.overrides):
+            raise ValueError(f"OVERRIDES must be a dict of 05_train parameters by their UPPER_CASE "
+                             f"names, e.g. {{'EPOCHS': 2}}; got {self.overrides!r}")
+        if "RUN_DIR" in self.overrides or "DATA_DIR" in self.overrides:
+            raise ValueError("OVERRIDES cannot set RUN_DIR or DATA_DIR: set RUN_ROOT and DATA_DIR")

@@ -12,7 +12,7 @@ fitted weights are shrunk towards equal weights by an amount chosen by CV.
 
 Nested CV keeps the printed score honest: the weights that predict fold k are fitted on the other
 folds only, with the shrinkage chosen by an inner CV among those folds; each fold is then scored
-as a whole test set, exactly as `utils.metric.score_folds` reports single runs.
+as a whole test set, exactly as `utils.cv.score_folds` reports single runs.
 
 Post-processing steps (each fitted on train rows only):
 - `shrink_to_mean`: per gene, pull predictions towards the train mean by the least-squares
@@ -38,20 +38,12 @@ import numpy as np
 import pandas as pd
 
 from utils.choices import BLENDS, POSTPROCESS_STEPS
+from utils.cv import nested_choice, score_folds, selection_rule
 from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_config
-from utils.metric import (
-    KEYS,
-    PARTS,
-    nested_choice,
-    pearson_from_moments,
-    score,
-    score_folds,
-    selection_rule,
-    top_genes,
-)
+from utils.metric import KEYS, PARTS, pearson_from_moments, score, top_genes
 from utils.runs import Run
 
-SEED_WEIGHTS = (0.6, 0.2, 0.2)  # the seed team's fixed blend of their three models
+SEED_WEIGHTS = (0.6, 0.2, 0.2)  # the DACON winners' fixed blend of their three models
 MAX_GRID = 1000  # most weight vectors tried per weight set; the grid gets coarser with more runs
 
 
@@ -312,7 +304,7 @@ def fixed_blend_cv(y: np.ndarray, oof: np.ndarray, folds: np.ndarray, weights: S
 def comparison_cvs(y: np.ndarray, oof: np.ndarray, folds: np.ndarray, names: Sequence[str],
                    splitter: str) -> dict[str, dict]:
     """CV reports, scored the same way, of each run alone, the plain mean and (for exactly three
-    runs, in the listed order) the seed team's fixed 0.6/0.2/0.2."""
+    runs, in the listed order) the DACON winners' fixed 0.6/0.2/0.2."""
     cvs = {name: score_folds(y, oof[i], folds, splitter) for i, name in enumerate(names)}
     cvs["mean"] = fixed_blend_cv(y, oof, folds, np.full(len(names), 1 / len(names)), splitter)
     if len(names) == len(SEED_WEIGHTS):
@@ -533,7 +525,7 @@ def blend_runs(cfg, y: np.ndarray, genes: Sequence[str],
                runs: Sequence[Run]) -> tuple[BlendResult, dict[str, dict]]:
     """The nested-CV blend of `runs` that 07's parameters ask for (BLEND, SHRINK, GENE_GROUPS,
     GROUP_STRATEGY) and the CV reports to compare it with: every run alone, the plain mean,
-    the seed team's fixed weights (three runs), then the blend."""
+    the DACON winners' fixed weights (three runs), then the blend."""
     oof, test = stack_predictions(runs)
     folds, splitter = runs[0].folds, runs[0].cv["splitter"]
     set_of_gene, sets, fold_sets = blend_sets(cfg.blend, genes, y, folds, cfg.gene_groups,

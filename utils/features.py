@@ -33,6 +33,7 @@ from utils.bootstrap import ensure
 from utils.choices import COMPILE_MIN_PASSES, TTA_VIEWS, check_compile
 from utils.config import FeatureSpec
 from utils.data import cache_dir_for, images_fingerprint, load_images
+from utils.files import cached_array, read_json, write_json
 from utils.loop import autocast, default_device, inference_batch_size
 from utils.models import (
     Preprocess,
@@ -43,7 +44,6 @@ from utils.models import (
     stage_indices,
     tta_views,
 )
-from utils.paths import cached_array, read_json, write_json
 
 # --- extraction -------------------------------------------------------------------------------
 
@@ -77,7 +77,8 @@ class CompileWarning(UserWarning):
 def should_compile(compile_: bool | str, device: torch.device, n_passes: int) -> bool:
     """COMPILE's rule: True always, False never, "auto" on CPU for an extraction of at least
     COMPILE_MIN_PASSES forward passes (a one-off compile of ~5–50 s then pays for itself: 1.8x
-    on 2 cores, benchmarks/results/speed.csv; on a GPU it is unmeasured, so "auto" leaves it off)."""
+    on 2 cores, benchmarks/results/speed.csv; on a GPU it is unmeasured, so "auto" leaves it
+    off)."""
     check_compile(compile_)
     if compile_ == "auto":
         return device.type == "cpu" and n_passes >= COMPILE_MIN_PASSES

@@ -10,7 +10,7 @@ its nearest training spots' (N_NEAREST and TEMPERATURES chosen by nested CV).
 
 `finetune` — a timm backbone fine-tuned on every CV fold. Per fold, one model (GROUP_MODE=
 "heads": one backbone, one head per gene group) or one model per gene group (GROUP_MODE=
-"models", the seed team's way) is a *unit* (`utils.units`). `train_unit` fits the unit's target
+"models", the DACON winners' way) is a *unit* (`utils.units`). `train_unit` fits the unit's target
 scaling on its training rows, optionally starts the heads from a ridge linear probe, and trains
 on the kit's loop (`utils.loop`: AdamW, warmup + cosine, mixed precision, gradient accumulation,
 clipping, EMA, checkpoints and resume, data parallel over DEVICES), scoring the validation rows
@@ -38,9 +38,18 @@ from torch import nn
 
 from utils.augment import build_augment, read_policy
 from utils.config import TrainConfig, to_dict
+from utils.cv import (
+    make_folds,
+    nested_choice_on_rows,
+    read_fold_file,
+    score_folds,
+    selection_rule,
+    split_rows,
+)
 from utils.data import KitData, PatchDataset, load_images
 from utils.duplicates import find_duplicates
 from utils.features import cached_features
+from utils.files import check_output, read_json, remove_file, write_json
 from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_config
 from utils.loop import (
     Stepper,
@@ -64,21 +73,10 @@ from utils.loop import (
     wrap_data_parallel,
 )
 from utils.losses import create_loss
-from utils.metric import (
-    KEYS,
-    make_folds,
-    max_gene_floor,
-    nested_choice_on_rows,
-    pearson_genes,
-    read_fold_file,
-    score,
-    score_folds,
-    selection_rule,
-    split_rows,
-    top_genes,
-)
+from utils.metric import KEYS, max_gene_floor, pearson_genes, score, top_genes
 from utils.models import GeneRegressor, build_model, freeze_blocks, set_targets
-from utils.paths import check_output, figure, read_json, remove_file, resolve, write_json
+from utils.places import resolve
+from utils.plots import figure
 from utils.runs import (
     Run,
     Stopwatch,
