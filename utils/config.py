@@ -161,6 +161,7 @@ class FeatureSpec:
     crops: tuple[float, ...] = (1.0,)  # FEATURE_CROPS
     stain_norm: str | None = None  # STAIN_NORM
     dtype: str = "float32"  # FEATURE_DTYPE of the cache (returned as float32 either way)
+    tiles: int = 1  # FEATURE_TILES: n > 1 adds n x n tiles' mean and max features
 
     def __post_init__(self):
         set_field(self, "stages", parse_stages(self.stages))
@@ -172,6 +173,9 @@ class FeatureSpec:
             raise ValueError(f"MPP={self.mpp!r} must be > 0 (µm/px of the patches) and "
                              f"MODEL_MPP={self.model_mpp!r} None or > 0 (e.g. 0.5 for "
                              "pathology foundation models)")
+        if isinstance(self.tiles, bool) or not isinstance(self.tiles, int) or self.tiles < 1:
+            raise ValueError(f"FEATURE_TILES={self.tiles!r} must be an integer >= 1 (1: no "
+                             "tiles; 2: a 2 x 2 grid of tiles of each patch)")
         if self.mpp_fit not in MPP_FITS or self.dtype not in FEATURE_DTYPES:
             raise ValueError(f"MPP_FIT={self.mpp_fit!r} must be one of {MPP_FITS} and "
                              f"FEATURE_DTYPE={self.dtype!r} one of {FEATURE_DTYPES}")
@@ -194,6 +198,7 @@ class FeatureSpec:
                 str(int(i)) for i in self.stages))
         if self.crops != (1.0,):
             tag += "_crops-" + "-".join(f"{c:g}" for c in self.crops)
+        tag += f"_tiles{self.tiles}" if self.tiles > 1 else ""
         return tag + (f"_{self.stain_norm}" if self.stain_norm else "")
 
     @property
@@ -225,6 +230,8 @@ class FeatureSpec:
             key["crops"] = list(self.crops)
         if self.stain_norm:
             key.update(stain_norm=self.stain_norm, stain_reference=train_images)
+        if self.tiles > 1:
+            key["tiles"] = self.tiles
         return key
 
 
@@ -493,6 +500,8 @@ class TrainConfig:
     feature_crops: tuple[float, ...] = (1.0,)
     stain_norm: str | None = None
     centre_features: bool = False  # ridge, retrieval: each slice's features minus its mean
+    feature_tiles: int = 1  # n > 1: n x n tiles of each patch, mean- and max-pooled, beside it
+    alpha_per_component: bool = False  # ridge with TARGET_PCA: one nested alpha per target PC
     compile: bool | str = "auto"  # torch.compile for feature extraction (utils.features)
 
     def __post_init__(self):
@@ -535,7 +544,7 @@ class TrainConfig:
         return FeatureSpec(self.backbone, self.pretrained, self.img_size, self.applied_tta,
                            self.seed, self.mpp, self.model_mpp, self.mpp_fit,
                            self.feature_stages, self.feature_crops, self.stain_norm,
-                           self.feature_dtype)
+                           self.feature_dtype, self.feature_tiles)
 
     def _check_features(self) -> None:
         """The feature spec is valid (`FeatureSpec`: MPP, MODEL_MPP, MPP_FIT, FEATURE_DTYPE,
@@ -547,6 +556,12 @@ class TrainConfig:
         self.feature_spec  # noqa: B018 (built now: an invalid spec fails here, naming it)
         changed = [name for name, default in (("STAIN_NORM", None), ("CENTRE_FEATURES", False))
                    if getattr(self, name.lower()) != default]
+        if self.alpha_per_component and not self.target_pca:
+            raise ValueError("ALPHA_PER_COMPONENT=True chooses one alpha per target PC: set "
+                             "TARGET_PCA (e.g. 16)")
+        changed += [name for name, default in (("FEATURE_TILES", 1),
+                                                ("ALPHA_PER_COMPONENT", False))
+                    if getattr(self, name.lower()) != default]
         if self.recipe == "finetune" and changed:
             raise ValueError(f"{', '.join(changed)} apply to the frozen-feature recipes (ridge, "
                              "retrieval); RECIPE='finetune' does not honour them: leave them at "
