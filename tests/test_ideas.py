@@ -16,6 +16,7 @@ from utils.train import (
     cv_ridge,
     cv_ridge_per_component,
     fit_ridge_path,
+    fit_ridge_paths,
     nearest_predictions,
     out_of_group_retrieval,
     retrieval_ridge_predictions,
@@ -115,6 +116,18 @@ def test_out_of_group_estimates_never_read_their_own_group():
     rows = groups == 2
     expected = nearest_predictions(x[~rows], y[~rows], x[rows], (5,), (0.1,))[0]
     np.testing.assert_allclose(estimates[1][rows], expected, rtol=1e-6)
+
+
+def test_paths_through_one_svd_equal_one_fit_per_target():
+    x, y = linear_data(n=60)
+    ys = [y, np.log1p(y), y[:, ::-1].copy()]
+    for target_dim in (None, 3):
+        paths = fit_ridge_paths(x, ys, None, target_dim)
+        z = paths[0].project(x[:5])
+        for path, t in zip(paths, ys):
+            np.testing.assert_allclose(path.predict_projected(z, 7.0),
+                                       fit_ridge_path(x, t, None, target_dim).predict(x[:5], 7.0),
+                                       rtol=1e-5, atol=1e-6)
 
 
 def test_a_huge_alpha_leaves_retrieval_plus_its_mean_residual():

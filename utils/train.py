@@ -168,7 +168,14 @@ class RidgePath:
 
     def predict(self, x: np.ndarray, alpha: float) -> np.ndarray:
         """Predictions (n, genes) on the original target scale for one alpha."""
-        z = ((x - self.x_mean) / self.x_scale) @ self.components.T
+        return self.predict_projected(self.project(x), alpha)
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """x standardised and projected on the kept singular directions (n, k)."""
+        return ((x - self.x_mean) / self.x_scale) @ self.components.T
+
+    def predict_projected(self, z: np.ndarray, alpha: float) -> np.ndarray:
+        """`predict` from `project(x)` (paths fitted on one x share it)."""
         shrink = self.singular / (self.singular ** 2 + alpha)
         return ((z * shrink) @ self.uty + self.y_mean).astype(np.float32)
 
@@ -221,11 +228,23 @@ def fit_ridge_path(x: np.ndarray, y: np.ndarray, pca_dim: int | None = None,
     `target_dim` (TARGET="pca:K"): ridge on the top-K principal components of the standardised
     targets of these rows, decoded back to every gene (the rest is treated as noise).
     """
+    return fit_ridge_paths(x, [y], pca_dim, target_dim)[0]
+
+
+def fit_ridge_paths(x: np.ndarray, ys: list[np.ndarray], pca_dim: int | None = None,
+                    target_dim: int | None = None) -> list[RidgePath]:
+    """`fit_ridge_path` of x to each of several targets, through one SVD of x."""
     x = np.asarray(x, dtype=np.float64)
     x_mean, x_scale = x.mean(axis=0), x.std(axis=0)
     x_scale[x_scale < 1e-12] = 1.0
-    y_mean = y.mean(axis=0, dtype=np.float64)
     u, s, vt = gram_svd((x - x_mean) / x_scale, pca_dim)
+    return [path_on_targets((x_mean, x_scale, u, s, vt), y, target_dim) for y in ys]
+
+
+def path_on_targets(svd: tuple, y: np.ndarray, target_dim: int | None) -> RidgePath:
+    """A RidgePath of targets y from the standardised SVD (mean, scale, u, s, vt) of x."""
+    x_mean, x_scale, u, s, vt = svd
+    y_mean = y.mean(axis=0, dtype=np.float64)
     uty = u.T @ (y - y_mean)
     if target_dim is None:
         return RidgePath(x_mean, x_scale, y_mean, vt, s, uty)
@@ -441,11 +460,10 @@ def retrieval_ridge_predictions(x: np.ndarray, y: np.ndarray, groups: np.ndarray
     from the fit rows plus a ridge (alpha) fitted on the rows' out-of-group residuals."""
     base = nearest_predictions(x, y, x_query, n_nearest, temperatures)
     estimates = out_of_group_retrieval(x, y, residual_groups(groups), n_nearest, temperatures)
-    out = []
-    for pred, estimate in zip(base, estimates):
-        path = fit_ridge_path(x, y - estimate, pca_dim, target_dim)
-        out += [pred + path.predict(x_query, a) for a in alphas]
-    return out
+    paths = fit_ridge_paths(x, [y - e for e in estimates], pca_dim, target_dim)
+    z = paths[0].project(x_query)
+    return [pred + path.predict_projected(z, a) for pred, path in zip(base, paths)
+            for a in alphas]
 
 
 def cv_retrieval_ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.ndarray,
