@@ -87,8 +87,11 @@ def test_alpha_per_component_needs_target_pca_and_is_refused_by_finetune():
     with pytest.raises(ValueError, match="ALPHA_PER_COMPONENT.*TARGET_PCA"):
         TrainConfig(alpha_per_component=True)
     assert TrainConfig(alpha_per_component=True, target_pca=8).alpha_per_component
-    with pytest.raises(ValueError, match="ALPHA_PER_COMPONENT"):
-        TrainConfig(recipe="finetune", alpha_per_component=True, target_pca=8)
+    for recipe in ("finetune", "retrieval", "retrieval_ridge"):
+        with pytest.raises(ValueError, match="ALPHA_PER_COMPONENT.*RECIPE='ridge'"):
+            TrainConfig(recipe=recipe, alpha_per_component=True, target_pca=8)
+    with pytest.raises(ValueError, match="FEATURE_TILES"):
+        TrainConfig(recipe="finetune", feature_tiles=2)
 
 
 # --- RECIPE = "retrieval_ridge" -------------------------------------------------------------

@@ -548,20 +548,19 @@ class TrainConfig:
 
     def _check_features(self) -> None:
         """The feature spec is valid (`FeatureSpec`: MPP, MODEL_MPP, MPP_FIT, FEATURE_DTYPE,
-        FEATURE_STAGES, FEATURE_CROPS, STAIN_NORM), and fine-tuning leaves STAIN_NORM and
-        CENTRE_FEATURES alone (its model reads FEATURE_STAGES and FEATURE_CROPS; it would not
-        honour those two)."""
+        FEATURE_STAGES, FEATURE_CROPS, FEATURE_TILES, STAIN_NORM), ALPHA_PER_COMPONENT has
+        ridge's TARGET_PCA, and fine-tuning leaves STAIN_NORM, CENTRE_FEATURES and
+        FEATURE_TILES alone (its model reads FEATURE_STAGES and FEATURE_CROPS; it would not
+        honour those three)."""
         set_field(self, "feature_stages", parse_stages(self.feature_stages))
         set_field(self, "feature_crops", parse_crops(self.feature_crops))
         self.feature_spec  # noqa: B018 (built now: an invalid spec fails here, naming it)
-        changed = [name for name, default in (("STAIN_NORM", None), ("CENTRE_FEATURES", False))
+        if self.alpha_per_component and (self.recipe != "ridge" or not self.target_pca):
+            raise ValueError("ALPHA_PER_COMPONENT=True chooses one ridge alpha per target PC: "
+                             "it needs RECIPE='ridge' and TARGET_PCA (e.g. 16)")
+        changed = [name for name, default in (("STAIN_NORM", None), ("CENTRE_FEATURES", False),
+                                              ("FEATURE_TILES", 1))
                    if getattr(self, name.lower()) != default]
-        if self.alpha_per_component and not self.target_pca:
-            raise ValueError("ALPHA_PER_COMPONENT=True chooses one alpha per target PC: set "
-                             "TARGET_PCA (e.g. 16)")
-        changed += [name for name, default in (("FEATURE_TILES", 1),
-                                                ("ALPHA_PER_COMPONENT", False))
-                    if getattr(self, name.lower()) != default]
         if self.recipe == "finetune" and changed:
             raise ValueError(f"{', '.join(changed)} apply to the frozen-feature recipes (ridge, "
                              "retrieval); RECIPE='finetune' does not honour them: leave them at "
