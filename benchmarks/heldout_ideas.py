@@ -58,6 +58,7 @@ CHOICES = {f"{a} or {b}": (a, b) for a, b in [
     *[(f"cpu_{b}", f"cpu_{b} tiles2") for b in LITE],
 ]}
 BLENDS = {  # 07 over member runs of the same rotation
+    "cpu_lite0 + retrieval_ridge": ["cpu_lite0", "cpu_lite0 retrieval_ridge"],
     "cpu_ensemble": [f"cpu_{b}" for b in LITE],
     "cpu_ensemble +apc": [f"cpu_{b} +apc" for b in LITE],
     "cpu_ensemble + retrieval_ridge": [*(f"cpu_{b}" for b in LITE), "cpu_lite0 retrieval_ridge"],
