@@ -32,7 +32,7 @@ from utils.config import TrainConfig, from_params
 from utils.data import load_data
 from utils.features import cached_features
 from utils.metric import KEYS, score
-from utils.paths import kit_root
+from utils.places import kit_root
 from utils.train import cv_retrieval, cv_retrieval_ridge, cv_ridge, cv_ridge_per_component
 
 SHARED = kit_root().parent / "shared"  # her2st/ and weights/ (--shared names another folder)

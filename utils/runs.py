@@ -30,16 +30,8 @@ import numpy as np
 
 from utils.choices import upgrade_config
 from utils.data import describe_change
-from utils.paths import (
-    as_json,
-    read_json,
-    remove_file,
-    resolve,
-    run_dir,
-    save_npy,
-    write_json,
-    write_with,
-)
+from utils.files import as_json, read_json, remove_file, run_dir, save_npy, write_json, write_with
+from utils.places import resolve
 
 RUN_FILES = ("folds.npy", "oof.npy", "test_pred.npy", "cv.json", "config.json")
 
