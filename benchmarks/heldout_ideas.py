@@ -42,6 +42,7 @@ VARIANTS = {
     "cpu_best": ("cpu_best", {}),
     "cpu_best +apc": ("cpu_best", {"ALPHA_PER_COMPONENT": True}),
     "cpu_best retrieval_ridge": ("cpu_best", {"RECIPE": "retrieval_ridge"}),
+    "cpu_best tiles2": ("cpu_best", {"FEATURE_TILES": 2}),
     **{f"cpu_{b}": (f"cpu_{b}", {}) for b in LITE},
     **{f"cpu_{b} +apc": (f"cpu_{b}", {"ALPHA_PER_COMPONENT": True}) for b in LITE},
     **{f"cpu_{b} pca16 +apc": (f"cpu_{b}", {"ALPHA_PER_COMPONENT": True, "TARGET_PCA": 16})
@@ -53,6 +54,7 @@ VARIANTS = {
 }
 CHOICES = {f"{a} or {b}": (a, b) for a, b in [
     ("cpu_best", "cpu_best +apc"), ("cpu_best", "cpu_best retrieval_ridge"),
+    ("cpu_best", "cpu_best tiles2"),
     *[(f"cpu_{b}", f"cpu_{b} +apc") for b in LITE],
     *[(f"cpu_{b}", f"cpu_{b} retrieval_ridge") for b in LITE],
     *[(f"cpu_{b}", f"cpu_{b} tiles2") for b in LITE],
