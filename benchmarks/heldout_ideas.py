@@ -68,6 +68,8 @@ BLENDS = {  # 07 over member runs of the same rotation
     "cpu_ensemble +apc": [f"cpu_{b} +apc" for b in LITE],
     "cpu_ensemble + retrieval_ridge": [*(f"cpu_{b}" for b in LITE), "cpu_lite0 retrieval_ridge"],
     "cpu_ensemble, lite0 tiles2": ["cpu_lite0 tiles2", "cpu_lite1", "cpu_lite2"],
+    "cpu_ensemble, lite0 tiles2 + retrieval_ridge": ["cpu_lite0 tiles2", "cpu_lite1", "cpu_lite2",
+                                                     "cpu_lite0 retrieval_ridge"],
     "cpu_ensemble, tiles2": [f"cpu_{b} tiles2" for b in LITE],
 }
 
