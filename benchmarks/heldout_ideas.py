@@ -49,6 +49,8 @@ VARIANTS = {
        for b in LITE},
     **{f"cpu_{b} retrieval_ridge": (f"cpu_{b}", {"RECIPE": "retrieval_ridge"}) for b in LITE},
     "cpu_lite0 retrieval": ("cpu_lite0", {"RECIPE": "retrieval"}),
+    "cpu_lite0 tiles2 retrieval_ridge": ("cpu_lite0", {"RECIPE": "retrieval_ridge",
+                                                       "FEATURE_TILES": 2}),
     **{f"cpu_{b} tiles2": (f"cpu_{b}", {"FEATURE_TILES": 2}) for b in LITE},
     **{f"cpu_{b} tiles2 +apc": (f"cpu_{b}", {"FEATURE_TILES": 2, "ALPHA_PER_COMPONENT": True})
        for b in LITE},
@@ -64,6 +66,7 @@ BLENDS = {  # 07 over member runs of the same rotation
     "cpu_lite0 + retrieval_ridge": ["cpu_lite0", "cpu_lite0 retrieval_ridge"],
     "cpu_lite0 + retrieval": ["cpu_lite0", "cpu_lite0 retrieval"],
     "cpu_lite0 tiles2 + retrieval": ["cpu_lite0 tiles2", "cpu_lite0 retrieval"],
+    "cpu_lite0 tiles2 + retrieval_ridge": ["cpu_lite0 tiles2", "cpu_lite0 tiles2 retrieval_ridge"],
     "cpu_ensemble": [f"cpu_{b}" for b in LITE],
     "cpu_ensemble +apc": [f"cpu_{b} +apc" for b in LITE],
     "cpu_ensemble + retrieval_ridge": [*(f"cpu_{b}" for b in LITE), "cpu_lite0 retrieval_ridge"],
