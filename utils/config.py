@@ -4,10 +4,8 @@ retrieval share.
 Each numbered notebook has one `parameters` cell of UPPER_CASE literals; the next cell turns it
 into one of the configs below with `from_params` (field `x` is read from parameter `X`). The
 defaults here are the notebooks' defaults (a test checks that they agree), and every error names
-the parameter. A parameter renamed since an earlier version of the kit (`RENAMED`) still works
-under its old name, with a `RenamedParameterWarning` that gives the new one; `upgrade_config`
-reads an older run folder's config.json the same way, so finished runs stay reusable. What each
-name-valued parameter accepts is listed in `utils.choices`. This module imports nothing heavy.
+the parameter. What each name-valued parameter accepts is listed in `utils.choices`. This
+module imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ from utils.choices import (
     OBJECTIVES,
     POSTPROCESS_STEPS,
     RECIPES,
-    RENAMED,
     SMOKE_PX,
     SPLITTERS,
     STRATEGIES,
@@ -48,10 +45,8 @@ from utils.choices import (
     check_stain_norm,
     check_tta,
     check_views,
-    cv_from_groups,
     parse_crops,
     parse_stages,
-    warn_renamed,
 )
 
 # --- building configs -------------------------------------------------------------------------
@@ -60,14 +55,8 @@ def from_params(cls: type, params: dict):
     """Build config `cls` from the notebook's globals: field `x` is read from parameter `X`.
 
     "True"/"False" given as text (some shells and papermill calls) become booleans for fields
-    that take a bool. A parameter under its old name (`RENAMED`) is read, with a warning.
+    that take a bool.
     """
-    names = {f.name.upper() for f in fields(cls)}
-    params = dict(params)
-    for old, (new, convert) in RENAMED.items():
-        if old in params and new in names:
-            params[new] = convert(params.pop(old)) if convert else params.pop(old)
-            warn_renamed(old, new, params[new])
     values = {f.name: params[f.name.upper()] for f in fields(cls) if f.name.upper() in params}
     for f in fields(cls):
         if "bool" in str(f.type) and values.get(f.name) in ("True", "False"):
@@ -507,9 +496,6 @@ class TrainConfig:
     def __post_init__(self):
         if self.recipe not in RECIPES:
             raise ValueError(f"RECIPE={self.recipe!r} is unknown; choose from {list(RECIPES)}")
-        if cv_from_groups(self.cv) != self.cv:
-            warn_renamed(f"CV={self.cv!r}", "CV", cv_from_groups(self.cv))
-            set_field(self, "cv", cv_from_groups(self.cv))
         if self.cv.split(":", 1)[0] not in SPLITTERS:
             raise ValueError(f"CV={self.cv!r} is unknown; choose from {list(SPLITTERS)} "
                              "(your own folds as 'file:<csv>[:<column>]')")
@@ -675,3 +661,29 @@ class SubmitConfig:
         if unknown:
             raise ValueError(f"POSTPROCESS has unknown steps {unknown}; choose from "
                              f"{list(POSTPROCESS_STEPS)} (or [] for none)")
+
+
+# --- 00_quickstart ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QuickstartConfig:
+    """Parameters of notebooks/00_quickstart.ipynb (see its parameters cell)."""
+
+    data_dir: str | None = None
+    plan: str = "auto"
+    time_budget: float = 120.0
+    run_root: str | None = None
+    submission: str | None = None
+    weights: str | None = None
+    smoke: bool = False
+    overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not is_positive(self.time_budget):
+            raise ValueError(f"TIME_BUDGET must be minutes > 0; got {self.time_budget!r}")
+        if not isinstance(self.overrides, dict) or not all(
+                isinstance(k, str) and k.isupper() for k in self.overrides):
+            raise ValueError(f"OVERRIDES must be a dict of 05_train parameters by their UPPER_CASE "
+                             f"names, e.g. {{'EPOCHS': 2}}; got {self.overrides!r}")
+        if "RUN_DIR" in self.overrides or "DATA_DIR" in self.overrides:
+            raise ValueError("OVERRIDES cannot set RUN_DIR or DATA_DIR: set RUN_ROOT and DATA_DIR")

@@ -12,7 +12,7 @@ maps of chosen backbone stages (timm's `forward_intermediates`, CNNs and ViTs), 
 concatenates the features of centre crops resized up to the input, and STAIN_NORM="macenko"
 normalises every patch (torchstain) to a stain reference fitted, without labels, on training
 patches; patches with too little tissue are kept as they are and counted. Each is part of the
-spec's tag and cache key (nothing at its default, so older caches stay valid).
+spec's tag and cache key (nothing at its default).
 
 This module imports torch and timm; `import utils` does not import it.
 """
@@ -78,7 +78,8 @@ class CompileWarning(UserWarning):
 def should_compile(compile_: bool | str, device: torch.device, n_passes: int) -> bool:
     """COMPILE's rule: True always, False never, "auto" on CPU for an extraction of at least
     COMPILE_MIN_PASSES forward passes (a one-off compile of ~5–50 s then pays for itself: 1.8x
-    on 2 cores, benchmarks/compile_speed.py; on a GPU it is unmeasured, so "auto" leaves it off)."""
+    on 2 cores, benchmarks/results/speed.csv; on a GPU it is unmeasured, so "auto" leaves it
+    off)."""
     check_compile(compile_)
     if compile_ == "auto":
         return device.type == "cpu" and n_passes >= COMPILE_MIN_PASSES
@@ -268,18 +269,24 @@ def cache_entry(data, split: str, spec: FeatureSpec) -> tuple[str, dict]:
 
 
 def cached_features(data, spec: FeatureSpec, batch_size: int | None = None,
-                    cache_dir: str | os.PathLike | None = None,
-                    compile: bool | str = "auto") -> dict[str, np.ndarray]:
+                    cache_dir: str | os.PathLike | None = None, compile: bool | str = "auto",
+                    splits: tuple[str, ...] = ("train", "test")) -> dict[str, np.ndarray]:
     """Train and test features of a spec, computed once and then read from the cache;
     `dtype="float16"` halves the cache (HEST's way for 1–2.5 k-dim foundation-model
     embeddings); they are returned as float32 either way. The model is built only if some
     split is not cached yet; `compile` is COMPILE (`extract_features`). With FEATURE_TILES the
     whole-patch columns are the spec's without tiles (shared with it) and the file named after
-    this spec holds the tiles' columns alone."""
+    this spec holds the tiles' columns alone. A row subset of some data (`utils.data.rows_of`)
+    gets its rows of the full data's features (of only the full data's splits it draws rows
+    from)."""
+    if getattr(data, "source", None) is not None and cache_dir is None and not spec.stain_norm:
+        parts = tuple(dict.fromkeys(data.rows[split][0] for split in splits))
+        full = cached_features(data.source, spec, batch_size, None, compile, parts)
+        return {split: full[data.rows[split][0]][data.rows[split][1]] for split in splits}
     folder = Path(cache_dir or cache_dir_for(data)) / "features"
     model: list[nn.Module] = []
-    whole = cached_features(data, replace(spec, tiles=1), batch_size, cache_dir, compile) \
-        if spec.tiles > 1 else None
+    whole = cached_features(data, replace(spec, tiles=1), batch_size, cache_dir, compile,
+                            splits) if spec.tiles > 1 else None
 
     def compute(images: np.ndarray, split: str) -> np.ndarray:
         if not model:
@@ -291,7 +298,7 @@ def cached_features(data, spec: FeatureSpec, batch_size: int | None = None,
                                 tiles_only=whole is not None).astype(spec.dtype)
 
     features = {}
-    for split in ("train", "test"):
+    for split in splits:
         name, key = cache_entry(data, split, spec)
         images = load_images(data, split, cache_dir)
         features[split] = cached_array(folder / name, key, partial(compute, images, split)

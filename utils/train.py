@@ -10,7 +10,7 @@ its nearest training spots' (N_NEAREST and TEMPERATURES chosen by nested CV).
 
 `finetune` — a timm backbone fine-tuned on every CV fold. Per fold, one model (GROUP_MODE=
 "heads": one backbone, one head per gene group) or one model per gene group (GROUP_MODE=
-"models", the seed team's way) is a *unit* (`utils.units`). `train_unit` fits the unit's target
+"models", the DACON winners' way) is a *unit* (`utils.units`). `train_unit` fits the unit's target
 scaling on its training rows, optionally starts the heads from a ridge linear probe, and trains
 on the kit's loop (`utils.loop`: AdamW, warmup + cosine, mixed precision, gradient accumulation,
 clipping, EMA, checkpoints and resume, data parallel over DEVICES), scoring the validation rows
@@ -52,7 +52,7 @@ from utils.data import KitData, PatchDataset, load_images
 from utils.duplicates import find_duplicates
 from utils.features import cached_features
 from utils.files import check_output, read_json, remove_file, write_json
-from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_config
+from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_settings
 from utils.loop import (
     Stepper,
     close_epoch,
@@ -200,7 +200,7 @@ def gram_svd(a: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarra
     """Thin SVD (u, s, vt) of a, largest first, from the eigendecomposition of its smaller Gram
     matrix (a's rows' or columns'): 4x faster than LAPACK's SVD on the wide and tall matrices
     ridge fits (and 8x for the top few, `k`), the same values to float precision
-    (benchmarks/ridge_speed.py). Directions with s below 1e-6 of the largest are dropped: their
+    (benchmarks/results/speed.csv). Directions with s below 1e-6 of the largest are dropped: their
     squared singular values are below the Gram's float precision, and a ridge with any alpha
     in ALPHAS' range gives them no weight."""
     from scipy.linalg import eigh
@@ -613,15 +613,15 @@ def resolve_groups(cfg: TrainConfig, data: KitData,
                    folds: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
     """Per fold, its gene groups (group → gene columns): one group of every gene without
     GROUP_STRATEGY; the groups of GENE_GROUPS for a strategy that reads no targets (prefix, file);
-    otherwise the strategy recomputed on the fold's training rows with 02's settings, so no
-    fold is scored with groups made from its own targets."""
+    otherwise the strategy refitted on the fold's training rows with the settings 02 wrote
+    beside GENE_GROUPS, so no fold is scored with groups made from its own targets."""
     ids = [int(k) for k in np.unique(folds)]
     if not cfg.group_strategy:
         return dict.fromkeys(ids, {"all": np.arange(len(data.genes))})
     saved = load_gene_groups(cfg.gene_groups, data.genes, cfg.group_strategy)  # checks the file
     if cfg.group_strategy in LABEL_FREE:
         return dict.fromkeys(ids, saved)
-    settings = read_grouping_config(cfg.gene_groups)
+    settings = read_grouping_settings(cfg.gene_groups, cfg.group_strategy)
     return {k: groups_on_rows(settings, cfg.group_strategy, data.genes, data.y[folds != k])
             for k in ids}
 
