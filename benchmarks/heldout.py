@@ -177,10 +177,7 @@ def run_07(spec: RunSpec, data: KitData, runs: dict[str, Run], folder: Path) -> 
               "SUBMISSION": str(folder / f"{slug(spec.name)}.csv")}
     cfg = from_params(SubmitConfig, params)
     chosen = submit.load_runs(cfg, data)
-    blended, cvs = ensemble.blend_runs(cfg, data.y, data.genes, chosen)
-    post = ensemble.postprocess_blend(cfg, data.y, chosen, blended, cvs)
-    final = ensemble.keep_best(data.y, chosen[0].folds, chosen[0].cv["splitter"], blended,
-                               post, chosen)
+    final = ensemble.blend_runs(cfg, data, chosen).final
     run = Run(folder / slug(spec.name), to_dict(cfg), final["cv"], chosen[0].folds,
               final["oof"], final["test_pred"])
     return run, f"kept {final['kept']}"

@@ -410,14 +410,15 @@ def test_07_with_groups_made_per_fold_ignores_each_folds_labels(tmp_path):
     without fold k (blend_sets), and the whole chain stays label-blind for fold k."""
     from conftest import assert_label_invariant
 
-    from utils.config import GeneClusteringConfig, to_dict
+    from utils.config import GeneClusteringConfig
     from utils.files import write_json
+    from utils.genes import grouping_settings
 
     y, folds = _truth()
     genes = [f"g{i}" for i in range(G)]
     pd.DataFrame({"gene": genes, "group": [f"m{i % 3}" for i in range(G)],
                   "strategy": "correlation"}).to_csv(tmp_path / "gene_groups.csv", index=False)
-    write_json(tmp_path / "config.json", to_dict(GeneClusteringConfig(
+    write_json(tmp_path / "gene_groups.json", grouping_settings(GeneClusteringConfig(
         strategies=["correlation"], n_modules=3, min_group_size=2)))
     oof = _three_runs(y)
 

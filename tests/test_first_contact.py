@@ -273,7 +273,7 @@ COLAB_LIKE = {
     "3.13": ("numpy==2.1.3", "pandas==2.2.3", "scipy==1.15.2", "numba==0.61.0",
              "llvmlite==0.44.0", *SHARED_PINS),
 }
-STAND_INS = {"torch": "2.5.1", "torchvision": "0.20.1"}  # Colab's, as metadata only
+STAND_INS = {"torch": "2.8.0", "torchvision": "0.23.0"}  # Colab's (late 2025), metadata only
 LACKING = "ruptures"  # the compiled wheel taken out of the bundle's cp313 wheels
 
 

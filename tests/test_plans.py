@@ -56,16 +56,9 @@ def test_choose_plan_by_cuda_and_budget():
 @pytest.fixture
 def platform(tmp_path, monkeypatch):
     """The platform roots in a temporary folder, none present: a local machine."""
-    roots = {"kaggle": tmp_path / "kaggle" / "working", "content": tmp_path / "content",
-             "drive": tmp_path / "content" / "drive" / "MyDrive",
-             "input": tmp_path / "kaggle" / "input"}
-    monkeypatch.setattr(places, "KAGGLE_WORKING", roots["kaggle"])
-    monkeypatch.setattr(places, "COLAB_CONTENT", roots["content"])
-    monkeypatch.setattr(places, "COLAB_MYDRIVE", roots["drive"])
-    monkeypatch.setattr(places, "KAGGLE_INPUT", roots["input"])
-    monkeypatch.setattr(plans, "KAGGLE_INPUT", roots["input"])
-    monkeypatch.setattr(plans, "COLAB_MYDRIVE", roots["drive"])
-    return roots
+    monkeypatch.setenv(places.PLATFORM_ROOT, str(tmp_path))
+    return {"kaggle": tmp_path / places.KAGGLE_WORKING, "content": tmp_path / places.COLAB_CONTENT,
+            "drive": tmp_path / places.COLAB_DRIVE, "input": tmp_path / places.KAGGLE_INPUT}
 
 
 def test_run_root_and_submission_per_platform(platform):

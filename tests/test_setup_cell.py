@@ -117,6 +117,7 @@ REAL_ADDRESSES = (
     "https://huggingface.co/MahmoodLab/uni",
     "https://www.gsea-msigdb.org/gsea/msigdb",
     "https://github.com/huggingface/pytorch-image-models",  # timm: publish's GitHub example
+    "https://github.com/jjuhyeok/KUMC-Medical_AI",  # the DACON winners' public repository
     "http://127.0.0.1:9",  # the discard port: first contact's blocked proxy (no network)
 )
 INVENTED = "dacon-" + "mai-kit"  # the owner the kit once made up (spelled apart: not a hit here)
@@ -399,12 +400,14 @@ def fresh_python(tmp_path: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def probe_wheel(folder: Path, name: str = "kit_probe") -> Path:
-    """A tiny pure-Python wheel built here, for offline installs."""
+def probe_wheel(folder: Path, name: str = "kit_probe", needs: str = "") -> Path:
+    """A tiny pure-Python wheel built here (depending on `needs`), for offline installs."""
     src = folder / "src"
     (src / name).mkdir(parents=True)
     (src / name / "__init__.py").write_text("VALUE = 42\n")
+    deps = f'"{needs}"' if needs else ""
     (src / "pyproject.toml").write_text(f'[project]\nname = "{name}"\nversion = "1.0"\n'
+                                        f'dependencies = [{deps}]\n'
                                         '[build-system]\nrequires = ["setuptools"]\n'
                                         'build-backend = "setuptools.build_meta"\n')
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
@@ -444,6 +447,15 @@ def test_install_failure_names_the_package_the_python_and_the_build_command(tmp_
     assert "keeping every installed package as it is" in str(err.value)
 
 
+def test_bundle_wheels_needing_newer_packages_than_the_runtime_has_say_so(tmp_path, monkeypatch):
+    wheels = probe_wheel(tmp_path, needs="packaging>=999")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # internet off
+    with pytest.raises(RuntimeError) as err:
+        bootstrap.pip_install(["kit-probe"], wheels=wheels)
+    assert "do not fit the packages this runtime has" in str(err.value), err.value
+    assert "packaging" in str(err.value) and "Turn the internet on" in str(err.value)
+
+
 def test_a_wheel_the_bundle_lacks_comes_from_the_index_when_it_can_be_reached(tmp_path):
     kit = cell_in_a_small_kit(tmp_path, "packaging>=1\n", "kit-probe>=1.0\n")
     wheel = next(probe_wheel(tmp_path / "built").glob("*.whl"))
@@ -470,27 +482,18 @@ def sections(text: str) -> dict[str, str]:
     return dict(zip(parts[1::2], parts[2::2]))
 
 
-def test_readme_is_a_start_page_whose_defaults_are_the_codes():
-    from utils import config
-    from utils.data import SMOKE_ROWS
-
+def test_readme_starts_each_platform_in_five_steps_from_zips_the_setup_cell_takes():
     text = (kit_root() / "README.md").read_text()
-    parts = sections(text)
-    for path in ("Local", "Colab", "Kaggle, internet on", "Kaggle offline"):
-        name = next(k for k in parts if k.startswith(path))
-        steps = re.findall(r"^\d+\. ", parts[name], flags=re.M)
-        assert steps and len(parts[name].strip().splitlines()) <= 25, name  # one screen
-    assert "make demo" in text and "make test" in text and len(text.splitlines()) <= 160
-    train = config.TrainConfig()
-    assert f'CV = "{train.cv}"' in text and f'`RECIPE = "{train.recipe}"` (default)' in text
-    assert f"`{train.backbone}`" in parts["Get the kit"] + text.split("## ")[0]
-    assert f"{SMOKE_ROWS[0]} train and {SMOKE_ROWS[1]} test rows" in text
-    defaults = [config.EdaConfig.run_dir, config.GeneClusteringConfig.run_dir,
-                config.ScreenConfig.run_dir, config.AdaptConfig.run_dir,
-                config.SubmitConfig.submission]
-    assert all(f"`{d}" in parts["The notebooks"] for d in defaults), defaults
+    start = sections(text)["Start here"]
+    platforms = dict(zip(*[iter(re.split(r"^### (.+)$", start, flags=re.M)[1:])] * 2))
+    assert {"Colab", "Kaggle"} <= set(platforms) and any(p.startswith("Your machine")
+                                                         for p in platforms)
+    for name, steps in platforms.items():
+        numbered = re.findall(r"^(\d+)\. ", steps, flags=re.M)
+        assert 1 <= len(numbered) <= 5 and numbered == [str(i + 1) for i in
+                                                        range(len(numbered))], name
+    assert "Download ZIP" in start and "mai-kit-bundle.zip" in start  # both found by content
+    assert "Change runtime type" in platforms["Colab"].split("\n2. ")[0]  # before any upload
+    assert "make demo" in text and "make test" in text
     for readme in ("README.md", "notebooks/README.md"):
         assert "block CV" not in (kit_root() / readme).read_text(), readme
-    assert f"{config.SMOKE_PX} px" in (kit_root() / "notebooks" / "README.md").read_text()
-    assert "[benchmarks/README.md](benchmarks/README.md)" in text
-    assert "| max_gene |" not in text  # the measured tables live in benchmarks/README.md

@@ -136,14 +136,16 @@ def run_pip(args: list[str]) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as tmp:
         pins = Path(tmp) / "installed.txt"
         pins.write_text("".join(f"{pin}\n" for pin in installed_pins()))
-        return subprocess.run([sys.executable, "-m", "pip", *args, "-q",
+        return subprocess.run([sys.executable, "-m", "pip", *args,  # not -q: pip's reasons
                                "--disable-pip-version-check", "-c", str(pins)],
                               capture_output=True, text=True)
 
 
 def pip_tail(done: subprocess.CompletedProcess, lines: int = 12) -> str:
-    """pip's last lines of output."""
-    return "\n".join((done.stderr or done.stdout).strip().splitlines()[-lines:])
+    """pip's last lines of output, or the lines saying what conflicts, when it says that."""
+    text = (done.stderr or done.stdout).strip()
+    conflict = re.search(r"The conflict is caused by:\n(?:.+\n)+", f"{done.stdout}\n")
+    return conflict.group(0).strip() if conflict else "\n".join(text.splitlines()[-lines:])
 
 
 def python_version() -> str:
@@ -151,11 +153,11 @@ def python_version() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-def lacking(done: subprocess.CompletedProcess) -> str:
-    """The distribution pip found no version of (from its error), or "a package"."""
+def lacking(done: subprocess.CompletedProcess) -> str | None:
+    """The distribution pip found no version of (from its error), if that was the failure."""
     hit = re.search(r"(?:No matching distribution found for|satisfies the requirement) "
                     r"([A-Za-z0-9][A-Za-z0-9_.\-]*)", done.stderr + done.stdout)
-    return hit.group(1) if hit else "a package"
+    return hit.group(1) if hit else None
 
 
 def pip_install(reqs: list[str], wheels: Path | None = None) -> str:
@@ -180,13 +182,18 @@ def install_failure(reqs: list[str], wheels: Path | None, offline: subprocess.Co
             "it is.")
     if not wheels:
         return (f"{head} From PyPI:\n{pip_tail(done)}\nNo internet? Attach the kit's bundle "
-                "(README: 'Get the kit').")
-    version = python_version()
-    return (f"{head} The bundle ({wheels}) has no wheel of {lacking(offline)} for Python "
+                "(README: 'Start here').")
+    version, name = python_version(), lacking(offline)
+    if name is None:  # the wheels are there, but need newer versions than the runtime has
+        return (f"{head} The bundle's wheels ({wheels}) do not fit the packages this runtime "
+                f"has, and the package index could not supply ones that do (internet off?):\n"
+                f"{pip_tail(offline, 8)}\nTurn the internet on (Kaggle: Settings → Internet on) "
+                "and run this cell again.")
+    return (f"{head} The bundle ({wheels}) has no wheel of {name} for Python "
             f"{version}, and the package index could not supply it (internet off?):\n"
             f"{pip_tail(done, 6)}\nTurn the internet on (Kaggle: Settings → Internet on) and run "
             f"this cell again, or use a bundle built for Python {version}: `python -m "
-            f"utils.dev.bundle --python {version}` (README: 'Get the kit').")
+            f"utils.dev.bundle --python {version}` (README: 'Start here').")
 
 
 def too_old_message(old: list[tuple[str, str]], wheels: Path | None) -> str:

@@ -232,8 +232,6 @@ def unpack_dacon_zip(zip_path: str | os.PathLike, dest: str | os.PathLike = "/co
 
 # --- where runs and the submission live on each platform --------------------------------------
 
-KAGGLE_WORKING = Path("/kaggle/working")  # Kaggle's output folder (the Output panel)
-COLAB_MYDRIVE = Path("/content/drive/MyDrive")  # Google Drive, once mounted on Colab
 DRIVE_FOLDER = "mai-kit"  # the kit's folder in My Drive (runs/, a copy of the submission)
 
 
@@ -243,38 +241,40 @@ class VolatileRunsWarning(UserWarning):
 
 def detect_platform() -> str:
     """"kaggle", "colab" or "local", from the folders each platform has."""
-    if KAGGLE_WORKING.is_dir():
+    if platform_path(KAGGLE_WORKING).is_dir():
         return "kaggle"
-    return "colab" if COLAB_CONTENT.is_dir() else "local"
+    return "colab" if platform_path(COLAB_CONTENT).is_dir() else "local"
 
 
 def default_run_root() -> Path:
     """Where run folders outlive the notebook: /kaggle/working/runs on Kaggle (kept with a saved
     version), My Drive/mai-kit/runs on Colab with Drive mounted, else /content/runs (with a
     warning: a runtime reset loses it), the kit's runs/ locally."""
-    platform = detect_platform()
+    platform, drive = detect_platform(), platform_path(COLAB_DRIVE)
     if platform == "kaggle":
-        return KAGGLE_WORKING / "runs"
+        return platform_path(KAGGLE_WORKING) / "runs"
     if platform == "local":
         return kit_root() / "runs"
-    if COLAB_MYDRIVE.is_dir():
-        return COLAB_MYDRIVE / DRIVE_FOLDER / "runs"
-    warnings.warn(f"runs go to {COLAB_CONTENT / 'runs'}, which a runtime reset deletes: mount "
-                  "Drive (Files panel) to keep them in My Drive/mai-kit/runs",
+    if drive.is_dir():
+        return drive / DRIVE_FOLDER / "runs"
+    content = platform_path(COLAB_CONTENT)
+    warnings.warn(f"runs go to {content / 'runs'}, which a runtime reset deletes: mount Drive "
+                  "(Files panel) to keep them in My Drive/mai-kit/runs",
                   VolatileRunsWarning, stacklevel=2)
-    return COLAB_CONTENT / "runs"
+    return content / "runs"
 
 
 def default_submission() -> Path:
     """Where the platform shows outputs: /kaggle/working/submission.csv (the Output panel),
     /content/submission.csv on Colab (Files panel), the kit's submissions/ locally."""
-    return {"kaggle": KAGGLE_WORKING, "colab": COLAB_CONTENT}.get(
-        detect_platform(), kit_root() / "submissions") / "submission.csv"
+    folder = {"kaggle": KAGGLE_WORKING, "colab": COLAB_CONTENT}.get(detect_platform())
+    return (platform_path(folder) if folder else kit_root() / "submissions") / "submission.csv"
 
 
 def submission_copies(path: str | os.PathLike) -> list[Path]:
     """Where a copy of the submission is kept beside `path`: My Drive/mai-kit/ when Drive is
     mounted on Colab (it survives the runtime); nowhere else."""
-    if detect_platform() == "colab" and COLAB_MYDRIVE.is_dir():
-        return [COLAB_MYDRIVE / DRIVE_FOLDER / Path(path).name]
+    drive = platform_path(COLAB_DRIVE)
+    if detect_platform() == "colab" and drive.is_dir():
+        return [drive / DRIVE_FOLDER / Path(path).name]
     return []

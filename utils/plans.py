@@ -26,15 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils import ensemble, submit, train
-from utils.config import QuickstartConfig, SubmitConfig, TrainConfig, from_params, to_dict
+from utils.config import QuickstartConfig, SubmitConfig, TrainConfig, from_params
 from utils.data import KitData
 from utils.places import (
-    COLAB_MYDRIVE,
+    COLAB_CONTENT,
+    COLAB_DRIVE,
+    DRIVE_FOLDER,
     KAGGLE_INPUT,
     default_run_root,
     default_submission,
     detect_platform,
     kit_root,
+    platform_path,
     resolve,
     submission_copies,
 )
@@ -163,8 +166,8 @@ def weight_places(weights: str | None = None) -> list[Path]:
     """Folders searched for weights files: WEIGHTS, the kit's weights/ (the bundle's), Kaggle
     inputs, My Drive/mai-kit and Colab's /content."""
     places = [resolve(weights)] if weights else []
-    places += [kit_root() / "weights", KAGGLE_INPUT, COLAB_MYDRIVE / "mai-kit",
-               COLAB_MYDRIVE.parent.parent]
+    places += [kit_root() / "weights", platform_path(KAGGLE_INPUT),
+               platform_path(COLAB_DRIVE) / DRIVE_FOLDER, platform_path(COLAB_CONTENT)]
     return [p for p in dict.fromkeys(places) if p.is_dir()]
 
 
@@ -260,17 +263,12 @@ def blend_config(plan: Plan, cfg: QuickstartConfig, root: Path,
 
 
 def blend_and_submit(sub_cfg: SubmitConfig, data: KitData) -> dict:
-    """07's cells: load the runs, nested blend, post-processing, keep the best, audit, write
-    the CSV; returns keep_best's result."""
+    """07's cells: load the runs, blend them (nested), audit and write the CSV; returns the
+    nested choice 07 submitted (`keep_best`'s result)."""
     runs = submit.load_runs(sub_cfg, data)
-    blended, cvs = ensemble.blend_runs(sub_cfg, data.y, data.genes, runs)
-    post = ensemble.postprocess_blend(sub_cfg, data.y, runs, blended, cvs)
-    final = ensemble.keep_best(data.y, runs[0].folds, runs[0].cv["splitter"], blended, post,
-                               runs)
-    cvs["submitted (nested choice)"] = final["cv"]
-    _, flags = submit.audit(data.y, data.genes, final)
-    submit.submit(sub_cfg, to_dict(sub_cfg), data, runs, blended, post, cvs, flags, final)
-    return final
+    outcome = ensemble.blend_runs(sub_cfg, data, runs)
+    submit.submit(sub_cfg, data, outcome)
+    return outcome.final
 
 
 def run_plan(plan: Plan, data: KitData, cfg: QuickstartConfig,

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.choices import upgrade_config
 from utils.data import describe_change
 from utils.files import as_json, read_json, remove_file, run_dir, save_npy, write_json, write_with
 from utils.places import default_run_root, kit_root, resolve
@@ -243,7 +242,7 @@ def reuse_run(run_dir: str | os.PathLike, config: dict, data=None) -> Run | None
     if not is_complete(run_dir):
         return None
     run = load_run(run_dir)
-    saved = upgrade_config(run.config)  # parameters renamed since it was trained: today's names
+    saved = run.config
     changed = {k: (saved.get(k), v) for k, v in as_json(config).items()
                if k != "overwrite" and saved.get(k) != v}
     stale = "" if data is None else data_mismatch(run.config, data)
@@ -293,8 +292,8 @@ def prepare_checkpoints(run_dir: str | os.PathLike, settings: dict, resume: bool
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(run / "weights", ignore_errors=True)
     saved = folder / "settings.json"
-    if saved.is_file() and upgrade_config(read_json(saved)) != settings:
-        old = upgrade_config(read_json(saved))
+    old = read_json(saved) if saved.is_file() else settings
+    if old != settings:
         changed = {k: (old.get(k), v) for k, v in settings.items()
                    if old.get(k) != v and k != "data"}
         what = [f"other settings (saved, now): {changed}"] if changed else []

@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> Path:
           f"{mb['wheels']:.1f}, weights {mb['weights']:.1f}) in {time.perf_counter() - start:.0f}"
           f" s; {len(wheels)} packages for Python {', '.join(args.python)}: {', '.join(wheels)}"
           "\nColab: upload it to /content or My Drive; Kaggle: upload it as a dataset and "
-          "attach it (README: 'Kaggle offline').")
+          "attach it (README: 'Start here').")
     return out
 
 
