@@ -82,7 +82,7 @@ def heldout_table(table: pd.DataFrame) -> str:
         summary = [{"run": run, **summarise_run(r, sections)}
                    for run, r in rows.groupby("run", sort=False)]
         machine = ", ".join(dict.fromkeys(
-            f"{c} ({n} cores)" for c, n in rows[["cpu", "cores"]].dropna().astype(str)
+            f"{c} ({int(n)} cores)" for c, n in rows[["cpu", "cores"]].dropna()
             .itertuples(index=False))) if {"cpu", "cores"} <= set(rows) else ""
         caption = f"**{config}**" + (f" ({machine})" if machine else "")
         blocks.append(caption + "\n\n" + markdown(pd.DataFrame(summary)))

@@ -74,3 +74,33 @@ def test_report_summarises_sections_and_transcribed_means(tmp_path):
     assert report.render(readme, tables) == readme.replace("old", tables["heldout"])
     with pytest.raises(ValueError, match="no <!-- results:speed -->"):
         report.render(readme, {"speed": "t"})
+
+
+def measured_numbers(results=BENCH / "results" / "heldout.csv") -> set[str]:
+    """Every her2st number a user-facing file may quote, to three decimals: each run's held-out
+    mean over its sections, its choosing CV and its all-sections CV, as the report computes them."""
+    table = report.read_results(results, report.KEYS)
+    numbers = set()
+    for _, rows in table.groupby("config", sort=False):
+        sections = sorted(set(rows["section"]) - {report.ALL, report.MEAN})
+        for _, run in rows.groupby("run", sort=False):
+            summary = report.summarise_run(run, sections)
+            for key in ("held-out mean", "choosing CV", "all-sections CV [range]"):
+                numbers.update(f"{float(v):.3f}" for v in re.findall(r"0\.\d+", summary[key]))
+    return numbers
+
+
+def test_scores_the_readmes_quote_are_rows_of_the_results():
+    """A held-out or CV score in the README, presets/README.md or a preset comes from
+    benchmarks/results/heldout.csv (rounded to three decimals), never typed in by hand."""
+    measured = measured_numbers()
+    files = [KIT_ROOT / "README.md", KIT_ROOT / "presets" / "README.md",
+             *sorted((KIT_ROOT / "presets").glob("*.yaml"))]
+    texts = {str(path.relative_to(KIT_ROOT)): path.read_text() if path.suffix == ".md"
+             else "\n".join(line.partition("#")[2] for line in path.read_text().splitlines())
+             for path in files}  # a preset's values are parameters: only its comments count
+    quoted = {(name, n) for name, text in texts.items()
+              for n in re.findall(r"(?<![\d.])0\.\d{3}(?!\d)", text)}
+    assert quoted, "the README quotes the plans' held-out scores"
+    stray = sorted((name, n) for name, n in quoted if n not in measured)
+    assert not stray, f"numbers not in benchmarks/results/heldout.csv: {stray}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # --- vocabularies: what each name-valued parameter accepts ------------------------------------
 
-RECIPES = ("finetune", "retrieval", "ridge")  # 05 RECIPE (utils.train: a function per name)
+RECIPES = ("finetune", "retrieval", "retrieval_ridge", "ridge")  # 05 RECIPE (utils.train)
 SPLITTERS = ("slices", "blocks", "file", "random")  # 05 CV, the part before any ':'
 GROUP_MODES = ("heads", "models")  # 05 GROUP_MODE
 HEAD_INITS = ("ridge", "random")  # 05 HEAD_INIT

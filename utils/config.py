@@ -236,6 +236,7 @@ class FeatureSpec:
     crops: tuple[float, ...] = (1.0,)  # FEATURE_CROPS
     stain_norm: str | None = None  # STAIN_NORM
     dtype: str = "float32"  # FEATURE_DTYPE of the cache (returned as float32 either way)
+    tiles: int = 1  # FEATURE_TILES: n > 1 adds n x n tiles' mean and max features
 
     def __post_init__(self):
         set_field(self, "stages", parse_stages(self.stages))
@@ -247,6 +248,9 @@ class FeatureSpec:
             raise ValueError(f"MPP={self.mpp!r} must be > 0 (µm/px of the patches) and "
                              f"MODEL_MPP={self.model_mpp!r} None or > 0 (e.g. 0.5 for "
                              "pathology foundation models)")
+        if isinstance(self.tiles, bool) or not isinstance(self.tiles, int) or self.tiles < 1:
+            raise ValueError(f"FEATURE_TILES={self.tiles!r} must be an integer >= 1 (1: no "
+                             "tiles; 2: a 2 x 2 grid of tiles of each patch)")
         if self.mpp_fit not in MPP_FITS or self.dtype not in FEATURE_DTYPES:
             raise ValueError(f"MPP_FIT={self.mpp_fit!r} must be one of {MPP_FITS} and "
                              f"FEATURE_DTYPE={self.dtype!r} one of {FEATURE_DTYPES}")
@@ -269,6 +273,7 @@ class FeatureSpec:
                 str(int(i)) for i in self.stages))
         if self.crops != (1.0,):
             tag += "_crops-" + "-".join(f"{c:g}" for c in self.crops)
+        tag += f"_tiles{self.tiles}" if self.tiles > 1 else ""
         return tag + (f"_{self.stain_norm}" if self.stain_norm else "")
 
     @property
@@ -300,6 +305,8 @@ class FeatureSpec:
             key["crops"] = list(self.crops)
         if self.stain_norm:
             key.update(stain_norm=self.stain_norm, stain_reference=train_images)
+        if self.tiles > 1:
+            key["tiles"] = self.tiles
         return key
 
 
@@ -684,6 +691,10 @@ class TrainConfig:
                                         "reference from train patches)")
     centre_features: bool = documented(False, "ridge/retrieval: each slice's features minus its "
                                        "mean (folds; test)")
+    feature_tiles: int = documented(1, "n > 1: n x n tiles of each patch, mean- and max-pooled, "
+                                    "beside it")
+    alpha_per_component: bool = documented(False, "ridge with TARGET_PCA: one nested alpha per "
+                                           "target PC")
     compile: bool | str = documented("auto", 'torch.compile for frozen features: "auto" (CPU, '
                                      "long runs), True, False")
 
@@ -724,17 +735,22 @@ class TrainConfig:
         return FeatureSpec(self.backbone, self.pretrained, self.img_size, self.applied_tta,
                            self.seed, self.mpp, self.model_mpp, self.mpp_fit,
                            self.feature_stages, self.feature_crops, self.stain_norm,
-                           self.feature_dtype)
+                           self.feature_dtype, self.feature_tiles)
 
     def _check_features(self) -> None:
         """The feature spec is valid (`FeatureSpec`: MPP, MODEL_MPP, MPP_FIT, FEATURE_DTYPE,
-        FEATURE_STAGES, FEATURE_CROPS, STAIN_NORM), and fine-tuning leaves STAIN_NORM and
-        CENTRE_FEATURES alone (its model reads FEATURE_STAGES and FEATURE_CROPS; it would not
-        honour those two)."""
+        FEATURE_STAGES, FEATURE_CROPS, FEATURE_TILES, STAIN_NORM), ALPHA_PER_COMPONENT has
+        ridge's TARGET_PCA, and fine-tuning leaves STAIN_NORM, CENTRE_FEATURES and
+        FEATURE_TILES alone (its model reads FEATURE_STAGES and FEATURE_CROPS; it would not
+        honour those three)."""
         set_field(self, "feature_stages", parse_stages(self.feature_stages))
         set_field(self, "feature_crops", parse_crops(self.feature_crops))
         self.feature_spec  # noqa: B018 (built now: an invalid spec fails here, naming it)
-        changed = [name for name, default in (("STAIN_NORM", None), ("CENTRE_FEATURES", False))
+        if self.alpha_per_component and (self.recipe != "ridge" or not self.target_pca):
+            raise ValueError("ALPHA_PER_COMPONENT=True chooses one ridge alpha per target PC: "
+                             "it needs RECIPE='ridge' and TARGET_PCA (e.g. 16)")
+        changed = [name for name, default in (("STAIN_NORM", None), ("CENTRE_FEATURES", False),
+                                              ("FEATURE_TILES", 1))
                    if getattr(self, name.lower()) != default]
         if self.recipe == "finetune" and changed:
             raise ValueError(f"{', '.join(changed)} apply to the frozen-feature recipes (ridge, "

@@ -1,7 +1,7 @@
 """Build the offline bundle: one zip that serves Colab (upload, Drive) and Kaggle (a dataset).
 
     python -m utils.dev.bundle                                   # → dist/mai-kit-bundle.zip
-    python -m utils.dev.bundle --weights ../shared/weights/tf_efficientnet_lite0.in1k.safetensors
+    python -m utils.dev.bundle --weights path/to/tf_efficientnet_lite0.in1k.safetensors
     python -m utils.dev.bundle --has none --python 3.11          # every wheel, for one Python
 
 It runs in any venv with pip, from a git checkout or from an unpacked download of the kit (GitHub's
