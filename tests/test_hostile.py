@@ -86,6 +86,7 @@ def test_1_clearing_checkpoints_deletes_only_the_kits_files(tmp_path):
     prepare_checkpoints(run, {"a": 2}, resume=False)
     assert not (run / "weights" / "fold0.safetensors").exists()
     assert not (run / "checkpoints" / "fold0").exists()
+    (run / "weights").mkdir()
     (run / "weights" / "mine.safetensors").write_bytes(b"user")
     with pytest.raises(FileExistsError, match="mine.safetensors"):
         prepare_checkpoints(run, {"a": 3}, resume=False)

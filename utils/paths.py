@@ -126,7 +126,7 @@ def run_dir(path: str | os.PathLike) -> Path:
 
 # --- inputs are never outputs ---------------------------------------------------------------
 
-_INPUTS: dict[str, dict[Path, Path]] = {"files": {}, "roots": {}, "trees": {}}
+_INPUTS: dict[str, dict[Path, Path]] = {"files": {}, "roots": {}, "trees": {}, "runs": {}}
 
 
 def protect_inputs(root: Path, files: list[Path], image_dirs: list[Path]) -> None:
@@ -135,6 +135,11 @@ def protect_inputs(root: Path, files: list[Path], image_dirs: list[Path]) -> Non
     root = Path(root).resolve()
     for kind, paths in (("files", files), ("roots", [root]), ("trees", image_dirs)):
         _INPUTS[kind].update({Path(p).resolve(): root for p in paths})
+
+
+def protect_runs(folders: list[Path]) -> None:
+    """Register run folders read by this process (07's RUNS): nothing is written inside them."""
+    _INPUTS["runs"].update({Path(f).resolve(): Path(f) for f in folders})
 
 
 def input_clash(path: str | os.PathLike, folder: bool = False) -> str | None:
@@ -148,6 +153,9 @@ def input_clash(path: str | os.PathLike, folder: bool = False) -> str | None:
     tree = next((t for t in _INPUTS["trees"] if t == p or t in p.parents), None)
     if tree is not None:
         return f"it is inside the data's image folder {tree}"
+    run = next((r for r in _INPUTS["runs"] if r == p or r in p.parents), None)
+    if run is not None:
+        return f"it is inside the run folder {run}, an input here"
     return None
 
 

@@ -78,15 +78,20 @@ from utils.metric import (
     top_genes,
 )
 from utils.models import GeneRegressor, build_model, freeze_blocks, set_targets
-from utils.paths import check_output, figure, read_json, remove_file, resolve, write_json
+from utils.paths import figure, read_json, remove_file, resolve, write_json
 from utils.runs import (
     Run,
     Stopwatch,
+    claim_run_dir,
+    is_complete,
     load_run,
     peak_rss_gb,
     prepare_checkpoints,
+    replace_run,
     reuse_run,
+    run_lock,
     save_run,
+    staging_dir,
     weights_file,
 )
 from utils.units import (
@@ -131,22 +136,32 @@ def train(cfg: TrainConfig, data: KitData, folds: np.ndarray, splitter: str | No
     cv.json; default CV); reuse a finished identical run."""
     if cfg.recipe == "finetune":
         read_policy(cfg.augment)  # a missing or broken AUGMENT file fails now, not after hours
-    check_output(cfg.run_dir, "RUN_DIR")
-    run = None if cfg.overwrite else reuse_run(cfg.run_dir, to_dict(cfg), data)
-    if run is not None:
-        print(f"{run.path} is already trained with these parameters: loaded it "
-              "(OVERWRITE=True retrains)")
-        return run
-    start = time.perf_counter()
-    result = RECIPES[cfg.recipe](cfg, data, folds, splitter or cfg.cv)
-    earlier = result.details.pop("elapsed_before_s", 0.0)  # a resumed run's earlier processes
-    config = {**to_dict(cfg), "data_root": str(data.root), "n_train": len(data.train),
-              "n_test": len(data.test), "n_genes": len(data.genes), "details": result.details,
-              "data_fingerprint": data.fingerprint,
-              "elapsed_s": round(earlier + time.perf_counter() - start, 1),
-              "peak_rss_gb": peak_rss_gb()}
-    save_run(cfg.run_dir, config, folds, result.oof, result.test_pred, result.cv)
-    return load_run(cfg.run_dir)
+    folder = claim_run_dir(cfg.run_dir)
+    with run_lock(folder):
+        if is_complete(staging_dir(folder)):  # an OVERWRITE stopped while moving its run in
+            replace_run(folder)
+        run = None if cfg.overwrite else reuse_run(folder, to_dict(cfg), data)
+        if run is not None:
+            print(f"{run.path} is already trained with these parameters: loaded it "
+                  "(OVERWRITE=True retrains)")
+            return run
+        # retraining a finished run: the new one is made in .next/ (the old one stays finished)
+        target = staging_dir(folder) if is_complete(folder) or staging_dir(
+            folder).is_dir() else folder
+        start = time.perf_counter()
+        recipe = RECIPES[cfg.recipe]
+        result = (train_finetune(cfg, data, folds, splitter or cfg.cv, target)
+                  if recipe is train_finetune else recipe(cfg, data, folds, splitter or cfg.cv))
+        earlier = result.details.pop("elapsed_before_s", 0.0)  # a resumed run's earlier processes
+        config = {**to_dict(cfg), "data_root": str(data.root), "n_train": len(data.train),
+                  "n_test": len(data.test), "n_genes": len(data.genes), "details": result.details,
+                  "data_fingerprint": data.fingerprint,
+                  "elapsed_s": round(earlier + time.perf_counter() - start, 1),
+                  "peak_rss_gb": peak_rss_gb()}
+        save_run(target, config, folds, result.oof, result.test_pred, result.cv)
+        if target != folder:
+            replace_run(folder)
+        return load_run(folder)
 
 
 # --- ridge ----------------------------------------------------------------------------------
@@ -378,17 +393,17 @@ STOPPING_FRACTION = 0.15  # with PATIENCE: share of each training fold's rows (i
 # held out of a unit's training, to stop it early and choose its OOF epoch on
 
 
-def train_finetune(cfg: TrainConfig, data: KitData, folds: np.ndarray,
-                   splitter: str) -> RecipeResult:
+def train_finetune(cfg: TrainConfig, data: KitData, folds: np.ndarray, splitter: str,
+                   folder: Path | None = None) -> RecipeResult:
     """Fine-tuned backbone + gene-group heads per fold; resumable. Every unit is trained and its
     weights kept after every epoch; each fold's OOF predictions come from an epoch chosen without
     its labels: with PATIENCE, the best epoch on rows held out of the unit's own training rows
     (which also stop it early), else the last; the test predictions from the epoch best on all
-    folds' curves (`choose_epochs`)."""
+    folds' curves (`choose_epochs`). `folder`: where the run is written (default RUN_DIR)."""
     images, test_images = load_images(data, "train"), load_images(data, "test")
     units = plan_units(folds, resolve_groups(cfg, data, folds), cfg.group_mode,
                        STOPPING_FRACTION if cfg.patience else 0.0)
-    run = resolve(cfg.run_dir)
+    run = folder or resolve(cfg.run_dir)
     checkpoints = prepare_checkpoints(run, checkpoint_settings(cfg, data), cfg.resume)
     watch = Stopwatch(checkpoints / "elapsed.json")
     devices = device_count(cfg.devices)
