@@ -131,11 +131,12 @@ def _parse_text(name: str, text: str, kinds: list[str]):
                              "e.g. [1, 10] or {'mse': 1.0}") from None
     if any(k == "str" or k.startswith(("tuple[str", "dict[")) for k in kinds):
         return text
-    raise ValueError(f"{name}={text!r}: expected {' or '.join(_WORDS[k] for k in kinds)}")
+    raise ValueError(f"{name}={text!r}: expected {' or '.join(_WORDS.get(k, k) for k in kinds)}")
 
 
 _WORDS = {"bool": "True or False (true/false, yes/no, 1/0)", "int": "an integer",
-          "float": "a number", "None": "None"}
+          "float": "a number", "None": "None", "tuple[float, ...]": "a list of numbers",
+          "tuple[int, ...]": "a list of integers", "tuple[int, int]": "two integers"}
 
 
 def _parse_scalar(name: str, value, kinds: list[str]):

@@ -287,10 +287,22 @@ def read_json(path: str | os.PathLike) -> object:
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """Save an array as .npy atomically."""
+    """Save an array as .npy atomically; numpy's own write error (no errno: "X requested and Y
+    written") is named as a full disk when the disk lacks the room, else as a failed write."""
+    array = np.asarray(array)
+
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
-            np.save(f, np.asarray(array))
+        try:
+            with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
+                np.save(f, array)
+        except OSError as err:
+            if err.errno is not None:
+                raise
+            if shutil.disk_usage(tmp.parent).free < array.nbytes:
+                raise OSError(errno.ENOSPC, f"numpy: {err}") from None
+            raise WriteError(f"cannot write {path}: numpy could not write the array ({err}); "
+                             "nothing was written there (an earlier file, if any, is kept)"
+                             ) from None
 
     return write_with(path, write)
 

@@ -87,7 +87,7 @@ def save_run(run_dir: str | os.PathLike, config: dict, folds: np.ndarray, oof: n
              test_pred: np.ndarray, cv: dict) -> Path:
     """Write a run folder under its lock; every file is written atomically, the completion
     record (what marks the run finished) is removed first and written last."""
-    folder = claim_run_dir(run_dir)
+    folder = claim_run_dir(run_dir, mark=False)
     with run_lock(folder):
         remove_file(folder / RECORD)
         remove_file(folder / "config.json")
@@ -95,6 +95,7 @@ def save_run(run_dir: str | os.PathLike, config: dict, folds: np.ndarray, oof: n
             save_npy(folder / f"{name}.npy", np.asarray(array))
         write_json(folder / "cv.json", cv)
         write_json(folder / "config.json", config)
+        mark_run_dir(folder)
         write_record(folder)
     return folder
 
@@ -120,9 +121,10 @@ def foreign_files(folder: Path) -> list[str]:
     return sorted(rel for rel in found if not is_kit_file(rel))
 
 
-def claim_run_dir(path: str | os.PathLike) -> Path:
-    """A run folder the kit may write and clear (created, marked with `MARKER`); one holding
-    files the kit does not write is refused, naming them: the kit deletes only its own files."""
+def claim_run_dir(path: str | os.PathLike, mark: bool = True) -> Path:
+    """A run folder the kit may write and clear (created; marked with `MARKER` unless `mark` is
+    False); one holding files the kit does not write is refused, naming them: the kit deletes
+    only its own files."""
     folder = run_dir(path)
     foreign = foreign_files(folder)
     if foreign:
@@ -133,12 +135,18 @@ def claim_run_dir(path: str | os.PathLike) -> Path:
             f"{listing}. A run folder holds only the kit's files (it clears its checkpoints and "
             "weights when it retrains); choose a new RUN_DIR (e.g. under runs/), or move those "
             "files out")
+    if mark:
+        mark_run_dir(folder)
+    return folder
+
+
+def mark_run_dir(folder: Path) -> None:
+    """Write `MARKER` in a run folder (a finished run of an older kit is recorded first)."""
     if not (folder / MARKER).is_file():
         if all((folder / name).is_file() for name in RUN_FILES) and not (folder / RECORD).is_file():
-            write_record(folder)  # a finished run of an older kit: recorded as it is
+            write_record(folder)
         write_json(folder / MARKER, {"written_by": "mai-kit", "note": "a run folder: the kit "
                                      "writes, and deletes, only its own files here"})
-    return folder
 
 
 def file_hash(path: Path) -> str:
@@ -175,14 +183,14 @@ _HELD = threading.local()  # run folders this thread holds the lock of
 
 @contextmanager
 def run_lock(run_dir: str | os.PathLike):
-    """Hold a run folder's lock (`.run.lock` in it): another process or thread writing the
-    folder waits; the holder may take it again (re-entrant per thread)."""
+    """Hold a run folder's lock (`.<name>.run.lock` beside it): another process or thread
+    writing the folder waits; the holder may take it again (re-entrant per thread)."""
     folder = resolve(run_dir)
     held = _HELD.__dict__.setdefault("folders", set())
     if folder in held:
         yield folder
         return
-    with file_lock(folder / ".run"):
+    with file_lock(folder.parent / f".{folder.name}.run"):  # beside it: none inside it yet
         held.add(folder)
         try:
             yield folder
@@ -221,12 +229,12 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         missing = [name for name in wanted if not (folder / name).is_file()] or [RECORD]
         raise FileNotFoundError(f"{folder} is not a finished run: missing {', '.join(missing)} "
                                 f"(run notebooks/05_train.ipynb with RUN_DIR={str(run_dir)!r})")
+    arrays = {name: load_array(folder / f"{name}.npy") for name in ("folds", "oof", "test_pred")}
     changed = changed_files(folder) if (folder / RECORD).is_file() else []
     if changed:
         raise RunFileError(f"{folder}: {', '.join(changed)} changed since the run finished "
                            f"(another process wrote the folder, or a file was edited); retrain "
                            "it (05_train, OVERWRITE=True) or leave it out of RUNS")
-    arrays = {name: load_array(folder / f"{name}.npy") for name in ("folds", "oof", "test_pred")}
     run = Run(path=folder, config=read_json(folder / "config.json"),
               cv=read_json(folder / "cv.json"), **arrays)
     check_run_arrays(run)

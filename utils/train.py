@@ -38,7 +38,7 @@ from torch import nn
 
 from utils.augment import build_augment, read_policy
 from utils.config import TrainConfig, to_dict
-from utils.data import KitData, PatchDataset, load_images
+from utils.data import DataError, KitData, PatchDataset, load_images
 from utils.duplicates import find_duplicates
 from utils.features import cached_features
 from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_config
@@ -118,6 +118,9 @@ class RecipeResult:
     details: dict = field(default_factory=dict)
 
 
+MIN_FOLD_ROWS = 2  # rows a validation fold needs for its Pearson correlations
+
+
 def make_cv_folds(cfg: TrainConfig, data: KitData) -> tuple[np.ndarray, str]:
     """The fold of every train row and the splitter actually used (CV='slices' falls back to
     blocks, with a warning, when the rows show no slice structure), duplicate train patches in
@@ -127,6 +130,12 @@ def make_cv_folds(cfg: TrainConfig, data: KitData) -> tuple[np.ndarray, str]:
     print(duplicates.summary())
     folds, splitter, note = split_rows(cfg.cv, data.y, cfg.n_folds, cfg.seed, labels,
                                        duplicates.train_groups())
+    sizes = np.unique(folds, return_counts=True)[1]
+    if sizes.min() < MIN_FOLD_ROWS:
+        raise DataError(f"train.csv has {len(data.train)} rows: CV={splitter!r} made "
+                        f"{len(sizes)} folds, the smallest of {sizes.min()} rows, and a fold "
+                        f"needs {MIN_FOLD_ROWS} to be scored (a per-gene correlation); use "
+                        "fewer folds (N_FOLDS) or more training rows")
     print(note)
     return folds, splitter
 
