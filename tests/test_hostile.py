@@ -330,7 +330,9 @@ def test_10_images_are_checked_before_hashing_and_swaps_are_seen(tmp_path, monke
     with pytest.raises(DataError, match="TRAIN_0003.png.*not a PNG"):
         load_data(root).fingerprint  # noqa: B018
     write_png(root / "train" / "TRAIN_0003.png", np.full((*SIZE, 3), 9))
-    monkeypatch.setattr(data_module, "MAX_IMAGE_BYTES", 100)
+    big = np.random.default_rng(0).integers(0, 256, (64, 64, 3))
+    write_png(root / "train" / "TRAIN_0004.png", big)  # ~12 kB, the others under 1 kB
+    monkeypatch.setattr(data_module, "MAX_IMAGE_BYTES", 5000)
     with pytest.raises(DataError, match="TRAIN_0004.png.*MAX_IMAGE_BYTES"):
         load_data(root).fingerprint  # noqa: B018
     monkeypatch.undo()

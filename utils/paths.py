@@ -150,6 +150,9 @@ def input_clash(path: str | os.PathLike, folder: bool = False) -> str | None:
     if p in _INPUTS["roots"] or (not folder and p.parent in _INPUTS["roots"]):
         root = p if p in _INPUTS["roots"] else p.parent
         return f"{'it is' if p == root else 'it is directly in'} the data folder {root}"
+    root = next((r for r in _INPUTS["roots"] if r in p.parents), None)
+    if folder and root is not None and root not in kit_root().resolve().parents:
+        return f"it is inside the data folder {root}: keep outputs apart from the inputs"
     tree = next((t for t in _INPUTS["trees"] if t == p or t in p.parents), None)
     if tree is not None:
         return f"it is inside the data's image folder {tree}"
