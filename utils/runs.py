@@ -224,9 +224,9 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     """Read a run folder; an incomplete one, files changed since it finished, unreadable or
     non-finite arrays and folds that disagree with cv.json are errors naming the file."""
     folder = resolve(run_dir)
-    if not is_complete(folder):
-        wanted = RUN_FILES + ((RECORD,) if (folder / MARKER).is_file() else ())
-        missing = [name for name in wanted if not (folder / name).is_file()] or [RECORD]
+    wanted = RUN_FILES + ((RECORD,) if (folder / MARKER).is_file() else ())
+    missing = [name for name in wanted if not (folder / name).is_file()]
+    if missing:
         raise FileNotFoundError(f"{folder} is not a finished run: missing {', '.join(missing)} "
                                 f"(run notebooks/05_train.ipynb with RUN_DIR={str(run_dir)!r})")
     arrays = {name: load_array(folder / f"{name}.npy") for name in ("folds", "oof", "test_pred")}
