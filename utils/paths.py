@@ -38,6 +38,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -120,8 +121,27 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 def run_dir(path: str | os.PathLike) -> Path:
     """A run folder (created if needed), relative paths taken from the kit's root; an input of
-    the data loaded so far is refused, and a failure to create it names the folder."""
-    return make_folder(check_output(path, "RUN_DIR"))
+    the data loaded so far is refused, one inside the data folder is warned about, and a
+    failure to create it names the folder."""
+    folder = check_output(path, "RUN_DIR")
+    warn_inside_data(folder, "RUN_DIR")
+    return make_folder(folder)
+
+
+class InsideDataWarning(UserWarning):
+    """An output folder lies inside the data folder (allowed, but outputs mix with inputs)."""
+
+
+def warn_inside_data(folder: Path, what: str) -> None:
+    """Warn, naming `what`, when `folder` is inside a loaded data folder (unless the kit itself
+    is, as on Colab with files uploaded to /content)."""
+    p = folder.expanduser().resolve()
+    root = next((r for r in _INPUTS["roots"] if r in p.parents), None)
+    if root is not None and root not in kit_root().resolve().parents:
+        warnings.warn(f"{what}={str(folder)!r} is inside the data folder {root}: outputs mix "
+                      "with the competition files (and a read-only data folder cannot hold "
+                      f"them); prefer a {what} under the kit's runs/", InsideDataWarning,
+                      stacklevel=3)
 
 
 # --- inputs are never outputs ---------------------------------------------------------------
@@ -150,9 +170,6 @@ def input_clash(path: str | os.PathLike, folder: bool = False) -> str | None:
     if p in _INPUTS["roots"] or (not folder and p.parent in _INPUTS["roots"]):
         root = p if p in _INPUTS["roots"] else p.parent
         return f"{'it is' if p == root else 'it is directly in'} the data folder {root}"
-    root = next((r for r in _INPUTS["roots"] if r in p.parents), None)
-    if folder and root is not None and root not in kit_root().resolve().parents:
-        return f"it is inside the data folder {root}: keep outputs apart from the inputs"
     tree = next((t for t in _INPUTS["trees"] if t == p or t in p.parents), None)
     if tree is not None:
         return f"it is inside the data's image folder {tree}"

@@ -423,12 +423,13 @@ def weights_file(unit: str) -> str:
     return f"weights/{unit}.safetensors"
 
 
-def prepare_checkpoints(run_dir: str | os.PathLike, settings: dict, resume: bool) -> Path:
+def prepare_checkpoints(run_dir: str | os.PathLike, settings: dict, resume: bool,
+                        claim: bool = True) -> Path:
     """The checkpoint folder of a fine-tuning run: kept to resume an unfinished run with the same
     `settings`, cleared for a fresh start (RESUME=False, or retraining a finished run): only the
-    kit's files in checkpoints/ and weights/ are removed, and a run folder holding other files
-    is refused (`claim_run_dir`)."""
-    run = claim_run_dir(run_dir)
+    kit's files in checkpoints/ and weights/ are removed, and with `claim` a run folder holding
+    other files is refused (`claim_run_dir`; 04's folders hold its own outputs too)."""
+    run = claim_run_dir(run_dir) if claim else resolve(run_dir)
     folder = run / "checkpoints"
     settings = as_json(settings)
     if not resume or is_complete(run):
