@@ -19,7 +19,7 @@ from utils import augment as screening
 from utils.augment import is_geometric
 from utils.config import ScreenConfig
 from utils.data import load_data
-from utils.paths import kit_root
+from utils.places import kit_root
 
 SHARED_HER2ST = kit_root().parent / "shared" / "her2st"
 

@@ -18,7 +18,8 @@ import numpy as np
 from utils.config import TrainConfig
 from utils.data import load_data, load_images
 from utils.dev.demo import write_demo
-from utils.paths import kit_root, read_json
+from utils.files import read_json
+from utils.places import kit_root
 from utils.train import make_cv_folds, train
 
 

@@ -95,7 +95,7 @@ print(f"trained {len(epochs)} epochs ({len(steps)} steps)", digest(run.oof, run.
 RIDGE = """
 from utils import runs, train
 from utils.config import TrainConfig
-from utils.paths import save_npy
+from utils.files import save_npy
 def config(alphas, overwrite):
     return TrainConfig(data_dir=os.environ["DRILL_DATA"], run_dir=os.environ["DRILL_RUN"],
                        recipe="ridge", backbone="test_convnext", pretrained=False, img_size=IMG,

@@ -29,12 +29,14 @@ from utils import ensemble, train
 from utils.augment import hed_to_rgb, rgb_to_hed
 from utils.choices import target_pca_from_target
 from utils.config import FeatureSpec, GeneClusteringConfig
+from utils.cv import score_folds, split_rows
 from utils.data import cache_dir_for, load_data, load_images
 from utils.features import cache_entry, cached_features, extract_features
+from utils.files import cached_array
 from utils.genes import LABEL_FREE, groups_on_rows
-from utils.metric import KEYS, score, score_folds, split_rows
+from utils.metric import KEYS, score
 from utils.models import create_backbone
-from utils.paths import cached_array, kit_root
+from utils.places import kit_root
 from utils.runs import Run, peak_rss_gb
 from utils.train import RidgePath
 

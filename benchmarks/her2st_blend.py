@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from utils import ensemble
-from utils.metric import format_cv
+from utils.cv import format_cv
 from utils.runs import Run, check_folds, check_shapes, find_runs, load_run, peak_rss_gb
 
 HER2ST = Path(__file__).resolve().parent.parent.parent / "shared" / "her2st"

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from utils.paths import kit_root
+from utils.places import kit_root
 
 SHARED = kit_root().parent / "shared"
 HER2ST = SHARED / "her2st"

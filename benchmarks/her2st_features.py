@@ -29,8 +29,9 @@ import pandas as pd
 from utils import ensemble
 from utils.config import TrainConfig
 from utils.data import cache_dir_for, load_data
+from utils.files import cached_array
 from utils.metric import KEYS, score
-from utils.paths import cached_array, kit_root
+from utils.places import kit_root
 from utils.runs import peak_rss_gb
 
 SHARED = kit_root().parent / "shared"

@@ -20,7 +20,7 @@ from utils import train
 from utils.config import TrainConfig
 from utils.data import load_data
 from utils.metric import KEYS
-from utils.paths import kit_root
+from utils.places import kit_root
 from utils.runs import load_run
 
 SHARED = kit_root().parent / "shared"

@@ -35,8 +35,9 @@ from benchmarks import her2st_backbones as hb
 from benchmarks.her2st_kernel import best_ridge, transform
 from benchmarks.her2st_tta_cost import WEIGHTS, load_sections
 from utils.config import TrainConfig
-from utils.metric import KEYS, score, score_folds
-from utils.paths import resolve
+from utils.cv import score_folds
+from utils.metric import KEYS, score
+from utils.places import resolve
 
 SECTIONS = ("C2", "C3", "C4", "C5")
 

@@ -25,8 +25,9 @@ import pandas as pd
 
 from benchmarks.her2st_tta_cost import WEIGHTS, load_sections
 from utils.config import TrainConfig
+from utils.files import read_json, write_json
 from utils.metric import KEYS, score
-from utils.paths import read_json, resolve, write_json
+from utils.places import resolve
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -29,8 +29,9 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import her2st_backbones as hb
+from utils.cv import nested_choice_on_rows, score_folds
 from utils.data import load_data
-from utils.metric import nested_choice_on_rows, score, score_folds
+from utils.metric import score
 
 OUT = hb.OUT.parent / "kernel"
 TARGETS = ("pca:8", "pca:16", "pca:32")

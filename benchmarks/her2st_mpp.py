@@ -11,7 +11,7 @@ import time
 from utils.config import TrainConfig
 from utils.data import load_data
 from utils.metric import KEYS
-from utils.paths import kit_root
+from utils.places import kit_root
 from utils.train import make_cv_folds, train
 
 SHARED = kit_root().parent / "shared"

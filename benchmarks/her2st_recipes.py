@@ -22,7 +22,7 @@ from utils import ensemble
 from utils.config import TrainConfig
 from utils.data import load_data
 from utils.metric import KEYS
-from utils.paths import kit_root
+from utils.places import kit_root
 from utils.runs import peak_rss_gb
 
 SHARED = kit_root().parent / "shared"

@@ -10,9 +10,9 @@ import os
 import tempfile
 import time
 
+from utils.cv import format_cv
 from utils.dev.pipeline import execute_notebook
-from utils.metric import format_cv
-from utils.paths import kit_root
+from utils.places import kit_root
 from utils.runs import load_run
 
 SHARED = kit_root().parent / "shared"

@@ -22,8 +22,9 @@ import pandas as pd
 
 from utils.config import AdaptConfig, TrainConfig
 from utils.data import load_data
+from utils.files import read_json, write_json
 from utils.metric import PARTS
-from utils.paths import kit_root, read_json, write_json
+from utils.places import kit_root
 from utils.runs import peak_rss_gb
 
 SHARED = kit_root().parent / "shared"

@@ -22,8 +22,9 @@ import pandas as pd
 
 from utils.config import FeatureSpec
 from utils.data import load_data, load_images
+from utils.files import cached_array, read_json, write_json
 from utils.metric import KEYS, score
-from utils.paths import cached_array, kit_root, read_json, resolve, write_json
+from utils.places import kit_root, resolve
 
 SHARED = kit_root().parent / "shared"
 HER2ST = SHARED / "her2st"

@@ -36,7 +36,7 @@ import yaml
 from utils.config import TrainConfig
 from utils.data import load_data
 from utils.metric import KEYS, score
-from utils.paths import kit_root
+from utils.places import kit_root
 
 SHARED = kit_root().parent / "shared"
 HER2ST = SHARED / "her2st"

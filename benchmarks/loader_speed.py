@@ -31,7 +31,7 @@ from utils.loop import (
 )
 from utils.losses import create_loss
 from utils.models import ModelSpec, build_model, set_targets
-from utils.paths import kit_root
+from utils.places import kit_root
 
 SHARED_HER2ST = kit_root().parent / "shared" / "her2st"
 

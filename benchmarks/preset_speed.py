@@ -40,12 +40,12 @@ import yaml
 
 from utils.choices import TTA_VIEWS
 from utils.config import TrainConfig
+from utils.cv import make_folds
 from utils.data import load_data, load_images
 from utils.dev.demo import write_demo
 from utils.features import extract_features
-from utils.metric import make_folds
 from utils.models import create_backbone
-from utils.paths import kit_root
+from utils.places import kit_root
 from utils.train import RidgePath, centre_by_fold, cv_retrieval, cv_ridge, nearest_predictions
 
 PRESETS = ("cpu_best", "cpu_fast", "cpu_lite0", "cpu_lite1", "cpu_lite2", "cpu_retrieval",

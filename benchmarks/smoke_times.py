@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from utils.dev.pipeline import execute_notebook
-from utils.paths import kit_root
+from utils.places import kit_root
 
 SHARED = kit_root().parent / "shared"
 HER2ST = SHARED / "her2st"

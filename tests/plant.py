@@ -112,7 +112,7 @@ def _patched_read_only(folder: Path):
 
 
 def kit_tmp(path: Path) -> Path:
-    """The temporary file `utils.paths.atomic_path` writes `path` through in this process."""
+    """The temporary file `utils.files.atomic_path` writes `path` through in this process."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
 

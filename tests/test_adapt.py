@@ -244,7 +244,7 @@ def test_adaptation_makes_held_out_views_agree_more_than_the_start(tmp_path, dem
 @pytest.mark.smoke
 def test_adapt_notebook_runs_top_to_bottom_and_writes_its_files(tmp_path, demo_dir):
     from utils.dev.pipeline import DEMO_MODEL, execute_notebook
-    from utils.paths import kit_root
+    from utils.places import kit_root
 
     run = tmp_path / "adapt"
     params = {"DATA_DIR": str(demo_dir), "RUN_DIR": str(run), **DEMO_MODEL, "EPOCHS": 2,

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import augment as screening
+from utils import screening
 from utils.augment import (
     build_augment,
     build_transform,
@@ -29,7 +29,7 @@ from utils.augment import (
 from utils.choices import AUGMENT_CANDIDATES as CANDIDATES
 from utils.choices import LEVELS
 from utils.config import ScreenConfig, from_params
-from utils.paths import save_figure
+from utils.plots import save_figure
 
 ISSUE_NAMES = {"HorizontalFlip", "VerticalFlip", "RandomRotate90", "Affine",
                "RandomBrightnessContrast", "ColorJitter", "HueSaturationValue", "Equalize",
@@ -211,7 +211,7 @@ def test_random_networks_give_similarity_one_and_distance_zero_for_identity(patc
 
 
 def test_without_network_dino_and_lpips_are_left_out_with_the_reason(tmp_path):
-    code = ("from utils import augment as s; "
+    code = ("from utils import screening as s; "
             "print(s.load_dino('vit_small_patch16_224.dino', True)[1]); "
             "print(s.load_lpips('alex', True)[1])")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import make_dacon
 
-import utils.paths as paths
-from utils.paths import find_data_dir, missing_files, unpack_dacon_zip
+import utils.places as paths
+from utils.places import find_data_dir, missing_files, unpack_dacon_zip
 
 
 @pytest.fixture

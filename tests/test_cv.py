@@ -6,15 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.metric import (
-    KEYS,
-    format_cv,
-    list_splitters,
-    make_folds,
-    read_fold_file,
-    score,
-    score_folds,
-)
+from utils.cv import format_cv, list_splitters, make_folds, read_fold_file, score_folds
+from utils.metric import KEYS, score
 
 
 @pytest.mark.parametrize("n_rows,n_folds", [(10, 3), (12, 4), (7, 7), (101, 5), (5, 2)])
@@ -192,7 +185,8 @@ def _sliced_expression(sizes=(300, 260, 280), genes=40, shift=1.0, seed=0):
 
 
 def test_slices_are_found_from_the_expression_along_row_order():
-    from utils.metric import find_slices, split_rows
+    from utils.cv import split_rows
+    from utils.slices import find_slices
 
     y = _sliced_expression()
     found = find_slices(y)
@@ -204,7 +198,8 @@ def test_slices_are_found_from_the_expression_along_row_order():
 
 
 def test_shuffled_rows_fall_back_to_blocks_with_a_warning():
-    from utils.metric import find_slices, split_rows
+    from utils.cv import split_rows
+    from utils.slices import find_slices
 
     y = _sliced_expression()[np.random.default_rng(1).permutation(840)]
     assert find_slices(y) is None
@@ -219,7 +214,7 @@ def test_shuffled_rows_fall_back_to_blocks_with_a_warning():
 def test_unequal_slices_are_recovered_exactly(sizes, seed, capsys):
     """Slices of any sizes (not only near-equal ones), each with smooth spatial drift and a batch
     shift of every gene, are found at exactly the planted edges; find_slices says so."""
-    from utils.metric import find_slices
+    from utils.slices import find_slices
 
     found = find_slices(_sliced_expression(sizes, seed=seed))
     assert found is not None and found["sizes"] == list(sizes), found and found["sizes"]
@@ -233,7 +228,7 @@ def test_unequal_slices_are_recovered_exactly(sizes, seed, capsys):
 
 @pytest.mark.parametrize("sizes", [(400, 900, 1600), (300, 300, 2000), (2378, 2349, 2265)])
 def test_shuffled_slices_of_any_size_show_no_structure(sizes, capsys):
-    from utils.metric import find_slices
+    from utils.slices import find_slices
 
     y = _sliced_expression(sizes)
     assert find_slices(y[np.random.default_rng(1).permutation(len(y))]) is None
@@ -244,7 +239,7 @@ def test_shuffled_slices_of_any_size_show_no_structure(sizes, capsys):
 def test_a_short_region_at_a_slice_end_is_not_a_slice():
     """A distinct patch of tissue of a few rows inside a slice shifts the expression as much as
     an edge does; slices hold at least MIN_SLICE_FRACTION of the rows, so it is not taken."""
-    from utils.metric import MIN_SLICE_FRACTION, find_slices
+    from utils.slices import MIN_SLICE_FRACTION, find_slices
 
     y = _sliced_expression((500, 500, 500))
     y[1480:] += 6 * np.random.default_rng(5).normal(size=y.shape[1])  # 20 rows, < 1/16 of 1500
@@ -256,7 +251,7 @@ def test_a_short_region_at_a_slice_end_is_not_a_slice():
 def test_change_points_and_slices_come_from_one_detector():
     """01's change points (find_change_points) and 05's slices (find_slices) share
     detect_change_points; on sliced rows the change points include the slice edges."""
-    from utils.metric import find_change_points, find_slices, row_signals
+    from utils.slices import find_change_points, find_slices, row_signals
 
     y = _sliced_expression((400, 900, 1600))
     edges = find_slices(y)["edges"]

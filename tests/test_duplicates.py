@@ -11,8 +11,8 @@ from PIL import Image
 
 from utils import duplicates, eda, train
 from utils.config import TrainConfig
+from utils.cv import keep_together, make_folds, split_rows
 from utils.data import load_data
-from utils.metric import keep_together, make_folds, split_rows
 
 
 def _png(root, name) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import eda, metric
+from utils import eda, slices
 from utils.config import EdaConfig
 from utils.metric import top_genes
 
@@ -49,18 +49,18 @@ def test_pair_correlations_take_each_pair_once_or_a_sample():
 def test_change_points_find_planted_shifts_and_nothing_in_noise():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((600, 4))
-    assert metric.find_change_points(x, window=20) == []
+    assert slices.find_change_points(x, window=20) == []
     x[150:] += [1.5, 0, -1.0, 0.5]
     x[420:] += [0, 2.0, 0, 0]
-    points = metric.find_change_points(x, window=20)
+    points = slices.find_change_points(x, window=20)
     assert len(points) == 2 and abs(points[0] - 150) <= 10 and abs(points[1] - 420) <= 10
-    assert metric.find_change_points(x, window=20, max_points=1) in ([points[0]], [points[1]])
-    assert metric.find_change_points(x[:30], window=20) == []  # too short for two windows
+    assert slices.find_change_points(x, window=20, max_points=1) in ([points[0]], [points[1]])
+    assert slices.find_change_points(x[:30], window=20) == []  # too short for two windows
 
 
 def test_jump_scores_are_the_difference_of_window_means():
     x = np.r_[np.zeros(10), np.ones(10)][:, None] * 2.0
-    scores = metric.jump_scores(x, window=5)
+    scores = slices.jump_scores(x, window=5)
     assert np.isnan(scores[:5]).all() and np.isnan(scores[16:]).all()
     assert np.nanargmax(scores) == 10 and scores[10] == pytest.approx(4.0)  # unit-variance steps
     assert scores[5] == 0.0
@@ -70,12 +70,12 @@ def test_row_signals_hold_expression_and_colour_columns():
     rng = np.random.default_rng(2)
     y = rng.gamma(1.0, 1.0, (50, 20))
     colour = pd.DataFrame({f"mean_{c}": rng.random(50) for c in eda.CHANNELS})
-    signals = metric.row_signals(y, colour[[f"mean_{c}" for c in eda.CHANNELS[:5]]])
+    signals = slices.row_signals(y, colour[[f"mean_{c}" for c in eda.CHANNELS[:5]]])
     assert list(signals.columns) == ["total expression", "expression PC1", "expression PC2",
                                      "expression PC3", "mean R", "mean G", "mean B", "mean H",
                                      "mean E"]
     np.testing.assert_allclose(signals["total expression"], y.sum(1), rtol=1e-5)
-    assert list(metric.row_signals(y).columns)[-1] == "expression PC3"
+    assert list(slices.row_signals(y).columns)[-1] == "expression PC3"
 
 
 def test_image_features_match_rgb2hed_on_sampled_pixels():

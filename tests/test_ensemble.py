@@ -9,9 +9,10 @@ from conftest import blind_cv_score
 
 from utils import ensemble, submit
 from utils.config import SubmitConfig, from_params
+from utils.cv import score_folds
 from utils.data import load_data
 from utils.genes import load_gene_groups
-from utils.metric import pearson_genes, score, score_folds, top_genes
+from utils.metric import pearson_genes, score, top_genes
 from utils.runs import check_folds, load_run, save_run, select_runs
 from utils.submit import make_submission, validate_submission, write_submission
 
@@ -409,7 +410,7 @@ def test_07_with_groups_made_per_fold_ignores_each_folds_labels(tmp_path):
     from conftest import assert_label_invariant
 
     from utils.config import GeneClusteringConfig, to_dict
-    from utils.paths import write_json
+    from utils.files import write_json
 
     y, folds = _truth()
     genes = [f"g{i}" for i in range(G)]

@@ -18,7 +18,7 @@ import pytest
 from conftest import KIT_ROOT, make_dacon
 
 from utils.data import load_data, load_images
-from utils.paths import cached_array, npy_is_complete, save_npy
+from utils.files import cached_array, npy_is_complete, save_npy
 
 KILL = "import os, signal\ndef die(): os.kill(os.getpid(), signal.SIGKILL)\n"
 
@@ -128,7 +128,7 @@ def test_killed_rebuild_never_leaves_the_old_key_on_new_data(tmp_path):
     cached_array(path, {"k": 1}, lambda: np.zeros(4))
     run_child(f"""
         import numpy as np
-        import utils.paths as p
+        import utils.files as p
         real = p.write_json
         p.write_json = lambda *a: die()  # after the new array is in place, before its key
         p.cached_array({str(path)!r}, {{"k": 2}}, lambda: np.ones(4))

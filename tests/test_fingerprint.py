@@ -14,8 +14,8 @@ from conftest import make_dacon, write_png
 
 from utils import train
 from utils.config import TrainConfig, to_dict
+from utils.cv import score_folds
 from utils.data import describe_change, load_data, load_images
-from utils.metric import score_folds
 from utils.runs import (
     check_same_data,
     check_trained_on,

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from utils.cv import make_folds
 from utils.data import load_data
-from utils.metric import make_folds
-from utils.paths import kit_root
+from utils.places import kit_root
 
 HER2ST = kit_root().parent / "shared" / "her2st"
 pytestmark = [
@@ -33,7 +33,7 @@ def test_block_folds_recover_the_sections():
 
 def test_slices_found_from_the_expression_are_the_sections():
     """CV="slices" (the default) finds the 4 sections from the expression alone."""
-    from utils.metric import find_slices
+    from utils.slices import find_slices
 
     data = load_data(HER2ST)
     sections = pd.read_csv(HER2ST / "train_sections.csv").set_index("ID").loc[data.train["ID"]]
@@ -48,7 +48,7 @@ def test_slices_found_from_the_expression_are_the_sections():
 def test_slices_are_found_without_each_section(held_out):
     """her2st_unseen trains on three sections: their slices are found too (C3 out leaves C2
     beside C4, whose edge the equal-size detector missed), each edge within 3 rows."""
-    from utils.metric import find_slices
+    from utils.slices import find_slices
 
     data = load_data(HER2ST)
     sections = pd.read_csv(HER2ST / "train_sections.csv").set_index("ID").loc[data.train["ID"]]
@@ -60,7 +60,7 @@ def test_slices_are_found_without_each_section(held_out):
 
 
 def test_shuffled_her2st_rows_show_no_slices():
-    from utils.metric import find_slices
+    from utils.slices import find_slices
 
     data = load_data(HER2ST)
     assert find_slices(data.y[np.random.default_rng(0).permutation(len(data.y))]) is None

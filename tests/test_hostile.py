@@ -24,9 +24,9 @@ from conftest import SIZE, make_dacon, write_png
 
 from utils import train
 from utils.config import SubmitConfig, TrainConfig, from_params
+from utils.cv import score_folds
 from utils.data import DataError, DataWarning, ImageConversionWarning, load_data
-from utils.metric import score_folds
-from utils.paths import InputOutputError, WriteError
+from utils.files import InputOutputError, WriteError
 from utils.runs import (
     UnsafeFileError,
     is_complete,
@@ -251,7 +251,7 @@ def test_8_finding_runs_skips_smoke_runs_unless_asked(tmp_path):
 def test_9_every_remaining_fault_is_a_named_error(tmp_path, dacon_dir, monkeypatch):
     from safetensors.torch import save_file
 
-    from utils import paths, submit
+    from utils import files, submit
     from utils.models import WeightsError, create_backbone
     from utils.runs import MARKER
 
@@ -263,7 +263,7 @@ def test_9_every_remaining_fault_is_a_named_error(tmp_path, dacon_dir, monkeypat
         mp.setattr(np, "save", numpy_full)
         mp.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 0))
         with pytest.raises(WriteError, match="disk is full") as err:
-            paths.save_npy(tmp_path / "x.npy", np.zeros(1000))
+            files.save_npy(tmp_path / "x.npy", np.zeros(1000))
         assert "x.npy" in str(err.value)
     # a corrupt or NaN oof.npy in one of several runs
     data = load_data(dacon_dir)
@@ -312,7 +312,7 @@ def test_9_every_remaining_fault_is_a_named_error(tmp_path, dacon_dir, monkeypat
 
 def test_10_images_are_checked_before_hashing_and_swaps_are_seen(tmp_path, monkeypatch):
     from utils import data as data_module
-    from utils.paths import run_dir
+    from utils.files import run_dir
 
     root = make_dacon(tmp_path)
     # a swapped image with the same size and mtime is seen

@@ -11,8 +11,8 @@ import utils
 HEAVY = ("torch", "timm", "umap", "pytorch_grad_cam", "lpips", "albumentations", "matplotlib",
          "sklearn", "papermill", "cv2", "numba")
 # Modules a notebook without a network (01, 02, 07) imports: numpy/pandas only at import time.
-LIGHT = ("metric", "data", "runs", "config", "choices", "paths", "eda", "genes", "ensemble",
-         "dev.pipeline", "dev.demo")
+LIGHT = ("metric", "cv", "slices", "data", "runs", "config", "choices", "places", "files",
+         "plots", "eda", "genes", "ensemble", "dev.pipeline", "dev.demo")
 PACKAGE = Path(utils.__file__).parent
 
 
@@ -73,10 +73,10 @@ def test_import_graph_has_no_cycle_and_no_function_local_sibling_import():
 
 
 def test_registries_match_the_names_config_accepts():
-    from utils import augment, choices, ensemble, genes, losses, metric, train
+    from utils import augment, choices, cv, ensemble, genes, losses, train
 
     assert sorted(train.RECIPES) == sorted(choices.RECIPES)
-    assert sorted(metric.SPLITTERS) == sorted(choices.SPLITTERS)
+    assert sorted(cv.SPLITTERS) == sorted(choices.SPLITTERS)
     assert list(genes.STRATEGIES) == list(choices.STRATEGIES)
     assert ensemble.list_steps() == list(choices.POSTPROCESS_STEPS)
     assert augment.list_policies() == sorted(choices.AUGMENT_POLICIES)

@@ -12,7 +12,7 @@ from conftest import make_dacon
 from utils import train
 from utils.config import TrainConfig
 from utils.data import load_data, load_images
-from utils.paths import InputOutputError, check_output, run_dir, write_csv
+from utils.files import InputOutputError, check_output, run_dir, write_csv
 
 
 @pytest.fixture

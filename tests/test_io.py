@@ -1,4 +1,4 @@
-"""utils.paths, atomic writes: JSON round trips; nothing is ever left half-written behind."""
+"""utils.files, atomic writes: JSON round trips; nothing is ever left half-written behind."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.paths import (
+from utils.files import (
     atomic_path,
     cached_array,
     read_json,

@@ -8,14 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
-from utils.metric import (
-    KEYS,
-    PARTS,
-    max_gene_floor,
-    pearson_genes,
-    score,
-    top_genes,
-)
+from utils.metric import KEYS, PARTS, max_gene_floor, pearson_genes, score, top_genes
 
 SHAPES = [((7, 5), 3), ((30, 60), 50), ((13, 120), 50)]  # (spots, genes), n_top < genes
 SEEDS = [0, 1]

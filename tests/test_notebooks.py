@@ -87,7 +87,7 @@ def test_parameters_cell_and_config_defaults_agree(path):
     import dataclasses
 
     from utils import config
-    from utils.paths import as_json
+    from utils.files import as_json
 
     cls = getattr(config, CONFIGS[path.stem])
     defaults = {f.name.upper(): f.default_factory() if f.default is dataclasses.MISSING

@@ -9,7 +9,7 @@ import pytest
 from utils import loop, train
 from utils.config import TrainConfig
 from utils.data import load_data
-from utils.paths import read_json
+from utils.files import read_json
 
 
 @pytest.fixture

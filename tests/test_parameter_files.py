@@ -11,7 +11,7 @@ import yaml
 
 from utils import config
 from utils.dev.pipeline import DEMO_MODEL, execute_notebook, list_notebooks
-from utils.paths import kit_root
+from utils.places import kit_root
 
 PRESETS = sorted((kit_root() / "presets").glob("*.yaml"))
 CONFIG = {"05_train": config.TrainConfig, "07_ensemble_submit": config.SubmitConfig}

@@ -1,4 +1,4 @@
-"""utils.paths: where the data is found, in which order, and what the error says."""
+"""utils.places: where the data is found, in which order, and what the error says."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import make_dacon
 
-import utils.paths as paths
-from utils.paths import REQUIRED, DataDirError, find_data_dir
+import utils.places as paths
+from utils.files import run_dir
+from utils.places import REQUIRED, DataDirError, find_data_dir
 
 
 @pytest.fixture
@@ -142,10 +143,10 @@ def test_relative_paths_resolve_against_kit_root(tmp_path, places, monkeypatch):
 
 
 def test_run_dir_creates_folder_under_kit_root(places):
-    folder = paths.run_dir("runs/first")
+    folder = run_dir("runs/first")
     assert folder == places["kit"] / "runs" / "first" and folder.is_dir()
-    assert paths.run_dir("runs/first") == folder  # idempotent
+    assert run_dir("runs/first") == folder  # idempotent
 
 
 def test_kit_root_holds_utils():
-    assert (paths.kit_root() / "utils" / "paths.py").is_file()
+    assert (paths.kit_root() / "utils" / "places.py").is_file()

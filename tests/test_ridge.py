@@ -6,7 +6,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 
-from utils.metric import make_folds
+from utils.cv import make_folds
 from utils.train import cv_ridge, fit_ridge_path
 
 
@@ -125,7 +125,8 @@ def test_ridge_oof_of_a_fold_ignores_its_labels(n_folds, how):
 def test_ridge_with_two_folds_chooses_alpha_on_blocks_of_the_other_fold():
     """2 folds (two training slices, or SMOKE): alpha is chosen by CV over contiguous blocks of
     the one other fold, and cv.json says so."""
-    from utils.metric import INNER_BLOCKS, score
+    from utils.cv import INNER_BLOCKS
+    from utils.metric import score
 
     x, y = _data(n=90, g=20)
     folds = make_folds("blocks", len(x), 2)

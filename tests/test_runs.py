@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from utils.metric import score_folds
+from utils.cv import score_folds
 from utils.runs import (
     check_shapes,
     find_runs,

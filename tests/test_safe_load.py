@@ -15,8 +15,8 @@ from conftest import make_dacon
 
 from utils import train
 from utils.config import TrainConfig
+from utils.cv import score_folds
 from utils.data import load_data
-from utils.metric import score_folds
 from utils.runs import UnsafeFileError, load_run, load_state, save_run, save_state
 
 

@@ -19,7 +19,7 @@ import pytest
 from utils import bootstrap
 from utils.dev import publish
 from utils.dev.pipeline import list_notebooks
-from utils.paths import kit_root
+from utils.places import kit_root
 
 NOTEBOOKS = list_notebooks()
 # Run before the cell: forget the kit's editable install and any sys.path entry of the kit, as
@@ -204,7 +204,7 @@ def test_attached_read_only_bundle_is_copied_and_its_wheels_and_weights_linked(t
     assert done.stdout.splitlines() == [
         f"mai-kit found in {dataset}: {kit} [copy] (requirements present)",
         f"mai-kit importable: {kit} [copy] (requirements present)"]
-    assert (kit / "utils" / "paths.py").is_file()
+    assert (kit / "utils" / "places.py").is_file()
     assert (kit / "weights").resolve() == dataset / "weights"  # linked, not copied
     assert (kit / "wheels").is_symlink() and (kit / "weights" / "lite0.safetensors").is_file()
 

@@ -319,7 +319,7 @@ def test_finetune_with_groups_made_per_fold_ignores_each_folds_labels(tiny, tmp_
     from conftest import assert_label_invariant
 
     from utils.config import GeneClusteringConfig, to_dict
-    from utils.paths import write_json
+    from utils.files import write_json
 
     cfg, data, folds = tiny
     write_json(tmp_path / "config.json", to_dict(GeneClusteringConfig(
@@ -490,8 +490,8 @@ def test_groups_that_read_targets_are_made_per_fold_from_its_training_rows(tiny,
     """Gene groups of a GROUP_STRATEGY that reads the targets (here `correlation`) are recomputed
     on each fold's training rows: changing a fold's own targets cannot change its groups."""
     from utils.config import GeneClusteringConfig, to_dict
+    from utils.files import write_json
     from utils.genes import groups_on_rows
-    from utils.paths import write_json
 
     cfg, data, folds = tiny
     settings = GeneClusteringConfig(strategies=["correlation", "prefix"], n_modules=2,

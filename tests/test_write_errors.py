@@ -13,9 +13,9 @@ from conftest import make_dacon
 from plant import failing_open, full_disk, read_only, read_only_modes
 
 import utils.data
+from utils.cv import score_folds
 from utils.data import load_data, load_images
-from utils.metric import score_folds
-from utils.paths import WriteError, cached_array, run_dir, write_json
+from utils.files import WriteError, cached_array, run_dir, write_json
 from utils.runs import is_complete, load_run, load_state, save_run, save_state
 
 
@@ -129,11 +129,11 @@ def test_full_disk_while_building_the_image_cache(tmp_path, monkeypatch):
 
 
 def test_full_disk_while_caching_features_leaves_no_key(tmp_path, monkeypatch):
-    import utils.paths
+    import utils.files
 
     path = tmp_path / "features" / "x_train.npy"
     cached_array(path, {"k": 1}, lambda: np.zeros(800))
-    monkeypatch.setattr(utils.paths, "open", failing_open(1000), raising=False)
+    monkeypatch.setattr(utils.files, "open", failing_open(1000), raising=False)
     with pytest.raises(WriteError) as err:
         cached_array(path, {"k": 2}, lambda: np.ones(800))
     monkeypatch.undo()
@@ -190,7 +190,7 @@ def test_other_os_errors_are_not_disguised(tmp_path):
     def broken(_):
         raise ConnectionResetError("not about writing")
 
-    from utils.paths import write_with
+    from utils.files import write_with
 
     with pytest.raises(ConnectionResetError):
         write_with(tmp_path / "x.json", broken)

@@ -36,6 +36,7 @@ from utils.bootstrap import ensure
 from utils.choices import VIEW_TRANSFORMS, check_views
 from utils.config import AdaptConfig, to_dict
 from utils.data import KitData, load_images
+from utils.files import as_json, read_json, run_dir, write_json
 from utils.loop import (
     Stepper,
     autocast,
@@ -56,7 +57,8 @@ from utils.loop import (
     wrap_data_parallel,
 )
 from utils.models import Preprocess, create_backbone, data_config, save_weights
-from utils.paths import as_json, figure, read_json, resolve, run_dir, save_figure, write_json
+from utils.places import resolve
+from utils.plots import figure, save_figure
 from utils.runs import Stopwatch, peak_rss_gb, prepare_checkpoints
 
 # --- views ------------------------------------------------------------------------------------

@@ -48,11 +48,12 @@ from utils.cam_layers import LayerChoice, choose_layer
 from utils.choices import CAM_METHODS, CAM_SCALES, OTHER, check_method
 from utils.config import to_dict
 from utils.data import load_images
+from utils.files import write_csv, write_json, write_with
 from utils.genes import by_group, load_gene_groups, within_between
 from utils.loop import default_device, inference_batch_size
 from utils.metric import top_genes
 from utils.models import load_unit_model
-from utils.paths import resolve, write_csv, write_json, write_with
+from utils.places import resolve
 from utils.runs import check_trained_on, load_run, read_model_info
 
 TOP_TARGETS = ("heg50", "hvg50")  # utils.metric.top_genes

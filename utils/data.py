@@ -40,13 +40,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.paths import (
+from utils.files import (
     atomic_path,
     check_output,
     describe_key_change,
     file_lock,
-    find_data_dir,
-    kit_root,
     npy_is_complete,
     protect_inputs,
     read_json,
@@ -54,6 +52,7 @@ from utils.paths import (
     remove_temporaries,
     write_json,
 )
+from utils.places import find_data_dir, kit_root
 
 ID_COLUMNS = ("ID", "path")
 CACHE_ENV_VAR = "KIT_CACHE_DIR"
@@ -107,7 +106,7 @@ SMOKE_ROWS = (48, 16)  # train and test rows of a SMOKE quick check
 
 
 def load_data(data_dir: str | os.PathLike | None = None, smoke: bool = False) -> KitData:
-    """Find, read and validate the DACON files (see utils.paths for where it looks).
+    """Find, read and validate the DACON files (see utils.places for where it looks).
 
     `smoke`: the quick check every notebook's `SMOKE = True` runs: every file is still read and
     validated, then only SMOKE_ROWS evenly spaced train and test rows are kept (row order, and so

@@ -9,7 +9,7 @@ fewer bits apart in some orientation when one is a re-encoded, re-stained, noisy
 of the other. Pairs at distance 0 are compared pixel by pixel: identical ones are `exact`.
 
 Copies inflate CV when they land on both sides of a split (a model recalls the copy's targets),
-so 05 keeps every group of train duplicates in one fold (`utils.metric.make_folds(same_fold=)`);
+so 05 keeps every group of train duplicates in one fold (`utils.cv.make_folds(same_fold=)`);
 train–test copies are reported (a test patch already seen in training). The hashes are cached
 per split under the image cache's key.
 """
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from utils.data import KitData, cache_dir_for, images_fingerprint, load_images
-from utils.paths import cached_array
+from utils.files import cached_array
 
 HASH_GRID = 32  # patches are area-pooled to this grid before the DCT (smaller patches: their size)
 HASH_FREQS = 8  # the HASH_FREQS x HASH_FREQS lowest frequencies, DC left out: 63 bits

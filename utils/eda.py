@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.metric import find_change_points, row_signals, split_rows, top_genes
-from utils.paths import figure, write_csv, write_json
+from utils.cv import split_rows
+from utils.files import write_csv, write_json
+from utils.metric import top_genes
+from utils.plots import figure
+from utils.slices import find_change_points, row_signals
 
 CHANNELS = ("R", "G", "B", "H", "E", "D")  # RGB, then haematoxylin, eosin, DAB optical density
 
@@ -64,7 +67,7 @@ def row_structure(y: np.ndarray, image_features: pd.DataFrame | None, window: in
                   ratio: float = 6.0, max_points: int = 10, n_folds: int = 4,
                   seed: int = 0) -> dict:
     """Signals along row order (rolling means), their change points, and the edges of the
-    default CV folds (`CV="slices"`: the slices `utils.metric.find_slices` finds, as 05 uses
+    default CV folds (`CV="slices"`: the slices `utils.slices.find_slices` finds, as 05 uses
     them; blocks if it finds none): `change_points.json` of 01 plus the frame to plot."""
     colour = None if image_features is None else image_features[[f"mean_{c}" for c in CHANNELS[:5]]]
     signals = row_signals(y, colour, seed=seed)

@@ -12,7 +12,7 @@ fitted weights are shrunk towards equal weights by an amount chosen by CV.
 
 Nested CV keeps the printed score honest: the weights that predict fold k are fitted on the other
 folds only, with the shrinkage chosen by an inner CV among those folds; each fold is then scored
-as a whole test set, exactly as `utils.metric.score_folds` reports single runs.
+as a whole test set, exactly as `utils.cv.score_folds` reports single runs.
 
 Post-processing steps (each fitted on train rows only):
 - `shrink_to_mean`: per gene, pull predictions towards the train mean by the least-squares
@@ -38,17 +38,9 @@ import numpy as np
 import pandas as pd
 
 from utils.choices import BLENDS, POSTPROCESS_STEPS
+from utils.cv import nested_choice, score_folds, selection_rule
 from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_config
-from utils.metric import (
-    KEYS,
-    PARTS,
-    nested_choice,
-    pearson_from_moments,
-    score,
-    score_folds,
-    selection_rule,
-    top_genes,
-)
+from utils.metric import KEYS, PARTS, pearson_from_moments, score, top_genes
 from utils.runs import Run
 
 SEED_WEIGHTS = (0.6, 0.2, 0.2)  # the seed team's fixed blend of their three models

@@ -33,6 +33,7 @@ from utils.bootstrap import ensure
 from utils.choices import COMPILE_MIN_PASSES, TTA_VIEWS, check_compile
 from utils.config import FeatureSpec
 from utils.data import cache_dir_for, images_fingerprint, load_images
+from utils.files import cached_array, read_json, write_json
 from utils.loop import autocast, default_device, inference_batch_size
 from utils.models import (
     Preprocess,
@@ -43,7 +44,6 @@ from utils.models import (
     stage_indices,
     tta_views,
 )
-from utils.paths import cached_array, read_json, write_json
 
 # --- extraction -------------------------------------------------------------------------------
 

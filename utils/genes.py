@@ -33,8 +33,10 @@ import pandas as pd
 
 from utils.choices import GENE_PREFIXES, OTHER
 from utils.config import GeneClusteringConfig, from_params
+from utils.files import read_json, write_csv, write_json
 from utils.genesets import functional_labels
-from utils.paths import figure, read_json, resolve, write_csv, write_json
+from utils.places import resolve
+from utils.plots import figure
 
 GROUP_COLUMNS = ("gene", "group", "strategy")
 

@@ -24,7 +24,8 @@ import pandas as pd
 from utils.bootstrap import ensure
 from utils.choices import OTHER, UNMATCHED_RULES
 from utils.data import CACHE_ENV_VAR
-from utils.paths import kit_root, resolve, write_text
+from utils.files import write_text
+from utils.places import kit_root, resolve
 
 ENRICHR_HOST = ("maayanlab.cloud", 443)  # where gseapy fetches Enrichr libraries from
 OFFLINE_ENV_VAR = "HF_HUB_OFFLINE"  # the kit's "no network" switch (also used by 03)

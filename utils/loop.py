@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from utils.choices import LOSSES
-from utils.paths import figure
+from utils.plots import figure
 from utils.runs import load_state, save_state
 
 # --- devices and precision --------------------------------------------------------------------

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.choices import MPP_FITS
-from utils.paths import resolve, write_with
+from utils.files import write_with
+from utils.places import resolve
 from utils.runs import UnsafeFileError, read_model_info
 
 # Pathology foundation models, usable as BACKBONE by name. Each entry names the authors' timm

@@ -42,19 +42,19 @@ import numpy as np
 
 from utils.choices import upgrade_config
 from utils.data import describe_change
-from utils.paths import (
+from utils.files import (
     as_json,
     file_lock,
     make_folder,
     read_json,
     remove_file,
-    resolve,
     run_dir,
     save_npy,
     write_json,
     write_text,
     write_with,
 )
+from utils.places import resolve
 
 RUN_FILES = ("folds.npy", "oof.npy", "test_pred.npy", "cv.json", "config.json")
 MARKER = ".mai-kit-run.json"  # in every run folder the kit made

@@ -18,16 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from utils.cv import selection_rule
 from utils.ensemble import BlendResult, PostResult, run_labels
-from utils.metric import selection_rule, top_genes
-from utils.paths import (
-    InputOutputError,
-    check_output,
-    protect_runs,
-    resolve,
-    write_json,
-    write_with,
-)
+from utils.files import InputOutputError, check_output, protect_runs, write_json, write_with
+from utils.metric import top_genes
+from utils.places import resolve
 from utils.runs import Run, check_folds, check_same_data, load_run, select_runs
 
 NEAR_CONSTANT = 1e-3  # a predicted column with sd below this fraction of the train sd

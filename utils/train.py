@@ -38,9 +38,18 @@ from torch import nn
 
 from utils.augment import build_augment, read_policy
 from utils.config import TrainConfig, to_dict
+from utils.cv import (
+    make_folds,
+    nested_choice_on_rows,
+    read_fold_file,
+    score_folds,
+    selection_rule,
+    split_rows,
+)
 from utils.data import DataError, KitData, PatchDataset, load_images
 from utils.duplicates import find_duplicates
 from utils.features import cached_features
+from utils.files import read_json, remove_file, write_json
 from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_config
 from utils.loop import (
     Stepper,
@@ -64,21 +73,10 @@ from utils.loop import (
     wrap_data_parallel,
 )
 from utils.losses import create_loss
-from utils.metric import (
-    KEYS,
-    make_folds,
-    max_gene_floor,
-    nested_choice_on_rows,
-    pearson_genes,
-    read_fold_file,
-    score,
-    score_folds,
-    selection_rule,
-    split_rows,
-    top_genes,
-)
+from utils.metric import KEYS, max_gene_floor, pearson_genes, score, top_genes
 from utils.models import GeneRegressor, build_model, freeze_blocks, set_targets
-from utils.paths import figure, read_json, remove_file, resolve, write_json
+from utils.places import resolve
+from utils.plots import figure
 from utils.runs import (
     Run,
     Stopwatch,

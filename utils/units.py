@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 from utils.config import TrainConfig
+from utils.cv import stopping_rows
 from utils.data import KitData
+from utils.files import write_json, write_with
 from utils.loop import (
     Stepper,
     amp_dtype,
@@ -34,9 +36,9 @@ from utils.loop import (
     plot_history,
     train_batch_size,
 )
-from utils.metric import score, stopping_rows
+from utils.metric import score
 from utils.models import ModelSpec, build_model, load_weights, plan_heads, save_weights, tta_views
-from utils.paths import save_figure, write_json, write_with
+from utils.plots import save_figure
 from utils.runs import weights_file
 
 
@@ -61,7 +63,7 @@ def plan_units(folds: np.ndarray, groups_by_fold: dict[int, dict[str, np.ndarray
                group_mode: str, stopping_fraction: float = 0.0) -> list[Unit]:
     """The models to train: one per fold ("heads") or one per fold and group ("models"); with
     `stopping_fraction`, each keeps that share of its training rows out of training, to stop on
-    (`utils.metric.stopping_rows`)."""
+    (`utils.cv.stopping_rows`)."""
     units: list[Unit] = []
     for k in np.unique(folds):
         groups = groups_by_fold[int(k)]

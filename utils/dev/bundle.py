@@ -45,7 +45,7 @@ from utils.bootstrap import (
     canonical,
     read_requirements,
 )
-from utils.paths import kit_root, resolve
+from utils.places import kit_root, resolve
 
 # What both Colab (Python 3.12) and Kaggle (Python 3.11) images ship, at versions the kit's
 # requirements accept (2025 images): large compiled packages, neither bundled nor followed.

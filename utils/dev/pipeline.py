@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from utils.dev.demo import write_demo
-from utils.paths import kit_root, resolve
+from utils.places import kit_root, resolve
 
 DEMO_DATA = "data/demo"
 DEMO_RUNS = "runs/demo"

@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 
 from utils.dev.pipeline import list_notebooks
-from utils.paths import kit_root
+from utils.places import kit_root
 
 SETUP_SOURCE = "notebooks/setup_cell.py"
 SETUP_ID = "setup"

@@ -1,17 +1,4 @@
-"""Where things live and how the kit writes them.
-
-Data root, first match wins:
-1. the notebook's `DATA_DIR` parameter;
-2. the environment variable `KIT_DATA_DIR`;
-3. Kaggle: any folder under `/kaggle/input` (up to three levels deep) holding `train.csv` (a
-   dataset made from DACON's open.zip, which Kaggle unpacks, with or without its top folder);
-4. Colab: the Google Drive folder `MyDrive/dacon_mai` (mounted at `/content/drive`);
-5. Colab: `/content` or a folder right under it holding `train.csv` (files uploaded there);
-6. `data/` in the kit's root folder, then `data/dacon/` (where a DACON zip is unpacked).
-When none is complete, a DACON zip (any .zip holding train.csv) under /kaggle/input (Kaggle
-kept it packed), in /content or in the Drive folder is unpacked to `data/dacon/` once, and used.
-An explicit DATA_DIR or KIT_DATA_DIR is never second-guessed: if it is incomplete, that is the
-error. Relative paths are relative to the kit's root folder, wherever the notebook runs from.
+"""How the kit writes files: atomically, never over its inputs, under locks, named when it fails.
 
 Every file the kit writes (text, JSON, CSV, arrays, figures) is written atomically: to a
 temporary file beside the target, renamed into place only when complete, so a crash or a bad
@@ -29,31 +16,19 @@ write may land on them (`check_output` says so early, naming the parameter).
 
 from __future__ import annotations
 
-import csv
 import errno
 import fcntl
-import io
 import json
 import os
 import shutil
-import tempfile
-import time
 import warnings
-import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-REQUIRED = ("train.csv", "test.csv", "sample_submission.csv", "train/", "test/")
-ENV_VAR = "KIT_DATA_DIR"
-KAGGLE_INPUT = Path("/kaggle/input")
-COLAB_DRIVE = Path("/content/drive/MyDrive/dacon_mai")
-
-
-class DataDirError(FileNotFoundError):
-    """No complete data folder was found; the message lists every place looked at."""
+from utils.places import kit_root, resolve
 
 
 class WriteError(OSError):
@@ -62,61 +37,6 @@ class WriteError(OSError):
 
 class InputOutputError(ValueError):
     """An output path (RUN_DIR, SUBMISSION, a cache) resolves to an input of the data."""
-
-
-def kit_root() -> Path:
-    """The folder that holds the `utils` package (the cloned kit)."""
-    return Path(__file__).resolve().parent.parent
-
-
-def resolve(path: str | os.PathLike) -> Path:
-    """An absolute path; relative ones are taken from the kit's root folder."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else kit_root() / path
-
-
-def missing_files(folder: Path) -> list[str]:
-    """The required DACON files and folders that `folder` lacks."""
-    def present(name: str) -> bool:
-        return (folder / name[:-1]).is_dir() if name.endswith("/") else (folder / name).is_file()
-    return [name for name in REQUIRED if not present(name)]
-
-
-def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
-    """The places the data may be, in priority order, each with where it came from."""
-    if data_dir not in (None, ""):
-        return [("DATA_DIR parameter", resolve(data_dir))]
-    if os.environ.get(ENV_VAR):
-        return [(f"${ENV_VAR}", resolve(os.environ[ENV_VAR]))]
-    found = sorted({p.parent for pattern in ("*/train.csv", "*/*/train.csv", "*/*/*/train.csv")
-                    for p in KAGGLE_INPUT.glob(pattern)}) if KAGGLE_INPUT.is_dir() else []
-    kaggle = [("Kaggle input", p) for p in found] or [("Kaggle input", KAGGLE_INPUT)]
-    uploads = [("Colab upload", p) for p in colab_upload_dirs()]
-    return [*kaggle, ("Colab Google Drive", COLAB_DRIVE), *uploads,
-            ("kit data folder", kit_root() / "data"),
-            *([("unpacked DACON zip", unpacked_dir())] if unpacked_dir().is_dir() else [])]
-
-
-def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The first complete data folder; otherwise one error listing each place and its gaps."""
-    looked = []
-    for source, folder in candidate_dirs(data_dir):
-        missing = missing_files(folder) if folder.is_dir() else ["the folder itself"]
-        if not missing:
-            return folder
-        looked.append(f"  - {folder} ({source}): missing {', '.join(missing)}")
-    if data_dir in (None, "") and not os.environ.get(ENV_VAR):
-        for archive in dacon_zips():
-            try:
-                return unpack_found_zip(archive)
-            except (ValueError, FileExistsError) as err:
-                looked.append(f"  - {archive} (a zip): {err}")
-    raise DataDirError(
-        "No complete DACON data folder found. It needs " + ", ".join(REQUIRED) + ".\n"
-        "Looked in:\n" + "\n".join(looked) + "\n"
-        "Put the unzipped competition files (or DACON's open.zip) in data/ (see data/README.md) "
-        f"or where the README says for Colab and Kaggle, set DATA_DIR in the notebook's parameters "
-        f"cell, or set ${ENV_VAR}. For a trial run: make demo.")
 
 
 def run_dir(path: str | os.PathLike) -> Path:
@@ -410,127 +330,3 @@ def describe_key_change(old: dict, new: dict) -> str:
     changed = sorted(k for k in new if old.get(k) != new.get(k))
     return (f"{', '.join(changed)} changed since it was computed" if changed
             else "its file is incomplete")
-
-
-# --- figures ----------------------------------------------------------------------------------
-
-def figure(width: float = 8, height: float = 3.5, nrows: int = 1, ncols: int = 1, **kwargs):
-    """A new figure and its axes (matplotlib imported only when plotting)."""
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(nrows, ncols, figsize=(width, height), layout="constrained", **kwargs)
-
-
-def save_figure(fig, folder: str | os.PathLike, name: str) -> Path:
-    """Save a figure as `<folder>/<name>.png` atomically (relative folders from the kit root)."""
-    return write_with(resolve(folder) / f"{name}.png",
-                      lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
-
-
-# --- Colab: data uploaded to /content, the DACON zip --------------------------------------------
-
-COLAB_CONTENT = Path("/content")  # Colab's working folder (files uploaded in the browser land here)
-ZIP_JUNK = ("__MACOSX/", ".DS_Store")  # entries archivers add that are not data
-
-
-def colab_upload_dirs() -> list[Path]:
-    """Folders under Colab's /content that hold a train.csv: /content itself or one level down."""
-    if not COLAB_CONTENT.is_dir():
-        return []
-    return sorted({p.parent for pattern in ("train.csv", "*/train.csv")
-                   for p in COLAB_CONTENT.glob(pattern)})
-
-
-def unpacked_dir() -> Path:
-    """Where a DACON zip found by `find_data_dir` is unpacked: data/dacon in the kit."""
-    return kit_root() / "data" / "dacon"
-
-
-def dacon_zips() -> list[Path]:
-    """Zips holding a train.csv where platforms keep uploads: /kaggle/input (a dataset Kaggle
-    kept packed), Colab's /content and the Drive folder."""
-    places = [*(KAGGLE_INPUT.glob(p) for p in ("*/*.zip", "*/*/*.zip", "*/*/*/*.zip")),
-              COLAB_CONTENT.glob("*.zip"), COLAB_DRIVE.glob("*.zip")]
-    found = []
-    for path in sorted({p for place in places for p in place if p.is_file()}):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except (OSError, zipfile.BadZipFile):
-            continue
-        if any(n.rsplit("/", 1)[-1] == "train.csv" and not n.startswith(ZIP_JUNK)
-               for n in names):
-            found.append(path)
-    return found
-
-
-def unpack_found_zip(archive: Path) -> Path:
-    """Unpack a DACON zip that `find_data_dir` found to `unpacked_dir()`, saying so."""
-    start = time.perf_counter()
-    dest = unpack_dacon_zip(archive, unpacked_dir())
-    print(f"unpacked the DACON zip {archive} to {dest} ({time.perf_counter() - start:.0f} s, "
-          "once: later runs read that folder)", flush=True)
-    return dest
-
-
-def dacon_zip_root(names: list[str]) -> str:
-    """The folder inside a DACON zip that holds train.csv ("" at the top, "open/" if the archive
-    wraps everything in one folder)."""
-    hits = sorted((n for n in names if n.rsplit("/", 1)[-1] == "train.csv"
-                   and not n.startswith(ZIP_JUNK)), key=lambda n: n.count("/"))
-    return hits[0][: -len("train.csv")] if hits else ""
-
-
-def zip_missing(names: list[str], root: str, read: Callable[[str], bytes]) -> list[str]:
-    """What a DACON zip lacks under `root`: required files/folders, then images its CSVs list."""
-    have = set(names)
-    folders = {n[len(root):].split("/", 1)[0] + "/" for n in names
-               if n.startswith(root) and "/" in n[len(root):]}
-    missing = [r for r in REQUIRED
-               if (r not in folders if r.endswith("/") else root + r not in have)]
-    for table in ("train.csv", "test.csv"):
-        if table in missing:
-            continue
-        rows = csv.DictReader(io.StringIO(read(root + table).decode("utf-8-sig")))
-        paths = [row["path"] for row in rows if row.get("path")]
-        lost = [p for p in paths if root + os.path.normpath(p) not in have]
-        if lost:
-            missing.append(f"{len(lost)} of the {len(paths)} images {table} lists "
-                           f"(first: {lost[0]})")
-    return missing
-
-
-def unpack_dacon_zip(zip_path: str | os.PathLike, dest: str | os.PathLike = "/content/data",
-                     overwrite: bool = False) -> Path:
-    """Unpack the DACON zip so that `dest` holds train.csv, test.csv, sample_submission.csv,
-    train/ and test/ (one folder wrapping them inside the zip is dropped). An incomplete archive
-    is refused before anything is written, naming what it lacks; unpacking goes to a temporary
-    folder beside `dest`, renamed into place when complete. A `dest` that already holds a
-    complete DACON folder is kept as it is (`overwrite=True` replaces it). Returns `dest`."""
-    dest = resolve(dest)
-    if dest.exists() and any(dest.iterdir()) and not overwrite:
-        if not missing_files(dest):
-            return dest
-        raise FileExistsError(f"{dest} exists and is not a complete DACON folder; choose another "
-                              "dest or pass overwrite=True")
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile as err:
-        raise ValueError(f"{zip_path} is not a readable zip ({err}); was the download cut "
-                         "short?") from None
-    with archive:
-        names = [n for n in archive.namelist() if not n.startswith(ZIP_JUNK)]
-        root = dacon_zip_root(names)
-        missing = zip_missing(names, root, archive.read)
-        if missing:
-            raise ValueError(f"{zip_path} is not a complete DACON archive; it lacks: "
-                             f"{'; '.join(missing)}. Nothing was unpacked.")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-unpack-", dir=dest.parent))
-        try:
-            archive.extractall(tmp, members=[n for n in names if n.startswith(root)])
-            shutil.rmtree(dest, ignore_errors=True)
-            os.replace(tmp / root if root else tmp, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest
