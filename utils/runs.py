@@ -158,15 +158,17 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+NOT_RECORDED = ("checkpoints", "gradcam", STAGING, MARKER, RECORD)  # not the finished run's
+
+
 def write_record(folder: Path) -> Path:
     """The completion record: every finished file of the run (not checkpoints, locks or
     temporaries) with its size and hash; written last, it is what makes the run finished."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and is_kit_file(
-        p.relative_to(folder)) and p.relative_to(folder).parts[0] not in (
-        "checkpoints", "gradcam", STAGING, MARKER, RECORD) and not p.name.endswith(".lock")
-        and ".tmp-" not in p.name)
-    record = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha1": file_hash(p)}
-              for p in files}
+    relative = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+    kept = [rel for rel in relative if is_kit_file(rel) and rel.parts[0] not in NOT_RECORDED
+            and not rel.name.endswith(".lock") and ".tmp-" not in rel.name]
+    record = {rel.as_posix(): {"bytes": (folder / rel).stat().st_size,
+                               "sha1": file_hash(folder / rel)} for rel in kept}
     return write_json(folder / RECORD, {"files": record})
 
 

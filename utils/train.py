@@ -140,7 +140,8 @@ def make_cv_folds(cfg: TrainConfig, data: KitData) -> tuple[np.ndarray, str]:
 
 def train(cfg: TrainConfig, data: KitData, folds: np.ndarray, splitter: str | None = None) -> Run:
     """Run the configured recipe on `folds` and save its run folder (`splitter` names them in
-    cv.json; default CV); reuse a finished identical run."""
+    cv.json; default CV) under the folder's lock; reuse a finished identical run. Retraining a
+    finished run (OVERWRITE) happens in `.next/` inside it, moved in only once complete."""
     if cfg.recipe == "finetune":
         read_policy(cfg.augment)  # a missing or broken AUGMENT file fails now, not after hours
     folder = claim_run_dir(cfg.run_dir)
