@@ -382,3 +382,15 @@ def test_12_conversion_warns_once_per_call_and_smoke_has_no_performance_warning(
                       and str(w.message).startswith("train")]
     assert len(train_warnings) == 1, [str(w.message) for w in train_warnings]
 
+
+
+def test_5_a_run_folder_may_not_hold_its_own_inputs(tmp_path, dacon_dir):
+    data = load_data(dacon_dir)
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    (run / "weights" / "fold0.safetensors").write_bytes(b"kit")  # an earlier run's weights
+    cfg = TrainConfig(data_dir=str(dacon_dir), run_dir=str(run), recipe="finetune",
+                      pretrained=str(run / "weights" / "fold0.safetensors"), resume=False)
+    with pytest.raises(InputOutputError, match="PRETRAINED"):
+        train.train(cfg, data, np.arange(12) % 3)
+    assert (run / "weights" / "fold0.safetensors").read_bytes() == b"kit"

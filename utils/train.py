@@ -49,7 +49,7 @@ from utils.cv import (
 from utils.data import DataError, KitData, PatchDataset, load_images
 from utils.duplicates import find_duplicates
 from utils.features import cached_features
-from utils.files import read_json, remove_file, write_json
+from utils.files import InputOutputError, read_json, remove_file, write_json
 from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_config
 from utils.loop import (
     Stepper,
@@ -145,6 +145,7 @@ def train(cfg: TrainConfig, data: KitData, folds: np.ndarray, splitter: str | No
     if cfg.recipe == "finetune":
         read_policy(cfg.augment)  # a missing or broken AUGMENT file fails now, not after hours
     folder = claim_run_dir(cfg.run_dir)
+    check_inputs_outside(cfg, folder)
     with run_lock(folder):
         if is_complete(staging_dir(folder)):  # an OVERWRITE stopped while moving its run in
             replace_run(folder)
@@ -170,6 +171,19 @@ def train(cfg: TrainConfig, data: KitData, folds: np.ndarray, splitter: str | No
         if target != folder:
             replace_run(folder)
         return load_run(folder)
+
+
+def check_inputs_outside(cfg: TrainConfig, folder: Path) -> None:
+    """The run's input files (PRETRAINED, GENE_GROUPS, AUGMENT) lie outside its run folder, or
+    an InputOutputError naming the parameter: retraining clears the folder's weights."""
+    files = {"PRETRAINED": cfg.pretrained, "GENE_GROUPS": cfg.gene_groups,
+             "AUGMENT": cfg.augment}
+    for name, value in files.items():
+        path = resolve(value).resolve() if isinstance(value, str) and value else None
+        if path is not None and path.is_file() and folder.resolve() in path.parents:
+            raise InputOutputError(f"{name}={value!r} is inside RUN_DIR {folder}, which this "
+                                   "run writes (and whose weights it clears when it retrains); "
+                                   f"copy it out of the run folder, or choose another RUN_DIR")
 
 
 # --- ridge ----------------------------------------------------------------------------------
