@@ -394,8 +394,8 @@ def check_image_file(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(8)
     if not any(head.startswith(magic) for magic in IMAGE_MAGIC):
-        raise DataError(f"{path}: not a PNG, JPEG, TIFF, BMP or WebP image (it starts with "
-                        f"{head!r}); the kit reads only image files")
+        raise DataError(f"{path}: cannot decode image: not a PNG, JPEG, TIFF, BMP or WebP "
+                        f"(it starts with {head!r}); the kit reads only image files")
 
 
 def hash_file(path: Path) -> str:
