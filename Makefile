@@ -39,4 +39,5 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
 clean-demo:
-	rm -rf data/demo runs/demo submissions/demo.csv
+	rm -rf data/demo runs/demo runs/demo_quickstart submissions/demo.csv submissions/quickstart.csv \
+	  submissions/quickstart.blend.json

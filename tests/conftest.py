@@ -122,6 +122,18 @@ def shuffled_images_copy(data_dir: Path, dest: Path, seed: int = 0) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session")
+def github_zip(tmp_path_factory) -> Path:
+    """GitHub's "Download ZIP" of the kit: `git archive --prefix=mai-kit-main/` of this tree
+    (its uncommitted changes included, as `git stash create` records them)."""
+    tree = subprocess.run(["git", "stash", "create"], cwd=KIT_ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip() or "HEAD"
+    out = tmp_path_factory.mktemp("github") / "mai-kit-main.zip"
+    subprocess.run(["git", "archive", "--format=zip", "--prefix=mai-kit-main/", "-o", out, tree],
+                   cwd=KIT_ROOT, check=True)
+    return out
+
+
 WHEEL_CACHE = KIT_ROOT / "dist" / "wheel-cache"  # the bundle builder's cache: reruns are fast
 
 

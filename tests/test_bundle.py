@@ -1,7 +1,9 @@
-"""The offline bundle, built by the kit's own command from a clean clone: one zip for Colab and
-Kaggle, with the kit's code, the wheels both platforms lack for both their Pythons (a source-only
-dependency built into a pure wheel) and optional weights. Needs the package index the first
-time; the wheels and the index's answers are cached in dist/wheel-cache, so reruns are fast."""
+"""The offline bundle, built by the kit's own command from a clean clone or from an unpacked
+download (no git, a bare venv): one zip for Colab and Kaggle, with the kit's code, the wheels both
+platforms lack for Python 3.11, 3.12 and 3.13 (a source-only dependency built into a pure wheel)
+and optional weights; the release workflow builds it on a tag and attaches it. Needs the package
+index the first time; the wheels and the index's answers are cached in dist/wheel-cache, so
+reruns are fast."""
 
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ import sys
 import zipfile
 from pathlib import Path
 
-from conftest import KIT_ROOT, build_bundle
+import yaml
+from conftest import KIT_ROOT, WHEEL_CACHE, build_bundle
 
+from utils.dev import bundle
 from utils.dev.bundle import keep_tree, sizes, target_args
 
 
@@ -56,12 +60,12 @@ def test_the_bundle_builds_from_a_clean_clone_for_colab_and_kaggle(kit_clone, tm
         z.extractall(tmp_path / "unpacked")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=kit_clone, capture_output=True,
                           text=True).stdout.strip()
-    assert info["commit"] == head and info["pythons"] == ["3.11", "3.12"]
+    assert info["commit"] == head and info["pythons"] == ["3.11", "3.12", "3.13"]
     listed = subprocess.run(["git", "ls-files"], cwd=kit_clone, capture_output=True,
                             text=True).stdout.split()
     assert {f"mai-kit/{f}" for f in listed} <= set(names)  # the tracked code, all of it
     wheels = [Path(n).name for n in names if n.endswith(".whl")]
-    for python in ("cp311", "cp312"):  # compiled wheels for both platforms' Pythons
+    for python in ("cp311", "cp312", "cp313"):  # compiled wheels for the platforms' Pythons
         assert any(w.startswith("ruptures-") and f"-{python}-" in w for w in wheels), python
     assert any(re.match(r"antlr4_python3_runtime-4\.9\.\d+-py3-none-any\.whl", w) for w in wheels)
     packages = {w.split("-")[0] for w in wheels}
@@ -102,3 +106,60 @@ def test_a_missing_weight_file_is_refused_before_anything_is_written(tmp_path):
                           cwd=KIT_ROOT, capture_output=True, text=True)
     assert done.returncode != 0 and "weight files not found" in done.stderr
     assert not (tmp_path / "b.zip").exists()
+
+
+def unpacked_download(folder: Path) -> Path:
+    """The kit as GitHub's "Download ZIP" unpacks: `git archive` of HEAD, no .git."""
+    kit = folder / "mai-kit-main"
+    kit.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=KIT_ROOT, capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", kit], input=archive, check=True)
+    return kit
+
+
+def test_a_download_lists_the_same_files_as_git_and_leaves_out_what_git_ignores(tmp_path):
+    kit = unpacked_download(tmp_path)
+    listed = subprocess.run(["git", "ls-files"], cwd=KIT_ROOT, capture_output=True, text=True,
+                            check=True).stdout.split()
+    for used in ("runs/a/cv.json", "data/open/train.csv", "cache/x.npy", "utils/__pycache__/a.pyc",
+                 "wheels/a.whl", "mai_kit.egg-info/PKG-INFO", "notebooks/runs/b.json"):
+        (kit / used).parent.mkdir(parents=True, exist_ok=True)
+        (kit / used).write_text("a user's")
+    assert bundle.kit_files(kit) == sorted(listed)
+    assert bundle.kit_files(KIT_ROOT) == listed  # a checkout: git's own list
+
+
+def test_the_bundle_builds_from_an_unpacked_download_in_a_bare_venv(tmp_path):
+    """No git (not on PATH), no make, no package but pip: the cached wheels make it quick."""
+    kit = unpacked_download(tmp_path)
+    subprocess.run([sys.executable, "-m", "venv", tmp_path / "venv"], check=True)
+    python = tmp_path / "venv" / "bin" / "python"
+    bare = subprocess.run([python, "-c", "import packaging"], capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = str(tmp_path / "venv" / "bin")  # no git
+    done = subprocess.run([python, "-m", "utils.dev.bundle", "--cache", WHEEL_CACHE], cwd=kit,
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with zipfile.ZipFile(kit / bundle.OUT) as z:
+        info = json.loads(z.read("mai-kit/BUNDLE.json"))
+        names = z.namelist()
+    assert info["commit"] == "" and info["version"] == bundle.kit_version()
+    assert info["pythons"] == ["3.11", "3.12", "3.13"]
+    assert {"mai-kit/utils/bootstrap.py", "mai-kit/.github/workflows/release.yml"} <= set(names)
+    assert not [n for n in names if "/dist/" in n or "/.venv/" in n]
+    print(f"\n[bundle] from a download in a bare venv (packaging installed: "
+          f"{bare.returncode == 0}): {(kit / bundle.OUT).stat().st_size / 1e6:.0f} MB")
+
+
+def test_the_release_workflow_builds_the_bundle_on_a_tag_and_attaches_it():
+    flow = yaml.safe_load((KIT_ROOT / ".github" / "workflows" / "release.yml").read_text())
+    assert flow[True]["push"]["tags"] == ["v*"]  # YAML reads the key `on` as True
+    steps = flow["jobs"]["bundle"]["steps"]
+    uses = [s.get("uses", "").split("@")[0] for s in steps]
+    assert uses[:2] == ["actions/checkout", "actions/setup-python"]
+    build = next(s["run"] for s in steps if "utils.dev.bundle" in s.get("run", ""))
+    assert build == f"python -m utils.dev.bundle --out {bundle.OUT}"
+    attach = next(s for s in steps if s.get("uses", "").startswith("softprops/action-gh-release"))
+    assert attach["with"]["files"] == bundle.OUT
+    assert flow["permissions"]["contents"] == "write"

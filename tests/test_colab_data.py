@@ -17,11 +17,9 @@ from utils.places import find_data_dir, missing_files, unpack_dacon_zip
 @pytest.fixture
 def colab(tmp_path, monkeypatch) -> Path:
     """A fake Colab /content with no Drive, no Kaggle input and an empty kit data folder."""
-    content = tmp_path / "content"
-    content.mkdir()
-    monkeypatch.setattr(paths, "COLAB_CONTENT", content)
-    monkeypatch.setattr(paths, "COLAB_DRIVE", content / "drive" / "MyDrive" / "dacon_mai")
-    monkeypatch.setattr(paths, "KAGGLE_INPUT", tmp_path / "no-kaggle")
+    content = tmp_path / "platform" / paths.COLAB_CONTENT  # no Kaggle folders beside it
+    content.mkdir(parents=True)
+    monkeypatch.setenv(paths.PLATFORM_ROOT, str(tmp_path / "platform"))
     monkeypatch.setattr(paths, "kit_root", lambda: tmp_path / "kit")
     monkeypatch.delenv(paths.ENV_VAR, raising=False)
     return content
@@ -39,13 +37,16 @@ def zip_folder(folder: Path, zip_path: Path, top: str = "", drop: tuple[str, ...
 
 
 def test_data_uploaded_to_content_is_found(colab, tmp_path):
-    data = make_dacon(colab / "upload", n_train=3, n_test=2)  # /content/upload/dacon/...
+    data = make_dacon(colab / "a" / "upload", n_train=3, n_test=2)  # /content/a/upload/dacon/
     with pytest.raises(paths.DataDirError, match="Colab"):
-        find_data_dir()  # two levels down is not looked at
-    moved = data.rename(colab / "my_data")
+        find_data_dir()  # three levels down is not looked at
+    top = data.rename(colab / "a" / "open")  # open.zip unpacked with its top folder
+    assert find_data_dir() == top
+    moved = top.rename(colab / "my_data")
     assert find_data_dir() == moved
-    paths.COLAB_DRIVE.parent.mkdir(parents=True)
-    drive = make_dacon(tmp_path / "d", n_train=3, n_test=2).rename(paths.COLAB_DRIVE)
+    drive_data = colab / "drive" / "MyDrive" / paths.DRIVE_DATA
+    drive_data.parent.mkdir(parents=True)
+    drive = make_dacon(tmp_path / "d", n_train=3, n_test=2).rename(drive_data)
     assert find_data_dir() == drive  # the Drive folder comes first, as before
 
 
@@ -98,24 +99,23 @@ def test_a_cut_download_and_an_occupied_dest_are_refused(colab, tmp_path):
 @pytest.fixture
 def kaggle(tmp_path, monkeypatch) -> Path:
     """A fake /kaggle/input, no Colab folders, an empty kit data folder."""
-    inputs = tmp_path / "input"
-    inputs.mkdir()
-    monkeypatch.setattr(paths, "KAGGLE_INPUT", inputs)
-    monkeypatch.setattr(paths, "COLAB_CONTENT", tmp_path / "no-content")
-    monkeypatch.setattr(paths, "COLAB_DRIVE", tmp_path / "no-drive")
+    inputs = tmp_path / "platform" / paths.KAGGLE_INPUT  # no Colab folders beside it
+    inputs.mkdir(parents=True)
+    monkeypatch.setenv(paths.PLATFORM_ROOT, str(tmp_path / "platform"))
     monkeypatch.setattr(paths, "kit_root", lambda: tmp_path / "kit")
     monkeypatch.delenv(paths.ENV_VAR, raising=False)
     return inputs
 
 
+@pytest.mark.parametrize("dataset", ["dacon-mai", "datasets/someone/dacon-mai"])
 @pytest.mark.parametrize("inside", ["", "open/", "open/open/"])
 def test_a_dataset_kaggle_unpacked_is_found_with_or_without_top_folders(kaggle, tmp_path,
-                                                                        inside):
+                                                                        dataset, inside):
     data = make_dacon(tmp_path / "src", n_train=3, n_test=2)
-    dest = kaggle / "dacon-mai" / inside
+    dest = kaggle / dataset / inside
     dest.parent.mkdir(parents=True, exist_ok=True)
     data.rename(dest)
-    assert find_data_dir() == dest.parent / Path(inside).name if inside else kaggle / "dacon-mai"
+    assert find_data_dir() == dest
 
 
 def test_a_zip_kaggle_kept_packed_is_unpacked_once_into_the_kit(kaggle, tmp_path, capsys):
@@ -124,8 +124,8 @@ def test_a_zip_kaggle_kept_packed_is_unpacked_once_into_the_kit(kaggle, tmp_path
     (tmp_path / "kit-code" / "utils").mkdir(parents=True)
     (tmp_path / "kit-code" / "utils" / "bootstrap.py").write_text("")
     zip_folder(tmp_path / "kit-code", kaggle / "bundle" / "mai-kit-bundle.zip")  # no train.csv
-    (kaggle / "dacon-mai").mkdir()
-    archive = zip_folder(data, kaggle / "dacon-mai" / "open.zip", "open/")
+    (kaggle / "datasets" / "someone" / "dacon-mai").mkdir(parents=True)  # 2026's layout
+    archive = zip_folder(data, kaggle / "datasets" / "someone" / "dacon-mai" / "open.zip", "open/")
     assert paths.dacon_zips() == [archive]
     found = find_data_dir()
     assert found == tmp_path / "kit" / "data" / "dacon" and missing_files(found) == []

@@ -3,9 +3,7 @@
 import dataclasses
 
 import pytest
-from conftest import KIT_ROOT
 
-from utils.choices import RenamedParameterWarning, upgrade_config
 from utils.config import CamConfig, SubmitConfig, TrainConfig, from_params, to_dict
 
 
@@ -40,48 +38,9 @@ def test_file_splitter_is_accepted_and_config_is_json_ready():
     assert to_dict(cfg)["cv"] == "file:slices.csv"
 
 
-@pytest.mark.parametrize("params, name, value", [
-    ({"GROUPS": "prefix"}, "group_strategy", "prefix"),
-    ({"LOSS_WEIGHTS": [1.0, 0.0]}, "loss", {"mse": 1.0, "pearson": 0.0, "covariance": 0.0}),
-    ({"TARGET": "pca:16"}, "target_pca", 16),
-    ({"TARGET": "genes"}, "target_pca", None),
-    ({"NEIGHBOURS": [3, 7]}, "n_nearest", (3, 7)),
-    ({"CV": "groups:slices.csv:slice"}, "cv", "file:slices.csv:slice"),
-])
-def test_old_parameter_names_still_work_and_say_their_new_name(params, name, value):
-    with pytest.warns(RenamedParameterWarning, match="renamed") as caught:
-        cfg = from_params(TrainConfig, params)
-    assert getattr(cfg, name) == value
-    assert name.upper() in str(caught[0].message)
-
-
-def test_renamed_parameters_warn_under_the_default_filters():
-    """A FutureWarning: Python, Jupyter and papermill show it without -W flags."""
-    import subprocess
-    import sys
-
-    code = ("from utils.config import TrainConfig, from_params; "
-            "from_params(TrainConfig, {'LOSS_WEIGHTS': [0.3, 0.6]})")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=str(KIT_ROOT), check=True)
-    assert "RenamedParameterWarning" in out.stderr and "LOSS = " in out.stderr
-
-
 @pytest.mark.parametrize("cls", [CamConfig, SubmitConfig])
 def test_gene_grouping_is_group_strategy_everywhere(cls):
-    with pytest.warns(RenamedParameterWarning):
-        assert from_params(cls, {"GROUPS": "kmeans"}).group_strategy == "kmeans"
-
-
-def test_a_run_saved_under_old_names_reads_as_today():
-    old = {"loss_weights": [0.3, 0.6], "target": "genes", "groups": None,
-           "neighbours": [5, 10, 20, 50], "cv": "groups:x.csv", "lr": 1e-3}
-    new = upgrade_config(old)
-    assert new == {"loss": {"mse": 0.3, "pearson": 0.6, "covariance": 0.1}, "target_pca": None,
-                   "group_strategy": None, "n_nearest": [5, 10, 20, 50], "cv": "file:x.csv",
-                   "lr": 1e-3}
-    saved = {k: v for k, v in to_dict(TrainConfig()).items()}
-    assert upgrade_config(saved) == saved  # today's names are left alone
+    assert from_params(cls, {"GROUP_STRATEGY": "kmeans"}).group_strategy == "kmeans"
 
 
 def test_the_feature_spec_is_built_once_from_the_config():

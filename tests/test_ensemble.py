@@ -187,7 +187,8 @@ def test_select_runs_lists_or_discovers(tmp_path):
     y, folds = _truth()
     for name in ("r1", "r2"):
         _save(tmp_path / "root" / name, y, y, folds, y[:N_TEST])
-    assert select_runs(["a/b"], tmp_path)[0].name == "b"
+    assert select_runs([str(tmp_path / "root" / "r1")], tmp_path)[0].name == "r1"
+    assert select_runs(["runs/r2"], tmp_path / "root")[0] == tmp_path / "root" / "r2"  # by name
     assert [p.name for p in select_runs(None, tmp_path / "root")] == ["r1", "r2"]
     with pytest.raises(FileNotFoundError, match="RUNS_ROOT"):
         select_runs([], tmp_path / "empty")
@@ -409,14 +410,15 @@ def test_07_with_groups_made_per_fold_ignores_each_folds_labels(tmp_path):
     without fold k (blend_sets), and the whole chain stays label-blind for fold k."""
     from conftest import assert_label_invariant
 
-    from utils.config import GeneClusteringConfig, to_dict
+    from utils.config import GeneClusteringConfig
     from utils.files import write_json
+    from utils.genes import grouping_settings
 
     y, folds = _truth()
     genes = [f"g{i}" for i in range(G)]
     pd.DataFrame({"gene": genes, "group": [f"m{i % 3}" for i in range(G)],
                   "strategy": "correlation"}).to_csv(tmp_path / "gene_groups.csv", index=False)
-    write_json(tmp_path / "config.json", to_dict(GeneClusteringConfig(
+    write_json(tmp_path / "gene_groups.json", grouping_settings(GeneClusteringConfig(
         strategies=["correlation"], n_modules=3, min_group_size=2)))
     oof = _three_runs(y)
 

@@ -180,9 +180,9 @@ def test_stage_errors_name_the_parameter():
         spec(crops=(2.0,))
 
 
-def test_the_default_spec_keeps_the_cache_name_and_key_of_earlier_kits(dacon_dir):
-    """Users' caches stay valid: the name and key of the default spec (and of the rescaled,
-    richer and half-precision ones) are what the kit wrote before FeatureSpec existed."""
+def test_each_feature_choice_is_in_the_cache_name_and_key(dacon_dir):
+    """A spec's cache file and key name every choice that changes its features (and nothing
+    at the defaults), so two specs never share a cache file."""
     from utils.data import images_fingerprint, load_data
     from utils.features import cache_entry
 
@@ -209,6 +209,7 @@ def test_the_default_spec_keeps_the_cache_name_and_key_of_earlier_kits(dacon_dir
         name, got = cache_entry(data, "test", feature_spec)
         assert name == f"{tag}_test.npy"
         assert got == {**base, **key, "images": images["test"]}
+    assert len({tag for _, tag, _ in cases}) == len(cases)
 
 
 # --- COMPILE: torch.compile for extraction -----------------------------------------------------

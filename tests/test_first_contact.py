@@ -9,10 +9,18 @@ notebook copied alone into an empty folder and run top to bottom with SMOKE = Tr
   hydra-core and the antlr4 wheel built from a source archive — from the bundle on first use);
 - a Colab-like runtime: a fresh venv pinned to a current Colab image's versions (`COLAB_PINS`);
   the setup cell clones `KIT_REPO` (a file:// clone stands in for GitHub) and installs what is
-  missing from the package index; `pip freeze` shows every package it had unchanged.
+  missing from the package index; `pip freeze` shows every package it had unchanged;
+- the Pythons Colab and Kaggle run next (3.12, 3.13; pyenv's): a venv with a Colab-like set
+  (`COLAB_LIKE`: what the bundle leaves to the platform, at versions with wheels for that Python)
+  and the kit as GitHub's zip in /content (a temporary platform root): online the setup cell
+  installs the rest from the index and changes no pinned version; offline it installs from the
+  bundle, and with a bundle lacking one cp313 wheel it names the package, the Python and the
+  build command, and takes that wheel from the index once the internet is back.
 
 torch/torchvision (and what they need) are this venv's own, linked into each fresh venv through
-a .pth file: as on Colab and Kaggle, they are the platform's, and nothing may replace them.
+a .pth file: as on Colab and Kaggle, they are the platform's, and nothing may replace them. In the
+3.12/3.13 venvs, which run the setup cell only, they are metadata-only stand-ins at Colab's
+versions (this venv's torch is built for its own Python; the cell never imports torch).
 Marked `first_contact` (minutes): `make first-contact` runs them, `make test` does not.
 """
 
@@ -27,6 +35,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -36,6 +45,7 @@ from packaging.requirements import Requirement
 from utils.bootstrap import canonical
 from utils.dev.demo import write_demo
 from utils.dev.pipeline import demo_parameters
+from utils.dev.publish import setup_source
 
 pytestmark = pytest.mark.first_contact
 BASE_PYTHON = str(Path(sys.base_prefix) / "bin" / "python3")
@@ -118,7 +128,7 @@ def user_env(python: Path, **extra: str) -> dict[str, str]:
                JUPYTER_PATH=str(venv / "share" / "jupyter"), HF_HUB_OFFLINE="1",
                MPLBACKEND="Agg", NO_ALBUMENTATIONS_UPDATE="1",
                KIT_CACHE_DIR=str(venv.parent / "cache"),
-               KIT_LOOK=str(venv.parent / "no-platform-folders" / "*"))
+               KIT_PLATFORM_ROOT=str(venv.parent / "no-platform-folders"))
     return {**env, **extra}
 
 
@@ -199,7 +209,8 @@ def test_the_bundle_offline_runs_a_notebook_alone_in_a_fresh_venv(kit_clone, dem
     cv = json.loads((kit / "runs" / "smoke" / "first_contact" / "ridge" / "cv.json").read_text())
     assert 0.0 < cv["overall"]["score"] < 1.0
     again, t_kernel, t_same = setup_again(user, cells, env)
-    assert len(again) == 2 and again[0].startswith(f"mai-kit found in {kit}: {kit} [bundle ")
+    assert len(again) == 2 and again[0].startswith(
+        f"mai-kit found in {user / 'mai-kit-bundle.zip'}: {kit} [bundle ")
     assert again[1].startswith(f"mai-kit importable: {kit} [bundle ")
     assert all(line.endswith("(requirements present)") for line in again), again
     adapt = Path(shutil.copy2(kit_clone / "notebooks" / "04_adapt.ipynb", user))
@@ -245,3 +256,172 @@ def test_a_colab_like_runtime_keeps_every_version_it_had(kit_clone, demo_data, t
     print(f"[first contact] Colab-like ({', '.join(COLAB_PINS)}): unchanged; setup cell "
           f"{first:.1f} s first run (clone + PyPI), {t_kernel:.2f} s in a new kernel, "
           f"{t_same:.3f} s in the same kernel; 01_eda SMOKE notebook {wall:.0f} s")
+
+
+# --- Python 3.12 and 3.13 ----------------------------------------------------------------------
+
+# A Colab-like runtime per Python: what the bundle leaves to the platform (bundle.PLATFORMS_HAVE,
+# as far as the kit's requirements reach it), pinned. 3.12: versions of Colab's 2025 image;
+# 3.13: the nearest versions with cp313 wheels (numba 0.61 needs numpy <= 2.1).
+SHARED_PINS = ("scikit-image==0.25.2", "pillow==11.1.0", "matplotlib==3.10.0",
+               "opencv-python==4.11.0.86", "opencv-python-headless==4.11.0.86", "pyyaml==6.0.2",
+               "psutil==5.9.5", "requests==2.32.3", "packaging==24.2", "pydantic==2.10.6",
+               "huggingface-hub==0.28.1", "tqdm==4.67.1", "scikit-learn==1.6.1")
+COLAB_LIKE = {
+    "3.12": ("numpy==2.0.2", "pandas==2.2.2", "scipy==1.14.1", "numba==0.60.0",
+             "llvmlite==0.43.0", *SHARED_PINS),
+    "3.13": ("numpy==2.1.3", "pandas==2.2.3", "scipy==1.15.2", "numba==0.61.0",
+             "llvmlite==0.44.0", *SHARED_PINS),
+}
+STAND_INS = {"torch": "2.8.0", "torchvision": "0.23.0"}  # Colab's (late 2025), metadata only
+LACKING = "ruptures"  # the compiled wheel taken out of the bundle's cp313 wheels
+
+
+def pyenv_python(version: str) -> Path:
+    """pyenv's interpreter of `version` (skips the test when there is none)."""
+    found = sorted(Path(sys.base_prefix).parent.glob(f"{version}.*/bin/python{version}"))
+    if not found:
+        pytest.skip(f"no Python {version} beside {sys.base_prefix}")
+    return found[0]
+
+
+def stand_in_wheel(folder: Path, name: str, version: str) -> Path:
+    """A wheel holding only `name`'s metadata at `version` (and an empty package)."""
+    info = f"{name}-{version}.dist-info"
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {f"{name}/__init__.py": f"__version__ = {version!r}  # a stand-in\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                              "Tag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(wheel, "w") as z:
+        for arcname, text in files.items():
+            z.writestr(arcname, text)
+    return wheel
+
+
+def colab_like_venv(folder: Path, version: str) -> Path:
+    """A venv of pyenv's Python `version` with the stand-ins and COLAB_LIKE installed (from the
+    index, before any network is blocked). Returns its python."""
+    start = time.perf_counter()
+    sh(pyenv_python(version), "-m", "venv", folder / "venv")
+    python = folder / "venv" / "bin" / "python"
+    wheels = [stand_in_wheel(folder / "stand-ins", n, v) for n, v in STAND_INS.items()]
+    sh(python, "-m", "pip", "install", "-q", "--no-deps", *wheels)
+    sh(python, "-m", "pip", "install", "-q", *COLAB_LIKE[version], timeout=1200)
+    print(f"\n[first contact] Colab-like Python {version} venv: "
+          f"{time.perf_counter() - start:.0f} s")
+    return python
+
+
+def run_setup_cell(python: Path, root: Path, env: dict) -> tuple[subprocess.CompletedProcess,
+                                                                float]:
+    """The setup cell in /content of the platform root `root`, as a fresh kernel runs it."""
+    start = time.perf_counter()
+    done = subprocess.run([python, "-c", setup_source()], cwd=root / "content",
+                          capture_output=True, text=True, timeout=1800,
+                          env={**env, "KIT_PLATFORM_ROOT": str(root)})
+    return done, time.perf_counter() - start
+
+
+def bare_env(python: Path) -> dict[str, str]:
+    """No PYTHONPATH, no pip settings of this machine: the venv's Python alone, offline."""
+    venv = python.parent.parent
+    env = {k: os.environ[k] for k in ("HOME", "LANG", "LC_ALL", "TMPDIR", "USER")
+           if k in os.environ}
+    return {**env, "PATH": f"{venv / 'bin'}:/usr/bin:/bin", "VIRTUAL_ENV": str(venv), **BLOCKED}
+
+
+def online_env(python: Path) -> dict[str, str]:
+    """`bare_env` with the internet back."""
+    env = {k: v for k, v in bare_env(python).items() if k not in BLOCKED}
+    return online(env)
+
+
+def changed(before: list[str], after: list[str]) -> list[str]:
+    return sorted(set(before) - set(after))
+
+
+@pytest.mark.parametrize("version", ["3.12", "3.13"])
+def test_the_setup_cell_online_on_a_new_python_changes_no_pinned_version(github_zip, tmp_path,
+                                                                         version):
+    python = colab_like_venv(tmp_path, version)
+    before = freeze(python)
+    root = tmp_path / "platform"
+    shutil.copy2(github_zip, (root / "content").mkdir(parents=True) or root / "content")
+    done, seconds = run_setup_cell(python, root, online_env(python))
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = done.stdout.strip()
+    assert line.startswith(f"mai-kit found in {root / 'content' / github_zip.name}: "), line
+    assert re.search(r"\(installed \d+ from PyPI in \d+ s: .*timm", line), line
+    assert not changed(before, freeze(python)), "the setup cell changed what the runtime had"
+    again, seconds_again = run_setup_cell(python, root, online_env(python))
+    assert again.stdout.strip().endswith("(requirements present)"), again.stdout
+    print(f"[first contact] Python {version} online (GitHub's zip, PyPI): setup cell "
+          f"{seconds:.0f} s first run, {seconds_again:.1f} s in a new kernel; pins unchanged")
+
+
+@pytest.fixture(scope="module")
+def bundles(kit_clone, tmp_path_factory) -> dict[str, Path]:
+    """The bundle for Python 3.12 and 3.13, whole and without LACKING's cp313 wheel."""
+    folder = tmp_path_factory.mktemp("bundles")
+    whole, _ = build_bundle(kit_clone, folder / "whole" / "mai-kit-bundle.zip", "--python",
+                            "3.12", "3.13")
+    lacking = folder / "lacking" / "mai-kit-bundle.zip"
+    lacking.parent.mkdir()
+    with zipfile.ZipFile(whole) as src, zipfile.ZipFile(lacking, "w") as dst:
+        left_out = [n for n in src.namelist() if Path(n).name.startswith(f"{LACKING}-")
+                    and "-cp313-" in n]
+        assert len(left_out) == 1, left_out
+        for info in src.infolist():
+            if info.filename not in left_out:
+                dst.writestr(info, src.read(info))
+    return {"whole": whole, "lacking": lacking}
+
+
+def test_the_setup_cell_offline_on_python_312_installs_from_the_bundle(bundles, tmp_path):
+    python = colab_like_venv(tmp_path, "3.12")
+    before = freeze(python)
+    root = tmp_path / "platform"
+    shutil.copy2(bundles["lacking"], (root / "content").mkdir(parents=True) or root / "content")
+    done, seconds = run_setup_cell(python, root, bare_env(python))  # lacks a cp313 wheel only
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"\(installed \d+ from the bundle in \d+ s: ", done.stdout), done.stdout
+    assert not changed(before, freeze(python))
+    print(f"[first contact] Python 3.12 offline (the bundle): setup cell {seconds:.0f} s")
+
+
+def test_the_setup_cell_offline_on_python_313_names_the_wheel_the_bundle_lacks(bundles,
+                                                                                tmp_path):
+    python = colab_like_venv(tmp_path, "3.13")
+    before = freeze(python)
+    root = tmp_path / "platform"
+    content = root / "content"
+    content.mkdir(parents=True)
+    shutil.copy2(bundles["lacking"], content)
+    done, failed = run_setup_cell(python, root, bare_env(python))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert (f"has no wheel of {LACKING} for Python 3.13" in done.stderr
+            and "python -m utils.dev.bundle --python 3.13" in done.stderr), done.stderr
+    assert freeze(python) == before
+    done, fallback = run_setup_cell(python, root, online_env(python))  # the internet is back
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"\(installed \d+ from the bundle and PyPI in \d+ s: .*ruptures",
+                     done.stdout), done.stdout
+    assert not changed(before, freeze(python))
+    print(f"[first contact] Python 3.13 offline, a bundle lacking the cp313 {LACKING} wheel: "
+          f"stopped in {failed:.0f} s naming it; online: bundle + PyPI in {fallback:.0f} s; pins "
+          "unchanged")
+
+
+def test_the_whole_bundle_offline_on_python_313(bundles, tmp_path):
+    python = colab_like_venv(tmp_path, "3.13")
+    before = freeze(python)
+    root = tmp_path / "platform"
+    shutil.copy2(bundles["whole"], (root / "content").mkdir(parents=True) or root / "content")
+    done, seconds = run_setup_cell(python, root, bare_env(python))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"\(installed \d+ from the bundle in \d+ s: ", done.stdout), done.stdout
+    assert not changed(before, freeze(python))
+    print(f"[first contact] Python 3.13 offline (the whole bundle): setup cell {seconds:.0f} s")

@@ -211,6 +211,45 @@ def test_load_gene_groups_reports_missing_and_unknown_genes(tmp_path):
             } == {"g1": [1, 2], "g2": [0]}
 
 
+def _today(cfg: GeneClusteringConfig, strategy: str, names, y) -> dict[str, list[int]]:
+    """A strategy's groups on rows `y` straight from 02's config (what a fold's refit must be)."""
+    corr = correlate_genes(y)
+    extra = {"embedding": embed_genes(corr, **cfg.embed_options())} if strategy == "kmeans" else {}
+    labels = genes.make_groups(strategy, names, corr, **cfg.options(strategy), **extra).labels
+    return {g: np.flatnonzero(labels == g).tolist() for g in np.unique(labels)}
+
+
+def test_the_settings_beside_gene_groups_refit_each_strategy_as_02_made_it(tmp_path, planted):
+    """02 writes gene_groups.json beside gene_groups.csv; refitting a strategy that reads the
+    targets on other rows from that file gives the groups 02's own config would give."""
+    cfg = GeneClusteringConfig(strategies=["kmeans", "correlation", "prefix"], k_range=(2, 4),
+                               n_neighbors=5, umap_epochs=40, n_modules=3, min_group_size=2,
+                               seed=3)
+    clustering = genes.cluster_genes(cfg, planted["y"], planted["genes"])
+    genes.write_clustering(tmp_path, planted["genes"], clustering)
+    assert json.loads((tmp_path / "gene_groups.json").read_text()) == json.loads(
+        json.dumps(genes.grouping_settings(cfg)))
+    rows = planted["y"][::2]  # a fold's training rows
+    for strategy in ("kmeans", "correlation"):
+        settings = genes.read_grouping_settings(tmp_path / "gene_groups.csv", strategy)
+        refit = genes.groups_on_rows(settings, strategy, planted["genes"], rows)
+        assert {g: c.tolist() for g, c in refit.items()} == _today(cfg, strategy,
+                                                                    planted["genes"], rows)
+
+
+def test_a_label_based_strategy_without_its_settings_file_says_what_to_run(tmp_path, planted):
+    csv = tmp_path / "gene_groups.csv"
+    genes.write_gene_groups(csv, planted["genes"], {"correlation": genes.Grouping(
+        "correlation", np.array(["a"] * len(planted["genes"])))})
+    with pytest.raises(FileNotFoundError) as err:
+        genes.read_grouping_settings(csv, "correlation")
+    message = str(err.value)
+    assert str(tmp_path / "gene_groups.json") in message and "run 02_gene_clustering" in message
+    (tmp_path / "gene_groups.json").write_text(json.dumps({"prefix": {"options": {}}}))
+    with pytest.raises(ValueError, match="not of GROUP_STRATEGY='correlation'"):
+        genes.read_grouping_settings(csv, "correlation")
+
+
 # --- functional gene sets ----------------------------------------------------------------------
 
 def write_gmt(path, sets: dict[str, list[str]], newline: str = "\n"):
@@ -457,3 +496,6 @@ def test_gene_clustering_notebook_wrote_groups_for_every_gene(demo_pipeline):
     for figure in ("umap_groups", "silhouette", "group_coherence"):
         assert (run / f"{figure}.png").stat().st_size > 10_000, figure
     assert json.loads((run / "config.json").read_text())["umap_epochs"] == 50  # QUICK
+    settings = json.loads((run / "gene_groups.json").read_text())  # what 05 and 07 refit with
+    assert set(settings) == {"kmeans", "prefix", "correlation"}
+    assert settings["kmeans"]["embedding"]["n_epochs"] == 50

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import KIT_ROOT
 
 from utils.files import (
     atomic_path,
     cached_array,
+    file_lock,
     read_json,
     save_npy,
     write_json,
@@ -122,3 +128,21 @@ def test_cached_array_computes_once_per_key(tmp_path):
     assert len(calls) == 2
     np.testing.assert_array_equal(other, np.arange(4) * 2)
     assert _files(tmp_path) == ["feat.json", "feat.npy", "feat.npy.lock"]
+
+
+def test_file_lock_makes_another_process_wait(tmp_path):
+    """A second process asking for the lock waits until the holder lets go."""
+    target = tmp_path / "sub" / "cache.npy"
+    code = ("import time; from utils.files import file_lock\n"
+            f"with file_lock({str(target)!r}):\n"
+            "    print('held', flush=True); time.sleep(1.5)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              cwd=str(KIT_ROOT), env={**os.environ, "PYTHONPATH": str(KIT_ROOT)})
+    assert holder.stdout.readline().strip() == "held"
+    start = time.perf_counter()
+    with file_lock(target):
+        waited = time.perf_counter() - start
+    holder.wait()
+    assert waited > 0.5 and (tmp_path / "sub" / "cache.npy.lock").is_file()
+    with file_lock(target):  # free again: taken at once
+        pass

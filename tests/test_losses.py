@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.choices import LOSSES, check_loss, loss_from_weights
+from utils.choices import LOSSES, check_loss
 from utils.losses import (
     LOSS_TERMS,
     GeneLoss,
@@ -96,7 +96,7 @@ def test_weights_combine_the_three_terms():
 
 def test_terms_without_weight_are_not_computed():
     p, t = _pair()
-    loss, parts = create_loss(loss_from_weights((1.0, 0.0)))(_t(p), _t(t))
+    loss, parts = create_loss({"mse": 1.0, "pearson": 0.0, "covariance": 0.0})(_t(p), _t(t))
     assert loss.item() == pytest.approx(np.mean((p - t) ** 2), rel=1e-6)
     assert np.isnan(parts["pearson"].item()) and np.isnan(parts["covariance"].item())
 
@@ -109,12 +109,6 @@ def test_groups_are_size_weighted_and_covariance_stays_within_groups():
                                  + 0.3 * _np_pearson_loss(p[:, g], t[:, g])
                                  + 0.4 * _np_cov_loss(p[:, g], t[:, g])) for g in groups)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
-
-
-@pytest.mark.parametrize("weights", [(0.8, 0.5), (-0.1, 0.5), (0.5,), "ab"])
-def test_bad_loss_weights_are_named(weights):
-    with pytest.raises(ValueError, match="LOSS_WEIGHTS"):
-        loss_from_weights(weights)
 
 
 def test_spot_pearson_matches_numpy_with_a_constant_row():
@@ -144,15 +138,6 @@ def test_any_mapping_of_terms_combines_by_name():
     expected = 2.0 * _np_spot_pearson_loss(p, t) + 0.5 * np.mean((p - t) ** 2)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert list(parts) == ["spot_pearson", "mse"]
-
-
-def test_old_loss_weights_are_the_same_loss():
-    p, t = _pair()
-    old = loss_from_weights((0.3, 0.6))
-    assert old == {"mse": 0.3, "pearson": 0.6, "covariance": 0.1}
-    a = create_loss(old)(_t(p), _t(t))[0].item()
-    b = create_loss({"mse": 0.3, "pearson": 0.6, "covariance": 0.1})(_t(p), _t(t))[0].item()
-    assert a == b
 
 
 @pytest.mark.parametrize("loss", [{"huber": 1.0}, {"mse": -1.0}, {"mse": 0.0}, {}, 3, "rank"])

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from utils.choices import target_pca_from_target
 from utils.loop import amp_dtype, autocast, grad_scaler
 from utils.models import (
     HUB_MODELS,
@@ -113,17 +112,6 @@ def test_scaler_pca_and_plans():
     assert plan_heads(groups, None, 100) == {"a": None, "b": None}
     assert plan_heads(groups, 16, 100) == {"a": 3, "b": 16}
     assert plan_heads(groups, 16, 10) == {"a": 3, "b": 9}
-
-
-@pytest.mark.parametrize("target, expected", [("genes", None), ("pca:32", 32)])
-def test_targets_parse(target, expected):
-    assert target_pca_from_target(target) == expected
-
-
-@pytest.mark.parametrize("target", ["pca", "pca:0", "pca:x", "umap:3"])
-def test_bad_targets_are_named(target):
-    with pytest.raises(ValueError, match="TARGET"):
-        target_pca_from_target(target)
 
 
 def test_hub_models_resolve_to_timm_arguments():

@@ -16,6 +16,8 @@ from utils.submit import validate_submission
 
 NOTEBOOKS = list_notebooks()
 REQUIRED_PARAMETERS = {
+    "00_quickstart": {"DATA_DIR", "PLAN", "TIME_BUDGET", "RUN_ROOT", "SUBMISSION", "WEIGHTS",
+                      "SMOKE", "OVERRIDES"},
     "01_eda": {"DATA_DIR", "RUN_DIR", "SMOKE", "SEED", "IMAGE_STRIDE", "WINDOW"},
     "02_gene_clustering": {"DATA_DIR", "RUN_DIR", "SMOKE", "SEED", "STRATEGIES", "K", "K_RANGE",
                            "GROUPS_FILE"},
@@ -74,7 +76,8 @@ def test_parameters_cell_is_upper_case_literals_with_comments(path):
         ast.literal_eval(line.split("=", 1)[1].split("#", 1)[0].strip())
 
 
-CONFIGS = {"01_eda": "EdaConfig", "02_gene_clustering": "GeneClusteringConfig",
+CONFIGS = {"00_quickstart": "QuickstartConfig", "01_eda": "EdaConfig",
+           "02_gene_clustering": "GeneClusteringConfig",
            "03_augmentation_screening": "ScreenConfig", "04_adapt": "AdaptConfig",
            "05_train": "TrainConfig",
            "06_gradcam": "CamConfig", "07_ensemble_submit": "SubmitConfig"}

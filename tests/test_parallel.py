@@ -59,3 +59,30 @@ def test_one_visible_device_means_one_process(tiny):
     cfg, _, _ = tiny
     assert loop.device_count(replace(cfg, devices=None).devices) == 1  # CPU: no GPUs to use
     assert loop.world() == (0, 1)
+
+
+@pytest.mark.slow
+def test_data_parallel_on_the_demo_set_matches_one_process(tmp_path, capsys):
+    """The demo-scale run the kit's data-parallel path was measured with (240 train patches,
+    test_efficientnet at 64 px, global batch 16, 2 epochs × 3 folds): DEVICES=2 ends where one
+    process does. On CPU the two are gloo processes sharing the cores (no speed-up expected);
+    on two or more GPUs the printed images/s is the scaling."""
+    from utils.dev.demo import write_demo
+
+    data_dir = write_demo(tmp_path / "data", n_train=240, n_test=80, n_genes=400,
+                          image_size=128)
+    cfg = TrainConfig(data_dir=str(data_dir), recipe="finetune", backbone="test_efficientnet",
+                      pretrained=False, img_size=64, epochs=2, batch_size=16, patience=None,
+                      tta=False, augment="none", cv="blocks", n_folds=3, overwrite=True,
+                      resume=False)
+    data = load_data(cfg.data_dir)
+    folds, _ = train.make_cv_folds(cfg, data)
+    runs = {devices: train.train(replace(cfg, run_dir=str(tmp_path / f"devices{devices}"),
+                                         devices=devices), data, folds) for devices in (1, 2)}
+    speeds = {d: np.mean([r["images_per_s"] for r in read_json(run.path / "history.json")
+                          if "images_per_s" in r]) for d, run in runs.items()}
+    with capsys.disabled():
+        print(f"\ndata parallel, demo set: images/s {speeds}")
+    np.testing.assert_allclose(runs[2].oof, runs[1].oof, rtol=1e-4, atol=5e-5)
+    np.testing.assert_allclose(runs[2].test_pred, runs[1].test_pred, rtol=1e-4, atol=5e-5)
+    assert abs(runs[2].cv["overall"]["score"] - runs[1].cv["overall"]["score"]) < 1e-5

@@ -17,10 +17,11 @@ from utils.places import REQUIRED, DataDirError, find_data_dir
 @pytest.fixture
 def places(tmp_path, monkeypatch) -> dict[str, Path]:
     """Kaggle, Colab and kit folders under tmp_path (none holding data yet); no env var."""
-    spots = {"kaggle": tmp_path / "kaggle", "colab": tmp_path / "colab", "kit": tmp_path / "kit"}
+    root = tmp_path / "platform"  # stands for / : root/kaggle/input, root/content/drive/...
+    spots = {"kaggle": root / paths.KAGGLE_INPUT, "kit": tmp_path / "kit",
+             "colab": root / paths.COLAB_DRIVE / paths.DRIVE_DATA}
     spots["kit"].mkdir()
-    monkeypatch.setattr(paths, "KAGGLE_INPUT", spots["kaggle"])
-    monkeypatch.setattr(paths, "COLAB_DRIVE", spots["colab"])
+    monkeypatch.setenv(paths.PLATFORM_ROOT, str(root))
     monkeypatch.setattr(paths, "kit_root", lambda: spots["kit"])
     monkeypatch.delenv(paths.ENV_VAR, raising=False)
     monkeypatch.chdir(tmp_path)
@@ -91,6 +92,23 @@ def test_kit_data_folder_last(places):
     assert find_data_dir() == kit
 
 
+def test_a_top_folder_of_open_zip_is_allowed_in_the_kit_and_on_drive(places):
+    dacon_at(places["kit"] / "data" / "demo")  # `make demo`'s set is never taken for the data
+    with pytest.raises(DataDirError):
+        find_data_dir()
+    kit = dacon_at(places["kit"] / "data" / "open")
+    assert find_data_dir() == kit
+    drive = dacon_at(places["colab"] / "open")
+    assert find_data_dir() == drive
+
+
+@pytest.mark.parametrize("layout", ["comp", "comp/open", "datasets/owner/slug",
+                                    "datasets/owner/slug/open", "datasets/owner/slug/open/open"])
+def test_both_kaggle_layouts_with_or_without_the_zips_top_folder(places, layout):
+    folder = dacon_at(places["kaggle"] / layout)
+    assert find_data_dir() == folder
+
+
 def test_incomplete_explicit_folder_errors_without_fallback(tmp_path, places, monkeypatch):
     found = all_places(tmp_path, places, monkeypatch)
     (found["explicit"] / "test.csv").unlink()
@@ -120,7 +138,7 @@ def test_missing_explicit_folder_errors(tmp_path, places):
 
 
 def test_nothing_found_lists_every_place(places):
-    (places["colab"]).mkdir()
+    places["colab"].mkdir(parents=True)
     (places["colab"] / "train.csv").write_text("ID,path\n")
     with pytest.raises(DataDirError) as err:
         find_data_dir()

@@ -37,7 +37,7 @@ def test_finished_run_is_reused_changed_one_refused(cfg, monkeypatch):
     again = train.train(cfg, data, folds)
     np.testing.assert_array_equal(first.test_pred, again.test_pred)
     changed = replace(cfg, alphas=(5.0,))
-    with pytest.raises(FileExistsError, match="alphas"):
+    with pytest.raises(FileExistsError, match="ALPHAS: "):
         train.train(changed, data, folds)
     with pytest.raises(ZeroDivisionError):  # OVERWRITE retrains
         train.train(replace(cfg, overwrite=True), data, folds)

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path({str(kit_root())!r})]
 """
-WAYS = ("1. the bundle", "2. a clone: set KIT_REPO", "3. a checkout")
+WAYS = ("1. the kit's zip", "2. a clone: set KIT_REPO", "3. a checkout")
 
 
 def setup_cells(path: Path) -> list[dict]:
@@ -53,7 +53,7 @@ def test_every_notebook_starts_with_the_setup_cell_from_its_one_source(path):
 def test_setup_cell_fits_a_screen_and_names_no_address_until_published():
     source = publish.setup_source()
     lines = source.splitlines()
-    assert len(lines) <= 45 and max(map(len, lines)) <= 100
+    assert len(lines) <= 60 and max(map(len, lines)) <= 100
     assert source.count("print(") == 1
     assert any(line.startswith('KIT_REPO = "') for line in lines[:6])  # near the top
     repo = publish.kit_repo(source)
@@ -117,6 +117,7 @@ REAL_ADDRESSES = (
     "https://huggingface.co/MahmoodLab/uni",
     "https://www.gsea-msigdb.org/gsea/msigdb",
     "https://github.com/huggingface/pytorch-image-models",  # timm: publish's GitHub example
+    "https://github.com/jjuhyeok/KUMC-Medical_AI",  # the DACON winners' public repository
     "http://127.0.0.1:9",  # the discard port: first contact's blocked proxy (no network)
 )
 INVENTED = "dacon-" + "mai-kit"  # the owner the kit once made up (spelled apart: not a hit here)
@@ -147,13 +148,15 @@ def test_no_file_names_an_invented_address():
 
 # --- running the cell --------------------------------------------------------------------------
 
-def run_cell(cwd: Path, env: dict[str, str], times: int = 2) -> subprocess.CompletedProcess:
+def run_cell(cwd: Path, env: dict[str, str], times: int = 2, root: Path | None = None,
+             after: str = "") -> subprocess.CompletedProcess:
     """Execute the setup cell in a fresh Python that has the kit's requirements but not the kit
-    (`times` in a row: from the second on, the kit is importable). KIT_LOOK replaces the
-    platform folders (/content, My Drive, /kaggle/input) with `env`'s or an empty one."""
-    code = FORGET_KIT + "\n".join([publish.setup_source()] * times)
+    (`times` in a row: from the second on, the kit is importable), then `after`. The platform
+    folders (/kaggle/input, /kaggle/working, /content, My Drive) hang from `root`
+    (KIT_PLATFORM_ROOT; by default an empty folder: no platform)."""
+    code = FORGET_KIT + "\n".join([publish.setup_source()] * times) + "\n" + after
     env = {k: v for k, v in os.environ.items() if k != "KIT_REPO"} | {
-        "KIT_LOOK": str(cwd / "no-platform-folders" / "*")} | env
+        "KIT_PLATFORM_ROOT": str(root or cwd / "no-platform-folders")} | env
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
                           env=env)
 
@@ -181,21 +184,21 @@ def test_no_kit_and_no_kit_repo_lists_the_ways_in_and_stops_cleanly(tmp_path):
     assert done.returncode == 1 and done.stdout == ""
     assert "was not found and KIT_REPO is empty" in done.stderr
     assert all(way in done.stderr for way in WAYS), done.stderr
-    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) <= 8
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) <= 10
 
 
 def test_attached_read_only_bundle_is_copied_and_its_wheels_and_weights_linked(tmp_path):
-    dataset = small_kit(tmp_path / "input" / "mai-kit-bundle" / "mai-kit")
+    root = tmp_path / "platform"
+    dataset = small_kit(root / "kaggle" / "input" / "mai-kit-bundle" / "mai-kit")
     for folder in ("wheels", "weights"):
         (dataset / folder).mkdir()
     (dataset / "weights" / "lite0.safetensors").write_bytes(b"0" * 10)
-    user = tmp_path / "working"
+    user = root / "kaggle" / "working"
     user.mkdir()
     for p in [dataset, *dataset.rglob("*")]:
         p.chmod(p.stat().st_mode & ~0o222)
     try:
-        done = run_cell(user, {"KIT_LOOK": f"{tmp_path / 'input'}/*:{tmp_path / 'input'}/*/*",
-                               "KIT_REPO": "file:///nowhere"})
+        done = run_cell(user, {"KIT_REPO": "file:///nowhere"}, root=root)
     finally:
         for p in [dataset, *dataset.rglob("*")]:
             p.chmod(p.stat().st_mode | 0o200)
@@ -223,8 +226,99 @@ def test_zipped_bundle_beside_the_notebook_is_unpacked(tmp_path):
     assert first == (f"mai-kit found in {user / 'mai-kit-bundle (1).zip'}: {user / 'mai-kit'} "
                      "[bundle 9.9 (abcdef0)] (requirements present)")
     assert again.startswith("mai-kit importable: ")
-    done = run_cell(user, {}, times=1)  # a new kernel: the unpacked copy is found
-    assert done.stdout.startswith(f"mai-kit found in {user / 'mai-kit'}: "), done.stdout
+    stamp = (user / "mai-kit" / bootstrap.STAMP).read_text()
+    (user / "mai-kit" / "runs").mkdir()  # a run of the user's
+    done = run_cell(user, {}, times=1)  # a new kernel: the unpacked copy is used as it is
+    assert done.stdout.startswith(f"mai-kit found in {user / 'mai-kit-bundle (1).zip'}: "
+                                  f"{user / 'mai-kit'} "), done.stdout
+    assert (user / "mai-kit" / bootstrap.STAMP).read_text() == stamp
+    assert (user / "mai-kit" / "runs").is_dir()
+
+
+# --- any zip of the kit, anywhere a platform attaches it -----------------------------------------
+
+def attach(archive: Path, folder: Path, unpacked: bool, name: str | None = None) -> Path:
+    """`archive` in `folder` as a platform shows it: the zip (renamed to `name`), or unpacked."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not unpacked:
+        return Path(shutil.copy2(archive, folder / (name or archive.name)))
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(folder)
+    return folder / zipfile.ZipFile(archive).namelist()[0].split("/")[0]
+
+
+IMPORTED = "import utils.bootstrap as b; print('imported', Path(b.__file__).parent.parent)"
+PLATFORMS = {  # where a user's attached kit lands: (the notebook's folder, the kit's folder)
+    "kaggle": ("kaggle/working", "kaggle/input/mai-kit"),
+    "kaggle-2026": ("kaggle/working", "kaggle/input/datasets/someone/mai-kit"),
+    "colab": ("content", "content"),
+    "drive": ("content", "content/drive/MyDrive/code"),
+}
+
+
+@pytest.mark.parametrize("unpacked", [False, True], ids=["zipped", "unpacked"])
+@pytest.mark.parametrize("platform", list(PLATFORMS))
+def test_githubs_zip_is_found_by_content_and_imports_in_the_same_run(github_zip, tmp_path,
+                                                                     platform, unpacked):
+    root = tmp_path / "platform"
+    work, where = (root / p for p in PLATFORMS[platform])
+    work.mkdir(parents=True, exist_ok=True)
+    source = attach(github_zip, where, unpacked, name="kit download (2).zip")
+    done = run_cell(work, {}, times=1, root=root, after=IMPORTED)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    kit = source if unpacked and platform == "colab" else work / "mai-kit"
+    assert done.stdout.splitlines() == [
+        f"mai-kit found in {source}: {kit} [copy] (requirements present)", f"imported {kit}"]
+
+
+def test_git_archive_without_a_top_folder_beside_the_notebook(tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    subprocess.run(["git", "archive", "--format=zip", "-o", user / "kit.zip", "HEAD"],
+                   cwd=kit_root(), check=True)
+    done = run_cell(user, {}, times=1, after=IMPORTED)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"imported {user / 'mai-kit'}"
+
+
+def test_a_kit_five_folders_under_kaggle_input_is_found_six_is_not(github_zip, tmp_path):
+    root = tmp_path / "platform"
+    (root / "kaggle" / "working").mkdir(parents=True)
+    deep = attach(github_zip, root / "kaggle/input/datasets/someone/kit/a", unpacked=True)
+    assert len(deep.relative_to(root / "kaggle/input").parts) == 5
+    assert run_cell(root / "kaggle" / "working", {}, times=1, root=root).returncode == 0
+    shutil.move(deep, deep.parent / "b" / deep.name)
+    shutil.rmtree(root / "kaggle" / "working" / "mai-kit")  # a new session: nothing copied yet
+    done = run_cell(root / "kaggle" / "working", {}, times=1, root=root)
+    assert done.returncode == 1 and "was not found" in done.stderr
+
+
+def test_a_cut_zip_gets_one_message_naming_it(github_zip, tmp_path):
+    root = tmp_path / "platform"
+    (root / "kaggle" / "working").mkdir(parents=True)
+    cut = root / "kaggle/input/datasets/someone/mai-kit/mai-kit-main.zip"
+    cut.parent.mkdir(parents=True)
+    cut.write_bytes(github_zip.read_bytes()[: github_zip.stat().st_size * 2 // 3])
+    done = run_cell(root / "kaggle" / "working", {}, times=1, root=root)
+    assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"mai-kit: {cut} is not a readable zip (cut short while uploading or downloading?). "
+        "Download and upload it again, or unzip it and upload the folder; then run this cell "
+        "again."]
+
+
+def test_two_copies_one_line_says_which_is_used(github_zip, tmp_path):
+    root = tmp_path / "platform"
+    zipped = attach(github_zip, root / "content", unpacked=False)
+    unpacked = attach(github_zip, root / "content/drive/MyDrive", unpacked=True)
+    cut = root / "content" / "old-kit.zip"
+    cut.write_bytes(b"PK\x03\x04 half an upload")
+    done = run_cell(root / "content", {}, times=1, root=root)
+    assert done.returncode == 0, done.stderr
+    first, note = done.stdout.splitlines()
+    assert first.startswith(f"mai-kit found in {zipped}: {root / 'content' / 'mai-kit'} ")
+    assert note == (f"mai-kit: 2 copies found; using {zipped} (not {unpacked}: remove the copies "
+                    f"you do not want); not a readable zip, left aside: {cut}")
 
 
 def test_kit_is_cloned_from_kit_repo_set_in_the_environment(tmp_path):
@@ -306,12 +400,14 @@ def fresh_python(tmp_path: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def probe_wheel(folder: Path, name: str = "kit_probe") -> Path:
-    """A tiny pure-Python wheel built here, for offline installs."""
+def probe_wheel(folder: Path, name: str = "kit_probe", needs: str = "") -> Path:
+    """A tiny pure-Python wheel built here (depending on `needs`), for offline installs."""
     src = folder / "src"
     (src / name).mkdir(parents=True)
     (src / name / "__init__.py").write_text("VALUE = 42\n")
+    deps = f'"{needs}"' if needs else ""
     (src / "pyproject.toml").write_text(f'[project]\nname = "{name}"\nversion = "1.0"\n'
+                                        f'dependencies = [{deps}]\n'
                                         '[build-system]\nrequires = ["setuptools"]\n'
                                         'build-backend = "setuptools.build_meta"\n')
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
@@ -338,11 +434,44 @@ def test_ensure_installs_an_on_demand_package_from_the_bundle_with_one_line(tmp_
         bootstrap.ensure("numpy", "nobody")
 
 
-def test_install_failure_names_the_bundle_and_pips_reason(tmp_path):
-    with pytest.raises(RuntimeError, match="the bundle's wheels") as err:
+def test_install_failure_names_the_package_the_python_and_the_build_command(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # internet off
+    with pytest.raises(RuntimeError) as err:
         bootstrap.pip_install(["not-a-package-xyz"], wheels=tmp_path)
-    assert "not-a-package-xyz" in str(err.value) and len(str(err.value).splitlines()) <= 16
+    version = bootstrap.python_version()
+    assert (f"The bundle ({tmp_path}) has no wheel of not-a-package-xyz for Python {version}"
+            in str(err.value)), err.value
+    assert f"python -m utils.dev.bundle --python {version}" in str(err.value)
+    assert len(str(err.value).splitlines()) <= 12
     assert "keeping every installed package as it is" in str(err.value)
+
+
+def test_bundle_wheels_needing_newer_packages_than_the_runtime_has_say_so(tmp_path, monkeypatch):
+    wheels = probe_wheel(tmp_path, needs="packaging>=999")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # internet off
+    with pytest.raises(RuntimeError) as err:
+        bootstrap.pip_install(["kit-probe"], wheels=wheels)
+    assert "do not fit the packages this runtime has" in str(err.value), err.value
+    assert "packaging" in str(err.value) and "Turn the internet on" in str(err.value)
+
+
+def test_a_wheel_the_bundle_lacks_comes_from_the_index_when_it_can_be_reached(tmp_path):
+    kit = cell_in_a_small_kit(tmp_path, "packaging>=1\n", "kit-probe>=1.0\n")
+    wheel = next(probe_wheel(tmp_path / "built").glob("*.whl"))
+    index = tmp_path / "index" / "kit-probe"  # stands for PyPI: a simple index on disk
+    index.mkdir(parents=True)
+    shutil.copy2(wheel, index)
+    (index / "index.html").write_text(f'<a href="{wheel.name}">{wheel.name}</a>')
+    (kit / "wheels").mkdir()  # a bundle without it
+    python = fresh_python(tmp_path)
+    code = (FORGET_KIT + f"sys.path.insert(0, {str(kit)!r})\n"
+            "from utils.bootstrap import ensure\nensure('kit-probe', '04_adapt')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")} | {
+        "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": index.parent.as_uri()}
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("(from the bundle and PyPI)"), done.stdout
 
 
 # --- the start page ---------------------------------------------------------------------------
@@ -353,27 +482,18 @@ def sections(text: str) -> dict[str, str]:
     return dict(zip(parts[1::2], parts[2::2]))
 
 
-def test_readme_is_a_start_page_whose_defaults_are_the_codes():
-    from utils import config
-    from utils.data import SMOKE_ROWS
-
+def test_readme_starts_each_platform_in_five_steps_from_zips_the_setup_cell_takes():
     text = (kit_root() / "README.md").read_text()
-    parts = sections(text)
-    for path in ("Local", "Colab", "Kaggle, internet on", "Kaggle offline"):
-        name = next(k for k in parts if k.startswith(path))
-        steps = re.findall(r"^\d+\. ", parts[name], flags=re.M)
-        assert steps and len(parts[name].strip().splitlines()) <= 25, name  # one screen
-    assert "make demo" in text and "make test" in text and len(text.splitlines()) <= 160
-    train = config.TrainConfig()
-    assert f'CV = "{train.cv}"' in text and f'`RECIPE = "{train.recipe}"` (default)' in text
-    assert f"`{train.backbone}`" in parts["Get the kit"] + text.split("## ")[0]
-    assert f"{SMOKE_ROWS[0]} train and {SMOKE_ROWS[1]} test rows" in text
-    defaults = [config.EdaConfig.run_dir, config.GeneClusteringConfig.run_dir,
-                config.ScreenConfig.run_dir, config.AdaptConfig.run_dir,
-                config.SubmitConfig.submission]
-    assert all(f"`{d}" in parts["The notebooks"] for d in defaults), defaults
+    start = sections(text)["Start here"]
+    platforms = dict(zip(*[iter(re.split(r"^### (.+)$", start, flags=re.M)[1:])] * 2))
+    assert {"Colab", "Kaggle"} <= set(platforms) and any(p.startswith("Your machine")
+                                                         for p in platforms)
+    for name, steps in platforms.items():
+        numbered = re.findall(r"^(\d+)\. ", steps, flags=re.M)
+        assert 1 <= len(numbered) <= 5 and numbered == [str(i + 1) for i in
+                                                        range(len(numbered))], name
+    assert "Download ZIP" in start and "mai-kit-bundle.zip" in start  # both found by content
+    assert "Change runtime type" in platforms["Colab"].split("\n2. ")[0]  # before any upload
+    assert "make demo" in text and "make test" in text
     for readme in ("README.md", "notebooks/README.md"):
         assert "block CV" not in (kit_root() / readme).read_text(), readme
-    assert f"{config.SMOKE_PX} px" in (kit_root() / "notebooks" / "README.md").read_text()
-    assert "[benchmarks/README.md](benchmarks/README.md)" in text
-    assert "| max_gene |" not in text  # the measured tables live in benchmarks/README.md

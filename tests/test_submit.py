@@ -182,3 +182,50 @@ def test_validate_accepts_any_row_index(good, sample, tmp_path):
     validate_submission(frame, sample)
     path = write_submission(frame, sample, tmp_path / "submission.csv")
     assert pd.read_csv(path)["ID"].tolist() == sample["ID"].tolist()
+
+
+def test_07s_chain_is_one_outcome_that_submit_writes(tmp_path):
+    """`blend_runs` gives what 07's steps gave one by one (the nested blend, its
+    post-processing, the nested choice, every CV report), and `submit` writes the chosen test
+    predictions and a report of all of it."""
+    import json
+
+    from conftest import make_dacon
+
+    from utils import ensemble, submit
+    from utils.config import SubmitConfig
+    from utils.cv import score_folds
+    from utils.data import load_data
+    from utils.runs import save_run
+
+    data = load_data(make_dacon(tmp_path, n_train=30, n_test=5))
+    rng, folds = np.random.default_rng(0), np.arange(30) * 3 // 30
+    for i in range(3):
+        oof = data.y + rng.normal(0, 1 + i, data.y.shape)
+        save_run(tmp_path / "runs" / f"r{i}", {"recipe": "ridge",
+                                                "data_fingerprint": data.fingerprint}, folds, oof,
+                 rng.random((5, len(data.genes))), score_folds(data.y, oof, folds, "blocks"))
+    cfg = SubmitConfig(runs=[str(tmp_path / "runs" / f"r{i}") for i in range(3)],
+                       submission=str(tmp_path / "sub.csv"), shrink=[0.0, 0.5])
+    runs = submit.load_runs(cfg, data)
+    outcome = ensemble.blend_runs(cfg, data, runs)
+
+    oof, test = ensemble.stack_predictions(runs)
+    sets = ensemble.weight_sets("global", data.genes)
+    blended = ensemble.cv_blend(data.y, oof, test, folds, "global", *sets, (0.0, 0.5), "blocks")
+    post = ensemble.cv_postprocess(data.y, blended.oof, blended.test_pred, folds,
+                                   cfg.postprocess, blended.cv, "blocks", blended.inner_oof)
+    final = ensemble.keep_best(data.y, folds, "blocks", blended, post, runs)
+    np.testing.assert_array_equal(outcome.blended.oof, blended.oof)
+    np.testing.assert_array_equal(outcome.post.test_pred, post.test_pred)
+    np.testing.assert_array_equal(outcome.final["test_pred"], final["test_pred"])
+    assert outcome.final["note"] == final["note"]
+    assert list(outcome.cvs)[-3:] == ["blend global (nested)", "+ post-processing (nested)",
+                                      "submitted (nested choice)"]
+
+    frame = submit.submit(cfg, data, outcome)
+    np.testing.assert_allclose(frame.set_index("ID").loc[data.test["ID"]].to_numpy(),
+                               final["test_pred"], rtol=1e-6)
+    report = json.loads(submit.report_path(cfg.submission).read_text())
+    assert report["submitted"]["note"] == final["note"] and set(report["audit"])
+    assert list(report["scores"]) == list(outcome.cvs)

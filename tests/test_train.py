@@ -2,6 +2,7 @@
 bookkeeping, clear errors, a short run that learns, and 05_train smoke runs in both group modes."""
 
 import json
+import math
 import time
 from dataclasses import fields, replace
 
@@ -47,31 +48,30 @@ def test_warmup_then_cosine_to_zero():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = make_scheduler(opt, warmup_steps=3, total_steps=10)
     lrs = []
-    for _ in range(10):
+    for update in range(1, 11):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
-        sched.step()
+        sched.step_update(update)
     np.testing.assert_allclose(lrs[:4], [0.25, 0.5, 0.75, 1.0])
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:])) and lrs[-1] < 0.05
 
 
-def test_the_schedule_is_timms_warmup_cosine():
-    """The same learning rates as timm's CosineLRScheduler (linear warmup from lr/(w+1), cosine
-    to 0 after it), kept as a torch LambdaLR: a torch scheduler whose step count the EMA and the
-    checkpoints already use."""
-    from timm.scheduler import CosineLRScheduler
-
-    ours = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
-    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
-    sched = make_scheduler(ours, warmup_steps=4, total_steps=30)
-    timm = CosineLRScheduler(theirs, t_initial=26, warmup_t=4, warmup_lr_init=0.3 / 5,
-                             warmup_prefix=True, lr_min=0.0, t_in_epochs=False)
-    for step in range(35):
-        assert ours.param_groups[0]["lr"] == pytest.approx(theirs.param_groups[0]["lr"],
-                                                           abs=1e-12), step
-        ours.step()
-        sched.step()
-        timm.step_update(step + 1)
+@pytest.mark.parametrize("warmup, total", [(4, 30), (0, 12), (3, 3), (5, 6)])
+def test_every_group_follows_warmup_cosine_at_its_own_rate(warmup, total):
+    """timm's scheduler gives each parameter group (backbone, heads, layer-decayed layers) its
+    own rate × (t+1)/(warmup+1) during warmup, then rate × ½(1 + cos(π·progress)) down to 0."""
+    rates = [1e-4, 3e-4 * 0.65 ** 3, 1e-2]
+    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": r}
+                           for r in rates])
+    sched = make_scheduler(opt, warmup_steps=warmup, total_steps=total)
+    for t in range(total + 5):
+        progress = min(1.0, (t - warmup) / max(1, total - warmup))
+        factor = ((t + 1) / (warmup + 1) if t < warmup
+                  else 0.5 * (1 + math.cos(math.pi * progress)))
+        got = [g["lr"] for g in opt.param_groups]
+        np.testing.assert_allclose(got, [r * factor for r in rates], rtol=0, atol=1e-12)
+        opt.step()
+        sched.step_update(t + 1)
 
 
 def test_optimizer_groups_learning_rates_and_weight_decay():
@@ -318,11 +318,12 @@ def test_finetune_oof_of_a_fold_ignores_its_labels(tiny, tmp_path, patience):
 def test_finetune_with_groups_made_per_fold_ignores_each_folds_labels(tiny, tmp_path):
     from conftest import assert_label_invariant
 
-    from utils.config import GeneClusteringConfig, to_dict
+    from utils.config import GeneClusteringConfig
     from utils.files import write_json
+    from utils.genes import grouping_settings
 
     cfg, data, folds = tiny
-    write_json(tmp_path / "config.json", to_dict(GeneClusteringConfig(
+    write_json(tmp_path / "gene_groups.json", grouping_settings(GeneClusteringConfig(
         strategies=["correlation"], n_modules=2, min_group_size=1)))
     csv = write_gene_groups(tmp_path / "gene_groups.csv", data.genes, strategy="correlation")
     cfg = replace(cfg, group_strategy="correlation", gene_groups=str(csv), patience=1, epochs=2)
@@ -409,8 +410,7 @@ def test_every_config_field_is_a_notebook_parameter():
     ({"LAYER_DECAY": 1.5}, "LAYER_DECAY"), ({"MIXUP": 0}, "MIXUP"),
     ({"EPOCHS": 0}, "EPOCHS"), ({"LR": 0.0}, "LR"), ({"EMA": 1.5}, "EMA"),
     ({"GROUP_MODE": "trees"}, "GROUP_MODE"), ({"GROUP_MODE": "models"}, "GROUP_STRATEGY"),
-    ({"TARGET_PCA": 0}, "TARGET_PCA"), ({"LOSS_WEIGHTS": [0.9, 0.9]}, "LOSS_WEIGHTS"),
-    ({"TARGET": "pca:-1"}, "TARGET"), ({"LOSS": {"mse": 1, "huber": 1}}, "LOSS"),
+    ({"TARGET_PCA": 0}, "TARGET_PCA"), ({"LOSS": {"mse": 1, "huber": 1}}, "LOSS"),
     ({"RECIPE": "finetune", "AUGMENT": "nope"}, "AUGMENT"), ({"HEAD_INIT": "zeros"}, "HEAD_INIT"),
 ])
 def test_bad_finetune_parameters_are_named(params, message):
@@ -489,19 +489,20 @@ def test_train_notebook_finetunes_in_both_group_modes(demo_pipeline, tmp_path, m
 def test_groups_that_read_targets_are_made_per_fold_from_its_training_rows(tiny, tmp_path):
     """Gene groups of a GROUP_STRATEGY that reads the targets (here `correlation`) are recomputed
     on each fold's training rows: changing a fold's own targets cannot change its groups."""
-    from utils.config import GeneClusteringConfig, to_dict
+    from utils.config import GeneClusteringConfig
     from utils.files import write_json
-    from utils.genes import groups_on_rows
+    from utils.genes import grouping_settings, groups_on_rows
 
     cfg, data, folds = tiny
-    settings = GeneClusteringConfig(strategies=["correlation", "prefix"], n_modules=2,
-                                    min_group_size=1)
+    settings = grouping_settings(GeneClusteringConfig(strategies=["correlation", "prefix"],
+                                                      n_modules=2, min_group_size=1))
     csv = write_gene_groups(tmp_path / "gene_groups.csv", data.genes, strategy="correlation")
-    write_json(tmp_path / "config.json", to_dict(settings))
+    write_json(tmp_path / "gene_groups.json", settings)
     cfg = replace(cfg, group_strategy="correlation", gene_groups=str(csv))
     by_fold = train.resolve_groups(cfg, data, folds)
     for k in (0, 1):
-        expected = groups_on_rows(settings, "correlation", data.genes, data.y[folds != k])
+        expected = groups_on_rows(settings["correlation"], "correlation", data.genes,
+                                  data.y[folds != k])
         assert {n: c.tolist() for n, c in by_fold[k].items()} == \
             {n: c.tolist() for n, c in expected.items()}
     scrambled = replace(data, y=data.y.copy())

@@ -3,16 +3,20 @@ installs a heavy package on the first use of the notebook or option that needs i
 
 The setup cell (the first code cell of each notebook, written from `notebooks/setup_cell.py` by
 `python -m utils.dev.publish`) finds the kit — importable already, a checkout around the
-notebook, a bundle from `make bundle` (unpacked or zipped, in the notebook's folder, /content,
-Drive or /kaggle/input), or a `git clone` of `KIT_REPO` — puts it on `sys.path` and calls
-`setup_kit`, which reports in one line.
+notebook, any folder or zip holding `utils/bootstrap.py` at most one folder in (GitHub's
+"Download ZIP" of any branch, `git archive`, the bundle; zipped or unpacked, any name) beside the
+notebook, in /content, My Drive or up to five folders under /kaggle/input — or a `git clone` of
+`KIT_REPO`. `place_kit` (imported from inside the zip when the kit is one) makes it importable
+from a writable folder, and `setup_kit` checks the runtime and reports in one line.
 
 The runtime's packages are never changed. A requirement that is missing is installed with
 every installed distribution pinned to its installed version (pip then either finds versions
 that fit what the runtime has, or says why not); a requirement installed at a version the kit
 cannot use is not swapped under the live kernel: the cell names it, prints the command and asks
 for a restart. torch and torchvision are the platform's own (CUDA) builds: never installed.
-With a bundle, everything comes from its `wheels/` folder, with no network.
+With a bundle, installs come from its `wheels/` folder with no network; a wheel it lacks for
+this Python is taken from the package index when the internet is on, and named, with this
+Python and the command that builds a bundle for it, when it is off.
 
 Standard library only: it runs before any requirement is installed.
 """
@@ -24,10 +28,13 @@ import importlib.metadata as metadata
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
+import zlib
 from pathlib import Path
 
 PLATFORM = ("torch", "torchvision")  # the runtime's own (CUDA) builds: never installed by the kit
@@ -35,6 +42,7 @@ RUNTIME = "requirements.txt"  # what the notebooks import: checked by the setup 
 ON_DEMAND = "requirements-extras.txt"  # heavy packages one notebook or option needs (`ensure`)
 WHEELS = "wheels"  # a bundle's folder of wheels (offline installs)
 LINKED = ("wheels", "weights")  # bundle folders a copied kit links to instead of copying
+STAMP = ".kit-source"  # in a kit unpacked from a zip: which zip (path, size, time) it came from
 MANIFEST = "BUNDLE.json"  # what `make bundle` wrote: version, commit, Pythons, wheels, weights
 RESTART = ("Colab: Runtime → Restart session; Kaggle: Run → Restart & clear cell outputs; "
            "Jupyter: Kernel → Restart")
@@ -117,31 +125,75 @@ def wheel_folder() -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def pip_command(reqs: list[str], wheels: Path | None) -> list[str]:
-    """`pip install` arguments for `reqs`: from `wheels` only (no index) when given."""
-    offline = ["--no-index", "--find-links", str(wheels)] if wheels else []
-    return ["install", *offline, *reqs]
+def pip_command(reqs: list[str], wheels: Path | None, index: bool = False) -> list[str]:
+    """`pip install` arguments for `reqs`: from `wheels` (and the index too when `index`)."""
+    local = ["--find-links", str(wheels)] if wheels else []
+    return ["install", *([] if index or not wheels else ["--no-index"]), *local, *reqs]
 
 
-def pip_install(reqs: list[str], wheels: Path | None = None) -> None:
-    """pip install `reqs` into this Python with every installed distribution pinned; from
-    `wheels` only when given. On failure: RuntimeError with pip's last lines and what to do."""
+def run_pip(args: list[str]) -> subprocess.CompletedProcess:
+    """pip `args` in this Python, every installed distribution pinned (never an upgrade)."""
     with tempfile.TemporaryDirectory() as tmp:
         pins = Path(tmp) / "installed.txt"
         pins.write_text("".join(f"{pin}\n" for pin in installed_pins()))
-        cmd = [sys.executable, "-m", "pip", *pip_command(reqs, wheels), "-q",
-               "--disable-pip-version-check", "-c", str(pins)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        return subprocess.run([sys.executable, "-m", "pip", *args,  # not -q: pip's reasons
+                               "--disable-pip-version-check", "-c", str(pins)],
+                              capture_output=True, text=True)
+
+
+def pip_tail(done: subprocess.CompletedProcess, lines: int = 12) -> str:
+    """pip's last lines of output, or the lines saying what conflicts, when it says that."""
+    text = (done.stderr or done.stdout).strip()
+    conflict = re.search(r"The conflict is caused by:\n(?:.+\n)+", f"{done.stdout}\n")
+    return conflict.group(0).strip() if conflict else "\n".join(text.splitlines()[-lines:])
+
+
+def python_version() -> str:
+    """This Python as `3.12`."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def lacking(done: subprocess.CompletedProcess) -> str | None:
+    """The distribution pip found no version of (from its error), if that was the failure."""
+    hit = re.search(r"(?:No matching distribution found for|satisfies the requirement) "
+                    r"([A-Za-z0-9][A-Za-z0-9_.\-]*)", done.stderr + done.stdout)
+    return hit.group(1) if hit else None
+
+
+def pip_install(reqs: list[str], wheels: Path | None = None) -> str:
+    """pip install `reqs` into this Python with every installed distribution pinned: from
+    `wheels` alone when they have everything, else from the index with `wheels` as well; returns
+    where from. On failure: RuntimeError naming what is lacking, for which Python, pip's reason
+    and what to do."""
+    done = offline = run_pip(pip_command(reqs, wheels))
+    if done.returncode and wheels:  # a wheel the bundle lacks: the index, if it can be reached
+        done = run_pip([*pip_command(reqs, wheels, index=True), "--retries", "1"])
     if done.returncode:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
-        source = f"the bundle's wheels ({wheels})" if wheels else "PyPI"
-        hint = (f"Was the bundle built for Python {sys.version_info.major}."
-                f"{sys.version_info.minor}? (`make bundle`, README: 'Get the kit'.) Or turn the "
-                "internet on and remove the bundle." if wheels else
-                "No network? Attach the bundle (README: 'Get the kit').")
-        raise RuntimeError(f"mai-kit: installing {', '.join(reqs)} from {source} failed, keeping "
-                        f"every installed package as it is:\n{tail}\n{hint}")
+        raise RuntimeError(install_failure(reqs, wheels, offline, done))
     importlib.invalidate_caches()
+    return "PyPI" if not wheels else "the bundle" if not offline.returncode else \
+        "the bundle and PyPI"
+
+
+def install_failure(reqs: list[str], wheels: Path | None, offline: subprocess.CompletedProcess,
+                    done: subprocess.CompletedProcess) -> str:
+    """What failed, pip's reason and what to do."""
+    head = (f"mai-kit: installing {', '.join(reqs)} failed, keeping every installed package as "
+            "it is.")
+    if not wheels:
+        return (f"{head} From PyPI:\n{pip_tail(done)}\nNo internet? Attach the kit's bundle "
+                "(README: 'Start here').")
+    version, name = python_version(), lacking(offline)
+    if name is None:  # the wheels are there, but need newer versions than the runtime has
+        return (f"{head} The bundle's wheels ({wheels}) do not fit the packages this runtime "
+                f"has, and the package index could not supply ones that do (internet off?):\n"
+                f"{pip_tail(offline, 8)}\nTurn the internet on (Kaggle: Settings → Internet on) "
+                "and run this cell again.")
+    return (f"{head} The bundle ({wheels}) has no wheel of {name} for Python "
+            f"{version}, and the package index could not supply it (internet off?):\n"
+            f"{pip_tail(done, 6)}\nTurn the internet on (Kaggle: Settings → Internet on) and run "
+            f"this cell again, or use a bundle built for Python {version}: `python -m "
+            f"utils.dev.bundle --python {version}` (README: 'Start here').")
 
 
 def too_old_message(old: list[tuple[str, str]], wheels: Path | None) -> str:
@@ -173,16 +225,70 @@ def describe_kit() -> str:
     manifest = kit_root() / MANIFEST
     if manifest.is_file():
         info = json.loads(manifest.read_text())
-        return f"bundle {info.get('version', '?')} ({info.get('commit', '?')[:7]})"
+        commit = info.get("commit") or ""
+        return f"bundle {info.get('version', '?')}" + (f" ({commit[:7]})" if commit else "")
     return "checkout" if (kit_root() / ".git").exists() else "copy"
 
 
-def setup_kit(how: str, source: str | os.PathLike | None = None) -> str:
+def unpack_kit(archive: Path, inner: str, kit: Path) -> None:
+    """Unpack the kit under `inner` in the zip `archive` into `kit`, once per zip (a stamp says
+    which); files already in `kit` that the zip lacks (runs, caches) are kept."""
+    info = archive.stat()
+    stamp = f"{archive} {info.st_size} {info.st_mtime_ns}"
+    if (kit / STAMP).is_file() and (kit / STAMP).read_text() == stamp:
+        return
+    kit.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".mai-kit-", dir=kit.parent) as tmp:
+        try:
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(tmp, [n for n in z.namelist() if n.startswith(inner)])
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise SetupStop(f"mai-kit: {archive} could not be unpacked ({err}): cut short while "
+                            "uploading or downloading? Download and upload it again, or unzip "
+                            "it and upload the folder; then run this cell again.") from None
+        shutil.copytree(Path(tmp) / inner, kit, dirs_exist_ok=True, symlinks=True)
+    (kit / STAMP).write_text(stamp)
+
+
+def place_kit(source: str | os.PathLike, inner: str | None, kit: str | os.PathLike) -> str:
+    """Make the kit the setup cell found importable from a writable folder: a zip (`inner`: the
+    folder in it holding utils/) is unpacked to `kit`; a folder is used in place when it is the
+    notebook's checkout, the notebook's folder or right in it or in the working folder, else
+    (a read-only dataset, Drive) its code is copied to `kit`. Returns how it was found."""
+    source, kit, here = Path(source), Path(kit), Path.cwd()
+    if inner is not None:
+        unpack_kit(source, inner, kit)
+    elif source in (here, here.parent) or source.parent in (here, kit.parent):
+        kit = source
+    else:
+        shutil.copytree(source, kit, ignore=shutil.ignore_patterns(*LINKED, STAMP),
+                        dirs_exist_ok=True)
+    cell = (str(source), os.path.join(source, inner or ""))  # what the setup cell put there
+    sys.path[:] = [str(kit), *(p for p in sys.path if p not in cell)]
+    for name in [m for m in sys.modules if m.split(".")[0] == "utils"]:
+        del sys.modules[name]  # this module included, when it was imported from the zip
+    importlib.invalidate_caches()
+    return f"found in {source}"
+
+
+def copies_note(found: list, broken: list) -> str:
+    """One line on the other copies of the kit and the unreadable zips, or ""."""
+    others = [str(Path(f[0])) for f in found[1:]]
+    parts = ([f"{len(found)} copies found; using {Path(found[0][0])} (not {', '.join(others)}: "
+              "remove the copies you do not want)"] if others else [])
+    parts += [f"not a readable zip, left aside: {', '.join(map(str, broken))}"] if broken else []
+    return "\nmai-kit: " + "; ".join(parts) if parts else ""
+
+
+def setup_kit(how: str, found: list = (), broken: list = ()) -> str:
     """Check the runtime against requirements.txt, install what is missing (never an upgrade)
-    and say in one line what was done. Stops (SetupStop) when something is too old."""
+    and say in one line what was done (a second line on other copies found, if any). `found`:
+    the setup cell's (folder or zip, folder in the zip or None), the one in use first. Stops
+    (SetupStop) when something is too old."""
     start = time.perf_counter()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    if source is not None and Path(source).resolve() != kit_root():
+    source, inner = found[0] if found else (None, None)
+    if source is not None and inner is None and Path(source).resolve() != kit_root():
         link_bundle(Path(source))
     missing, old = check_requirements(read_requirements(RUNTIME))
     platform = [r for r in missing if requirement_name(r) in PLATFORM]
@@ -196,13 +302,14 @@ def setup_kit(how: str, source: str | os.PathLike | None = None) -> str:
     done = "requirements present"
     if missing:
         try:
-            pip_install(missing, wheels)
+            where = pip_install(missing, wheels)
         except RuntimeError as err:
             raise SetupStop(str(err)) from None
         names = ", ".join(requirement_name(r) for r in missing)
-        done = (f"installed {len(missing)} from {'the bundle' if wheels else 'PyPI'} in "
+        done = (f"installed {len(missing)} from {where} in "
                 f"{time.perf_counter() - start:.0f} s: {names}")
-    return f"mai-kit {how}: {kit_root()} [{describe_kit()}] ({done})"
+    return (f"mai-kit {how}: {kit_root()} [{describe_kit()}] ({done})"
+            + copies_note(list(found), list(broken)))
 
 
 def ensure(name: str, purpose: str) -> None:
@@ -219,5 +326,6 @@ def ensure(name: str, purpose: str) -> None:
         wheels, start = wheel_folder(), time.perf_counter()
         print(f"{purpose} needs {reqs[0]}: installing it from "
               f"{'the bundle' if wheels else 'PyPI'} …", end="", flush=True)
-        pip_install(reqs, wheels)
-        print(f" done in {time.perf_counter() - start:.0f} s", flush=True)
+        where = pip_install(reqs, wheels)
+        print(f" done in {time.perf_counter() - start:.0f} s"
+              + (f" (from {where})" if where != "the bundle" and wheels else ""), flush=True)

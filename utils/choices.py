@@ -8,12 +8,9 @@ notebook parameter against them. This module imports nothing from the kit and no
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
-
 # --- vocabularies: what each name-valued parameter accepts ------------------------------------
 
-RECIPES = ("finetune", "retrieval", "ridge")  # 05 RECIPE (utils.train: a function per name)
+RECIPES = ("finetune", "retrieval", "retrieval_ridge", "ridge")  # 05 RECIPE (utils.train)
 SPLITTERS = ("slices", "blocks", "file", "random")  # 05 CV, the part before any ':'
 GROUP_MODES = ("heads", "models")  # 05 GROUP_MODE
 HEAD_INITS = ("ridge", "random")  # 05 HEAD_INIT
@@ -66,7 +63,7 @@ AUGMENT_POLICIES: dict[str, list[dict]] = {
     "none": [],
     # the eight dihedral views (flips × 90° rotations), each equally likely
     "flips": [{"name": "SquareSymmetry", "params": {"p": 1.0}}],
-    # the seed team's final list: flips, mild shift-scale-rotate, mild brightness/contrast
+    # the DACON winners' final list: flips, mild shift-scale-rotate, mild brightness/contrast
     "seed": [
         {"name": "SquareSymmetry", "params": {"p": 1.0}},
         {"name": "Affine", "params": {"translate_percent": [-0.0625, 0.0625], "scale": [0.9, 1.1],
@@ -248,67 +245,3 @@ def check_loss(loss) -> dict[str, float]:
         raise ValueError(f"LOSS={loss!r}: terms must be of {list(LOSSES)} (unknown: {unknown}) "
                          "with weights >= 0, at least one > 0")
     return weights
-
-
-# --- renamed parameters ----------------------------------------------------------------------
-
-
-class RenamedParameterWarning(FutureWarning):
-    """A notebook parameter was given under its old name: it still works, for now (a
-    FutureWarning, so Python, Jupyter and papermill show it under their default filters)."""
-
-
-def loss_from_weights(weights) -> dict[str, float]:
-    """LOSS_WEIGHTS (α, β) as LOSS: α·mse + β·pearson + (1 − α − β)·covariance."""
-    try:
-        alpha, beta = (float(w) for w in weights)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"LOSS_WEIGHTS must be two numbers (α, β); got {weights!r}") from err
-    if alpha < 0 or beta < 0 or alpha + beta > 1 + 1e-9:
-        raise ValueError(f"LOSS_WEIGHTS=({alpha}, {beta}): need α ≥ 0, β ≥ 0 and α + β ≤ 1 "
-                         "(α·MSE + β·(1 − Pearson) + (1 − α − β)·covariance MSE)")
-    return {"mse": alpha, "pearson": beta, "covariance": round(max(0.0, 1 - alpha - beta), 12)}
-
-
-def target_pca_from_target(target) -> int | None:
-    """TARGET ("genes" or "pca:K") as TARGET_PCA (None or K)."""
-    name, _, k = str(target).partition(":")
-    if target == "genes":
-        return None
-    if name == "pca" and k.isdigit() and int(k) > 0:
-        return int(k)
-    raise ValueError(f"TARGET={target!r} is unknown; use 'genes' or 'pca:K' (K > 0 components), "
-                     "now given as TARGET_PCA = None or K")
-
-
-def cv_from_groups(cv: str) -> str:
-    """CV="groups:<csv>" (the user's own folds, its old name) as "file:<csv>"."""
-    return "file" + cv[len("groups"):] if str(cv).split(":", 1)[0] == "groups" else cv
-
-
-# old parameter → (new parameter, how an old value becomes a new one; None: unchanged)
-RENAMED: dict[str, tuple[str, Callable | None]] = {
-    "GROUPS": ("GROUP_STRATEGY", None),  # "groups" also meant CV groups and parameter groups
-    "LOSS_WEIGHTS": ("LOSS", loss_from_weights),  # three terms by position → terms by name
-    "TARGET": ("TARGET_PCA", target_pca_from_target),  # TARGET vs the targets it predicts
-    "NEIGHBOURS": ("N_NEAREST", None),  # retrieval's spots vs UMAP's neighbours (02)
-}
-
-
-def warn_renamed(old: str, new: str, value) -> None:
-    """Say once per call site that a parameter has a new name (and value, if converted)."""
-    warnings.warn(f"{old} is renamed {new} (the old name still works, for now): set {new} = "
-                  f"{value!r}", RenamedParameterWarning, stacklevel=3)
-
-
-def upgrade_config(saved: dict) -> dict:
-    """A config.json or checkpoint settings written under old parameter names, in today's names
-    and values (what a finished or unfinished run is compared with before it is reused)."""
-    saved = dict(saved)
-    for old, (new, convert) in RENAMED.items():
-        if old.lower() in saved and new.lower() not in saved:
-            value = saved.pop(old.lower())
-            saved[new.lower()] = convert(value) if convert else value
-    if isinstance(saved.get("cv"), str):
-        saved["cv"] = cv_from_groups(saved["cv"])
-    return saved

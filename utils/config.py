@@ -4,10 +4,8 @@ retrieval share.
 Each numbered notebook has one `parameters` cell of UPPER_CASE literals; the next cell turns it
 into one of the configs below with `from_params` (field `x` is read from parameter `X`). The
 defaults here are the notebooks' defaults (a test checks that they agree), and every error names
-the parameter. A parameter renamed since an earlier version of the kit (`RENAMED`) still works
-under its old name, with a `RenamedParameterWarning` that gives the new one; `upgrade_config`
-reads an older run folder's config.json the same way, so finished runs stay reusable. What each
-name-valued parameter accepts is listed in `utils.choices`. This module imports nothing heavy.
+the parameter. What each name-valued parameter accepts is listed in `utils.choices`. This
+module imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ from utils.choices import (
     OBJECTIVES,
     POSTPROCESS_STEPS,
     RECIPES,
-    RENAMED,
     SMOKE_PX,
     SPLITTERS,
     STRATEGIES,
@@ -48,10 +45,8 @@ from utils.choices import (
     check_stain_norm,
     check_tta,
     check_views,
-    cv_from_groups,
     parse_crops,
     parse_stages,
-    warn_renamed,
 )
 
 # --- building configs -------------------------------------------------------------------------
@@ -61,15 +56,8 @@ def from_params(cls: type, params: dict):
 
     Each value is parsed by its field's type from any spelling papermill, YAML or a shell gives
     (`parse_param`: "false", "no", "0" for a bool; "4" for an int; "[1, 10]" for a list), or
-    refused naming the parameter and value. A parameter under its old name (`RENAMED`) is read,
-    with a warning.
+    refused naming the parameter and value.
     """
-    names = {f.name.upper() for f in fields(cls)}
-    params = dict(params)
-    for old, (new, convert) in RENAMED.items():
-        if old in params and new in names:
-            params[new] = convert(params.pop(old)) if convert else params.pop(old)
-            warn_renamed(old, new, params[new])
     values = {f.name: parse_param(f.name.upper(), params[f.name.upper()], str(f.type))
               for f in fields(cls) if f.name.upper() in params}
     return cls(**values)
@@ -247,6 +235,7 @@ class FeatureSpec:
     crops: tuple[float, ...] = (1.0,)  # FEATURE_CROPS
     stain_norm: str | None = None  # STAIN_NORM
     dtype: str = "float32"  # FEATURE_DTYPE of the cache (returned as float32 either way)
+    tiles: int = 1  # FEATURE_TILES: n > 1 adds n x n tiles' mean and max features
 
     def __post_init__(self):
         set_field(self, "stages", parse_stages(self.stages))
@@ -258,6 +247,9 @@ class FeatureSpec:
             raise ValueError(f"MPP={self.mpp!r} must be > 0 (µm/px of the patches) and "
                              f"MODEL_MPP={self.model_mpp!r} None or > 0 (e.g. 0.5 for "
                              "pathology foundation models)")
+        if isinstance(self.tiles, bool) or not isinstance(self.tiles, int) or self.tiles < 1:
+            raise ValueError(f"FEATURE_TILES={self.tiles!r} must be an integer >= 1 (1: no "
+                             "tiles; 2: a 2 x 2 grid of tiles of each patch)")
         if self.mpp_fit not in MPP_FITS or self.dtype not in FEATURE_DTYPES:
             raise ValueError(f"MPP_FIT={self.mpp_fit!r} must be one of {MPP_FITS} and "
                              f"FEATURE_DTYPE={self.dtype!r} one of {FEATURE_DTYPES}")
@@ -280,6 +272,7 @@ class FeatureSpec:
                 str(int(i)) for i in self.stages))
         if self.crops != (1.0,):
             tag += "_crops-" + "-".join(f"{c:g}" for c in self.crops)
+        tag += f"_tiles{self.tiles}" if self.tiles > 1 else ""
         return tag + (f"_{self.stain_norm}" if self.stain_norm else "")
 
     @property
@@ -311,6 +304,8 @@ class FeatureSpec:
             key["crops"] = list(self.crops)
         if self.stain_norm:
             key.update(stain_norm=self.stain_norm, stain_reference=train_images)
+        if self.tiles > 1:
+            key["tiles"] = self.tiles
         return key
 
 
@@ -579,14 +574,13 @@ class TrainConfig:
     feature_crops: tuple[float, ...] = (1.0,)
     stain_norm: str | None = None
     centre_features: bool = False  # ridge, retrieval: each slice's features minus its mean
+    feature_tiles: int = 1  # n > 1: n x n tiles of each patch, mean- and max-pooled, beside it
+    alpha_per_component: bool = False  # ridge with TARGET_PCA: one nested alpha per target PC
     compile: bool | str = "auto"  # torch.compile for feature extraction (utils.features)
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
             raise ValueError(f"RECIPE={self.recipe!r} is unknown; choose from {list(RECIPES)}")
-        if cv_from_groups(self.cv) != self.cv:
-            warn_renamed(f"CV={self.cv!r}", "CV", cv_from_groups(self.cv))
-            set_field(self, "cv", cv_from_groups(self.cv))
         if self.cv.split(":", 1)[0] not in SPLITTERS:
             raise ValueError(f"CV={self.cv!r} is unknown; choose from {list(SPLITTERS)} "
                              "(your own folds as 'file:<csv>[:<column>]')")
@@ -621,17 +615,22 @@ class TrainConfig:
         return FeatureSpec(self.backbone, self.pretrained, self.img_size, self.applied_tta,
                            self.seed, self.mpp, self.model_mpp, self.mpp_fit,
                            self.feature_stages, self.feature_crops, self.stain_norm,
-                           self.feature_dtype)
+                           self.feature_dtype, self.feature_tiles)
 
     def _check_features(self) -> None:
         """The feature spec is valid (`FeatureSpec`: MPP, MODEL_MPP, MPP_FIT, FEATURE_DTYPE,
-        FEATURE_STAGES, FEATURE_CROPS, STAIN_NORM), and fine-tuning leaves STAIN_NORM and
-        CENTRE_FEATURES alone (its model reads FEATURE_STAGES and FEATURE_CROPS; it would not
-        honour those two)."""
+        FEATURE_STAGES, FEATURE_CROPS, FEATURE_TILES, STAIN_NORM), ALPHA_PER_COMPONENT has
+        ridge's TARGET_PCA, and fine-tuning leaves STAIN_NORM, CENTRE_FEATURES and
+        FEATURE_TILES alone (its model reads FEATURE_STAGES and FEATURE_CROPS; it would not
+        honour those three)."""
         set_field(self, "feature_stages", parse_stages(self.feature_stages))
         set_field(self, "feature_crops", parse_crops(self.feature_crops))
         self.feature_spec  # noqa: B018 (built now: an invalid spec fails here, naming it)
-        changed = [name for name, default in (("STAIN_NORM", None), ("CENTRE_FEATURES", False))
+        if self.alpha_per_component and (self.recipe != "ridge" or not self.target_pca):
+            raise ValueError("ALPHA_PER_COMPONENT=True chooses one ridge alpha per target PC: "
+                             "it needs RECIPE='ridge' and TARGET_PCA (e.g. 16)")
+        changed = [name for name, default in (("STAIN_NORM", None), ("CENTRE_FEATURES", False),
+                                              ("FEATURE_TILES", 1))
                    if getattr(self, name.lower()) != default]
         if self.recipe == "finetune" and changed:
             raise ValueError(f"{', '.join(changed)} apply to the frozen-feature recipes (ridge, "
@@ -747,3 +746,29 @@ class SubmitConfig:
         if unknown:
             raise ValueError(f"POSTPROCESS has unknown steps {unknown}; choose from "
                              f"{list(POSTPROCESS_STEPS)} (or [] for none)")
+
+
+# --- 00_quickstart ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QuickstartConfig:
+    """Parameters of notebooks/00_quickstart.ipynb (see its parameters cell)."""
+
+    data_dir: str | None = None
+    plan: str = "auto"
+    time_budget: float = 120.0
+    run_root: str | None = None
+    submission: str | None = None
+    weights: str | None = None
+    smoke: bool = False
+    overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not is_positive(self.time_budget):
+            raise ValueError(f"TIME_BUDGET must be minutes > 0; got {self.time_budget!r}")
+        if not isinstance(self.overrides, dict) or not all(
+                isinstance(k, str) and k.isupper() for k in self.overrides):
+            raise ValueError(f"OVERRIDES must be a dict of 05_train parameters by their UPPER_CASE "
+                             f"names, e.g. {{'EPOCHS': 2}}; got {self.overrides!r}")
+        if "RUN_DIR" in self.overrides or "DATA_DIR" in self.overrides:
+            raise ValueError("OVERRIDES cannot set RUN_DIR or DATA_DIR: set RUN_ROOT and DATA_DIR")

@@ -33,7 +33,7 @@ import sys
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -91,6 +91,9 @@ class KitData:
     genes: list[str]
     y: np.ndarray  # (n_train, n_genes), original scale; float32 (float64 if float32 loses)
     subset: str | None = None  # SMOKE: "48 of 6992 train, 16 of 2277 test rows"; None: all
+    source: KitData | None = field(default=None, repr=False, compare=False)  # see rows_of
+    rows: dict[str, tuple[str, np.ndarray]] | None = field(default=None, repr=False,
+                                                            compare=False)
 
     def image_paths(self, split: str) -> list[Path]:
         """Absolute image paths of 'train' or 'test', in row order."""
@@ -132,6 +135,28 @@ def smoke_subset(data: KitData, rows: tuple[int, int] = SMOKE_ROWS) -> KitData:
     return KitData(root=data.root, train=data.train.iloc[pick["train"]].reset_index(drop=True),
                    test=test, sample=sample, genes=data.genes, y=data.y[pick["train"]],
                    subset=subset)
+
+
+def rows_of(data: KitData, train_rows: np.ndarray, test_rows: np.ndarray,
+            test_from: str = "train", name: str = "") -> KitData:
+    """The data restricted to chosen rows: `train_rows` of its train set as train, `test_rows`
+    of its `test_from` set as test (held-out rows keep their targets in `source`). It remembers
+    `source` and the rows, so caches of the full data (images, features) are sliced, never
+    recomputed; `name` tells the subset apart in its own cache folder."""
+    train_rows, test_rows = np.asarray(train_rows, np.int64), np.asarray(test_rows, np.int64)
+    frame = _split_frame(data, test_from)
+    for rows, size, what in ((train_rows, len(data.train), "train"),
+                             (test_rows, len(frame), test_from)):
+        if len(rows) == 0 or rows.min() < 0 or rows.max() >= size:
+            raise ValueError(f"rows_of: {what} rows must be a non-empty subset of 0..{size - 1}")
+    test = frame.iloc[test_rows][list(ID_COLUMNS)].reset_index(drop=True)
+    sample = pd.DataFrame({"ID": test["ID"], **dict.fromkeys(data.genes, 0.0)})
+    subset = (f"{name + ': ' if name else ''}{len(train_rows)} train and {len(test_rows)} "
+              f"{test_from} rows as test, of {data.root.name}")
+    return KitData(root=data.root, train=data.train.iloc[train_rows].reset_index(drop=True),
+                   test=test, sample=sample, genes=data.genes, y=data.y[train_rows],
+                   subset=subset, source=data,
+                   rows={"train": ("train", train_rows), "test": (test_from, test_rows)})
 
 
 def _load_all(data_dir: str | os.PathLike | None) -> KitData:
@@ -336,6 +361,9 @@ def load_images(data: KitData, split: str, cache_dir: str | os.PathLike | None =
     patches of another size to it. `warn`: repeat the conversion warning (a caller that has
     loaded the split once already passes False, so one call warns once).
     """
+    if data.source is not None and cache_dir is None:  # a row subset: slice the full cache
+        split_of_source, rows = data.rows[split]
+        return np.asarray(load_images(data.source, split_of_source, None, size, workers)[rows])
     folder = check_output(cache_dir, "cache_dir") if cache_dir else cache_dir_for(data)
     target, stamp = folder / f"{split}_images.npy", folder / f"{split}_images.json"
     fingerprint = images_fingerprint(data, split, size)

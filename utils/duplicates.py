@@ -7,6 +7,8 @@ out). Flipping or rotating a patch only flips the signs of some frequencies or t
 so the hashes of all eight flips/rotations come from one DCT, and two patches are `NEAR_BITS` or
 fewer bits apart in some orientation when one is a re-encoded, re-stained, noisy or flipped copy
 of the other. Pairs at distance 0 are compared pixel by pixel: identical ones are `exact`.
+(imagehash's `phash` finds the same pairs, but it hashes one orientation of one image per call:
+eight calls per patch in a Python loop, where one batched DCT here gives all eight.)
 
 Copies inflate CV when they land on both sides of a split (a model recalls the copy's targets),
 so 05 keeps every group of train duplicates in one fold (`utils.cv.make_folds(same_fold=)`);

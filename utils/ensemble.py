@@ -39,11 +39,12 @@ import pandas as pd
 
 from utils.choices import BLENDS, POSTPROCESS_STEPS
 from utils.cv import nested_choice, score_folds, selection_rule
-from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_config
+from utils.data import KitData
+from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_settings
 from utils.metric import KEYS, PARTS, pearson_from_moments, score, top_genes
 from utils.runs import Run
 
-SEED_WEIGHTS = (0.6, 0.2, 0.2)  # the seed team's fixed blend of their three models
+SEED_WEIGHTS = (0.6, 0.2, 0.2)  # the DACON winners' fixed blend of their three models
 MAX_GRID = 1000  # most weight vectors tried per weight set; the grid gets coarser with more runs
 
 
@@ -93,9 +94,9 @@ def blend_sets(mode: str, genes: Sequence[str], y: np.ndarray, folds: np.ndarray
     """The weight sets of BLEND `mode`: (set of every gene, set names, per-fold sets or None).
 
     For BLEND="group" with a strategy that reads the targets (kmeans, correlation, functional),
-    the groups are also recomputed without each fold's rows (02's settings), so that no fold's
-    blend score rests on groups made from its own targets; the sets of all rows serve the test
-    predictions.
+    the groups are also refitted without each fold's rows (with the settings 02 wrote beside
+    GENE_GROUPS), so that no fold's blend score rests on groups made from its own targets; the
+    sets of all rows serve the test predictions.
     """
     if mode != "group":
         return (*weight_sets(mode, genes), None)
@@ -103,7 +104,7 @@ def blend_sets(mode: str, genes: Sequence[str], y: np.ndarray, folds: np.ndarray
     set_of_gene, names = weight_sets(mode, genes, groups)
     if strategy in LABEL_FREE:
         return set_of_gene, names, None
-    settings = read_grouping_config(gene_groups)
+    settings = read_grouping_settings(gene_groups, strategy)
     fold_sets = {int(k): weight_sets(mode, genes, groups_on_rows(settings, strategy, genes,
                                                                   y[folds != k]))[0]
                  for k in np.unique(folds)}
@@ -304,7 +305,7 @@ def fixed_blend_cv(y: np.ndarray, oof: np.ndarray, folds: np.ndarray, weights: S
 def comparison_cvs(y: np.ndarray, oof: np.ndarray, folds: np.ndarray, names: Sequence[str],
                    splitter: str) -> dict[str, dict]:
     """CV reports, scored the same way, of each run alone, the plain mean and (for exactly three
-    runs, in the listed order) the seed team's fixed 0.6/0.2/0.2."""
+    runs, in the listed order) the DACON winners' fixed 0.6/0.2/0.2."""
     cvs = {name: score_folds(y, oof[i], folds, splitter) for i, name in enumerate(names)}
     cvs["mean"] = fixed_blend_cv(y, oof, folds, np.full(len(names), 1 / len(names)), splitter)
     if len(names) == len(SEED_WEIGHTS):
@@ -521,36 +522,43 @@ def keep_best(y: np.ndarray, folds: np.ndarray, splitter: str, blended: BlendRes
 
 # --- 07's steps -------------------------------------------------------------------------------
 
-def blend_runs(cfg, y: np.ndarray, genes: Sequence[str],
-               runs: Sequence[Run]) -> tuple[BlendResult, dict[str, dict]]:
-    """The nested-CV blend of `runs` that 07's parameters ask for (BLEND, SHRINK, GENE_GROUPS,
-    GROUP_STRATEGY) and the CV reports to compare it with: every run alone, the plain mean,
-    the seed team's fixed weights (three runs), then the blend."""
+@dataclass
+class BlendOutcome:
+    """07 from its runs to what it submits: the nested blend, its post-processing, the nested
+    choice between them and each run alone (`final`, as `keep_best` returns it) and every CV
+    report on the way (`cvs`, in the order they were made)."""
+
+    runs: list[Run]
+    blended: BlendResult
+    post: PostResult
+    final: dict
+    cvs: dict[str, dict]
+
+
+def blend_runs(cfg, data: KitData, runs: Sequence[Run]) -> BlendOutcome:
+    """07's chain on `runs`: the nested-CV blend that BLEND, SHRINK, GENE_GROUPS and
+    GROUP_STRATEGY ask for, POSTPROCESS measured on it (nested), and the nested choice between
+    the result and each run alone; `cvs` also holds every run alone, the plain mean and the
+    fixed weights (three runs) to compare with."""
     oof, test = stack_predictions(runs)
-    folds, splitter = runs[0].folds, runs[0].cv["splitter"]
-    set_of_gene, sets, fold_sets = blend_sets(cfg.blend, genes, y, folds, cfg.gene_groups,
+    y, folds, splitter = data.y, runs[0].folds, runs[0].cv["splitter"]
+    set_of_gene, sets, fold_sets = blend_sets(cfg.blend, data.genes, y, folds, cfg.gene_groups,
                                               cfg.group_strategy)
     blended = cv_blend(y, oof, test, folds, cfg.blend, set_of_gene, sets, cfg.shrink, splitter,
                        fold_sets)
+    post = cv_postprocess(y, blended.oof, blended.test_pred, folds, cfg.postprocess, blended.cv,
+                          splitter, blended.inner_oof)
+    final = keep_best(y, folds, splitter, blended, post, runs)
     cvs = {**comparison_cvs(y, oof, folds, run_labels(runs), splitter),
-           f"blend {cfg.blend} (nested)": blended.cv}
-    return blended, cvs
+           f"blend {cfg.blend} (nested)": blended.cv, "+ post-processing (nested)": post.cv,
+           "submitted (nested choice)": final["cv"]}
+    return BlendOutcome(list(runs), blended, post, final, cvs)
 
 
 def describe_shrink(blended: BlendResult) -> str:
     """The shrinkage used for the test weights, per outer fold, and its held-out curve."""
     return (f"shrink {blended.shrink} (per outer fold: {blended.fold_shrinks}); held-out score "
             f"by shrink: {blended.shrink_curve}")
-
-
-def postprocess_blend(cfg, y: np.ndarray, runs: Sequence[Run], blended: BlendResult,
-                      cvs: dict[str, dict]) -> PostResult:
-    """POSTPROCESS measured on the blended OOF predictions (nested); its CV report is added to
-    `cvs` as "+ post-processing (nested)"."""
-    post = cv_postprocess(y, blended.oof, blended.test_pred, runs[0].folds, cfg.postprocess,
-                          blended.cv, runs[0].cv["splitter"], blended.inner_oof)
-    cvs["+ post-processing (nested)"] = post.cv
-    return post
 
 
 def describe_postprocess(post: PostResult) -> str:

@@ -12,7 +12,7 @@ maps of chosen backbone stages (timm's `forward_intermediates`, CNNs and ViTs), 
 concatenates the features of centre crops resized up to the input, and STAIN_NORM="macenko"
 normalises every patch (torchstain) to a stain reference fitted, without labels, on training
 patches; patches with too little tissue are kept as they are and counted. Each is part of the
-spec's tag and cache key (nothing at its default, so older caches stay valid).
+spec's tag and cache key (nothing at its default).
 
 This module imports torch and timm; `import utils` does not import it.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -77,7 +78,8 @@ class CompileWarning(UserWarning):
 def should_compile(compile_: bool | str, device: torch.device, n_passes: int) -> bool:
     """COMPILE's rule: True always, False never, "auto" on CPU for an extraction of at least
     COMPILE_MIN_PASSES forward passes (a one-off compile of ~5–50 s then pays for itself: 1.8x
-    on 2 cores, benchmarks/compile_speed.py; on a GPU it is unmeasured, so "auto" leaves it off)."""
+    on 2 cores, benchmarks/results/speed.csv; on a GPU it is unmeasured, so "auto" leaves it
+    off)."""
     check_compile(compile_)
     if compile_ == "auto":
         return device.type == "cpu" and n_passes >= COMPILE_MIN_PASSES
@@ -113,14 +115,33 @@ def feature_forward(model: nn.Module, indices: list[int] | None,
     return forward
 
 
+def split_tiles(x: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, C, H, W) images as (B·n², C, H // n, W // n): each image's n × n grid of tiles, row
+    by row, at the image's resolution (the last H % n rows and W % n columns left out)."""
+    b, c, h, w = x.shape
+    th, tw = h // n, w // n
+    grid = x[:, :, :th * n, :tw * n].reshape(b, c, n, th, n, tw)
+    return grid.permute(0, 2, 4, 1, 3, 5).reshape(b * n * n, c, th, tw)
+
+
+def pool_tiles(features: torch.Tensor, n_tiles: int) -> torch.Tensor:
+    """(B·n_tiles, D) tile features as (B, 2D): each image's mean over its tiles, then its max
+    (DeepSpot's sub-spot bag, pooled without learning)."""
+    bag = features.reshape(-1, n_tiles, features.shape[1])
+    return torch.cat([bag.mean(dim=1), bag.amax(dim=1)], dim=1)
+
+
 def extract_features(model: nn.Module, images: np.ndarray, spec: FeatureSpec,
                      batch_size: int | None = None, device: torch.device | None = None,
-                     progress: bool = True, compile: bool | str = "auto") -> np.ndarray:
+                     progress: bool = True, compile: bool | str = "auto",
+                     tiles_only: bool = False) -> np.ndarray:
     """Pooled features (N, D) float32 of uint8 (N, H, W, 3) patches as `spec` says: at its input
     size, averaged over the D4 views with TTA, patches rescaled from `mpp` to `model_mpp` µm/px
     when that is set (`Preprocess`). Its `stages` add the average-pooled maps of those backbone
     stages before the pooled embedding (`embed`); its `crops` concatenate the features of each
-    centre crop, a fraction of the patch side resized to the input (1.0: the whole patch). The
+    centre crop, a fraction of the patch side resized to the input (1.0: the whole patch). Its
+    `tiles` n > 1 then add the mean and the max over the n × n tiles of the input-sized patch,
+    each tile encoded at that resolution (same stages and TTA); `tiles_only`: those alone. The
     spec's backbone and weights are the caller's to build (`model`). `compile` is COMPILE
     (`should_compile`); compiled, the last batch is padded to the batch size (one shape, one
     compile) and the features equal the eager ones to float tolerance."""
@@ -134,7 +155,9 @@ def extract_features(model: nn.Module, images: np.ndarray, spec: FeatureSpec,
     indices = stage_indices(model, spec.stages)
     shape = (images.shape[3], *images.shape[1:3]) if len(images) else (3, 1, 1)
     batch_size = batch_size or auto_batch_size(model, preprocess, shape, device)
-    compiled = should_compile(compile, device, len(images) * TTA_VIEWS[spec.tta] * len(spec.crops))
+    crops = () if tiles_only else spec.crops
+    n_passes = len(crops) + (spec.tiles > 1)  # a grid of tiles costs about one whole patch
+    compiled = should_compile(compile, device, len(images) * TTA_VIEWS[spec.tta] * n_passes)
     forward = feature_forward(model, indices, compiled)
     if compiled and progress:
         print(f"COMPILE={compile!r}: {type(model).__name__} runs through torch.compile (the first "
@@ -148,15 +171,23 @@ def extract_features(model: nn.Module, images: np.ndarray, spec: FeatureSpec,
             if compiled and n < batch_size:  # the compiled shape: repeat the last patch
                 x = torch.cat([x, x[-1:].expand(batch_size - n, *x.shape[1:])])
             x = x.to(device).permute(0, 3, 1, 2)
-            parts = []
-            for fraction in spec.crops:
-                view = preprocess(centre_crop(x, fraction))
-                with autocast(device):
-                    views = [forward(v.contiguous(memory_format=torch.channels_last)).float()
-                             for v in tta_views(view, spec.tta)]  # one layout: one graph
-                parts.append(torch.stack(views).mean(0))
+            parts = [view_mean(forward, preprocess(centre_crop(x, fraction)), spec.tta, device)
+                     for fraction in crops]
+            if spec.tiles > 1:
+                tiles = split_tiles(preprocess(x), spec.tiles)
+                parts.append(pool_tiles(view_mean(forward, tiles, spec.tta, device),
+                                        spec.tiles ** 2))
             out.append(torch.cat(parts, dim=1)[:n].cpu().numpy())
     return np.concatenate(out).astype(np.float32)
+
+
+def view_mean(forward: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor,
+              tta: bool | str, device: torch.device) -> torch.Tensor:
+    """Features of a preprocessed batch averaged over its TTA views."""
+    with autocast(device):
+        views = [forward(v.contiguous(memory_format=torch.channels_last)).float()
+                 for v in tta_views(batch, tta)]  # one layout: one graph
+    return torch.stack(views).mean(0)
 
 
 # --- stain normalisation (STAIN_NORM) ---------------------------------------------------------
@@ -238,14 +269,24 @@ def cache_entry(data, split: str, spec: FeatureSpec) -> tuple[str, dict]:
 
 
 def cached_features(data, spec: FeatureSpec, batch_size: int | None = None,
-                    cache_dir: str | os.PathLike | None = None,
-                    compile: bool | str = "auto") -> dict[str, np.ndarray]:
+                    cache_dir: str | os.PathLike | None = None, compile: bool | str = "auto",
+                    splits: tuple[str, ...] = ("train", "test")) -> dict[str, np.ndarray]:
     """Train and test features of a spec, computed once and then read from the cache;
     `dtype="float16"` halves the cache (HEST's way for 1–2.5 k-dim foundation-model
     embeddings); they are returned as float32 either way. The model is built only if some
-    split is not cached yet; `compile` is COMPILE (`extract_features`)."""
+    split is not cached yet; `compile` is COMPILE (`extract_features`). With FEATURE_TILES the
+    whole-patch columns are the spec's without tiles (shared with it) and the file named after
+    this spec holds the tiles' columns alone. A row subset of some data (`utils.data.rows_of`)
+    gets its rows of the full data's features (of only the full data's splits it draws rows
+    from)."""
+    if getattr(data, "source", None) is not None and cache_dir is None and not spec.stain_norm:
+        parts = tuple(dict.fromkeys(data.rows[split][0] for split in splits))
+        full = cached_features(data.source, spec, batch_size, None, compile, parts)
+        return {split: full[data.rows[split][0]][data.rows[split][1]] for split in splits}
     folder = Path(cache_dir or cache_dir_for(data)) / "features"
     model: list[nn.Module] = []
+    whole = cached_features(data, replace(spec, tiles=1), batch_size, cache_dir, compile,
+                            splits) if spec.tiles > 1 else None
 
     def compute(images: np.ndarray, split: str) -> np.ndarray:
         if not model:
@@ -253,15 +294,17 @@ def cached_features(data, spec: FeatureSpec, batch_size: int | None = None,
                                          spec.seed))
         if spec.stain_norm:
             images = stain_normalised(data, images, split, cache_dir, folder)
-        return extract_features(model[0], images, spec, batch_size,
-                                compile=compile).astype(spec.dtype)
+        return extract_features(model[0], images, spec, batch_size, compile=compile,
+                                tiles_only=whole is not None).astype(spec.dtype)
 
     features = {}
-    for split in ("train", "test"):
+    for split in splits:
         name, key = cache_entry(data, split, spec)
         images = load_images(data, split, cache_dir)
         features[split] = cached_array(folder / name, key, partial(compute, images, split)
                                        ).astype(np.float32)
+        if whole is not None:
+            features[split] = np.concatenate([whole[split], features[split]], axis=1)
     return features
 
 

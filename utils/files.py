@@ -17,7 +17,6 @@ write may land on them (`check_output` says so early, naming the parameter).
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from utils.places import kit_root, resolve
 
@@ -276,18 +276,17 @@ def npy_is_complete(path: str | os.PathLike) -> bool:
 
 @contextmanager
 def file_lock(path: str | os.PathLike):
-    """Hold an exclusive lock on `<path>.lock` (other processes asking for it wait)."""
+    """Hold an exclusive lock on `<path>.lock` (filelock's, on Linux, macOS and Windows: other
+    processes asking for it wait)."""
     path = Path(path)
-    lock = path.with_name(f"{path.name}.lock")
+    lock = FileLock(path.with_name(f"{path.name}.lock"))
     make_folder(path.parent)
-    with named_write_errors(lock):
-        handle = open(lock, "a")
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with named_write_errors(Path(lock.lock_file)):
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def remove_temporaries(path: str | os.PathLike) -> list[Path]:

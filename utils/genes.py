@@ -2,7 +2,11 @@
 `gene_groups.csv` contract between 02 and training (05), Grad-CAM (06) and blending (07).
 
 `gene_groups.csv` has columns `gene, group, strategy`: for each strategy, every gene of the
-data in exactly one group. Strategies (`list_strategies()`, `make_groups(name, ...)`):
+data in exactly one group. Beside it, `gene_groups.json` holds each strategy's settings
+(`grouping_settings`): 05 and 07 refit a strategy that reads the targets on each fold's
+training rows with them (`read_grouping_settings`, `groups_on_rows`).
+
+Strategies (`list_strategies()`, `make_groups(name, ...)`):
 - `kmeans`: genes embedded by PCA then UMAP, KMeans on the embedding, K by silhouette or fixed;
 - `prefix`: name families (MT-, RPL/RPS, LINC, ZNF, SLC, AC/AL clones, …), small ones → other;
 - `correlation`: modules cut from a complete-linkage tree of 1 − r (gene–gene Pearson r);
@@ -27,12 +31,13 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from utils.choices import GENE_PREFIXES, OTHER
-from utils.config import GeneClusteringConfig, from_params
+from utils.config import GeneClusteringConfig
 from utils.files import read_json, write_csv, write_json
 from utils.genesets import functional_labels
 from utils.places import resolve
@@ -183,14 +188,25 @@ def cluster_genes(cfg: GeneClusteringConfig, y: np.ndarray, genes: Sequence[str]
     seconds["PCA + UMAP"] = time.perf_counter() - start
     groupings = make_groupings(cfg, genes, corr, embedding)
     seconds.update({name: g.info["seconds"] for name, g in groupings.items()})
-    return {"corr": corr, "embedding": embedding, "groupings": groupings, "seconds": seconds}
+    return {"corr": corr, "embedding": embedding, "groupings": groupings, "seconds": seconds,
+            "settings": grouping_settings(cfg)}
+
+
+def grouping_settings(cfg: GeneClusteringConfig) -> dict[str, dict]:
+    """Per strategy, what refits its groups on other rows: its `make_groups` options and, for
+    kmeans, the embedding's (`embed_genes`); 02 writes them as gene_groups.json."""
+    return {name: {"options": cfg.options(name),
+                   **({"embedding": cfg.embed_options()} if name == "kmeans" else {})}
+            for name in cfg.strategies}
 
 
 def write_clustering(folder: str | os.PathLike, genes: Sequence[str], clustering: dict) -> dict:
-    """gene_groups.csv, gene_embedding.csv and groupings.json in `folder`; returns each
-    strategy's groups as training reads them back (`load_gene_groups`)."""
+    """gene_groups.csv with its settings (gene_groups.json), gene_embedding.csv and
+    groupings.json in `folder`; returns each strategy's groups as training reads them back
+    (`load_gene_groups`)."""
     folder = resolve(folder)
     groupings = clustering["groupings"]
+    write_json(settings_file(folder / "gene_groups.csv"), clustering["settings"])
     write_gene_groups(folder / "gene_groups.csv", genes, groupings)
     embedding = pd.DataFrame(clustering["embedding"], columns=["umap_1", "umap_2"])
     write_csv(folder / "gene_embedding.csv", embedding.assign(gene=list(genes)))
@@ -209,28 +225,42 @@ def describe_groupings(groupings: dict[str, dict[str, np.ndarray]]) -> str:
 LABEL_FREE = ("prefix", "file")  # strategies that never read the targets
 
 
-def groups_on_rows(cfg: GeneClusteringConfig, strategy: str, genes: Sequence[str],
+def groups_on_rows(settings: dict, strategy: str, genes: Sequence[str],
                    y: np.ndarray) -> dict[str, np.ndarray]:
     """One strategy's groups (group → gene columns) computed on these target rows only, with
-    02's settings: how training makes fold-aware groups from a fold's training rows."""
+    the settings 02 made it with (`read_grouping_settings`): how training makes fold-aware
+    groups from a fold's training rows."""
     corr = correlate_genes(y)
-    options = cfg.options(strategy)
-    if strategy == "kmeans":  # the same embedding settings as 02
-        options["embedding"] = embed_genes(corr, **cfg.embed_options())
+    options = dict(settings["options"])
+    if "embedding" in settings:  # kmeans: the same embedding settings as 02
+        options["embedding"] = embed_genes(corr, **settings["embedding"])
     grouping = make_groups(strategy, genes, corr, **options)
     names, inverse = np.unique(grouping.labels, return_inverse=True)
     return {name: np.flatnonzero(inverse == i) for i, name in enumerate(names)}
 
 
-def read_grouping_config(gene_groups: str | os.PathLike) -> GeneClusteringConfig:
-    """The 02 settings a gene_groups.csv was made with (its RUN_DIR's config.json)."""
-    path = resolve(gene_groups).parent / "config.json"
+def settings_file(gene_groups: str | os.PathLike) -> Path:
+    """The settings file beside a gene_groups CSV: the same name ending in .json."""
+    return resolve(gene_groups).with_suffix(".json")
+
+
+def read_grouping_settings(gene_groups: str | os.PathLike, strategy: str) -> dict:
+    """How `strategy`'s groups in a gene_groups CSV were made (`grouping_settings`, written
+    beside it by 02), to refit them on each fold's training rows."""
+    path = settings_file(gene_groups)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: fold-aware gene groups are recomputed on each "
-                                "fold's training rows with the settings 02_gene_clustering saved "
-                                "beside gene_groups.csv; rerun 02 into that folder, or use a "
-                                f"strategy that reads no targets ({', '.join(LABEL_FREE)})")
-    return from_params(GeneClusteringConfig, {k.upper(): v for k, v in read_json(path).items()})
+        raise FileNotFoundError(
+            f"{path} not found: GROUP_STRATEGY={strategy!r} reads the targets, so its groups are "
+            f"refitted on each fold's training rows with the settings 02_gene_clustering writes "
+            f"beside {Path(gene_groups).name}; run 02_gene_clustering (with {strategy!r} in "
+            f"STRATEGIES, RUN_DIR={str(path.parent)!r}), or use a strategy that reads no targets "
+            f"({', '.join(LABEL_FREE)})")
+    settings = read_json(path)
+    if strategy not in settings:
+        raise ValueError(f"{path} holds the settings of {sorted(settings)}, not of "
+                         f"GROUP_STRATEGY={strategy!r}: run 02_gene_clustering with {strategy!r} "
+                         "in STRATEGIES")
+    return settings[strategy]
 
 
 def make_groupings(cfg: GeneClusteringConfig, genes: Sequence[str], corr: np.ndarray,

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from utils.choices import LOSSES
@@ -175,17 +176,17 @@ def make_optimizer(model: nn.Module, lr: float, head_lr: float, weight_decay: fl
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int,
-                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over `warmup_steps` (from lr/(warmup+1), never 0), then cosine decay to zero
-    at `total_steps`; one call per optimizer step (torch's LambdaLR: its state is checkpointed
-    with the optimizer's)."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+                   total_steps: int) -> CosineLRScheduler:
+    """timm's CosineLRScheduler, stepped once per optimizer update (`step_update`): linear
+    warmup over `warmup_steps` from lr/(warmup+1) (never 0), then cosine decay to zero at
+    `total_steps`. Each group keeps its own rate as timm's `lr_scale` of the highest one, so each
+    warms up from its own rate/(warmup+1)."""
+    top = max(group["lr"] for group in optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group["lr_scale"], group["lr"] = group["lr"] / top, top
+    return CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps),
+                             warmup_t=warmup_steps, warmup_lr_init=top / (warmup_steps + 1),
+                             warmup_prefix=True, lr_min=0.0, t_in_epochs=False)
 
 
 # --- the step ---------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ class Stepper:
     model: nn.Module
     loss_fn: nn.Module | None
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: CosineLRScheduler  # `make_scheduler`, stepped with the updates done so far
     scaler: torch.amp.GradScaler
     ema: nn.Module | None
     device: torch.device
@@ -210,6 +211,7 @@ class Stepper:
     global_loss: bool = True  # the loss is of the gathered global batch (× processes under DDP)
     after_step: Callable[[int], None] | None = None  # called with the steps done so far
     precision: str = "auto"  # of the forward pass (`amp_dtype`); the scaler must match it
+    updates: int = 0  # optimizer updates done so far (checkpointed: the schedule's position)
 
     def __post_init__(self):
         self.forward = self.forward or self.model
@@ -248,11 +250,12 @@ def optimizer_step(step: Stepper) -> None:
     step.scaler.step(step.optimizer)
     step.scaler.update()
     step.optimizer.zero_grad(set_to_none=True)
-    step.scheduler.step()
+    step.updates += 1
+    step.scheduler.step_update(step.updates)
     if step.ema is not None:
-        step.ema.update(step.model, step=step.scheduler.last_epoch)
+        step.ema.update(step.model, step=step.updates)
     if step.after_step is not None:
-        step.after_step(step.scheduler.last_epoch)
+        step.after_step(step.updates)
 
 
 def train_epoch(step: Stepper, loader, desc: str = "train",
@@ -353,7 +356,8 @@ def close_epoch(step: Stepper, state: dict, epoch: int, make_row: Callable[[], d
 def save_checkpoint(path: Path, step: Stepper, state: dict) -> None:
     """The full training state after an epoch, written atomically."""
     ckpt = {"model": step.model.state_dict(), "optimizer": step.optimizer.state_dict(),
-            "scheduler": step.scheduler.state_dict(), "scaler": step.scaler.state_dict(),
+            "scheduler": step.scheduler.state_dict(), "updates": step.updates,
+            "scaler": step.scaler.state_dict(),
             "ema": step.ema.state_dict() if step.ema is not None else None,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                     "torch": torch.get_rng_state(),
@@ -368,6 +372,7 @@ def load_checkpoint(path: Path, step: Stepper) -> dict:
     step.model.load_state_dict(ckpt["model"])
     step.optimizer.load_state_dict(ckpt["optimizer"])
     step.scheduler.load_state_dict(ckpt["scheduler"])
+    step.updates = ckpt["updates"]
     if ckpt["scaler"]:
         step.scaler.load_state_dict(ckpt["scaler"])
     if step.ema is not None and ckpt["ema"] is not None:

@@ -1,6 +1,6 @@
 """Fine-tuning losses by name: a registry of loss terms on standardised targets (spots × genes),
 combined by the weights of `LOSS`, e.g. `{"mse": 0.3, "pearson": 0.6, "covariance": 0.1}` (the
-seed team's loss, the default).
+DACON winners' loss, the default).
 
 | term | value | what it rewards |
 |---|---|---|

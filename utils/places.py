@@ -3,13 +3,19 @@
 Data root, first match wins:
 1. the notebook's `DATA_DIR` parameter;
 2. the environment variable `KIT_DATA_DIR`;
-3. Kaggle: any folder under `/kaggle/input` (up to three levels deep) holding `train.csv` (a
-   dataset made from DACON's open.zip, which Kaggle unpacks, with or without its top folder);
-4. Colab: the Google Drive folder `MyDrive/dacon_mai` (mounted at `/content/drive`);
-5. Colab: `/content` or a folder right under it holding `train.csv` (files uploaded there);
-6. `data/` in the kit's root folder, then `data/dacon/` (where a DACON zip is unpacked).
+3. Kaggle: any folder under `/kaggle/input` (up to five levels deep) holding `train.csv` (a
+   dataset made from DACON's open.zip, which Kaggle unpacks: `/kaggle/input/<slug>/…` or
+   `/kaggle/input/datasets/<owner>/<slug>/…`, with or without the zip's top folder);
+4. Colab: the Google Drive folder `MyDrive/dacon_mai` or a folder right under it (mounted at
+   `/content/drive`);
+5. Colab: `/content` or a folder up to two levels under it holding `train.csv` (files uploaded
+   there, or open.zip unpacked there with its top folder);
+6. `data/` in the kit's root folder or a folder right under it, then `data/dacon/` (where a
+   DACON zip is unpacked).
 When none is complete, a DACON zip (any .zip holding train.csv) under /kaggle/input (Kaggle
 kept it packed), in /content or in the Drive folder is unpacked to `data/dacon/` once, and used.
+The platform folders are read through `platform_path`: `KIT_PLATFORM_ROOT` (default `/`) is
+the folder they hang from, so a test can lay out /kaggle or /content in a temporary folder.
 An explicit DATA_DIR or KIT_DATA_DIR is never second-guessed: if it is incomplete, that is the
 error. Relative paths are relative to the kit's root folder, wherever the notebook runs from.
 """
@@ -22,14 +28,21 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 REQUIRED = ("train.csv", "test.csv", "sample_submission.csv", "train/", "test/")
 ENV_VAR = "KIT_DATA_DIR"
-KAGGLE_INPUT = Path("/kaggle/input")
-COLAB_DRIVE = Path("/content/drive/MyDrive/dacon_mai")
+PLATFORM_ROOT = "KIT_PLATFORM_ROOT"  # the folder /kaggle and /content hang from (tests: a tmp one)
+KAGGLE_INPUT = "kaggle/input"  # attached datasets (read-only)
+KAGGLE_WORKING = "kaggle/working"  # Kaggle's writable folder (the Output panel)
+COLAB_CONTENT = "content"  # Colab's working folder (files uploaded in the browser land here)
+COLAB_DRIVE = "content/drive/MyDrive"  # Google Drive, once mounted
+DRIVE_DATA = "dacon_mai"  # the data's folder in My Drive
+KIT_DATA_FOLDERS = ("data/demo", "data/dacon")  # the kit's own: `make demo`, an unpacked zip
+KAGGLE_DEPTH = 5  # folders under /kaggle/input: datasets/<owner>/<slug>/<zip's top folder>/
 
 
 class DataDirError(FileNotFoundError):
@@ -47,6 +60,18 @@ def resolve(path: str | os.PathLike) -> Path:
     return path if path.is_absolute() else kit_root() / path
 
 
+def platform_path(place: str) -> Path:
+    """A platform folder (`KAGGLE_INPUT`, `COLAB_CONTENT`, …) under `$KIT_PLATFORM_ROOT` (`/`)."""
+    return Path(os.environ.get(PLATFORM_ROOT) or "/") / place
+
+
+def folders_with(base: Path, name: str, depth: int) -> list[Path]:
+    """Folders at most `depth` levels under `base` (itself included) holding a file `name`."""
+    patterns = ["/".join(["*"] * level + [name]) for level in range(depth + 1)]
+    return sorted({p.parent for pattern in patterns for p in base.glob(pattern)
+                   if p.is_file()}) if base.is_dir() else []
+
+
 def missing_files(folder: Path) -> list[str]:
     """The required DACON files and folders that `folder` lacks."""
     def present(name: str) -> bool:
@@ -60,12 +85,14 @@ def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[str,
         return [("DATA_DIR parameter", resolve(data_dir))]
     if os.environ.get(ENV_VAR):
         return [(f"${ENV_VAR}", resolve(os.environ[ENV_VAR]))]
-    found = sorted({p.parent for pattern in ("*/train.csv", "*/*/train.csv", "*/*/*/train.csv")
-                    for p in KAGGLE_INPUT.glob(pattern)}) if KAGGLE_INPUT.is_dir() else []
-    kaggle = [("Kaggle input", p) for p in found] or [("Kaggle input", KAGGLE_INPUT)]
-    uploads = [("Colab upload", p) for p in colab_upload_dirs()]
-    return [*kaggle, ("Colab Google Drive", COLAB_DRIVE), *uploads,
-            ("kit data folder", kit_root() / "data"),
+    inputs, drive = platform_path(KAGGLE_INPUT), platform_path(COLAB_DRIVE) / DRIVE_DATA
+    data, own = kit_root() / "data", {kit_root() / d for d in KIT_DATA_FOLDERS}
+    kaggle = [p for p in folders_with(inputs, "train.csv", KAGGLE_DEPTH) if p != inputs]
+    kit = [p for p in folders_with(data, "train.csv", 1) if p not in own]
+    return [*[("Kaggle input", p) for p in kaggle or [inputs]],
+            *[("Colab Google Drive", p) for p in folders_with(drive, "train.csv", 1) or [drive]],
+            *[("Colab upload", p) for p in colab_upload_dirs()],
+            *[("kit data folder", p) for p in kit or [data]],
             *([("unpacked DACON zip", unpacked_dir())] if unpacked_dir().is_dir() else [])]
 
 
@@ -93,16 +120,16 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 # --- Colab: data uploaded to /content, the DACON zip --------------------------------------------
 
-COLAB_CONTENT = Path("/content")  # Colab's working folder (files uploaded in the browser land here)
 ZIP_JUNK = ("__MACOSX/", ".DS_Store")  # entries archivers add that are not data
 
 
 def colab_upload_dirs() -> list[Path]:
-    """Folders under Colab's /content that hold a train.csv: /content itself or one level down."""
-    if not COLAB_CONTENT.is_dir():
-        return []
-    return sorted({p.parent for pattern in ("train.csv", "*/train.csv")
-                   for p in COLAB_CONTENT.glob(pattern)})
+    """Folders under Colab's /content that hold a train.csv: /content itself or up to two levels
+    down (an upload, or open.zip unpacked with its top folder); neither Drive (searched on its
+    own) nor the kit's copy there (its demo set is no upload)."""
+    skip = (platform_path(COLAB_DRIVE).parent, kit_root())
+    return [p for p in folders_with(platform_path(COLAB_CONTENT), "train.csv", 2)
+            if not any(s in (p, *p.parents) for s in skip)]
 
 
 def unpacked_dir() -> Path:
@@ -113,8 +140,11 @@ def unpacked_dir() -> Path:
 def dacon_zips() -> list[Path]:
     """Zips holding a train.csv where platforms keep uploads: /kaggle/input (a dataset Kaggle
     kept packed), Colab's /content and the Drive folder."""
-    places = [*(KAGGLE_INPUT.glob(p) for p in ("*/*.zip", "*/*/*.zip", "*/*/*/*.zip")),
-              COLAB_CONTENT.glob("*.zip"), COLAB_DRIVE.glob("*.zip")]
+    inputs = platform_path(KAGGLE_INPUT)
+    places = [*(inputs.glob("/".join(["*"] * level + ["*.zip"]))
+                for level in range(1, KAGGLE_DEPTH + 1)),
+              platform_path(COLAB_CONTENT).glob("*.zip"),
+              (platform_path(COLAB_DRIVE) / DRIVE_DATA).glob("*.zip")]
     found = []
     for path in sorted({p for place in places for p in place if p.is_file()}):
         try:
@@ -198,3 +228,53 @@ def unpack_dacon_zip(zip_path: str | os.PathLike, dest: str | os.PathLike = "/co
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+# --- where runs and the submission live on each platform --------------------------------------
+
+DRIVE_FOLDER = "mai-kit"  # the kit's folder in My Drive (runs/, a copy of the submission)
+
+
+class VolatileRunsWarning(UserWarning):
+    """Runs go to a folder the platform wipes (Colab's /content without Drive)."""
+
+
+def detect_platform() -> str:
+    """"kaggle", "colab" or "local", from the folders each platform has."""
+    if platform_path(KAGGLE_WORKING).is_dir():
+        return "kaggle"
+    return "colab" if platform_path(COLAB_CONTENT).is_dir() else "local"
+
+
+def default_run_root() -> Path:
+    """Where run folders outlive the notebook: /kaggle/working/runs on Kaggle (kept with a saved
+    version), My Drive/mai-kit/runs on Colab with Drive mounted, else /content/runs (with a
+    warning: a runtime reset loses it), the kit's runs/ locally."""
+    platform, drive = detect_platform(), platform_path(COLAB_DRIVE)
+    if platform == "kaggle":
+        return platform_path(KAGGLE_WORKING) / "runs"
+    if platform == "local":
+        return kit_root() / "runs"
+    if drive.is_dir():
+        return drive / DRIVE_FOLDER / "runs"
+    content = platform_path(COLAB_CONTENT)
+    warnings.warn(f"runs go to {content / 'runs'}, which a runtime reset deletes: mount Drive "
+                  "(Files panel) to keep them in My Drive/mai-kit/runs",
+                  VolatileRunsWarning, stacklevel=2)
+    return content / "runs"
+
+
+def default_submission() -> Path:
+    """Where the platform shows outputs: /kaggle/working/submission.csv (the Output panel),
+    /content/submission.csv on Colab (Files panel), the kit's submissions/ locally."""
+    folder = {"kaggle": KAGGLE_WORKING, "colab": COLAB_CONTENT}.get(detect_platform())
+    return (platform_path(folder) if folder else kit_root() / "submissions") / "submission.csv"
+
+
+def submission_copies(path: str | os.PathLike) -> list[Path]:
+    """Where a copy of the submission is kept beside `path`: My Drive/mai-kit/ when Drive is
+    mounted on Colab (it survives the runtime); nowhere else."""
+    drive = platform_path(COLAB_DRIVE)
+    if detect_platform() == "colab" and drive.is_dir():
+        return [drive / DRIVE_FOLDER / Path(path).name]
+    return []

@@ -30,6 +30,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import re
 import shutil
 import threading
 import time
@@ -40,7 +41,6 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from utils.choices import upgrade_config
 from utils.data import describe_change
 from utils.files import (
     as_json,
@@ -54,7 +54,7 @@ from utils.files import (
     write_text,
     write_with,
 )
-from utils.places import resolve
+from utils.places import default_run_root, kit_root, resolve
 
 RUN_FILES = ("folds.npy", "oof.npy", "test_pred.npy", "cv.json", "config.json")
 MARKER = ".mai-kit-run.json"  # in every run folder the kit made
@@ -341,15 +341,45 @@ def check_shapes(runs: list[Run], n_train: int, n_test: int, n_genes: int) -> No
                                  f"other data (config data_dir={run.config.get('data_dir')})?")
 
 
+class RunNotFoundError(FileNotFoundError):
+    """A run listed in RUNS is not a finished run folder, as given or by name under RUNS_ROOT."""
+
+
+def locate_run(run: str | os.PathLike, root: str | os.PathLike = "runs") -> Path:
+    """The finished run folder `run`: as given (relative to the kit), else by its name under
+    `root` (RUNS_ROOT) or the platform's run folder (`default_run_root`); else one message on
+    why it may be missing and how to train it."""
+    places = list(dict.fromkeys([resolve(run), resolve(root) / Path(run).name,
+                                 default_run_root() / Path(run).name]))
+    found = next((p for p in places if is_complete(p)), None)
+    if found is None:
+        raise RunNotFoundError(missing_run_message(Path(run).name, places)) from None
+    return found
+
+
+def missing_run_message(name: str, places: Sequence[Path]) -> str:
+    """Why run `name` may be missing (a reset runtime, other data, not trained yet) and which
+    05_train parameters write it."""
+    presets = [p.stem for p in sorted((kit_root() / "presets").glob("*.yaml"))
+               if re.search(rf"^RUN_DIR:\s*\S*\b{re.escape(name)}\s*$", p.read_text(), re.M)]
+    how = (f"05_train with presets/{presets[0]}.yaml (or 00_quickstart, which trains its plan's "
+           "runs)" if presets else f"05_train with RUN_DIR ending in {name}")
+    return (f"run {name!r} is not a finished run in any of: {', '.join(map(str, places))}. "
+            "Was the runtime reset (Colab's /content is lost: keep runs on Drive), is RUNS_ROOT "
+            "another platform's or another data set's folder, or was it never trained? Train "
+            f"it with {how}, or leave it out of RUNS")
+
+
 def select_runs(runs: Sequence[str] | None, root: str | os.PathLike = "runs") -> list[Path]:
-    """The listed run folders; if none are listed, every finished run found under `root`."""
+    """The listed run folders (each found as given or by name under `root`: `locate_run`); if
+    none are listed, every finished run found under `root`."""
     if runs:
-        return [resolve(run) for run in runs]
+        return [locate_run(run, root) for run in runs]
     found = find_runs(root)
     if not found:
-        raise FileNotFoundError(f"RUNS is empty and there is no finished run folder under "
-                                f"{resolve(root)} (RUNS_ROOT); run notebooks/05_train.ipynb "
-                                "first, or list run folders in RUNS")
+        raise RunNotFoundError(f"RUNS is empty and there is no finished run folder under "
+                               f"{resolve(root)} (RUNS_ROOT); run notebooks/05_train.ipynb or "
+                               "00_quickstart first, or list run folders in RUNS")
     return found
 
 
@@ -396,17 +426,28 @@ def reuse_run(run_dir: str | os.PathLike, config: dict, data=None) -> Run | None
     if not is_complete(run_dir):
         return None
     run = load_run(run_dir)
-    saved = upgrade_config(run.config)  # parameters renamed since it was trained: today's names
+    saved = run.config
     changed = {k: (saved.get(k), v) for k, v in as_json(config).items()
                if k != "overwrite" and saved.get(k) != v}
     stale = "" if data is None else data_mismatch(run.config, data)
     if changed or stale:
-        what = [f"other parameters (saved, now): {changed}"] if changed else []
-        what += [f"other data ({stale})"] if stale else []
-        raise FileExistsError(f"{run.path} holds a run trained with {' and '.join(what)}; its "
-                              "CV and predictions do not belong to this run. Set OVERWRITE=True "
-                              "to retrain it, or choose a new RUN_DIR")
+        raise RunChangedError(describe_changed_run(run.path, changed, stale))
     return run
+
+
+class RunChangedError(FileExistsError):
+    """RUN_DIR holds a finished run of other parameters or other data."""
+
+
+def describe_changed_run(path: Path, changed: dict[str, tuple], stale: str) -> str:
+    """What differs between the run in `path` and this one, a line per parameter
+    (`NAME: old → new`), and the two ways on."""
+    lines = [f"  {name.upper()}: {old!r} → {new!r}" for name, (old, new) in changed.items()]
+    lines += [f"  other data ({stale})"] if stale else []
+    return (f"{path} already holds a finished run with other parameters or data (what differs: "
+            f"saved → now):\n" + "\n".join(lines) + "\nIts CV and predictions do not belong "
+            "to this run. Set OVERWRITE=True to retrain it there, or set RUN_DIR to a new name "
+            "to keep both")
 
 
 def peak_rss_gb() -> float:
@@ -437,8 +478,8 @@ def prepare_checkpoints(run_dir: str | os.PathLike, settings: dict, resume: bool
     if not resume or is_complete(run):
         remove_kit_files(run, ("checkpoints", "weights"))
     saved = folder / "settings.json"
-    if saved.is_file() and upgrade_config(read_json(saved)) != settings:
-        old = upgrade_config(read_json(saved))
+    old = read_json(saved) if saved.is_file() else settings
+    if old != settings:
         changed = {k: (old.get(k), v) for k, v in settings.items()
                    if old.get(k) != v and k != "data"}
         what = [f"other settings (saved, now): {changed}"] if changed else []

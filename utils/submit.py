@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from utils.config import to_dict
 from utils.cv import selection_rule
-from utils.ensemble import BlendResult, PostResult, run_labels
+from utils.ensemble import BlendOutcome, run_labels
 from utils.files import InputOutputError, check_output, protect_runs, write_json, write_with
 from utils.metric import top_genes
 from utils.places import resolve
@@ -120,10 +121,10 @@ def report_path(submission: str | os.PathLike) -> Path:
     return resolve(submission).with_suffix(".blend.json")
 
 
-def write_blend_report(submission: str | os.PathLike, config: dict, runs: Sequence[Run],
-                       blended: BlendResult, post: PostResult, cvs: dict[str, dict],
-                       flags: dict[str, list[str]], kept: dict | None = None) -> Path:
+def write_blend_report(submission: str | os.PathLike, config: dict, outcome: BlendOutcome,
+                       flags: dict[str, list[str]]) -> Path:
     """Write what the submission is made of and how it scored (every CV report) as JSON."""
+    runs, blended, post = outcome.runs, outcome.blended, outcome.post
     labels = run_labels(runs)
     report = {
         "config": config, "submission": str(resolve(submission)),
@@ -139,13 +140,12 @@ def write_blend_report(submission: str | os.PathLike, config: dict, runs: Sequen
         "postprocess": {"applied": list(post.steps), "gain": post.gain, "curve": post.curve,
                         "fold_steps": [list(s) for s in post.fold_steps],
                         "selection": selection_rule(runs[0].folds, len(post.curve))},
-        "scores": cvs,
+        "scores": outcome.cvs,
         "audit": {name: {"count": len(genes), "genes": genes[:50]}
                   for name, genes in flags.items()},
+        "submitted": {k: outcome.final[k] for k in ("kept", "fold_choices", "note", "selection")
+                      if k in outcome.final},
     }
-    if kept is not None:
-        report["submitted"] = {k: kept[k] for k in ("kept", "fold_choices", "note", "selection")
-                               if k in kept}
     return write_json(report_path(submission), report)
 
 
@@ -288,13 +288,14 @@ def describe_flags(flags: dict[str, list[str]]) -> str:
     return "\n".join(f"{name}: {len(genes)} genes {genes[:10]}" for name, genes in flags.items())
 
 
-def submit(cfg, config: dict, data, runs: Sequence[Run], blended: BlendResult,
-           post: PostResult, cvs: dict[str, dict], flags: dict[str, list[str]],
-           final: dict) -> pd.DataFrame:
-    """Write SUBMISSION (validated, atomically) from `final`'s test predictions and the blend
-    report beside it; prints where; returns the submission frame."""
+def submit(cfg, data, outcome: BlendOutcome) -> pd.DataFrame:
+    """Write SUBMISSION (validated, atomically) from the test predictions 07 chose
+    (`outcome.final`) and the blend report beside it (with the audit's flags); prints where;
+    returns the submission frame."""
+    final = outcome.final
     frame = make_submission(final["test_pred"], data.test["ID"].tolist(), data.sample)
     path = write_submission(frame, data.sample, resolve(cfg.submission), strict=cfg.strict)
-    report = write_blend_report(cfg.submission, config, runs, blended, post, cvs, flags, final)
+    report = write_blend_report(cfg.submission, to_dict(cfg), outcome,
+                                audit(data.y, data.genes, final)[1])
     print(f"wrote {path}: {frame.shape[0]} rows x {frame.shape[1] - 1} genes; report {report}")
     return frame

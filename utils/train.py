@@ -10,7 +10,7 @@ its nearest training spots' (N_NEAREST and TEMPERATURES chosen by nested CV).
 
 `finetune` — a timm backbone fine-tuned on every CV fold. Per fold, one model (GROUP_MODE=
 "heads": one backbone, one head per gene group) or one model per gene group (GROUP_MODE=
-"models", the seed team's way) is a *unit* (`utils.units`). `train_unit` fits the unit's target
+"models", the DACON winners' way) is a *unit* (`utils.units`). `train_unit` fits the unit's target
 scaling on its training rows, optionally starts the heads from a ridge linear probe, and trains
 on the kit's loop (`utils.loop`: AdamW, warmup + cosine, mixed precision, gradient accumulation,
 clipping, EMA, checkpoints and resume, data parallel over DEVICES), scoring the validation rows
@@ -39,6 +39,8 @@ from torch import nn
 from utils.augment import build_augment, read_policy
 from utils.config import TrainConfig, to_dict
 from utils.cv import (
+    INNER_BLOCKS,
+    inner_folds,
     make_folds,
     nested_choice_on_rows,
     read_fold_file,
@@ -50,7 +52,7 @@ from utils.data import DataError, KitData, PatchDataset, load_images
 from utils.duplicates import find_duplicates
 from utils.features import cached_features
 from utils.files import InputOutputError, read_json, remove_file, write_json
-from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_config
+from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_settings
 from utils.loop import (
     Stepper,
     close_epoch,
@@ -198,19 +200,46 @@ class RidgePath:
     components: np.ndarray  # (k, d) right singular vectors
     singular: np.ndarray  # (k,)
     uty: np.ndarray  # (k, g) = U^T (y - y_mean)
+    target_axes: np.ndarray | None = None  # (K, g) with target_dim: the targets' top-K axes
+    y_scale: np.ndarray | None = None  # (g,) with target_dim: the scale the axes are in
 
     def predict(self, x: np.ndarray, alpha: float) -> np.ndarray:
         """Predictions (n, genes) on the original target scale for one alpha."""
-        z = ((x - self.x_mean) / self.x_scale) @ self.components.T
+        return self.predict_projected(self.project(x), alpha)
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """x standardised and projected on the kept singular directions (n, k)."""
+        return ((x - self.x_mean) / self.x_scale) @ self.components.T
+
+    def predict_projected(self, z: np.ndarray, alpha: float) -> np.ndarray:
+        """`predict` from `project(x)` (paths fitted on one x share it)."""
         shrink = self.singular / (self.singular ** 2 + alpha)
         return ((z * shrink) @ self.uty + self.y_mean).astype(np.float32)
+
+    def component_scores(self, y: np.ndarray) -> np.ndarray:
+        """Scores (n, K) of targets on the target axes (what the ridge on target PCs predicts)."""
+        return ((y - self.y_mean) / self.y_scale) @ self.target_axes.T
+
+    def predict_components(self, x: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+        """Predicted target-axis scores: (n, K) for one alpha per axis (K,), or (A, n, K) for
+        each of A alphas per axis (A, K)."""
+        z = ((x - self.x_mean) / self.x_scale) @ self.components.T
+        coef = (self.uty / self.y_scale) @ self.target_axes.T  # (k, K)
+        alphas = np.asarray(alphas, np.float64)
+        shrink = self.singular[:, None] / (self.singular[:, None] ** 2 + alphas[..., None, :])
+        return np.einsum("nk,...kc->...nc", z, shrink * coef)
+
+    def predict_per_component(self, x: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+        """Predictions (n, genes) with the ridge of target axis c at strength alphas[c]."""
+        scores = self.predict_components(x, alphas)
+        return ((scores @ self.target_axes) * self.y_scale + self.y_mean).astype(np.float32)
 
 
 def gram_svd(a: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thin SVD (u, s, vt) of a, largest first, from the eigendecomposition of its smaller Gram
     matrix (a's rows' or columns'): 4x faster than LAPACK's SVD on the wide and tall matrices
     ridge fits (and 8x for the top few, `k`), the same values to float precision
-    (benchmarks/ridge_speed.py). Directions with s below 1e-6 of the largest are dropped: their
+    (benchmarks/results/speed.csv). Directions with s below 1e-6 of the largest are dropped: their
     squared singular values are below the Gram's float precision, and a ridge with any alpha
     in ALPHAS' range gives them no weight."""
     from scipy.linalg import eigh
@@ -236,18 +265,31 @@ def fit_ridge_path(x: np.ndarray, y: np.ndarray, pca_dim: int | None = None,
     `target_dim` (TARGET="pca:K"): ridge on the top-K principal components of the standardised
     targets of these rows, decoded back to every gene (the rest is treated as noise).
     """
+    return fit_ridge_paths(x, [y], pca_dim, target_dim)[0]
+
+
+def fit_ridge_paths(x: np.ndarray, ys: list[np.ndarray], pca_dim: int | None = None,
+                    target_dim: int | None = None) -> list[RidgePath]:
+    """`fit_ridge_path` of x to each of several targets, through one SVD of x."""
     x = np.asarray(x, dtype=np.float64)
     x_mean, x_scale = x.mean(axis=0), x.std(axis=0)
     x_scale[x_scale < 1e-12] = 1.0
-    y_mean = y.mean(axis=0, dtype=np.float64)
     u, s, vt = gram_svd((x - x_mean) / x_scale, pca_dim)
+    return [path_on_targets((x_mean, x_scale, u, s, vt), y, target_dim) for y in ys]
+
+
+def path_on_targets(svd: tuple, y: np.ndarray, target_dim: int | None) -> RidgePath:
+    """A RidgePath of targets y from the standardised SVD (mean, scale, u, s, vt) of x."""
+    x_mean, x_scale, u, s, vt = svd
+    y_mean = y.mean(axis=0, dtype=np.float64)
     uty = u.T @ (y - y_mean)
-    if target_dim is not None:  # ridge is linear in y: fitting the PCs = projecting onto them
-        y_scale = y.std(axis=0, dtype=np.float64)
-        y_scale[y_scale < 1e-12] = 1.0
-        axes = gram_svd((y - y_mean) / y_scale, target_dim)[2]
-        uty = ((uty / y_scale) @ axes.T @ axes) * y_scale
-    return RidgePath(x_mean, x_scale, y_mean, vt, s, uty)
+    if target_dim is None:
+        return RidgePath(x_mean, x_scale, y_mean, vt, s, uty)
+    y_scale = y.std(axis=0, dtype=np.float64)  # ridge is linear in y: fitting the PCs =
+    y_scale[y_scale < 1e-12] = 1.0  # projecting onto them
+    axes = gram_svd((y - y_mean) / y_scale, target_dim)[2]
+    uty = ((uty / y_scale) @ axes.T @ axes) * y_scale
+    return RidgePath(x_mean, x_scale, y_mean, vt, s, uty, axes, y_scale)
 
 
 @dataclass
@@ -257,8 +299,9 @@ class RidgeResult:
     oof: np.ndarray
     test_pred: np.ndarray
     cv: dict
-    alpha: float  # used for the test predictions (best mean-over-folds score)
-    fold_alphas: list[float]  # chosen by inner CV inside each outer fold (nested, honest)
+    alpha: float | list[float]  # used for the test predictions (best mean-over-folds score;
+    # with ALPHA_PER_COMPONENT one per target PC)
+    fold_alphas: list  # chosen by inner CV inside each outer fold (nested, honest)
     alpha_curve: dict[str, list[float]] = field(default_factory=dict)  # alpha → fold mean
 
 
@@ -299,6 +342,59 @@ def cv_ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.ndarray
         parts.update(alpha=fold_alpha, selection=rule)
     return RidgeResult(oof, test_pred, cv, alpha, fold_alphas,
                        {"alpha": list(alphas), "score": mean_curve.tolist()})
+
+
+def nested_component_choice(folds: np.ndarray,
+                            held_out_errors: Callable[[np.ndarray, np.ndarray], np.ndarray]
+                            ) -> tuple[list[np.ndarray], np.ndarray]:
+    """`nested_choice_on_rows` with one choice per target axis: `held_out_errors(fit_rows,
+    held_rows)` is the (candidates, K) held-out error of every candidate on every axis; each
+    outer fold takes, per axis, the candidate with the least mean error over its inner folds
+    (never its own rows). Returns the per-fold choices (K,) and the mean outer curve."""
+    choices, curve = [], []
+    for k in np.unique(folds):
+        inner = inner_folds(folds, k)
+        errors = [held_out_errors((inner >= 0) & (inner != j), inner == j)
+                  for j in np.unique(inner[inner >= 0])]
+        choices.append(np.argmin(np.mean(errors, axis=0), axis=0))
+        curve.append(held_out_errors(folds != k, folds == k))
+    return choices, np.mean(curve, axis=0)
+
+
+def cv_ridge_per_component(x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
+                           folds: np.ndarray, alphas: tuple[float, ...], pca_dim: int | None,
+                           splitter: str, target_dim: int) -> RidgeResult:
+    """`cv_ridge` on the top `target_dim` target PCs with one alpha per PC
+    (ALPHA_PER_COMPONENT): each outer fold picks, per PC, the alpha with the least held-out
+    squared error of that PC's scores over its inner folds (`nested_component_choice`); the
+    test model takes per PC the alpha with the least mean error over the outer folds."""
+    fits: dict[bytes, RidgePath] = {}
+    grid = np.asarray(alphas, np.float64)
+
+    def fit_on(rows: np.ndarray) -> RidgePath:
+        key = np.packbits(rows).tobytes()
+        if key not in fits:
+            fits[key] = fit_ridge_path(x[rows], y[rows], pca_dim, target_dim)
+        return fits[key]
+
+    def held_out_errors(fit_rows: np.ndarray, held_rows: np.ndarray) -> np.ndarray:
+        fit = fit_on(fit_rows)
+        n_axes = len(fit.target_axes)
+        pred = fit.predict_components(x[held_rows], np.repeat(grid[:, None], n_axes, axis=1))
+        return ((pred - fit.component_scores(y[held_rows])) ** 2).mean(axis=1)
+
+    choices, curve = nested_component_choice(folds, held_out_errors)
+    oof = np.zeros(y.shape, np.float32)
+    fold_alphas = [grid[c].tolist() for c in choices]
+    for k, chosen in zip(np.unique(folds), fold_alphas):
+        oof[folds == k] = fit_on(folds != k).predict_per_component(x[folds == k], chosen)
+    alpha = grid[np.argmin(curve, axis=0)].tolist()
+    test_pred = fit_ridge_path(x, y, pca_dim, target_dim).predict_per_component(x_test, alpha)
+    cv = score_folds(y, oof, folds, splitter)
+    for parts, fold_alpha in zip(cv["folds"], fold_alphas):
+        parts.update(alpha=fold_alpha, selection=selection_rule(folds, 2, on_rows=True))
+    return RidgeResult(oof, test_pred, cv, alpha, fold_alphas,
+                       {"alpha": list(alphas), "component_mse": curve.tolist()})
 
 
 # --- retrieval ----------------------------------------------------------------------------------
@@ -363,6 +459,87 @@ def cv_retrieval(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.nda
     return RecipeResult(oof, test_pred, cv, details)
 
 
+# --- retrieval plus a residual ridge (RECIPE="retrieval_ridge") ---------------------------------
+# After CHRep: the retrieval estimate, corrected by a ridge fitted on its residuals. A training
+# row's residual is its label minus the retrieval estimate from the *other* groups' rows (its
+# slice's rows never vote for it, as a test spot's slice never does), so the residual model
+# learns how retrieval errs on unseen slices; the ridge strength bounds the correction.
+
+def residual_groups(groups: np.ndarray) -> np.ndarray:
+    """Groups for the leave-group-out retrieval estimates of fit rows: their folds, or, when
+    they are one fold, INNER_BLOCKS contiguous blocks of it (as `inner_folds` does)."""
+    groups = np.asarray(groups)
+    if len(np.unique(groups)) > 1:
+        return groups
+    return make_folds("blocks", len(groups), max(2, min(INNER_BLOCKS, len(groups) // 2)))
+
+
+def out_of_group_retrieval(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                           n_nearest: tuple[int, ...],
+                           temperatures: tuple[float, ...]) -> list[np.ndarray]:
+    """Each row's retrieval estimate from the other groups' rows, for every (k, temperature)
+    pair (k outer): never from its own group's labels."""
+    out = [np.zeros(y.shape, np.float32) for _ in range(len(n_nearest) * len(temperatures))]
+    for g in np.unique(groups):
+        rows = groups == g
+        preds = nearest_predictions(x[~rows], y[~rows], x[rows], n_nearest, temperatures)
+        for full, pred in zip(out, preds):
+            full[rows] = pred
+    return out
+
+
+def retrieval_ridge_predictions(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                                x_query: np.ndarray, n_nearest: tuple[int, ...],
+                                temperatures: tuple[float, ...], alphas: tuple[float, ...],
+                                pca_dim: int | None = None,
+                                target_dim: int | None = None) -> list[np.ndarray]:
+    """Predictions for every (k, temperature, alpha), in that order (alpha inner): retrieval
+    from the fit rows plus a ridge (alpha) fitted on the rows' out-of-group residuals."""
+    base = nearest_predictions(x, y, x_query, n_nearest, temperatures)
+    estimates = out_of_group_retrieval(x, y, residual_groups(groups), n_nearest, temperatures)
+    paths = fit_ridge_paths(x, [y - e for e in estimates], pca_dim, target_dim)
+    z = paths[0].project(x_query)
+    return [pred + path.predict_projected(z, a) for pred, path in zip(base, paths)
+            for a in alphas]
+
+
+def cv_retrieval_ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.ndarray,
+                       n_nearest: tuple[int, ...], temperatures: tuple[float, ...],
+                       alphas: tuple[float, ...], pca_dim: int | None = None,
+                       splitter: str = "blocks",
+                       target_dim: int | None = None) -> RecipeResult:
+    """Nested CV of retrieval plus a residual ridge: each outer fold picks (k, temperature,
+    alpha) on the other folds (`nested_choice_on_rows`), then predicts its own rows from the
+    other folds (their residuals left-fold-out among themselves); the test set uses the triple
+    with the best mean over the folds, fitted on every row with the folds as groups."""
+    triples = [(k, t, a) for k in n_nearest for t in temperatures for a in alphas]
+
+    def held_out_scores(fit: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        preds = retrieval_ridge_predictions(x[fit], y[fit], folds[fit], x[rows], n_nearest,
+                                            temperatures, alphas, pca_dim, target_dim)
+        return np.array([score(y[rows], p)["score"] for p in preds])
+
+    def predict(fit: np.ndarray, query: np.ndarray, triple: tuple) -> np.ndarray:
+        k, t, a = triple
+        return retrieval_ridge_predictions(x[fit], y[fit], folds[fit], query, (k,), (t,), (a,),
+                                           pca_dim, target_dim)[0]
+
+    choices, curve = nested_choice_on_rows(folds, held_out_scores, len(triples))
+    oof = np.zeros(y.shape, np.float32)
+    for held, choice in zip(np.unique(folds), choices):
+        oof[folds == held] = predict(folds != held, x[folds == held], triples[choice])
+    best = triples[int(np.argmax(curve))]
+    test_pred = predict(np.ones(len(x), bool), x_test, best)
+    cv = score_folds(y, oof, folds, splitter)
+    rule = selection_rule(folds, len(triples), on_rows=True)
+    for parts, choice in zip(cv["folds"], choices):
+        k, t, a = triples[choice]
+        parts.update(n_nearest=k, temperature=t, alpha=a, selection=rule)
+    details = {"n_nearest": best[0], "temperature": best[1], "alpha": best[2],
+               "curve": {f"{k}@{t:g}+{a:g}": float(v) for (k, t, a), v in zip(triples, curve)}}
+    return RecipeResult(oof, test_pred, cv, details)
+
+
 def frozen_features(cfg: TrainConfig, data: KitData,
                     folds: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
     """Train and test features of the frozen backbone, as `cfg.feature_spec` names them (cached;
@@ -396,15 +573,33 @@ def train_retrieval(cfg: TrainConfig, data: KitData, folds: np.ndarray,
     return result
 
 
+def train_retrieval_ridge(cfg: TrainConfig, data: KitData, folds: np.ndarray,
+                          splitter: str) -> RecipeResult:
+    """Retrieval corrected by a ridge on its out-of-slice residuals, on the cached features."""
+    features, tta = frozen_features(cfg, data, folds)
+    result = cv_retrieval_ridge(features["train"], data.y, features["test"], folds,
+                                cfg.n_nearest, cfg.temperatures, cfg.alphas, cfg.pca_dim,
+                                splitter, cfg.target_pca)
+    result.details.update(n_features=features["train"].shape[1], tta=tta,
+                          centre_features=cfg.centre_features)
+    return result
+
+
 def train_ridge(cfg: TrainConfig, data: KitData, folds: np.ndarray,
                 splitter: str) -> RecipeResult:
-    """Frozen-feature ridge: cached features, nested-CV alpha, refit on all rows for test."""
+    """Frozen-feature ridge: cached features, nested-CV alpha (one per target PC with
+    ALPHA_PER_COMPONENT), refit on all rows for test."""
     features, tta = frozen_features(cfg, data, folds)
-    fit = cv_ridge(features["train"], data.y, features["test"], folds, cfg.alphas, cfg.pca_dim,
-                   splitter, cfg.target_pca)
+    if cfg.alpha_per_component:
+        fit = cv_ridge_per_component(features["train"], data.y, features["test"], folds,
+                                     cfg.alphas, cfg.pca_dim, splitter, cfg.target_pca)
+    else:
+        fit = cv_ridge(features["train"], data.y, features["test"], folds, cfg.alphas,
+                       cfg.pca_dim, splitter, cfg.target_pca)
+    curve = "component_alpha_curve" if cfg.alpha_per_component else "alpha_curve"
     details = {"n_features": features["train"].shape[1], "tta": tta,
                "centre_features": cfg.centre_features, "alpha": fit.alpha,
-               "fold_alphas": fit.fold_alphas, "alpha_curve": fit.alpha_curve}
+               "fold_alphas": fit.fold_alphas, curve: fit.alpha_curve}
     return RecipeResult(fit.oof, fit.test_pred, fit.cv, details)
 
 
@@ -457,15 +652,15 @@ def resolve_groups(cfg: TrainConfig, data: KitData,
                    folds: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
     """Per fold, its gene groups (group → gene columns): one group of every gene without
     GROUP_STRATEGY; the groups of GENE_GROUPS for a strategy that reads no targets (prefix, file);
-    otherwise the strategy recomputed on the fold's training rows with 02's settings, so no
-    fold is scored with groups made from its own targets."""
+    otherwise the strategy refitted on the fold's training rows with the settings 02 wrote
+    beside GENE_GROUPS, so no fold is scored with groups made from its own targets."""
     ids = [int(k) for k in np.unique(folds)]
     if not cfg.group_strategy:
         return dict.fromkeys(ids, {"all": np.arange(len(data.genes))})
     saved = load_gene_groups(cfg.gene_groups, data.genes, cfg.group_strategy)  # checks the file
     if cfg.group_strategy in LABEL_FREE:
         return dict.fromkeys(ids, saved)
-    settings = read_grouping_config(cfg.gene_groups)
+    settings = read_grouping_settings(cfg.gene_groups, cfg.group_strategy)
     return {k: groups_on_rows(settings, cfg.group_strategy, data.genes, data.y[folds != k])
             for k in ids}
 
@@ -683,7 +878,8 @@ def details_tables(details: dict) -> list:
     fine-tuning, the chosen and best epoch of every unit."""
     import pandas as pd
 
-    scalars = {k: v for k, v in details.items() if k not in ("alpha_curve", "units", "curve")}
+    curves = ("alpha_curve", "component_alpha_curve", "units", "curve")
+    scalars = {k: v for k, v in details.items() if k not in curves}
     tables = [pd.Series(scalars, name="value", dtype=object).to_frame()]
     if "units" in details:
         tables.append(pd.DataFrame(details["units"]).T)
@@ -707,4 +903,5 @@ RECIPES: dict[str, Callable[[TrainConfig, KitData, np.ndarray, str], RecipeResul
     "ridge": train_ridge,
     "finetune": train_finetune,
     "retrieval": train_retrieval,
+    "retrieval_ridge": train_retrieval_ridge,
 }

@@ -1,11 +1,14 @@
 """Build the offline bundle: one zip that serves Colab (upload, Drive) and Kaggle (a dataset).
 
     python -m utils.dev.bundle                                   # → dist/mai-kit-bundle.zip
-    python -m utils.dev.bundle --weights ../shared/weights/tf_efficientnet_lite0.in1k.safetensors
+    python -m utils.dev.bundle --weights path/to/tf_efficientnet_lite0.in1k.safetensors
     python -m utils.dev.bundle --has none --python 3.11          # every wheel, for one Python
 
-The zip holds one folder, `mai-kit/`: the kit's tracked files (`git ls-files`), `wheels/` and
-`weights/` (the files given) and `BUNDLE.json` (version, commit, Pythons, wheels, weights).
+It runs in any venv with pip, from a git checkout or from an unpacked download of the kit (GitHub's
+"Download ZIP"): no git, no make, nothing of the kit's requirements needed. The zip holds one
+folder, `mai-kit/`: the kit's files (`git ls-files` in a checkout; in a download, every file but
+what .gitignore leaves out: `UNTRACKED`), `wheels/` and `weights/` (the files given) and
+`BUNDLE.json` (version from pyproject.toml, commit when there is one, Pythons, wheels, weights).
 `wheels/` has a wheel of every requirement (requirements.txt and requirements-extras.txt) and of
 its dependencies, for each target Python on manylinux x86_64, except torch/torchvision (the
 platform's own builds) and what both Colab and Kaggle ship (`PLATFORMS_HAVE`; `--has` changes
@@ -33,8 +36,12 @@ import time
 import zipfile
 from pathlib import Path
 
-from packaging.requirements import Requirement
-from packaging.utils import parse_wheel_filename
+try:
+    from packaging.requirements import Requirement
+    from packaging.utils import parse_wheel_filename
+except ImportError:  # a bare venv: pip's own copy
+    from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.utils import parse_wheel_filename
 
 from utils.bootstrap import (
     MANIFEST,
@@ -56,13 +63,19 @@ PLATFORMS_HAVE = ("numpy", "pandas", "scipy", "scikit-learn", "scikit-image", "p
                   "pyyaml", "psutil", "requests", "packaging", "pydantic", "pydantic-core",
                   "huggingface-hub", "typing-extensions", "jinja2", "markupsafe", "joblib",
                   "threadpoolctl", "tqdm", "filelock", "fsspec", "protobuf", "aiohttp")
-PYTHONS = ("3.11", "3.12")  # Kaggle's and Colab's Python
+PYTHONS = ("3.11", "3.12", "3.13")  # Kaggle's and Colab's Pythons, and Colab's next one
 # pip (23.x) does not widen a manylinux tag to older glibc versions: name each one.
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64",
              "manylinux_2_34_x86_64", "linux_x86_64")
 OUT = "dist/mai-kit-bundle.zip"
 CACHE = "dist/wheel-cache"
 TOP = "mai-kit"  # the zip's one folder: the setup cell unpacks it to <work>/mai-kit
+# What .gitignore leaves out (a download has none of it; an unpacked one used for a while may):
+# folder names at any depth, and top-level folders of which only the README is the kit's.
+UNTRACKED = (".git", ".venv", "__pycache__", ".pytest_cache", "dist", ".ruff_cache",
+             ".ipynb_checkpoints", "cache", "runs")
+TOP_UNTRACKED = ("wheels", "weights", "data", "submissions")
+
 
 
 def target_args(python: str, platforms: tuple[str, ...] = PLATFORMS) -> list[str]:
@@ -188,14 +201,27 @@ def collect_wheels(dest: Path, has: tuple[str, ...], pythons: tuple[str, ...], c
     return chosen
 
 
+def kit_files(root: Path) -> list[str]:
+    """The kit's files under `root`: `git ls-files` in a checkout, else every file but what
+    .gitignore leaves out (`UNTRACKED`, `TOP_UNTRACKED` but their README.md, *.egg-info)."""
+    if (root / ".git").exists() and shutil.which("git"):
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True,
+                                text=True)
+        if listed.returncode == 0:
+            return [f for f in listed.stdout.split("\0") if f and (root / f).is_file()]
+    files = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        skip = any(part in UNTRACKED or part.endswith(".egg-info") for part in rel.parts)
+        own = rel.parts[0] in TOP_UNTRACKED and rel.parts[1:] != ("README.md",)
+        if path.is_file() and not skip and not own:
+            files.append(rel.as_posix())
+    return files
+
+
 def copy_kit(dest: Path) -> list[str]:
-    """Copy the kit's tracked files (`git ls-files`) into `dest`."""
-    try:
-        listed = subprocess.run(["git", "ls-files", "-z"], cwd=kit_root(), check=True,
-                                capture_output=True, text=True).stdout.split("\0")
-    except (OSError, subprocess.CalledProcessError) as err:
-        raise RuntimeError(f"the bundle is built from a git checkout of the kit: {err}") from None
-    files = [f for f in listed if f and (kit_root() / f).is_file()]
+    """Copy the kit's files (`kit_files`) into `dest`."""
+    files = kit_files(kit_root())
     for name in files:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(kit_root() / name, dest / name)
@@ -203,11 +229,16 @@ def copy_kit(dest: Path) -> list[str]:
 
 
 def commit() -> str:
-    """The checkout's commit (with `+changes` when the tree differs from it)."""
+    """The checkout's commit (with `+changes` when the tree differs from it); "" without git."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=kit_root(), capture_output=True,
-                              text=True).stdout.strip()
+        try:
+            return subprocess.run(["git", *args], cwd=kit_root(), capture_output=True,
+                                  text=True).stdout.strip()
+        except OSError:
+            return ""
 
+    if not (kit_root() / ".git").exists() or not git("rev-parse", "HEAD"):
+        return ""
     return git("rev-parse", "HEAD") + ("+changes" if git("status", "--porcelain") else "")
 
 
@@ -288,7 +319,7 @@ def main(argv: list[str] | None = None) -> Path:
           f"{mb['wheels']:.1f}, weights {mb['weights']:.1f}) in {time.perf_counter() - start:.0f}"
           f" s; {len(wheels)} packages for Python {', '.join(args.python)}: {', '.join(wheels)}"
           "\nColab: upload it to /content or My Drive; Kaggle: upload it as a dataset and "
-          "attach it (README: 'Kaggle offline').")
+          "attach it (README: 'Start here').")
     return out
 
 

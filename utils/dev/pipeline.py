@@ -55,6 +55,11 @@ def demo_parameters(data_dir: str = DEMO_DATA, runs_root: str = DEMO_RUNS,
                           "04_adapt", "05_train", "06_gradcam", "07_ensemble_submit")}
     common = {"DATA_DIR": data_dir, **DEMO_MODEL, "OVERWRITE": True}
     return {
+        # the starter, one plan step with the tiny model; its runs and CSV apart from the rest's
+        "00_quickstart": {"DATA_DIR": data_dir, "PLAN": "cpu_fast", "SMOKE": smoke,
+                          "RUN_ROOT": f"{runs_root}_quickstart",
+                          "SUBMISSION": str(Path(submission).with_name("quickstart.csv")),
+                          "OVERRIDES": {**DEMO_MODEL, **({"TTA": False} if quick else {})}},
         "01_eda": {"DATA_DIR": data_dir, "RUN_DIR": f"{runs_root}/eda", **extra["01_eda"]},
         # writes f"{runs_root}/genes/gene_groups.csv", the GENE_GROUPS that 05/06 can read
         "02_gene_clustering": {"DATA_DIR": data_dir, "RUN_DIR": f"{runs_root}/genes",

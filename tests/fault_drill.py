@@ -7,19 +7,15 @@ at the first step of epoch 2), the run files (05, killed half-way through `test_
 OVERWRITE=True replaces an earlier run) and the submission CSV (07, killed half-way through);
 plus two processes building one cache at once. One row per fault: what was left on disk after
 the kill, what the rerun did, and whether its outputs are identical to the uninterrupted run's.
-`tests/test_fault_drill.py` runs it small in CI.
-
-    .venv/bin/python -m benchmarks.fault_drill [--n-train 120] [--n-test 40] [--keep DIR]
+`tests/test_fault_drill.py` runs it (marked slow; `pytest -s` prints the table).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -244,21 +240,3 @@ def format_table(rows: list[dict]) -> str:
              "-+-".join("-" * w for w in widths)]
     lines += [" | ".join(row[k].ljust(w) for k, w in zip(keys, widths)) for row in rows]
     return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-train", type=int, default=120)
-    parser.add_argument("--n-test", type=int, default=40)
-    parser.add_argument("--img", type=int, default=64, help="patch size in px")
-    parser.add_argument("--keep", help="work folder to keep (default: a temporary one)")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = run_drill(Path(args.keep or tmp), args.n_train, args.n_test, args.img)
-    print(f"fault drill on the demo set ({args.n_train} train, {args.n_test} test patches of "
-          f"{args.img} px)")
-    print(format_table(rows))
-
-
-if __name__ == "__main__":
-    main()
