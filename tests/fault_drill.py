@@ -109,7 +109,7 @@ def half_then_die(path, array):
     die()
 if KILL:
     runs.save_npy = half_then_die
-cfg = config((1.0, 100.0, 10000.0), KILL)
+cfg = config((1.0, 100.0, 10000.0), True)  # a killed OVERWRITE keeps the old run: rerun it
 folds, _ = train.make_cv_folds(cfg, data)
 run = train.train(cfg, data, folds)
 print(f"trained the ridge run (alpha {run.config['details']['alpha']:g})",

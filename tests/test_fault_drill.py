@@ -20,7 +20,8 @@ def test_every_killed_stage_reruns_to_identical_outputs(tmp_path):
     assert all(row["identical"] == "yes" for row in rows), table
     assert all(row["killed"] == "SIGKILL" for row in rows[:-1]), table
     by = {name: row for name, row in zip(drill.STAGES, rows)}
-    assert "run finished: no" in by["writing test_pred.npy"]["on disk after"], table
+    # a killed OVERWRITE keeps the earlier run finished (the new one is made in .next/)
+    assert "run finished: YES" in by["writing test_pred.npy"]["on disk after"], table
     assert "temporary file(s)" in by["writing test_pred.npy"]["on disk after"], table
     assert "CSV: the earlier one" in by["writing the CSV"]["on disk after"], table
     assert by["feature extraction"]["rerun did"] == ("extracted 1 split(s), loaded 1 from the "

@@ -313,7 +313,7 @@ def adapt(cfg: AdaptConfig, arrays: list[np.ndarray]) -> Adapted:
     folder = run_dir(cfg.run_dir)
     settings = {k: v for k, v in to_dict(cfg).items() if k not in NOT_TRAINING}
     checkpoints = prepare_checkpoints(folder, {**settings, "n_images": sum(map(len, arrays))},
-                                      cfg.resume and not cfg.overwrite)
+                                      cfg.resume and not cfg.overwrite, claim=False)
     (folder / "config.json").unlink(missing_ok=True)
     clock = Stopwatch(checkpoints / "elapsed.json")
     devices = device_count(cfg.devices)

@@ -80,16 +80,18 @@ def as_literal(value) -> str:
 def from_params(cls: type, params: dict):
     """Build config `cls` from the notebook's globals: field `x` is read from parameter `X`.
 
-    `PRESET` (when the config has it) puts a preset's values under the cell's (`apply_preset`).
-    "True"/"False" given as text (some shells and papermill calls) become booleans for fields
-    that take a bool. With `SMOKE`, one line says what the quick check changed.
+    Each value is parsed by its field's type from any spelling papermill, YAML or a shell gives
+    (`parse_param`: "false", "no", "0" for a bool; "4" for an int; "[1, 10]" for a list), or
+    refused naming the parameter and value. `PRESET` (when the config has it) puts a preset's
+    values under the cell's (`apply_preset`). With `SMOKE`, one line says what the quick check
+    changed.
     """
-    if "PRESET" in {f.name.upper() for f in fields(cls)}:
+    types = {f.name.upper(): str(f.type) for f in fields(cls)}
+    params = {k: parse_param(k, v, types[k]) if k in types else v for k, v in params.items()}
+    if "PRESET" in types:
         params = apply_preset(cls, params)
-    values = {f.name: params[f.name.upper()] for f in fields(cls) if f.name.upper() in params}
-    for f in fields(cls):
-        if "bool" in str(f.type) and values.get(f.name) in ("True", "False"):
-            values[f.name] = values[f.name] == "True"
+    values = {f.name: parse_param(f.name.upper(), params[f.name.upper()], str(f.type))
+              for f in fields(cls) if f.name.upper() in params}
     config = cls(**values)
     if getattr(config, "smoke", False):
         print(describe_smoke(config, cls(**{**values, "smoke": False})))
@@ -148,6 +150,92 @@ def apply_preset(cls: type, params: dict) -> dict:
     print(f"PRESET {name}: {len(preset)} parameters"
           + (f"; the cell overrides {', '.join(overridden)}" if overridden else ""))
     return {**params, **preset, **kept}
+
+
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+NONE_WORDS = ("none", "null", "~")
+# parameters with a range beyond their type: (check, what the parameter must be)
+PARAM_RULES = {
+    "ALPHAS": (lambda v: len(v) > 0 and min(v) > 0, "a non-empty list of ridge strengths > 0"),
+    "SEED": (lambda v: v >= 0, "an integer >= 0"),
+    "N_FOLDS": (lambda v: v >= 2, "an integer >= 2 (a CV needs two folds)"),
+}
+
+
+def parse_param(name: str, value, annotation: str):
+    """`value` of parameter `name` as its field's type (`annotation`, e.g. "int | None"): text
+    parsed, numbers of the wrong kind and bools where none is allowed refused naming both."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if isinstance(value, str):
+        value = _parse_text(name, value, kinds)
+    items = [k for k in kinds if k.startswith("tuple[")]
+    numbers = [k for k in items if "str" not in k]
+    if numbers and value is not None and not isinstance(value, str):
+        element = "int" if "int" in numbers[0] else "float"
+        values = value if isinstance(value, (list, tuple)) else [value]
+        value = tuple(_parse_scalar(name, _parse_text(name, v, [element])
+                                    if isinstance(v, str) else v, [element]) for v in values)
+    elif numbers and isinstance(value, str) and "str" not in kinds:
+        raise ValueError(f"{name}={value!r}: expected a list of numbers, e.g. [1, 10]")
+    elif not isinstance(value, (str, list, tuple, dict, type(None))):
+        value = _parse_scalar(name, value, kinds)
+    if name in PARAM_RULES and value is not None and not PARAM_RULES[name][0](value):
+        raise ValueError(f"{name}={value!r}: expected {PARAM_RULES[name][1]}")
+    return value
+
+
+def _parse_text(name: str, text: str, kinds: list[str]):
+    """A parameter given as text, as the first of its kinds the text spells; text it does not
+    spell stays text where text is allowed, else a ValueError naming the parameter."""
+    import ast
+
+    word = text.strip().lower()
+    if "None" in kinds and word in NONE_WORDS:
+        return None
+    if "bool" in kinds and word in TRUE_WORDS + FALSE_WORDS:
+        return word in TRUE_WORDS
+    for kind, parse in (("int", int), ("float", float)):
+        if kind in kinds:
+            try:
+                return parse(text.strip())
+            except ValueError:
+                pass
+    if any(k.startswith(("tuple[", "dict[")) for k in kinds) and word[:1] in "[({":
+        try:
+            return ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{name}={text!r}: not a list or mapping the kit can read; write "
+                             "e.g. [1, 10] or {'mse': 1.0}") from None
+    if any(k == "str" or k.startswith(("tuple[str", "dict[")) for k in kinds):
+        return text
+    raise ValueError(f"{name}={text!r}: expected {' or '.join(_WORDS.get(k, k) for k in kinds)}")
+
+
+_WORDS = {"bool": "True or False (true/false, yes/no, 1/0)", "int": "an integer",
+          "float": "a number", "None": "None", "tuple[float, ...]": "a list of numbers",
+          "tuple[int, ...]": "a list of integers", "tuple[int, int]": "two integers"}
+
+
+def _parse_scalar(name: str, value, kinds: list[str]):
+    """A number or bool checked against its kinds: bools only where a bool is allowed, whole
+    numbers for an int (5.0 → 5), 0/1 for a bool alone."""
+    if isinstance(value, bool):
+        if "bool" in kinds:
+            return value
+    elif isinstance(value, int):
+        if "int" in kinds or "float" in kinds:
+            return value
+        if "bool" in kinds and value in (0, 1):
+            return bool(value)
+    elif isinstance(value, float):
+        if "float" in kinds:
+            return value
+        if "int" in kinds and value.is_integer():
+            return int(value)
+    else:
+        return value
+    wanted = " or ".join(_WORDS.get(k, k) for k in kinds)
+    raise ValueError(f"{name}={value!r}: expected {wanted}")
 
 
 def to_dict(config) -> dict:

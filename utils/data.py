@@ -124,7 +124,9 @@ def smoke_subset(data: KitData, rows: tuple[int, int] = SMOKE_ROWS) -> KitData:
     pick = {split: np.unique(np.linspace(0, len(frame) - 1, min(n, len(frame))).astype(int))
             for split, frame, n in (("train", data.train, rows[0]), ("test", data.test, rows[1]))}
     test = data.test.iloc[pick["test"]].reset_index(drop=True)
-    sample = data.sample.set_index("ID").loc[test["ID"]].reset_index()
+    sample = data.sample.iloc[pd.Index(data.sample["ID"]).get_indexer(test["ID"])]
+    sample = sample.reset_index(drop=True)  # by position: no column insert (a wide frame's
+    # reset_index() inserts "ID" into a fragmented frame: pandas' PerformanceWarning)
     subset = (f"{len(pick['train'])} of {len(data.train)} train, {len(pick['test'])} of "
               f"{len(data.test)} test rows")
     print(f"SMOKE quick check on {subset}: it checks that everything runs, and its scores mean "
@@ -172,11 +174,25 @@ def _load_all(data_dir: str | os.PathLike | None) -> KitData:
     _check_same_ids(test, sample)
     _check_images_exist(root, train, "train.csv")
     _check_images_exist(root, test, "test.csv")
+    _warn_outside(root, [*train["path"], *test["path"]])
     image_dirs = {(root / p).parent for p in (*train["path"], *test["path"])}
     protect_inputs(root, [root / n for n in ("train.csv", "test.csv", "sample_submission.csv")],
                    sorted(image_dirs))
     return KitData(root=root, train=train[list(ID_COLUMNS)], test=test[list(ID_COLUMNS)],
                    sample=sample, genes=genes, y=y)
+
+
+def _warn_outside(root: Path, paths: list[str]) -> None:
+    """A DataWarning naming absolute image paths outside the data folder (the data is then more
+    than its folder: a copy of it elsewhere would miss them)."""
+    inside = root.resolve()
+    outside = [p for p in paths if Path(p).is_absolute() and inside not in
+               Path(p).resolve().parents]
+    if outside:
+        warn_every_time(f"{len(outside)} image paths are absolute and outside the data folder "
+                        f"{root}, e.g. {outside[:5]}; the kit reads them, but a copy of the data "
+                        "folder will not have them: keep images under it with relative paths",
+                        DataWarning, stacklevel=3)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -334,14 +350,16 @@ def cache_dir_for(data: KitData) -> Path:
 
 
 def load_images(data: KitData, split: str, cache_dir: str | os.PathLike | None = None,
-                size: tuple[int, int] | None = None, workers: int = 4) -> np.ndarray:
+                size: tuple[int, int] | None = None, workers: int = 4,
+                warn: bool = True) -> np.ndarray:
     """All patches of a split as a read-only memory-mapped uint8 (N, H, W, 3) array.
 
     The first call decodes the PNGs into `<cache_dir>/<split>_images.npy`; later calls only map
     it. The cache is rebuilt when the image files change (names, sizes or times), when it is
     incomplete, and never read while another process builds it. Every patch must have `size`
     (H, W); None takes the most common train patch size (224x224 on DACON) and resizes test
-    patches of another size to it.
+    patches of another size to it. `warn`: repeat the conversion warning (a caller that has
+    loaded the split once already passes False, so one call warns once).
     """
     if data.source is not None and cache_dir is None:  # a row subset: slice the full cache
         split_of_source, rows = data.rows[split]
@@ -360,7 +378,8 @@ def load_images(data: KitData, split: str, cache_dir: str | os.PathLike | None =
             built = {**fingerprint, "conversions": _build_image_cache(data, split, target, size,
                                                                       workers)}
             write_json(stamp, built)
-    _warn_conversions(split, built.get("conversions", {}), fingerprint["n"])
+    if warn:
+        _warn_conversions(split, built.get("conversions", {}), fingerprint["n"])
     return np.load(target, mmap_mode="r")
 
 
@@ -378,11 +397,42 @@ def images_fingerprint(data: KitData, split: str,
 
 
 def _files_digest(paths: list[Path]) -> str:
-    """A hash of the names, byte sizes and modification times of files."""
+    """A hash of the names, byte sizes, modification and change times and inodes of files (a
+    file swapped in with the same size and mtime has another ctime or inode)."""
     digest = hashlib.sha1()
     for p in paths:
         st = p.stat()
-        digest.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        digest.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}\n"
+                      .encode())
+    return digest.hexdigest()
+
+
+MAX_IMAGE_BYTES = 64 * 2 ** 20  # a patch file larger than this is refused (DACON's: ~150 kB)
+IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF",
+               b"MM\x00*": "TIFF", b"BM": "BMP", b"RIFF": "WebP"}
+
+
+def check_image_file(path: Path) -> None:
+    """An image file by its first bytes and no larger than MAX_IMAGE_BYTES, or a DataError
+    naming it: checked before a byte is hashed or decoded."""
+    size = path.stat().st_size
+    if size > MAX_IMAGE_BYTES:
+        raise DataError(f"{path}: {size:,} bytes, over MAX_IMAGE_BYTES={MAX_IMAGE_BYTES:,} (a "
+                        "patch is a few hundred kB at most); is it the right file?")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not any(head.startswith(magic) for magic in IMAGE_MAGIC):
+        raise DataError(f"{path}: cannot decode image: not a PNG, JPEG, TIFF, BMP or WebP "
+                        f"(it starts with {head!r}); the kit reads only image files")
+
+
+def hash_file(path: Path) -> str:
+    """sha1 of an image file after `check_image_file`, read in chunks (never whole)."""
+    check_image_file(path)
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -425,15 +475,16 @@ def _text_digest(items: list[str]) -> str:
 
 
 def image_content_digest(data: KitData, split: str, workers: int = 4) -> str:
-    """A hash of the bytes of a split's image files in row order, memoised in the cache folder
-    under their names, sizes and modification times (only a changed file list reads them)."""
+    """A hash of the bytes of a split's image files in row order (each checked to be an image
+    first, and read in chunks), memoised in the cache folder under their names, sizes, times
+    and inodes (only a changed file list reads them)."""
     paths = data.image_paths(split)
     memo, files = cache_dir_for(data) / f"{split}_content.json", _files_digest(paths)
     saved = read_json(memo) if memo.is_file() else {}
     if saved.get("files") == files:
         return saved["content"]
     with ThreadPoolExecutor(workers) as pool:
-        hashes = list(pool.map(lambda p: hashlib.sha1(p.read_bytes()).hexdigest(), paths))
+        hashes = list(pool.map(hash_file, paths))
     content = _text_digest([f"{p.name}|{h}" for p, h in zip(paths, hashes)])
     write_json(memo, {"files": files, "content": content})
     return content

@@ -198,7 +198,8 @@ def _identical(data: KitData, other: str, a: np.ndarray, b: np.ndarray,
     same = np.zeros(len(a), bool)
     zero = np.flatnonzero(bits == 0)
     if len(zero):
-        images, others = load_images(data, "train"), load_images(data, other)
+        images = load_images(data, "train", warn=False)  # cached_hashes warned already
+        others = load_images(data, other, warn=False)
         for start in range(0, len(zero), CHUNK):
             k = zero[start:start + CHUNK]
             same[k] = (np.asarray(images[a[k]]) == np.asarray(others[b[k]])).all(axis=(1, 2, 3))

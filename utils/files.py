@@ -19,6 +19,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from utils.places import resolve
+from utils.places import kit_root, resolve
 
 
 class WriteError(OSError):
@@ -39,13 +41,32 @@ class InputOutputError(ValueError):
 
 def run_dir(path: str | os.PathLike) -> Path:
     """A run folder (created if needed), relative paths taken from the kit's root; an input of
-    the data loaded so far is refused, and a failure to create it names the folder."""
-    return make_folder(check_output(path, "RUN_DIR"))
+    the data loaded so far is refused, one inside the data folder is warned about, and a
+    failure to create it names the folder."""
+    folder = check_output(path, "RUN_DIR")
+    warn_inside_data(folder, "RUN_DIR")
+    return make_folder(folder)
+
+
+class InsideDataWarning(UserWarning):
+    """An output folder lies inside the data folder (allowed, but outputs mix with inputs)."""
+
+
+def warn_inside_data(folder: Path, what: str) -> None:
+    """Warn, naming `what`, when `folder` is inside a loaded data folder (unless the kit itself
+    is, as on Colab with files uploaded to /content)."""
+    p = folder.expanduser().resolve()
+    root = next((r for r in _INPUTS["roots"] if r in p.parents), None)
+    if root is not None and root not in kit_root().resolve().parents:
+        warnings.warn(f"{what}={str(folder)!r} is inside the data folder {root}: outputs mix "
+                      "with the competition files (and a read-only data folder cannot hold "
+                      f"them); prefer a {what} under the kit's runs/", InsideDataWarning,
+                      stacklevel=3)
 
 
 # --- inputs are never outputs ---------------------------------------------------------------
 
-_INPUTS: dict[str, dict[Path, Path]] = {"files": {}, "roots": {}, "trees": {}}
+_INPUTS: dict[str, dict[Path, Path]] = {"files": {}, "roots": {}, "trees": {}, "runs": {}}
 
 
 def protect_inputs(root: Path, files: list[Path], image_dirs: list[Path]) -> None:
@@ -54,6 +75,11 @@ def protect_inputs(root: Path, files: list[Path], image_dirs: list[Path]) -> Non
     root = Path(root).resolve()
     for kind, paths in (("files", files), ("roots", [root]), ("trees", image_dirs)):
         _INPUTS[kind].update({Path(p).resolve(): root for p in paths})
+
+
+def protect_runs(folders: list[Path]) -> None:
+    """Register run folders read by this process (07's RUNS): nothing is written inside them."""
+    _INPUTS["runs"].update({Path(f).resolve(): Path(f) for f in folders})
 
 
 def input_clash(path: str | os.PathLike, folder: bool = False) -> str | None:
@@ -67,6 +93,9 @@ def input_clash(path: str | os.PathLike, folder: bool = False) -> str | None:
     tree = next((t for t in _INPUTS["trees"] if t == p or t in p.parents), None)
     if tree is not None:
         return f"it is inside the data's image folder {tree}"
+    run = next((r for r in _INPUTS["runs"] if r == p or r in p.parents), None)
+    if run is not None:
+        return f"it is inside the run folder {run}, an input here"
     return None
 
 
@@ -198,10 +227,22 @@ def read_json(path: str | os.PathLike) -> object:
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """Save an array as .npy atomically."""
+    """Save an array as .npy atomically; numpy's own write error (no errno: "X requested and Y
+    written") is named as a full disk when the disk lacks the room, else as a failed write."""
+    array = np.asarray(array)
+
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
-            np.save(f, np.asarray(array))
+        try:
+            with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
+                np.save(f, array)
+        except OSError as err:
+            if err.errno is not None:
+                raise
+            if shutil.disk_usage(tmp.parent).free < array.nbytes:
+                raise OSError(errno.ENOSPC, f"numpy: {err}") from None
+            raise WriteError(f"cannot write {path}: numpy could not write the array ({err}); "
+                             "nothing was written there (an earlier file, if any, is kept)"
+                             ) from None
 
     return write_with(path, write)
 

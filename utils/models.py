@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from torch import nn
 from utils.choices import MPP_FITS
 from utils.files import write_with
 from utils.places import resolve
-from utils.runs import read_model_info
+from utils.runs import UnsafeFileError, read_model_info
 
 # Pathology foundation models, usable as BACKBONE by name. Each entry names the authors' timm
 # architecture and arguments (as in the model's hub config.json, HEST and TRIDENT), so it
@@ -143,31 +144,33 @@ def create_backbone(name: str, pretrained: bool | str = True, img_size: int | No
     `name` is a timm model name, "hf-hub:<repo>" or a `HUB_MODELS` name (which brings its
     architecture, preprocessing and pooling). `pretrained` is True (download: timm's weights, or
     the hub model's repo), False (random init, seeded) or the path of a local weights file
-    (e.g. a Kaggle dataset), loaded through timm's pretrained_cfg_overlay. `img_size` is passed
-    to models that take it (ViTs), so position embeddings match.
+    (e.g. a Kaggle dataset), loaded by the kit (`load_backbone_weights`: never unpickled, and
+    every backbone tensor must receive a weight). `img_size` is passed to models that take it
+    (ViTs), so position embeddings match, made a multiple of their patch size (`fit_to_patch`).
     """
     torch.manual_seed(seed)
     hub_model = HUB_MODELS.get(name.lower())
     arch, hub_kwargs = resolve_hub_model(name)
     kwargs = {"num_classes": 0, **hub_kwargs, **kwargs}
     overlay = hub_overlay(hub_model) if hub_model else {}
+    weights = None
     if isinstance(pretrained, (str, os.PathLike)) and not isinstance(pretrained, bool):
-        path = resolve(pretrained)
-        if not path.is_file():
-            raise FileNotFoundError(f"PRETRAINED weights file not found: {path}")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={**overlay, "file": str(path)})
-    else:
-        kwargs["pretrained"] = bool(pretrained)
-        if hub_model and pretrained:
-            if hub_model["hub"] is None:
-                raise ValueError(f"{name!r} has no timm weights on the hub: set PRETRAINED to a "
-                                 "local weights file in timm layout (or False)")
-            arch = hub_model["hub"]
-        if overlay:
-            kwargs["pretrained_cfg_overlay"] = overlay
+        weights = resolve(pretrained)
+        if not weights.is_file():
+            raise FileNotFoundError(f"PRETRAINED weights file not found: {weights}")
+        pretrained = False
+    kwargs["pretrained"] = bool(pretrained)
+    if hub_model and pretrained:
+        if hub_model["hub"] is None:
+            raise ValueError(f"{name!r} has no timm weights on the hub: set PRETRAINED to a "
+                             "local weights file in timm layout (or False)")
+        arch = hub_model["hub"]
+    if overlay:
+        kwargs["pretrained_cfg_overlay"] = overlay
     if "img_size" in kwargs:  # a hub model's own input size, unless IMG_SIZE says otherwise
         img_size = kwargs.pop("img_size") if img_size is None else img_size
         kwargs.pop("img_size", None)
+    img_size = fit_to_patch(img_size, kwargs.get("patch_size") or name_patch_size(arch))
     try:
         model = _create(arch, img_size, **kwargs)
     except RuntimeError as err:
@@ -177,7 +180,115 @@ def create_backbone(name: str, pretrained: bool | str = True, img_size: int | No
         raise
     except OSError as err:  # the hub refused or could not be reached: say why and what to do
         raise HubAccessError(hub_error_message(arch, err)) from None
+    if weights is not None:
+        load_backbone_weights(model, weights)
     return set_pooling(model, hub_model["pool"]) if hub_model else model
+
+
+def name_patch_size(arch: str) -> int | None:
+    """The patch size a timm architecture name states (`vit_large_patch16_224` → 16)."""
+    found = re.search(r"patch(\d+)", arch)
+    return int(found.group(1)) if found else None
+
+
+def fit_to_patch(img_size: int | None, patch: int | tuple | None) -> int | None:
+    """`img_size` rounded down to a multiple of a ViT's patch size (at least one patch): a ViT
+    accepts only those (SMOKE's 64 px becomes 56 for a patch-14 model); others pass through."""
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    if img_size is None or not patch or img_size % patch == 0:
+        return img_size
+    return max(int(patch), img_size // patch * patch)
+
+
+# --- weights files: read by the kit, never unpickled; every backbone tensor must get a weight ---
+
+class WeightsError(ValueError):
+    """A PRETRAINED weights file is unreadable or does not fit the backbone (names the file)."""
+
+
+STRIPPED_PREFIXES = ("module.", "backbone.", "model.")  # wrappers of DDP, SSL and the kit's own
+CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "teacher")  # nests of checkpoints
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A weights file's tensors: safetensors, or a torch file read with weights_only=True (a
+    pickle that would run code is refused); nested state dicts are unwrapped."""
+    import pickle
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeFileError(f"{path} is not a plain weights file: it holds Python objects that "
+                              "could run code when loaded, so the kit refuses it "
+                              f"({str(err).strip().splitlines()[-1][:200]}); use a safetensors "
+                              "file, or one saved from a state dict of tensors") from None
+    except Exception as err:  # safetensors and torch raise many types for broken files
+        raise WeightsError(f"PRETRAINED={str(path)!r} cannot be read as weights (truncated, or "
+                           f"not a safetensors/torch file: {type(err).__name__}: "
+                           f"{str(err)[:200]}); download it again") from None
+    while isinstance(state, dict) and any(isinstance(state.get(k), dict) for k in CONTAINER_KEYS):
+        state = next(state[k] for k in CONTAINER_KEYS if isinstance(state.get(k), dict))
+    return {k: v for k, v in dict(state).items() if isinstance(v, torch.Tensor)}
+
+
+def strip_prefixes(state: dict, names: set[str]) -> tuple[dict, str]:
+    """`state` with the wrapper prefixes (`STRIPPED_PREFIXES`) most of its keys carry removed,
+    as far as that matches more of the model's `names`; and what was stripped ("" for none)."""
+    best, current, stripped = (state, ""), state, ""
+    for _ in range(len(STRIPPED_PREFIXES)):
+        prefix = max(STRIPPED_PREFIXES, key=lambda p: sum(k.startswith(p) for k in current))
+        if 2 * sum(k.startswith(prefix) for k in current) < max(len(current), 1):
+            break
+        current, stripped = {k.removeprefix(prefix): v for k, v in current.items()}, \
+            stripped + prefix
+        if len(names & set(current)) > len(names & set(best[0])):
+            best = (current, stripped)
+    return best
+
+
+def key_prefixes(keys: list[str], n: int = 8) -> list[str]:
+    """The distinct two-level prefixes of state-dict keys (`blocks.0`), the first n."""
+    return list(dict.fromkeys(".".join(k.split(".")[:2]) for k in keys))[:n]
+
+
+def load_backbone_weights(model: nn.Module, path: Path) -> None:
+    """Load a weights file into a timm backbone: wrapper prefixes stripped (saying so), the
+    architecture's own checkpoint filter applied, and every tensor of the backbone filled with
+    a weight of its shape, or a WeightsError naming the unmatched prefixes."""
+    import sys
+
+    own = model.state_dict()
+    state, stripped = strip_prefixes(read_weights(path), set(own))
+    if stripped:
+        print(f"PRETRAINED {path.name}: stripped the prefix {stripped!r} from its keys")
+    adapt = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if adapt is not None:
+        try:
+            state = adapt(state, model)
+        except Exception:  # noqa: BLE001 (a filter for another layout: keep the keys as they are)
+            pass
+    required = [k for k in own if not k.endswith("num_batches_tracked")]
+    wrong = [f"{k} {tuple(state[k].shape)} (backbone {tuple(own[k].shape)})"
+             for k in required if k in state and state[k].shape != own[k].shape]
+    if wrong:
+        raise WeightsError(f"PRETRAINED={str(path)!r} does not fit {type(model).__name__}: "
+                           f"{len(wrong)} tensors have another shape, e.g. {wrong[:3]}; is it "
+                           "the weights of another architecture or size?")
+    missing = [k for k in required if k not in state]
+    if missing:
+        extra = [k for k in state if k not in own]
+        raise WeightsError(
+            f"PRETRAINED={str(path)!r} loads {len(required) - len(missing)} of {len(required)} "
+            f"backbone tensors: the backbone's unmatched keys start with "
+            f"{key_prefixes(missing)}, the file's with {key_prefixes(extra)}. The kit does not "
+            "train a backbone left partly random; use weights of this architecture in timm "
+            f"layout (wrappers {list(STRIPPED_PREFIXES)} are stripped)")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
 class HubAccessError(RuntimeError):
@@ -242,7 +353,9 @@ def data_config(model: nn.Module, img_size: int | None = None, mpp: float | None
     with `model_mpp`, patches at `mpp` µm/px are first rescaled to the model's µm/px
     (`mpp_scale` = mpp / model_mpp; see `Preprocess`)."""
     config = timm.data.resolve_model_data_config(model)
-    if img_size is not None:
+    if img_size is not None:  # a ViT takes multiples of its patch size only (see fit_to_patch)
+        img_size = fit_to_patch(img_size, getattr(getattr(model, "patch_embed", None),
+                                                  "patch_size", None))
         config["input_size"] = (3, img_size, img_size)
     if model_mpp is not None:
         if not mpp or mpp <= 0 or model_mpp <= 0 or mpp_fit not in MPP_FITS:

@@ -12,6 +12,14 @@ explained (06) or blended (07) only with the data it was trained on. A fine-tuni
 (`settings.json`; per unit `last.pt` while it trains, `result.npz` when done). A unit is one
 trained model: a fold (`fold0`), or a fold and a gene group (`fold0-<group>`).
 
+The kit deletes only what it wrote: a run folder it made carries `MARKER`, a folder holding
+files the kit does not write (`KIT_FILES`) is refused naming them, and clearing checkpoints or
+weights removes only the kit's files. A run folder is written under a lock (`run_lock`: a second
+writer waits) and counts as finished only when `done.json`, written last, lists its files with
+their hashes (`load_run` checks them). OVERWRITE of a finished run trains in `.next/` inside it
+and moves the new run in only once complete, so an interrupted retraining keeps the old run
+(and its own progress, resumed by the next OVERWRITE).
+
 Files load safely: arrays with `np.load` (no pickles), checkpoints with
 `torch.load(weights_only=True)` (`load_state`): a pickle that would run code is refused, naming
 the file.
@@ -19,21 +27,43 @@ the file.
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from utils.data import describe_change
-from utils.files import as_json, read_json, remove_file, run_dir, save_npy, write_json, write_with
+from utils.files import (
+    as_json,
+    file_lock,
+    make_folder,
+    read_json,
+    remove_file,
+    run_dir,
+    save_npy,
+    write_json,
+    write_text,
+    write_with,
+)
 from utils.places import default_run_root, kit_root, resolve
 
 RUN_FILES = ("folds.npy", "oof.npy", "test_pred.npy", "cv.json", "config.json")
+MARKER = ".mai-kit-run.json"  # in every run folder the kit made
+RECORD = "done.json"  # written last: the finished run's files and their hashes
+STAGING = ".next"  # an OVERWRITE's new run, moved in when complete
+# What the kit writes in a run folder (relative paths; `*` stays within one folder level).
+KIT_FILES = (*RUN_FILES, RECORD, MARKER, "model.json", "history.json", "curves.png", "*.lock",
+             ".*.tmp-*", "weights/fold*.safetensors", "weights/.*.tmp-*", "checkpoints/*",
+             "checkpoints/*/*", "gradcam/*")
 
 
 @dataclass(frozen=True)
@@ -55,15 +85,119 @@ class Run:
 
 def save_run(run_dir: str | os.PathLike, config: dict, folds: np.ndarray, oof: np.ndarray,
              test_pred: np.ndarray, cv: dict) -> Path:
-    """Write a run folder; every file is written atomically, config.json (what marks the run
-    finished) is removed first and written last."""
-    folder = resolve(run_dir)
-    remove_file(folder / "config.json")
-    for name, array in (("folds", folds), ("oof", oof), ("test_pred", test_pred)):
-        save_npy(folder / f"{name}.npy", np.asarray(array))
-    write_json(folder / "cv.json", cv)
-    write_json(folder / "config.json", config)
+    """Write a run folder under its lock; every file is written atomically, the completion
+    record (what marks the run finished) is removed first and written last."""
+    folder = claim_run_dir(run_dir, mark=False)
+    with run_lock(folder):
+        remove_file(folder / RECORD)
+        remove_file(folder / "config.json")
+        for name, array in (("folds", folds), ("oof", oof), ("test_pred", test_pred)):
+            save_npy(folder / f"{name}.npy", np.asarray(array))
+        write_json(folder / "cv.json", cv)
+        write_json(folder / "config.json", config)
+        mark_run_dir(folder)
+        write_record(folder)
     return folder
+
+
+# --- what the kit wrote: marker, completion record, lock ----------------------------------------
+
+class ForeignFilesError(FileExistsError):
+    """A run folder holds files the kit did not write; it refuses to write (or delete) there."""
+
+
+def is_kit_file(relative: str | os.PathLike) -> bool:
+    """Whether a path inside a run folder is one the kit writes (`KIT_FILES`, or `.next/`)."""
+    parts = PurePosixPath(relative).parts
+    return parts[:1] == (STAGING,) or any(
+        len(pattern.split("/")) == len(parts) and all(
+            fnmatch.fnmatchcase(part, bit) for part, bit in zip(parts, pattern.split("/")))
+        for pattern in KIT_FILES)
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """The files under `folder` that the kit does not write, as relative paths."""
+    found = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir())
+    return sorted(rel for rel in found if not is_kit_file(rel))
+
+
+def claim_run_dir(path: str | os.PathLike, mark: bool = True) -> Path:
+    """A run folder the kit may write and clear (created; marked with `MARKER` unless `mark` is
+    False); one holding files the kit does not write is refused, naming them: the kit deletes
+    only its own files."""
+    folder = run_dir(path)
+    foreign = foreign_files(folder)
+    if foreign:
+        listing = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more" if
+                                              len(foreign) > 10 else "")
+        raise ForeignFilesError(
+            f"RUN_DIR={str(path)!r} ({folder}) holds {len(foreign)} files the kit did not write: "
+            f"{listing}. A run folder holds only the kit's files (it clears its checkpoints and "
+            "weights when it retrains); choose a new RUN_DIR (e.g. under runs/), or move those "
+            "files out")
+    if mark:
+        mark_run_dir(folder)
+    return folder
+
+
+def mark_run_dir(folder: Path) -> None:
+    """Write `MARKER` in a run folder (a finished run of an older kit is recorded first)."""
+    if not (folder / MARKER).is_file():
+        if all((folder / name).is_file() for name in RUN_FILES) and not (folder / RECORD).is_file():
+            write_record(folder)
+        write_json(folder / MARKER, {"written_by": "mai-kit", "note": "a run folder: the kit "
+                                     "writes, and deletes, only its own files here"})
+
+
+def file_hash(path: Path) -> str:
+    """sha1 of a file, read in chunks."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+NOT_RECORDED = ("checkpoints", "gradcam", STAGING, MARKER, RECORD)  # not the finished run's
+
+
+def write_record(folder: Path) -> Path:
+    """The completion record: every finished file of the run (not checkpoints, locks or
+    temporaries) with its size and hash; written last, it is what makes the run finished."""
+    relative = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+    kept = [rel for rel in relative if is_kit_file(rel) and rel.parts[0] not in NOT_RECORDED
+            and not rel.name.endswith(".lock") and ".tmp-" not in rel.name]
+    record = {rel.as_posix(): {"bytes": (folder / rel).stat().st_size,
+                               "sha1": file_hash(folder / rel)} for rel in kept}
+    return write_json(folder / RECORD, {"files": record})
+
+
+def changed_files(folder: Path) -> list[str]:
+    """The recorded files of a finished run that are missing or differ from the record."""
+    record = read_json(folder / RECORD)["files"]
+    return [rel for rel, entry in record.items() if not (folder / rel).is_file()
+            or (folder / rel).stat().st_size != entry["bytes"]
+            or file_hash(folder / rel) != entry["sha1"]]
+
+
+_HELD = threading.local()  # run folders this thread holds the lock of
+
+
+@contextmanager
+def run_lock(run_dir: str | os.PathLike):
+    """Hold a run folder's lock (`.<name>.run.lock` beside it): another process or thread
+    writing the folder waits; the holder may take it again (re-entrant per thread)."""
+    folder = resolve(run_dir)
+    held = _HELD.__dict__.setdefault("folders", set())
+    if folder in held:
+        yield folder
+        return
+    with file_lock(folder.parent / f".{folder.name}.run"):  # beside it: none inside it yet
+        held.add(folder)
+        try:
+            yield folder
+        finally:
+            held.discard(folder)
 
 
 def save_config(config) -> Path:
@@ -75,21 +209,58 @@ def save_config(config) -> Path:
 
 
 def is_complete(run_dir: str | os.PathLike) -> bool:
-    """Whether a folder holds every file of a finished run."""
+    """Whether a folder holds a finished run: its completion record and the files it lists
+    (a folder of an older kit, without `MARKER`: every run file)."""
     folder = resolve(run_dir)
-    return all((folder / name).is_file() for name in RUN_FILES)
+    if (folder / RECORD).is_file():
+        try:
+            record = read_json(folder / RECORD)["files"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        return all((folder / rel).is_file() and (folder / rel).stat().st_size == entry["bytes"]
+                   for rel, entry in record.items())
+    return not (folder / MARKER).is_file() and all((folder / n).is_file() for n in RUN_FILES)
 
 
 def load_run(run_dir: str | os.PathLike) -> Run:
-    """Read a run folder; an incomplete one is an error naming the folder and missing files."""
+    """Read a run folder; an incomplete one, files changed since it finished, unreadable or
+    non-finite arrays and folds that disagree with cv.json are errors naming the file."""
     folder = resolve(run_dir)
-    missing = [name for name in RUN_FILES if not (folder / name).is_file()]
+    wanted = RUN_FILES + ((RECORD,) if (folder / MARKER).is_file() else ())
+    missing = [name for name in wanted if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a finished run: missing {', '.join(missing)} "
                                 f"(run notebooks/05_train.ipynb with RUN_DIR={str(run_dir)!r})")
     arrays = {name: load_array(folder / f"{name}.npy") for name in ("folds", "oof", "test_pred")}
-    return Run(path=folder, config=read_json(folder / "config.json"),
-               cv=read_json(folder / "cv.json"), **arrays)
+    changed = changed_files(folder) if (folder / RECORD).is_file() else []
+    if changed:
+        raise RunFileError(f"{folder}: {', '.join(changed)} changed since the run finished "
+                           f"(another process wrote the folder, or a file was edited); retrain "
+                           "it (05_train, OVERWRITE=True) or leave it out of RUNS")
+    run = Run(path=folder, config=read_json(folder / "config.json"),
+              cv=read_json(folder / "cv.json"), **arrays)
+    check_run_arrays(run)
+    return run
+
+
+class RunFileError(ValueError):
+    """A run folder's files are unreadable or do not agree; the message names the file."""
+
+
+def check_run_arrays(run: Run) -> None:
+    """Predictions are finite, one fold label per OOF row, as many folds as cv.json reports."""
+    for name in ("oof", "test_pred"):
+        array = getattr(run, name)
+        bad = ~np.isfinite(array.astype(np.float64, copy=False))
+        if bad.any():
+            raise RunFileError(f"{run.path / (name + '.npy')} holds NaN or inf in "
+                               f"{int(bad.any(axis=-1).sum())} rows: the run's predictions are "
+                               "broken; retrain it (05_train, OVERWRITE=True) or leave it out")
+    n_folds = len(np.unique(run.folds))
+    if len(run.folds) != len(run.oof) or n_folds != run.cv.get("n_folds"):
+        raise RunFileError(f"{run.path}: folds.npy ({len(run.folds)} rows, {n_folds} folds) "
+                           f"does not match oof.npy ({len(run.oof)} rows) and cv.json "
+                           f"({run.cv.get('n_folds')} folds); retrain the run")
 
 
 class UnsafeFileError(ValueError):
@@ -97,21 +268,34 @@ class UnsafeFileError(ValueError):
 
 
 def load_array(path: str | os.PathLike) -> np.ndarray:
-    """An .npy array of numbers; an object array (a pickle, which could run code) is refused."""
+    """An .npy array of numbers; an object array (a pickle, which could run code) is refused,
+    and a truncated or corrupt file is an error naming it."""
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as err:
-        if "allow_pickle" not in str(err):
-            raise
+        with open(path, "rb") as f:
+            pickled = f.read(1) == b"\x80"  # a pickle's protocol opcode
+        if "Object arrays" not in str(err) and not ("allow_pickle" in str(err) and pickled):
+            raise RunFileError(f"{path} is not a readable .npy array (truncated or corrupt: "
+                               f"{err}); retrain the run (05_train, OVERWRITE=True) or leave "
+                               "it out") from None
         raise UnsafeFileError(f"{path} holds pickled Python objects, not an array of numbers; "
                               "loading it could run code, so the kit refuses it (run files are "
                               "plain arrays). Delete it and retrain, or ask whoever shared the "
                               "run folder") from None
+    except (OSError, EOFError) as err:
+        raise RunFileError(f"{path} is not a readable .npy array ({err})") from None
 
 
 def find_runs(root: str | os.PathLike = "runs") -> list[Path]:
-    """Finished run folders under `root` (any depth), sorted by path."""
-    return sorted(p.parent for p in resolve(root).rglob("config.json") if is_complete(p.parent))
+    """Finished run folders under `root` (any depth), sorted by path; SMOKE runs (a `smoke`
+    folder below `root`) and an OVERWRITE's unfinished `.next/` are left out: point `root` at
+    runs/smoke to find SMOKE runs."""
+    root = resolve(root)
+    found = (p.parent for p in root.rglob("config.json"))
+    return sorted(p for p in found if not any(
+        part == "smoke" or part.startswith(".") for part in p.relative_to(root).parts)
+        and is_complete(p))
 
 
 def data_mismatch(config: dict, data) -> str:
@@ -282,15 +466,17 @@ def weights_file(unit: str) -> str:
     return f"weights/{unit}.safetensors"
 
 
-def prepare_checkpoints(run_dir: str | os.PathLike, settings: dict, resume: bool) -> Path:
+def prepare_checkpoints(run_dir: str | os.PathLike, settings: dict, resume: bool,
+                        claim: bool = True) -> Path:
     """The checkpoint folder of a fine-tuning run: kept to resume an unfinished run with the same
-    `settings`, cleared for a fresh start (RESUME=False, or retraining a finished run)."""
-    run = resolve(run_dir)
+    `settings`, cleared for a fresh start (RESUME=False, or retraining a finished run): only the
+    kit's files in checkpoints/ and weights/ are removed, and with `claim` a run folder holding
+    other files is refused (`claim_run_dir`; 04's folders hold its own outputs too)."""
+    run = claim_run_dir(run_dir) if claim else resolve(run_dir)
     folder = run / "checkpoints"
     settings = as_json(settings)
     if not resume or is_complete(run):
-        shutil.rmtree(folder, ignore_errors=True)
-        shutil.rmtree(run / "weights", ignore_errors=True)
+        remove_kit_files(run, ("checkpoints", "weights"))
     saved = folder / "settings.json"
     old = read_json(saved) if saved.is_file() else settings
     if old != settings:
@@ -303,6 +489,53 @@ def prepare_checkpoints(run_dir: str | os.PathLike, settings: dict, resume: bool
                          f"{' and '.join(what)}. Set RESUME=False to start over, or use another "
                          "RUN_DIR")
     write_json(saved, settings)
+    return folder
+
+
+def remove_kit_files(run: Path, folders: Sequence[str]) -> None:
+    """Delete the kit's files in the named subfolders of a run folder (nothing else), then the
+    folders left empty."""
+    for name in folders:
+        top = run / name
+        if not top.is_dir():
+            continue
+        for path in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir() and not path.is_symlink():
+                if not any(path.iterdir()):
+                    path.rmdir()
+            elif is_kit_file(path.relative_to(run)):
+                remove_file(path)
+        if not any(top.iterdir()):
+            top.rmdir()
+
+
+def staging_dir(run_dir: str | os.PathLike) -> Path:
+    """Where OVERWRITE trains the new run of a finished run folder (moved in when complete)."""
+    return resolve(run_dir) / STAGING
+
+
+def replace_run(run_dir: str | os.PathLike) -> Path:
+    """Move the finished run in `staging_dir` into its run folder: the old run's files go, the
+    new ones move in, the completion record last. Safe to call again after an interruption (a
+    journal says the old files are gone already)."""
+    folder = resolve(run_dir)
+    staging, journal = staging_dir(folder), staging_dir(folder) / ".moving"
+    with run_lock(folder):
+        if not journal.is_file():
+            remove_file(folder / RECORD)
+            for path in folder.iterdir():
+                if path.is_file() and path.name != MARKER and not path.name.endswith(".lock") \
+                        and is_kit_file(path.name):
+                    remove_file(path)
+            remove_kit_files(folder, ("checkpoints", "weights", "gradcam"))
+            write_text(journal, "old run removed; moving the new one in\n")
+        moving = sorted(p for p in staging.rglob("*") if p.is_file() and p not in (
+            journal, staging / RECORD) and not p.name.endswith(".lock"))
+        for path in [*moving, staging / RECORD]:
+            target = folder / path.relative_to(staging)
+            make_folder(target.parent)
+            os.replace(path, target)
+        shutil.rmtree(staging)
     return folder
 
 

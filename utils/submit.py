@@ -21,7 +21,7 @@ import pandas as pd
 from utils.config import to_dict
 from utils.cv import selection_rule
 from utils.ensemble import BlendOutcome, run_labels
-from utils.files import write_json, write_with
+from utils.files import InputOutputError, check_output, protect_runs, write_json, write_with
 from utils.metric import top_genes
 from utils.places import resolve
 from utils.runs import Run, check_folds, check_same_data, load_run, select_runs
@@ -253,11 +253,28 @@ def write_submission(frame: pd.DataFrame, sample: pd.DataFrame,
 def load_runs(cfg, data) -> list[Run]:
     """The runs of RUNS (or every finished run under RUNS_ROOT), checked to have been trained on
     `data` (rows, genes, targets, test IDs, images: `check_same_data`) and to share one CV
-    split."""
+    split; their folders become inputs (nothing is written in them) and SUBMISSION is checked
+    against every input (`check_submission_path`)."""
     runs = [load_run(path) for path in select_runs(cfg.runs, cfg.runs_root)]
     check_same_data(runs, data)
     check_folds(runs)
+    protect_runs([run.path for run in runs])
+    check_submission_path(cfg)
     return runs
+
+
+def check_submission_path(cfg) -> Path:
+    """SUBMISSION resolved, or an InputOutputError naming it: a folder, a file of the data or
+    inside a run folder read here, or GENE_GROUPS."""
+    path = check_output(cfg.submission, "SUBMISSION", folder=False)
+    why = ("it is a folder; SUBMISSION is the path of a CSV file" if path.is_dir() else
+           "it is GENE_GROUPS, an input here" if cfg.gene_groups and path.resolve() == resolve(
+               cfg.gene_groups).resolve() else None)
+    if why:
+        raise InputOutputError(f"SUBMISSION={str(cfg.submission)!r} resolves to "
+                               f"{path.resolve()}: {why}. Choose another path (e.g. "
+                               "submissions/submission.csv)")
+    return path
 
 
 def audit(y: np.ndarray, genes: Sequence[str], final: dict) -> tuple[pd.DataFrame, dict]:

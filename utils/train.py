@@ -48,10 +48,10 @@ from utils.cv import (
     selection_rule,
     split_rows,
 )
-from utils.data import KitData, PatchDataset, load_images
+from utils.data import DataError, KitData, PatchDataset, load_images
 from utils.duplicates import find_duplicates
 from utils.features import cached_features
-from utils.files import check_output, read_json, remove_file, write_json
+from utils.files import InputOutputError, read_json, remove_file, write_json
 from utils.genes import LABEL_FREE, groups_on_rows, load_gene_groups, read_grouping_settings
 from utils.loop import (
     Stepper,
@@ -82,11 +82,16 @@ from utils.plots import figure
 from utils.runs import (
     Run,
     Stopwatch,
+    claim_run_dir,
+    is_complete,
     load_run,
     peak_rss_gb,
     prepare_checkpoints,
+    replace_run,
     reuse_run,
+    run_lock,
     save_run,
+    staging_dir,
     weights_file,
 )
 from utils.units import (
@@ -113,6 +118,9 @@ class RecipeResult:
     details: dict = field(default_factory=dict)
 
 
+MIN_FOLD_ROWS = 2  # rows a validation fold needs for its Pearson correlations
+
+
 def make_cv_folds(cfg: TrainConfig, data: KitData) -> tuple[np.ndarray, str]:
     """The fold of every train row and the splitter actually used (CV='slices' falls back to
     blocks, with a warning, when the rows show no slice structure), duplicate train patches in
@@ -122,31 +130,62 @@ def make_cv_folds(cfg: TrainConfig, data: KitData) -> tuple[np.ndarray, str]:
     print(duplicates.summary())
     folds, splitter, note = split_rows(cfg.cv, data.y, cfg.n_folds, cfg.seed, labels,
                                        duplicates.train_groups())
+    sizes = np.unique(folds, return_counts=True)[1]
+    if sizes.min() < MIN_FOLD_ROWS:
+        raise DataError(f"train.csv has {len(data.train)} rows: CV={splitter!r} made "
+                        f"{len(sizes)} folds, the smallest of {sizes.min()} rows, and a fold "
+                        f"needs {MIN_FOLD_ROWS} to be scored (a per-gene correlation); use "
+                        "fewer folds (N_FOLDS) or more training rows")
     print(note)
     return folds, splitter
 
 
 def train(cfg: TrainConfig, data: KitData, folds: np.ndarray, splitter: str | None = None) -> Run:
     """Run the configured recipe on `folds` and save its run folder (`splitter` names them in
-    cv.json; default CV); reuse a finished identical run."""
+    cv.json; default CV) under the folder's lock; reuse a finished identical run. Retraining a
+    finished run (OVERWRITE) happens in `.next/` inside it, moved in only once complete."""
     if cfg.recipe == "finetune":
         read_policy(cfg.augment)  # a missing or broken AUGMENT file fails now, not after hours
-    check_output(cfg.run_dir, "RUN_DIR")
-    run = None if cfg.overwrite else reuse_run(cfg.run_dir, to_dict(cfg), data)
-    if run is not None:
-        print(f"{run.path} is already trained with these parameters: loaded it "
-              "(OVERWRITE=True retrains)")
-        return run
-    start = time.perf_counter()
-    result = RECIPES[cfg.recipe](cfg, data, folds, splitter or cfg.cv)
-    earlier = result.details.pop("elapsed_before_s", 0.0)  # a resumed run's earlier processes
-    config = {**to_dict(cfg), "data_root": str(data.root), "n_train": len(data.train),
-              "n_test": len(data.test), "n_genes": len(data.genes), "details": result.details,
-              "data_fingerprint": data.fingerprint,
-              "elapsed_s": round(earlier + time.perf_counter() - start, 1),
-              "peak_rss_gb": peak_rss_gb()}
-    save_run(cfg.run_dir, config, folds, result.oof, result.test_pred, result.cv)
-    return load_run(cfg.run_dir)
+    folder = claim_run_dir(cfg.run_dir)
+    check_inputs_outside(cfg, folder)
+    with run_lock(folder):
+        if is_complete(staging_dir(folder)):  # an OVERWRITE stopped while moving its run in
+            replace_run(folder)
+        run = None if cfg.overwrite else reuse_run(folder, to_dict(cfg), data)
+        if run is not None:
+            print(f"{run.path} is already trained with these parameters: loaded it "
+                  "(OVERWRITE=True retrains)")
+            return run
+        # retraining a finished run: the new one is made in .next/ (the old one stays finished)
+        target = staging_dir(folder) if is_complete(folder) or staging_dir(
+            folder).is_dir() else folder
+        start = time.perf_counter()
+        recipe = RECIPES[cfg.recipe]
+        result = (train_finetune(cfg, data, folds, splitter or cfg.cv, target)
+                  if recipe is train_finetune else recipe(cfg, data, folds, splitter or cfg.cv))
+        earlier = result.details.pop("elapsed_before_s", 0.0)  # a resumed run's earlier processes
+        config = {**to_dict(cfg), "data_root": str(data.root), "n_train": len(data.train),
+                  "n_test": len(data.test), "n_genes": len(data.genes), "details": result.details,
+                  "data_fingerprint": data.fingerprint,
+                  "elapsed_s": round(earlier + time.perf_counter() - start, 1),
+                  "peak_rss_gb": peak_rss_gb()}
+        save_run(target, config, folds, result.oof, result.test_pred, result.cv)
+        if target != folder:
+            replace_run(folder)
+        return load_run(folder)
+
+
+def check_inputs_outside(cfg: TrainConfig, folder: Path) -> None:
+    """The run's input files (PRETRAINED, GENE_GROUPS, AUGMENT) lie outside its run folder, or
+    an InputOutputError naming the parameter: retraining clears the folder's weights."""
+    files = {"PRETRAINED": cfg.pretrained, "GENE_GROUPS": cfg.gene_groups,
+             "AUGMENT": cfg.augment}
+    for name, value in files.items():
+        path = resolve(value).resolve() if isinstance(value, str) and value else None
+        if path is not None and path.is_file() and folder.resolve() in path.parents:
+            raise InputOutputError(f"{name}={value!r} is inside RUN_DIR {folder}, which this "
+                                   "run writes (and whose weights it clears when it retrains); "
+                                   f"copy it out of the run folder, or choose another RUN_DIR")
 
 
 # --- ridge ----------------------------------------------------------------------------------
@@ -571,17 +610,17 @@ STOPPING_FRACTION = 0.15  # with PATIENCE: share of each training fold's rows (i
 # held out of a unit's training, to stop it early and choose its OOF epoch on
 
 
-def train_finetune(cfg: TrainConfig, data: KitData, folds: np.ndarray,
-                   splitter: str) -> RecipeResult:
+def train_finetune(cfg: TrainConfig, data: KitData, folds: np.ndarray, splitter: str,
+                   folder: Path | None = None) -> RecipeResult:
     """Fine-tuned backbone + gene-group heads per fold; resumable. Every unit is trained and its
     weights kept after every epoch; each fold's OOF predictions come from an epoch chosen without
     its labels: with PATIENCE, the best epoch on rows held out of the unit's own training rows
     (which also stop it early), else the last; the test predictions from the epoch best on all
-    folds' curves (`choose_epochs`)."""
+    folds' curves (`choose_epochs`). `folder`: where the run is written (default RUN_DIR)."""
     images, test_images = load_images(data, "train"), load_images(data, "test")
     units = plan_units(folds, resolve_groups(cfg, data, folds), cfg.group_mode,
                        STOPPING_FRACTION if cfg.patience else 0.0)
-    run = resolve(cfg.run_dir)
+    run = folder or resolve(cfg.run_dir)
     checkpoints = prepare_checkpoints(run, checkpoint_settings(cfg, data), cfg.resume)
     watch = Stopwatch(checkpoints / "elapsed.json")
     devices = device_count(cfg.devices)
