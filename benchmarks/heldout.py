@@ -31,14 +31,13 @@ import yaml
 
 from benchmarks.record import RESULTS, append_rows, environment
 from utils import ensemble, submit
-from utils.config import SubmitConfig, TrainConfig, from_params, to_dict
+from utils.config import SubmitConfig, TrainConfig, from_params, read_preset, to_dict
 from utils.data import KitData, load_data, rows_of
 from utils.metric import PARTS, score
 from utils.runs import Run, peak_rss_gb
 from utils.train import make_cv_folds, train
 
 KIT = Path(__file__).resolve().parents[1]
-PRESETS = KIT / "presets"
 METRIC = ("score", *PARTS)
 
 
@@ -61,16 +60,6 @@ class Bench:
     sections: str = "train_sections.csv"
     cv: str = "sections"
     weights: str | None = None
-
-
-def read_preset(name: str | None) -> dict:
-    """A preset's parameters (`presets/<name>.yaml`, or a YAML path); {} for None."""
-    if not name:
-        return {}
-    path = Path(name) if str(name).endswith((".yaml", ".yml")) else PRESETS / f"{name}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"preset {name!r}: {path} does not exist")
-    return yaml.safe_load(path.read_text()) or {}
 
 
 def expand_grid(entry: dict) -> list[dict]:
@@ -109,8 +98,8 @@ def read_config(path: str | os.PathLike) -> Bench:
     for entry in (e for raw_entry in raw["runs"] for e in expand_grid(raw_entry)):
         if "name" not in entry:
             raise ValueError(f"{path}: every run needs a `name`; got {entry}")
-        params = {**read_preset(entry.get("preset")), **raw.get("set", {}),
-                  **entry.get("set", {})}
+        preset = read_preset(entry["preset"]) if entry.get("preset") else {}
+        params = {**preset, **raw.get("set", {}), **entry.get("set", {})}
         members = tuple(entry.get("members", ())) if "RUNS" not in params or entry.get(
             "members") else member_names(params, specs, entry["name"])
         specs.append(RunSpec(entry["name"], params, members))

@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils import ensemble, submit, train
-from utils.config import QuickstartConfig, SubmitConfig, TrainConfig, from_params
+from utils.config import (
+    QuickstartConfig,
+    SubmitConfig,
+    TrainConfig,
+    from_params,
+    read_preset,
+)
 from utils.data import KitData
 from utils.places import (
     COLAB_CONTENT,
@@ -45,7 +51,6 @@ from utils.runs import Run
 from utils.submit import ConstantColumnsWarning, validate_submission
 
 RATES_FILE = Path(__file__).with_name("plan_rates.csv")
-PRESETS_DIR = "presets"
 NEXT = ("Next: 01_eda and 02_gene_clustering to look at the data, 05_train to try a recipe "
         "(a preset file or your parameters), 07_ensemble_submit to blend runs your way.")
 
@@ -85,16 +90,6 @@ def create_plan(name: str) -> Plan:
     if name not in PLANS:
         raise ValueError(f"PLAN={name!r} is unknown; choose 'auto' or one of {list_plans()}")
     return PLANS[name]
-
-
-def read_preset(name: str) -> dict:
-    """The parameters of presets/<name>.yaml."""
-    import yaml
-
-    path = kit_root() / PRESETS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"the plan's preset {path} is missing; is the kit complete?")
-    return yaml.safe_load(path.read_text()) or {}
 
 
 def load_rates(path: str | os.PathLike = RATES_FILE) -> dict[tuple[str, str], dict]:
