@@ -85,7 +85,7 @@ def test_per_component_oof_of_a_fold_ignores_its_labels(n_folds):
 
 def test_alpha_per_component_needs_target_pca_and_is_refused_by_finetune():
     with pytest.raises(ValueError, match="ALPHA_PER_COMPONENT.*TARGET_PCA"):
-        TrainConfig(alpha_per_component=True)
+        TrainConfig(alpha_per_component=True, target_pca=None)
     assert TrainConfig(alpha_per_component=True, target_pca=8).alpha_per_component
     for recipe in ("finetune", "retrieval", "retrieval_ridge"):
         with pytest.raises(ValueError, match="ALPHA_PER_COMPONENT.*RECIPE='ridge'"):

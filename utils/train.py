@@ -311,6 +311,21 @@ def _alpha_scores(fit: RidgePath, x: np.ndarray, y: np.ndarray,
     return np.array([score(y, fit.predict(x, a))["score"] for a in alphas])
 
 
+def ridge_fits(x: np.ndarray, y: np.ndarray, pca_dim: int | None = None,
+               target_dim: int | None = None) -> Callable[[np.ndarray], RidgePath]:
+    """`fit_on(rows)`: the ridge path fitted on a boolean mask of rows, each mask fitted once
+    (in nested CV an inner fit without folds {k, j} serves both k and j)."""
+    fits: dict[bytes, RidgePath] = {}
+
+    def fit_on(rows: np.ndarray) -> RidgePath:
+        key = np.packbits(rows).tobytes()
+        if key not in fits:
+            fits[key] = fit_ridge_path(x[rows], y[rows], pca_dim, target_dim)
+        return fits[key]
+
+    return fit_on
+
+
 def cv_ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.ndarray,
              alphas: tuple[float, ...], pca_dim: int | None = None,
              splitter: str = "blocks", target_dim: int | None = None) -> RidgeResult:
@@ -319,13 +334,7 @@ def cv_ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, folds: np.ndarray
 
     The test model is fitted on all rows with the alpha whose mean per-fold score is best.
     """
-    fits: dict[bytes, RidgePath] = {}  # an inner fit without folds {k, j} serves k and j
-
-    def fit_on(rows: np.ndarray) -> RidgePath:
-        key = np.packbits(rows).tobytes()
-        if key not in fits:
-            fits[key] = fit_ridge_path(x[rows], y[rows], pca_dim, target_dim)
-        return fits[key]
+    fit_on = ridge_fits(x, y, pca_dim, target_dim)
 
     def held_out_scores(fit_rows: np.ndarray, held_rows: np.ndarray) -> np.ndarray:
         return _alpha_scores(fit_on(fit_rows), x[held_rows], y[held_rows], alphas)
@@ -368,14 +377,8 @@ def cv_ridge_per_component(x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
     (ALPHA_PER_COMPONENT): each outer fold picks, per PC, the alpha with the least held-out
     squared error of that PC's scores over its inner folds (`nested_component_choice`); the
     test model takes per PC the alpha with the least mean error over the outer folds."""
-    fits: dict[bytes, RidgePath] = {}
+    fit_on = ridge_fits(x, y, pca_dim, target_dim)
     grid = np.asarray(alphas, np.float64)
-
-    def fit_on(rows: np.ndarray) -> RidgePath:
-        key = np.packbits(rows).tobytes()
-        if key not in fits:
-            fits[key] = fit_ridge_path(x[rows], y[rows], pca_dim, target_dim)
-        return fits[key]
 
     def held_out_errors(fit_rows: np.ndarray, held_rows: np.ndarray) -> np.ndarray:
         fit = fit_on(fit_rows)
