@@ -181,7 +181,7 @@ def test_quickstart_runs_the_auto_plan_on_the_demo_set_and_reuses_it(tmp_path):
     assert "Next: 01_eda" in text
     written = pd.read_csv(tmp_path / "out" / "submission.csv", dtype={"ID": str})
     validate_submission(written, load_data(data_dir, smoke=True).sample)
-    runs = sorted(p.name for p in (tmp_path / "runs" / "smoke").iterdir())
+    runs = sorted(p.name for p in (tmp_path / "runs" / "smoke").iterdir() if p.is_dir())
     assert runs == ["cpu_centred_lite0", "cpu_centred_lite1", "cpu_centred_lite2"]
     again = execute_notebook(KIT / "notebooks" / "00_quickstart.ipynb", params,
                              tmp_path / "00-again.ipynb")

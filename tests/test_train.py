@@ -474,8 +474,8 @@ def test_train_notebook_finetunes_in_both_group_modes(demo_pipeline, tmp_path, m
     notebook = next(p for p in list_notebooks() if p.stem == "05_train")
     params = {"DATA_DIR": str(demo_pipeline["data"]), "RUN_DIR": str(tmp_path / mode),
               "RECIPE": "finetune", **DEMO_MODEL, "TTA": False, "CV": "blocks", "N_FOLDS": 2,
-              "EPOCHS": 1,
-              "BATCH_SIZE": 32, "GROUPS": "prefix", "GENE_GROUPS": str(csv), "GROUP_MODE": mode}
+              "EPOCHS": 1, "BATCH_SIZE": 32, "GROUP_STRATEGY": "prefix", "GENE_GROUPS": str(csv),
+              "GROUP_MODE": mode}
     if mode == "heads":  # the heads read cpu_best's feature set: every stage, two crops
         params.update(FEATURE_STAGES="all", FEATURE_CROPS=[1.0, 0.5])
     execute_notebook(notebook, params, tmp_path / f"05_{mode}.ipynb")
