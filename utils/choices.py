@@ -27,7 +27,8 @@ TTA_TAGS = {True: "d4", "flips": "flips", False: "noTTA"}  # in feature cache na
 COMPILE_CHOICES = ("auto", True, False)
 COMPILE_MIN_PASSES = 4096
 # DACON patches: Visium spots are 100 µm apart centre to centre and ~329 px apart in the public
-# spot coordinates of the same liver sections, so 100 / 329 ≈ 0.30 µm/px (0.26–0.30 across the sections).
+# spot coordinates of the same liver sections, so 100 / 329 ≈ 0.30 µm/px (0.26–0.30 across
+# the sections).
 DACON_MPP = 0.3
 SMOKE_PX = 64  # SMOKE = True: model input size cap (04, 05), a quick check, not a score
 BLENDS = ("mean", "global", "group", "gene")  # 07 BLEND (utils.ensemble)
