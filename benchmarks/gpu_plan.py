@@ -15,13 +15,13 @@ cut measured on that device beside this run's (the scores should agree to noise)
 
     # a cut that travels (≤ 64 MB with the weights that fit; a member without weights is left
     # out): 64 spots of each of C2, C3 (training) and C4 (held out)
-    python benchmarks/gpu_plan.py --write-cut /tmp/her2st_cut --data /path/to/her2st \\
+    python -m benchmarks.gpu_plan --write-cut /tmp/cut --data /path/to/her2st \\
         --weights /path/to/weights --train C2 C3 --held C4
-    # on a GPU, one line (≤ 8 minutes); its CPU baseline is in benchmarks/results/gpu_plan.csv
-    python benchmarks/gpu_plan.py --data /tmp/her2st_cut --weights /tmp/her2st_cut/weights \\
-        --compare cpu
-    python benchmarks/gpu_plan.py --data /tmp/her2st_cut --weights ... --device cpu  # baseline
-    python benchmarks/gpu_plan.py --tiny --device cpu  # CI: timm test models on a demo set
+    # on one GPU (the goal: ≤ 8 minutes), beside the CPU rows of the same cut in --results
+    python -m benchmarks.gpu_plan --data /tmp/cut --compare cpu
+    # the CPU baseline of that cut (add --epochs N to shorten the fine-tune; the rows say so)
+    python -m benchmarks.gpu_plan --data /tmp/cut --device cpu
+    python -m benchmarks.gpu_plan --tiny --device cpu  # CI: timm test models on a demo set
 """
 
 from __future__ import annotations
@@ -35,15 +35,11 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-KIT_ROOT = Path(__file__).resolve().parent.parent
-if str(KIT_ROOT) not in sys.path:  # `python benchmarks/gpu_plan.py` from a plain clone
-    sys.path.insert(0, str(KIT_ROOT))
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from benchmarks import gpu_check  # noqa: E402
-from benchmarks.heldout import (  # noqa: E402
+from benchmarks import gpu_check
+from benchmarks.heldout import (
     METRIC,
     Bench,
     Rotation,
@@ -53,11 +49,11 @@ from benchmarks.heldout import (  # noqa: E402
     run_in,
     weights_for,
 )
-from benchmarks.record import RESULTS, append_rows, environment  # noqa: E402
-from utils.config import read_preset  # noqa: E402
-from utils.data import KitData, load_data, rows_of  # noqa: E402
-from utils.metric import score  # noqa: E402
-from utils.plans import GPU_PLAN, create_plan  # noqa: E402
+from benchmarks.record import RESULTS, append_rows, environment
+from utils.config import read_preset
+from utils.data import KitData, load_data, rows_of
+from utils.metric import score
+from utils.plans import GPU_PLAN, create_plan
 
 TINY_BACKBONES = {"tf_efficientnet_lite0": "test_efficientnet",
                   "tf_efficientnet_lite1": "test_convnext", "tf_efficientnet_lite2": "test_resnet"}
@@ -76,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", help="DACON-layout folder with a sections file")
     parser.add_argument("--sections", help="CSV of ID → section (default: train_sections.csv "
                         "in --data)")
-    parser.add_argument("--weights", help="folder of <backbone>*.safetensors (default: the hub)")
+    parser.add_argument("--weights", help="folder of <backbone>*.safetensors (default: the "
+                        "weights/ folder in --data, else the hub)")
     parser.add_argument("--train", nargs="+", help="training sections (default: all but --held)")
     parser.add_argument("--held", help="the held-out section (default: the last one)")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
@@ -94,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not (args.data or args.tiny):
         parser.error("--data DIR is needed (or --tiny)")
+    beside = Path(args.data or "") / "weights"
+    if args.weights is None and not args.write_cut and args.data and beside.is_dir():
+        args.weights = str(beside)
     return args
 
 
@@ -262,7 +262,15 @@ def step_row(spec: RunSpec, rotation: Rotation, device) -> dict:
             "seconds": round(clock.seconds, 1), "peak GPU GB": gpu_check.gb(clock.peak_gb),
             "cv": round(run.cv["overall"]["score"], 4),
             **{k: round(parts[k], 4) for k in METRIC}, "status": "ok" if ok else "FAIL",
-            "note": choice if ok else f"non-finite score; {choice}"}
+            "note": step_note(run, choice) if ok else f"non-finite score; {choice}"}
+
+
+def step_note(run, choice: str) -> str:
+    """What the step chose, and for a fine-tune its mixed precision and training speed."""
+    details = run.config.get("details", {})
+    speed = ([f"amp {details['amp']}", f"{details['train_images_per_s']} train img/s"]
+             if "amp" in details else [])
+    return "; ".join(x for x in (choice, *speed) if x)
 
 
 def failed_step(spec: RunSpec, err: BaseException) -> dict:
@@ -299,7 +307,7 @@ def describe_cut(data: KitData, sections: np.ndarray, train: list[str], held: st
 def result_rows(rows: list[dict], cut: str, device) -> list[dict]:
     """The rows as results rows: the cut, the device, machine and versions."""
     return [{"cut": cut, "device": device.type, **row, **environment(),
-             "source": "benchmarks/gpu_plan.py"} for row in rows]
+             "source": "benchmarks.gpu_plan"} for row in rows]
 
 
 def earlier_rows(path: Path, cut: str, device: str | None) -> pd.DataFrame | None:
@@ -367,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.device == "cuda") != torch.cuda.is_available():
         print("no CUDA device: run this on a GPU runtime, or with --device cpu" if
               args.device == "cuda" else "--device cpu: the kit trains on the visible GPU; "
-              "hide it for a CPU run (CUDA_VISIBLE_DEVICES= python benchmarks/gpu_plan.py ...)")
+              "hide it for a CPU run (CUDA_VISIBLE_DEVICES= python -m benchmarks.gpu_plan ...)")
         return 2
     device = torch.device(args.device)
     start = time.perf_counter()

@@ -66,6 +66,7 @@ def test_tiny_plan_runs_every_step_scores_it_held_out_then_the_check_table(gpu_p
         assert rows.set_index("step").loc[step, "score"] == pytest.approx(expected, abs=1e-4)
     finetune = load_run(tmp_path / "cpu" / "gpu_plan" / "slice_3" / PLAN.steps[-1])
     assert finetune.config["recipe"] == "finetune" and finetune.config["epochs"] == 1
+    assert "amp None" in lines["gpu_finetune_from_best"]  # off CUDA: full precision
     # --compare: the earlier rows of the same cut beside this run's
     cut = rows["cut"].iloc[0]
     table = gpu_plan.format_plan(rows.to_dict("records"),
@@ -124,7 +125,8 @@ def test_the_cut_keeps_the_sections_spots_and_only_the_weights_that_fit(gpu_plan
     np.testing.assert_allclose(data.y, source.y[rows], rtol=1e-6)
     assert [p.name for p in (cut / "weights").iterdir()] == [
         "tf_efficientnet_lite0.in1k.safetensors"]
-    args = gpu_plan.parse_args(["--data", str(cut), "--weights", str(cut / "weights")])
+    args = gpu_plan.parse_args(["--data", str(cut)])  # the weights beside the cut
+    assert args.weights == str(cut / "weights")
     specs, left_out = gpu_plan.plan_specs(args, "cuda")
     assert [s.name for s in specs] == ["cpu_lite0", "gpu_finetune_from_best", PLAN.name]
     assert specs[-1].members == ("cpu_lite0", "gpu_finetune_from_best")
