@@ -7,9 +7,11 @@ Exit code 1 if a step or a check fails (an exception, a non-finite score).
 Steps run in this process through `benchmarks.heldout` (05's `utils.train.train`, 07's
 `utils.submit.load_runs` and `utils.ensemble.blend_runs`); every choice (alphas, epochs, blend
 weights, keep-the-best) is nested in the training sections (one CV fold per section), the held
-section only scores. On CUDA every step runs with COMPILE=True and the loop's mixed precision
-(bf16 on Ampere+, fp16 with loss scaling before). A finished run is retrained (OVERWRITE), so
-each step's seconds are its own; features already in $KIT_CACHE_DIR are read, not extracted.
+section only scores. On CUDA every step runs with COMPILE=True (the kit compiles frozen-feature
+extraction: the ridge members') and the fine-tune in the loop's mixed precision (bf16 on
+Ampere+, fp16 with loss scaling before). A finished run is retrained (OVERWRITE), so each
+step's seconds are its own; the first step's include decoding the images, and features already
+in $KIT_CACHE_DIR are read, not extracted.
 Each step's row is appended to `--results`; `--compare cpu` prints the latest rows of the same
 cut measured on that device beside this run's (the scores should agree to noise).
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import sys
 import time
@@ -153,10 +156,23 @@ def fitting_weights(weights: str | None, backbones: list[str], room: int) -> lis
 
 def write_cut(args: argparse.Namespace) -> Path:
     """The DACON-layout cut (train.csv of the chosen sections' spots, a few test rows, the
-    sections file, the images) and the weights that fit beside it, under `--budget-mb`."""
+    sections file, the images) and the weights that fit beside it, under `--budget-mb`; written
+    in a temporary folder renamed into place when complete."""
     src, out = Path(args.data), Path(args.write_cut)
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"--write-cut {out}: not empty; choose a new folder")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        used, what = write_cut_files(args, src, tmp)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"cut: {what} in {out}, {used / 1e6:.1f} MB with its weights")
+    return out
+
+
+def write_cut_files(args: argparse.Namespace, src: Path, out: Path) -> tuple[int, str]:
+    """`write_cut`'s files in `out`: their bytes and what they hold in words."""
     sections_file = Path(args.sections or src / "train_sections.csv")
     train_csv = pd.read_csv(src / "train.csv", dtype=str, keep_default_na=False)
     table = pd.read_csv(sections_file, dtype=str).set_index("ID").loc[train_csv["ID"]]
@@ -165,7 +181,7 @@ def write_cut(args: argparse.Namespace) -> Path:
     rows = spread_rows(sections, train + [held], args.spots)
     test = pd.read_csv(src / "test.csv", dtype=str).head(CUT_TEST_ROWS)
     sample = pd.read_csv(src / "sample_submission.csv", dtype=str).head(CUT_TEST_ROWS)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)
     train_csv.iloc[rows].to_csv(out / "train.csv", index=False)
     test.to_csv(out / "test.csv", index=False)
     sample.to_csv(out / "sample_submission.csv", index=False)
@@ -177,9 +193,7 @@ def write_cut(args: argparse.Namespace) -> Path:
     for path in fitting_weights(args.weights, backbones, int(args.budget_mb * 1e6) - used):
         (out / "weights").mkdir(exist_ok=True)
         used += shutil.copyfile(path, out / "weights" / path.name).stat().st_size
-    print(f"cut: {len(rows)} spots of {train + [held]} and {len(test)} test rows in {out}, "
-          f"{used / 1e6:.1f} MB with its weights")
-    return out
+    return used, f"{len(rows)} spots of {train + [held]} and {len(test)} test rows"
 
 
 def tiny_data(out: Path) -> tuple[Path, str, list[str], str]:
