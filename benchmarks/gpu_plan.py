@@ -84,7 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="CI-sized: timm test models at 64 "
                         "px on a demo set")
     parser.add_argument("--out", default="runs/gpu_plan", help="where runs are written")
-    parser.add_argument("--results", default=str(RESULTS / "gpu_plan.csv"))
+    parser.add_argument("--results", help="rows appended here (default: results/gpu_plan.csv; "
+                        "with --tiny, tiny.csv in --out)")
     parser.add_argument("--compare", help="a device (cpu, cuda) whose rows of the same cut in "
                         "--results are printed beside this run's")
     parser.add_argument("--no-check", action="store_true", help="skip gpu_check.py's table")
@@ -94,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not (args.data or args.tiny):
         parser.error("--data DIR is needed (or --tiny)")
+    if args.results is None:
+        args.results = str(Path(args.out) / "tiny.csv" if args.tiny else RESULTS / "gpu_plan.csv")
     beside = Path(args.data or "") / "weights"
     if args.weights is None and not args.write_cut and args.data and beside.is_dir():
         args.weights = str(beside)

@@ -85,13 +85,14 @@ def test_a_failing_step_is_a_fail_row_the_blend_goes_on_and_exit_is_1(gpu_plan, 
         return run_in(spec, bench, rotation)
 
     monkeypatch.setattr(gpu_plan, "run_in", failing)
-    assert gpu_plan.main([*TINY, "--out", str(tmp_path), "--results", str(tmp_path / "r.csv"),
-                          "--no-check"]) == 1
+    assert gpu_plan.main([*TINY, "--out", str(tmp_path), "--no-check"]) == 1
     out = capsys.readouterr().out
     lines = step_lines(out)
     assert " FAIL " in lines["cpu_lite1"] and "planted failure in cpu_lite1" in lines["cpu_lite1"]
     assert " ok " in lines[PLAN.name] and "07 over 2 runs" in lines[PLAN.name], out
     assert "FAILED: cpu_lite1, cpu_lite2" in out
+    rows = pd.read_csv(tmp_path / "tiny.csv")  # tiny rows stay out of results/gpu_plan.csv
+    assert list(rows["status"]) == ["ok", "FAIL", "FAIL", "ok", "ok"]
 
 
 @pytest.fixture(scope="module")
