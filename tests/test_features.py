@@ -2,6 +2,7 @@
 (FEATURE_CROPS) and Macenko stain normalisation (STAIN_NORM), each part of the cache key."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -153,6 +154,30 @@ def test_cached_features_keys_and_stain_report(dacon_dir, tmp_path):
     assert report["kept_as_is"]["train"]["patches"] == len(data.train)
 
 
+def test_features_survive_the_data_mounted_again(dacon_dir, tmp_path, monkeypatch):
+    """Image files with new times (a dataset mounted again after a restart) but the same bytes
+    reuse the cached features: nothing is extracted again."""
+    import shutil
+
+    from utils import features
+    from utils.data import load_data
+
+    data_dir = shutil.copytree(dacon_dir, tmp_path / "data")
+    folder = tmp_path / "cache"
+    first = features.cached_features(load_data(data_dir), spec(img_size=64, tta=False, tiles=2),
+                                     cache_dir=folder)
+    for png in data_dir.rglob("*.png"):
+        os.utime(png, ns=(10**18, 10**18))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("features were extracted again")
+
+    monkeypatch.setattr(features, "extract_features", refuse)
+    again = features.cached_features(load_data(data_dir), spec(img_size=64, tta=False, tiles=2),
+                                     cache_dir=folder)
+    np.testing.assert_array_equal(again["test"], first["test"])
+
+
 @pytest.mark.parametrize("field, value", [
     ("feature_stages", "last"), ("feature_stages", [1.5]), ("feature_stages", []),
     ("feature_crops", [0.0]), ("feature_crops", [1.5]), ("feature_crops", []),
@@ -183,11 +208,11 @@ def test_stage_errors_name_the_parameter():
 def test_each_feature_choice_is_in_the_cache_name_and_key(dacon_dir):
     """A spec's cache file and key name every choice that changes its features (and nothing
     at the defaults), so two specs never share a cache file."""
-    from utils.data import images_fingerprint, load_data
+    from utils.data import images_content_key, load_data
     from utils.features import cache_entry
 
     data = load_data(dacon_dir)
-    images = {s: images_fingerprint(data, s) for s in ("train", "test")}
+    images = {s: images_content_key(data, s) for s in ("train", "test")}
     base = {"backbone": "m", "pretrained": "w.safetensors", "img_size": 224, "tta": True,
             "seed": None}
     cases = [

@@ -396,6 +396,17 @@ def images_fingerprint(data: KitData, split: str,
     return key
 
 
+def images_content_key(data: KitData, split: str) -> dict:
+    """What the caches computed from a split's images (features, hashes) are keyed on: the
+    images' bytes, not their files' times or inodes, so a copy of the data, or the same dataset
+    mounted again after a restart, reuses them; test's also on train's bytes (they set the patch
+    size)."""
+    key = {"n": len(_split_frame(data, split)), "content": data.fingerprint[f"{split}_images"]}
+    if split == "test":
+        key["train_content"] = data.fingerprint["train_images"]
+    return key
+
+
 def _files_digest(paths: list[Path]) -> str:
     """A hash of the names, byte sizes, modification and change times and inodes of files (a
     file swapped in with the same size and mtime has another ctime or inode)."""

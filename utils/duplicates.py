@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from utils.data import KitData, cache_dir_for, images_fingerprint, load_images
+from utils.data import KitData, cache_dir_for, images_content_key, load_images
 from utils.files import cached_array
 
 HASH_GRID = 32  # patches are area-pooled to this grid before the DCT (smaller patches: their size)
@@ -79,9 +79,9 @@ def image_hashes(images: np.ndarray) -> np.ndarray:
 
 
 def cached_hashes(data: KitData, split: str) -> np.ndarray:
-    """A split's hashes, cached beside its image cache (same key: the image files)."""
+    """A split's hashes, cached beside its image cache (keyed on the images' bytes)."""
     key = {"what": "dihedral DCT-sign hashes", "grid": HASH_GRID, "freqs": HASH_FREQS,
-           "zero": ZERO, "images": images_fingerprint(data, split)}
+           "zero": ZERO, "images": images_content_key(data, split)}
     path = cache_dir_for(data) / "duplicates" / f"{split}_hashes.npy"
     return cached_array(path, key, lambda: image_hashes(load_images(data, split)))
 
@@ -163,7 +163,8 @@ def find_duplicates(data: KitData, max_bits: int = NEAR_BITS) -> DuplicateAudit:
     """Every duplicate pair within train and between train and test; the hashes and the pairs
     are cached (a second call with the same images reads them)."""
     key = {"what": "duplicate pairs", "max_bits": max_bits,
-           "train": images_fingerprint(data, "train"), "test": images_fingerprint(data, "test")}
+           "train": images_content_key(data, "train"),
+           "test": images_content_key(data, "test")}
     path = cache_dir_for(data) / "duplicates" / f"pairs_{max_bits}bits.npy"
     table = cached_array(path, key, lambda: pair_table(data, max_bits))
     where, a, b, bits, exact = table.T

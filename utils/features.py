@@ -33,7 +33,7 @@ from torch import nn
 from utils.bootstrap import ensure
 from utils.choices import COMPILE_MIN_PASSES, TTA_VIEWS, check_compile
 from utils.config import FeatureSpec
-from utils.data import cache_dir_for, images_fingerprint, load_images
+from utils.data import cache_dir_for, images_content_key, load_images
 from utils.files import cached_array, read_json, write_json
 from utils.loop import autocast, default_device, inference_batch_size
 from utils.models import (
@@ -264,8 +264,8 @@ def normalise_stains(images: np.ndarray, reference: dict) -> tuple[np.ndarray, i
 
 def cache_entry(data, split: str, spec: FeatureSpec) -> tuple[str, dict]:
     """The cache file name and key of one split's features (what `cached_features` reads)."""
-    train_images = images_fingerprint(data, "train") if spec.stain_norm else None
-    return spec.cache_name(split), spec.cache_key(images_fingerprint(data, split), train_images)
+    train_images = images_content_key(data, "train") if spec.stain_norm else None
+    return spec.cache_name(split), spec.cache_key(images_content_key(data, split), train_images)
 
 
 def cached_features(data, spec: FeatureSpec, batch_size: int | None = None,
@@ -313,7 +313,7 @@ def stain_normalised(data, images: np.ndarray, split: str, cache_dir: str | os.P
     """A split's patches Macenko-normalised to a reference fitted on the train patches (saved,
     with how many patches of each split were kept as they are, in `stain_reference.json`)."""
     path = folder / "stain_reference.json"
-    train_key = images_fingerprint(data, "train")
+    train_key = images_content_key(data, "train")
     saved = read_json(path) if path.is_file() else {}
     if saved.get("train_images") != train_key:
         reference = fit_stain_reference(load_images(data, "train", cache_dir))
