@@ -29,7 +29,7 @@ bundle: $(BIN)/.installed
 # A new user's first contact, each in a fresh venv: the bundle offline, a Colab-like runtime
 # online. Slow (minutes), so not part of `make test`.
 first-contact: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -s -m first_contact tests/test_first_contact.py
+	$(BIN)/python -m pytest -q -s -m first_contact tests/test_first_contact.py tests/test_kaggle_quickstart.py
 
 # Write notebooks/setup_cell.py into every notebook; REPO=<git URL> also sets KIT_REPO + badges.
 publish: $(BIN)/.installed

@@ -33,13 +33,14 @@ import yaml
 
 from benchmarks.record import RESULTS, append_rows, environment
 from utils.choices import TTA_VIEWS
-from utils.config import TrainConfig
+from utils.config import TrainConfig, from_params, read_preset
 from utils.cv import make_folds
-from utils.data import load_data, load_images
+from utils.data import CACHE_ENV_VAR, load_data, load_images
 from utils.dev.demo import write_demo
-from utils.features import extract_features
+from utils.features import cached_features, extract_features
 from utils.models import create_backbone
 from utils.places import kit_root
+from utils.plans import run_step
 from utils.train import (
     RidgePath,
     centre_by_fold,
@@ -69,25 +70,34 @@ def sample_images(folder: Path, n: int, size: int) -> np.ndarray:
 
 
 def passes_per_image(cfg: TrainConfig) -> int:
-    """Forward passes per patch: the TTA views (8, 4 with "flips", 1 without) times the crops."""
+    """Forward passes per patch: the TTA views (8, 4 with "flips", 1 without) times the crops,
+    plus one per view for FEATURE_TILES (its n x n tiles make one batch of the same pixels)."""
     spec = cfg.feature_spec
-    return TTA_VIEWS[spec.tta] * len(spec.crops)
+    return TTA_VIEWS[spec.tta] * (len(spec.crops) + (spec.tiles > 1))
 
 
 def time_forward(model: torch.nn.Module, n_images: int, passes: int, batch_size: int,
-                 img_size: int, channels_last: bool) -> float:
+                 img_size: int, channels_last: bool, tiles: int = 1, tile_passes: int = 0
+                 ) -> float:
     """Seconds of `passes` pure forward passes per patch of `n_images` patches, batched as the
-    kit batches them, on resident random input (one warm-up pass not counted)."""
+    kit batches them, on resident random input (one warm-up pass not counted), plus
+    `tile_passes` passes of each batch's `tiles` x `tiles` tiles at 1/tiles of the size."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.eval().to(memory_format=fmt)
     x = torch.randn(batch_size, 3, img_size, img_size).contiguous(memory_format=fmt)
+    side = img_size // tiles
+    tile = torch.randn(batch_size * tiles ** 2, 3, side, side).contiguous(memory_format=fmt)
     with torch.inference_mode():
         model(x)
+        if tile_passes:
+            model(tile)
         start = time.perf_counter()
         for first in range(0, n_images, batch_size):
-            batch = x[:min(batch_size, n_images - first)]
+            n = min(batch_size, n_images - first)
             for _ in range(passes):
-                model(batch)
+                model(x[:n])
+            for _ in range(tile_passes):
+                model(tile[:n * tiles ** 2])
         return time.perf_counter() - start
 
 
@@ -129,18 +139,21 @@ def measure_extraction(cfg: TrainConfig, images: np.ndarray, batch_size: int,
     `compiled`, both through torch.compile (static shapes, as the kit compiles); `nchw` also
     times the eager NCHW forward."""
     model = create_backbone(cfg.backbone, False, cfg.img_size, cfg.seed)
-    n, passes = len(images), passes_per_image(cfg)
-    size = cfg.feature_spec.img_size or 224
-    out = {"n": n, "passes": passes,
-           "eager_forward_s": time_forward(model, n, passes, batch_size, size, True)}
+    spec = cfg.feature_spec
+    n, size = len(images), spec.img_size or 224
+    whole, tiled = TTA_VIEWS[spec.tta] * len(spec.crops), TTA_VIEWS[spec.tta] * (spec.tiles > 1)
+    forward = partial(time_forward, n_images=n, passes=whole, batch_size=batch_size,
+                      img_size=size, tiles=spec.tiles, tile_passes=tiled)
+    out = {"n": n, "passes": passes_per_image(cfg),
+           "eager_forward_s": forward(model, channels_last=True)}
     if nchw:
-        out["nchw_forward_s"] = time_forward(model, n, passes, batch_size, size, False)
+        out["nchw_forward_s"] = forward(model, channels_last=False)
     out["eager_extract_s"], _, features = time_extraction(model, images, cfg, batch_size, False)
     out["width"] = features.shape[1]
     if compiled:
         with compile_once():
             fast = torch.compile(model, dynamic=False)
-            out["compiled_forward_s"] = time_forward(fast, n, passes, batch_size, size, True)
+            out["compiled_forward_s"] = forward(fast, channels_last=True)
             out["compiled_extract_s"], out["compile_s"], same = time_extraction(
                 model, images, cfg, batch_size, True)
         out["max_diff"] = float(np.abs(same - features).max())
@@ -198,6 +211,7 @@ class SpeedConfig:
     batch_size: int = 16
     compile: bool = True
     set: dict = field(default_factory=dict)
+    run: tuple[str, ...] = ()
     ridge_rows: tuple[int, ...] = ()
     ridge_width: int = 3584
     target_pca: int = 16
@@ -206,8 +220,9 @@ class SpeedConfig:
 def read_config(path: str | os.PathLike) -> SpeedConfig:
     """A YAML speed config: `scale` (dacon or tiny), `presets` (extraction timed), `fit`
     (presets whose fit is timed), `n_images` and `batch_size` of the extraction sample,
-    `compile`, `set` (parameters for every preset), `ridge_rows` (row counts of the SVD
-    comparison), `ridge_width`, `target_pca`."""
+    `compile`, `set` (parameters for every preset), `run` (presets run end to end on a demo
+    set of the scale, every stage measured), `ridge_rows` (row counts of the SVD comparison),
+    `ridge_width`, `target_pca`."""
     path = Path(path)
     raw = yaml.safe_load(path.read_text()) or {}
     known = {f.name for f in fields(SpeedConfig)}
@@ -264,6 +279,59 @@ def preset_rows(bench: SpeedConfig, images: np.ndarray) -> list[dict]:
     return rows
 
 
+def run_rows(bench: SpeedConfig, folder: Path) -> list[dict]:
+    """Each `run` preset end to end on a demo set of the scale, as 05 runs it (random weights
+    of the architecture): decoding the patches, extracting the features (the kit's compile
+    mode), the fit and the test prediction, each measured, not extrapolated; and the pure
+    forward of the same passes on `n_images` resident patches in the same process, scaled to
+    every patch, for extraction's ratio to it."""
+    sizes, rows = SCALES[bench.scale], []
+    total = sizes["train"] + sizes["test"]
+    seconds, data_dir = timed(write_demo, folder / "data", sizes["train"], sizes["test"],
+                              sizes["genes"], 3, sizes["img"], 0, False, os.cpu_count() or 2)
+    print(f"demo set of {total} patches written in {seconds / 60:.1f} min", flush=True)
+    with mock.patch.dict(os.environ, {CACHE_ENV_VAR: str(folder / "cache")}):
+        data = load_data(data_dir)
+        decode_s, _ = timed(lambda: [load_images(data, split) for split in ("train", "test")])
+        for name in bench.run:
+            cfg = from_params(TrainConfig, {**read_preset(name), "PRETRAINED": False,
+                                            **bench.set, "DATA_DIR": str(data_dir),
+                                            "RUN_DIR": str(folder / "runs" / name)})
+            extract_s, _ = timed(cached_features, data, cfg.feature_spec, cfg.batch_size, None,
+                                 cfg.compile)
+            fit_s, _ = timed(run_step, cfg, data)
+            forward_s = sample_forward(cfg, bench) / bench.n_images * total
+            rows += measured(name, total, decode_s, extract_s, forward_s, fit_s)
+            print(pd.DataFrame(rows[-4:])[["item", "stage", "minutes_at_scale"]], flush=True)
+    return rows
+
+
+def sample_forward(cfg: TrainConfig, bench: SpeedConfig) -> float:
+    """Seconds of the preset's pure forward passes (compiled, as the kit extracts) on
+    `n_images` patches of random input."""
+    spec = cfg.feature_spec
+    model = create_backbone(cfg.backbone, False, cfg.img_size, cfg.seed)
+    model = torch.compile(model.eval().to(memory_format=torch.channels_last), dynamic=False)
+    return time_forward(model, bench.n_images, TTA_VIEWS[spec.tta] * len(spec.crops),
+                        bench.batch_size, spec.img_size or 224, True, spec.tiles,
+                        TTA_VIEWS[spec.tta] * (spec.tiles > 1))
+
+
+def measured(name: str, total: int, decode_s: float, extract_s: float, forward_s: float,
+             fit_s: float) -> list[dict]:
+    """The rows of one measured end-to-end run (`run_rows`)."""
+    row = {"item": name, "mode": "measured", "size": total}
+    return [{**row, "stage": "decode patches", "seconds": decode_s,
+             "minutes_at_scale": decode_s / 60},
+            {**row, "stage": "extraction", "seconds": extract_s, "per_s": total / extract_s,
+             "ratio_to_forward": extract_s / forward_s, "minutes_at_scale": extract_s / 60,
+             "detail": "pure forward timed on a sample in the same process, scaled"},
+            {**row, "stage": "fit + predict", "seconds": fit_s, "minutes_at_scale": fit_s / 60,
+             "detail": "05's run on the cached features: nested CV, test prediction, files"},
+            {**row, "stage": "end to end", "seconds": decode_s + extract_s + fit_s,
+             "minutes_at_scale": (decode_s + extract_s + fit_s) / 60}]
+
+
 def ridge_features(rows: int, width: int, seed: int = 0) -> np.ndarray:
     """Standardised random features of rank ~width/2 plus a little noise (a backbone's stage
     maps are collinear)."""
@@ -317,6 +385,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with tempfile.TemporaryDirectory() as tmp:
             images = sample_images(Path(tmp), bench.n_images, SCALES[bench.scale]["img"])
             rows += preset_rows(bench, images)
+    if bench.run:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows += run_rows(bench, Path(tmp))
     for n in bench.ridge_rows:
         rows += svd_rows(n, bench.ridge_width, SCALES[bench.scale]["genes"], bench.target_pca)
     note = f"load average {load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"

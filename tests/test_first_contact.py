@@ -15,12 +15,18 @@ notebook copied alone into an empty folder and run top to bottom with SMOKE = Tr
   and the kit as GitHub's zip in /content (a temporary platform root): online the setup cell
   installs the rest from the index and changes no pinned version; offline it installs from the
   bundle, and with a bundle lacking one cp313 wheel it names the package, the Python and the
-  build command, and takes that wheel from the index once the internet is back.
+  build command, and takes that wheel from the index once the internet is back;
+- 00_quickstart on Kaggle's layout with a real torch (PyPI's CUDA build) on Python 3.13 and 3.10:
+  a runtime venv per Python (torch, `COLAB_LIKE`, a kernel; about 6 GB, built once under
+  `$KIT_PLATFORM_VENVS`, default ~/.cache/mai-kit/platform-venvs), the notebook alone in
+  /kaggle/working, GitHub's zip and a DACON-layout demo set attached as datasets: Run All
+  (online) writes a valid submission.csv and leaves the runtime's packages as they were.
 
-torch/torchvision (and what they need) are this venv's own, linked into each fresh venv through
-a .pth file: as on Colab and Kaggle, they are the platform's, and nothing may replace them. In the
-3.12/3.13 venvs, which run the setup cell only, they are metadata-only stand-ins at Colab's
-versions (this venv's torch is built for its own Python; the cell never imports torch).
+torch/torchvision (and what they need) are the platform's, as on Colab and Kaggle, and nothing
+may replace them: this venv's own, linked into each fresh venv through a .pth file; in the
+3.12/3.13 venvs that run the setup cell only, metadata-only stand-ins at Colab's versions (this
+venv's torch is built for its own Python; the cell never imports torch); for 00_quickstart, the
+runtime venv's, seen through a .pth file in the same way.
 Marked `first_contact` (minutes): `make first-contact` runs them, `make test` does not.
 """
 
@@ -38,14 +44,17 @@ import time
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from conftest import build_bundle
+from conftest import KIT_ROOT, build_bundle
 from packaging.requirements import Requirement
 
 from utils.bootstrap import canonical
+from utils.data import load_data
 from utils.dev.demo import write_demo
-from utils.dev.pipeline import demo_parameters
+from utils.dev.pipeline import DEMO_MODEL, demo_parameters
 from utils.dev.publish import setup_source
+from utils.submit import validate_submission
 
 pytestmark = pytest.mark.first_contact
 BASE_PYTHON = str(Path(sys.base_prefix) / "bin" / "python3")
@@ -261,15 +270,18 @@ def test_a_colab_like_runtime_keeps_every_version_it_had(kit_clone, demo_data, t
 # --- Python 3.12 and 3.13 ----------------------------------------------------------------------
 
 # A Colab-like runtime per Python: what the bundle leaves to the platform (bundle.PLATFORMS_HAVE,
-# as far as the kit's requirements reach it), pinned. 3.12: versions of Colab's 2025 image;
-# 3.13: the nearest versions with cp313 wheels (numba 0.61 needs numpy <= 2.1).
+# as far as the kit's requirements reach it), pinned. 3.12 (and 3.10, which has wheels of them
+# all): versions of Colab's 2025 image; 3.13: the nearest versions with cp313 wheels (numba 0.61
+# needs numpy <= 2.1).
 SHARED_PINS = ("scikit-image==0.25.2", "pillow==11.1.0", "matplotlib==3.10.0",
                "opencv-python==4.11.0.86", "opencv-python-headless==4.11.0.86", "pyyaml==6.0.2",
                "psutil==5.9.5", "requests==2.32.3", "packaging==24.2", "pydantic==2.10.6",
                "huggingface-hub==0.28.1", "tqdm==4.67.1", "scikit-learn==1.6.1")
+COLAB_2025 = ("numpy==2.0.2", "pandas==2.2.2", "scipy==1.14.1", "numba==0.60.0",
+              "llvmlite==0.43.0", *SHARED_PINS)
 COLAB_LIKE = {
-    "3.12": ("numpy==2.0.2", "pandas==2.2.2", "scipy==1.14.1", "numba==0.60.0",
-             "llvmlite==0.43.0", *SHARED_PINS),
+    "3.10": COLAB_2025,
+    "3.12": COLAB_2025,
     "3.13": ("numpy==2.1.3", "pandas==2.2.3", "scipy==1.15.2", "numba==0.61.0",
              "llvmlite==0.44.0", *SHARED_PINS),
 }
@@ -425,3 +437,84 @@ def test_the_whole_bundle_offline_on_python_313(bundles, tmp_path):
     assert re.search(r"\(installed \d+ from the bundle in \d+ s: ", done.stdout), done.stdout
     assert not changed(before, freeze(python))
     print(f"[first contact] Python 3.13 offline (the whole bundle): setup cell {seconds:.0f} s")
+
+
+# --- 00_quickstart on Kaggle's layout, a real torch on Python 3.13 and 3.10 ---------------------
+
+# The newest pair with wheels for both Pythons (CUDA builds from PyPI, about 5.5 GB a venv).
+PLATFORM_TORCH = ("torch==2.14.1", "torchvision==0.29.1")
+PLATFORM_VENVS = Path(os.environ.get("KIT_PLATFORM_VENVS")
+                      or Path.home() / ".cache" / "mai-kit" / "platform-venvs")
+
+
+def platform_venv(version: str) -> Path:
+    """A Kaggle-like runtime of pyenv's Python `version`: a venv with a real torch, COLAB_LIKE and
+    a kernel, built once under $KIT_PLATFORM_VENVS (skips when pip cannot). Returns its python."""
+    venv = PLATFORM_VENVS / f"py{version.replace('.', '')}"
+    python, frozen = venv / "bin" / "python", venv / "platform-freeze.txt"
+    if frozen.is_file():
+        return python
+    start = time.perf_counter()
+    if not python.exists():
+        sh(pyenv_python(version), "-m", "venv", venv)
+    pip = subprocess.run([python, "-m", "pip", "install", "-q", *PLATFORM_TORCH, "ipykernel",
+                          *COLAB_LIKE[version]], capture_output=True, text=True, timeout=3600)
+    if pip.returncode:
+        pytest.skip(f"pip could not build the Python {version} runtime in {venv} (no package "
+                    f"index, or no wheel of {', '.join(PLATFORM_TORCH)}): {pip.stderr[-500:]}")
+    frozen.write_text("\n".join(freeze(python)) + "\n")
+    print(f"\n[first contact] Python {version} runtime with {', '.join(PLATFORM_TORCH)} built "
+          f"in {venv}: {time.perf_counter() - start:.0f} s")
+    return python
+
+
+def user_venv(folder: Path, platform: Path) -> Path:
+    """A venv of `platform`'s Python that sees `platform`'s packages (its pip included) through a
+    .pth file, so what the setup cell installs lands here; a kernel spec named KERNEL."""
+    sh(platform.resolve(), "-m", "venv", "--without-pip", folder)
+    python = folder / "bin" / "python"
+    site = sh(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))")
+    base = sh(platform, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))")
+    (Path(site.stdout.strip()) / "platform.pth").write_text(base.stdout)
+    sh(python, "-m", "ipykernel", "install", "--prefix", folder, "--name", KERNEL)
+    return python
+
+
+def kaggle_layout(root: Path, kit_zip: Path) -> tuple[Path, Path, Path]:
+    """/kaggle/working holding only 00_quickstart, GitHub's zip as one dataset and a DACON-layout
+    demo set as another; (the notebook, the zip, the data folder)."""
+    work = root / "kaggle" / "working"
+    work.mkdir(parents=True)
+    datasets = root / "kaggle" / "input" / "datasets" / "someone"
+    (datasets / "mai-kit").mkdir(parents=True)
+    attached = Path(shutil.copy2(kit_zip, datasets / "mai-kit" / "mai-kit-main.zip"))
+    data = write_demo(datasets / "dacon-mai" / "open", n_train=120, n_test=40, n_genes=200,
+                      seed=3)
+    notebook = Path(shutil.copy2(KIT_ROOT / "notebooks" / "00_quickstart.ipynb", work))
+    return notebook, attached, data
+
+
+@pytest.mark.parametrize("version", ["3.13", "3.10"])
+def test_the_quickstart_on_kaggle_with_a_real_torch_on_a_new_python(github_zip, tmp_path,
+                                                                     version):
+    platform = platform_venv(version)
+    python = user_venv(tmp_path / "venv", platform)
+    notebook, attached, data = kaggle_layout(tmp_path / "platform", github_zip)
+    env = online(user_env(python, KIT_PLATFORM_ROOT=str(tmp_path / "platform")))
+    params = {"SMOKE": True, "OVERRIDES": DEMO_MODEL}
+    start = time.perf_counter()
+    cells = run_notebook(notebook, params, env)
+    wall = time.perf_counter() - start
+    lines, setup = setup_output(cells)
+    assert len(lines) == 1 and lines[0].startswith(f"mai-kit found in {attached}: "), lines
+    installed = re.search(r"\(installed (\d+) from PyPI in \d+ s: .*timm", lines[0])
+    assert installed, lines
+    written = pd.read_csv(notebook.parent / "submission.csv", dtype={"ID": str})
+    validate_submission(written, load_data(data, smoke=True).sample)
+    assert (platform.parent.parent / "platform-freeze.txt").read_text().split() == \
+        freeze(platform), "the setup cell changed the platform's packages"
+    torch = sh(python, "-c", "import torch, torchvision as v; print(torch.__version__, "
+                             "v.__version__)").stdout.split()
+    print(f"[first contact] Python {version}, torch {torch[0]}, torchvision {torch[1]}: "
+          f"00_quickstart SMOKE on Kaggle's layout: setup cell {setup:.0f} s (GitHub's zip, "
+          f"{installed.group(1)} packages from PyPI), whole notebook {wall:.0f} s")

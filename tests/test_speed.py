@@ -20,18 +20,27 @@ def test_tiny_config_writes_a_row_per_preset_stage_and_mode(tmp_path):
     rows = pd.read_csv(results)
     assert set(rows["config"]) == {"tiny_speed"} and set(rows["source"]) == {"benchmarks.speed"}
     extraction = rows[rows["stage"] == "extraction"]
-    assert sorted(set(zip(extraction["item"], extraction["mode"]))) == [
-        (p, m) for p in ("cpu_best", "cpu_fast", "cpu_retrieval") for m in ("compiled", "eager")]
+    sampled = extraction[extraction["mode"] != "measured"]
+    assert sorted(set(zip(sampled["item"], sampled["mode"]))) == [
+        (p, m) for p in ("cpu_best", "cpu_fast", "cpu_lite0", "cpu_retrieval")
+        for m in ("compiled", "eager")]
     assert (extraction["ratio_to_forward"] > 0).all() and (extraction["per_s"] > 0).all()
     # every stage's pooled map (test_efficientnet: 440 channels) for the patch and its centre
-    assert extraction["detail"].str.contains("width 880").all()
-    passes = extraction.set_index(["item", "mode"])["detail"].str.extract(r"(\d+) passes")[0]
+    assert sampled["detail"].str.contains("width 880|width 1760").all()
+    passes = sampled.set_index(["item", "mode"])["detail"].str.extract(r"(\d+) passes")[0]
     assert passes[("cpu_fast", "eager")] == "8" and passes[("cpu_best", "eager")] == "16"
-    compiled = extraction[extraction["mode"] == "compiled"]
+    assert passes[("cpu_lite0", "eager")] == "24"  # 8 views x (patch, centre, 2 x 2 tiles)
+    compiled = sampled[sampled["mode"] == "compiled"]
     assert compiled["detail"].str.contains("compile").all()
     stages = set(zip(rows["item"], rows["stage"]))
     assert {("cpu_best", "ridge fit"), ("cpu_retrieval", "retrieval fit"),
             ("cpu_best", "end to end"), ("cpu_best", "predict")} <= stages
+    measured = rows[rows["mode"] == "measured"].set_index("stage")
+    assert list(measured.index) == ["decode patches", "extraction", "fit + predict", "end to end"]
+    assert (measured["size"] == 96 + 32).all() and (measured["seconds"] > 0).all()
+    assert measured.loc["extraction", "ratio_to_forward"] > 0
+    assert measured.loc["end to end", "seconds"] == pytest.approx(
+        measured["seconds"].iloc[:3].sum())
     svd = rows[rows["stage"] == "features' SVD"]
     assert sorted(svd["size"].unique()) == [40, 80, 120] and set(svd["mode"]) == {"lapack", "gram"}
     diffs = svd["detail"].dropna().str.extract(r"diff (\S+)")[0].astype(float)

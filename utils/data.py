@@ -130,8 +130,8 @@ def smoke_subset(data: KitData, rows: tuple[int, int] = SMOKE_ROWS) -> KitData:
     subset = (f"{len(pick['train'])} of {len(data.train)} train, {len(pick['test'])} of "
               f"{len(data.test)} test rows")
     print(f"SMOKE quick check on {subset}: it checks that everything runs, and its scores mean "
-          "nothing. Outputs go to runs/smoke/ and submissions/smoke/; set SMOKE = False for a "
-          "real run.", flush=True)
+          "nothing; its run folders are kept apart from real ones (in smoke/ folders). Set SMOKE "
+          "= False for a real run.", flush=True)
     return KitData(root=data.root, train=data.train.iloc[pick["train"]].reset_index(drop=True),
                    test=test, sample=sample, genes=data.genes, y=data.y[pick["train"]],
                    subset=subset)
