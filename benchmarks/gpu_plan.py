@@ -29,6 +29,8 @@ cut measured on that device beside this run's (the scores should agree to noise)
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -313,12 +315,21 @@ def run_steps(specs: list[RunSpec], rotation: Rotation, device) -> list[dict]:
 # --- results and the table ----------------------------------------------------------------------
 
 def describe_cut(data: KitData, sections: np.ndarray, train: list[str], held: str,
-                 epochs: int | None) -> str:
-    """The cut in words (what `--compare` matches rows on; the data's fingerprint hashes its
-    files' content, so a copy of the cut elsewhere matches)."""
+                 specs: list[RunSpec]) -> str:
+    """The cut and the plan's settings in words (what `--compare` matches rows on; the data's
+    fingerprint hashes its files' content, so a copy of the cut elsewhere matches)."""
     n_train, n_held = int((sections != held).sum()), int((sections == held).sum())
     return (f"data {data.fingerprint['digest'][:10]}: train {'+'.join(train)} ({n_train} "
-            f"spots), held {held} ({n_held} spots), fine-tune epochs {epochs or 'as preset'}")
+            f"spots), held {held} ({n_held} spots); plan {plan_digest(specs)}")
+
+
+def plan_digest(specs: list[RunSpec]) -> str:
+    """A hash of the steps' settings (not COMPILE, which CUDA alone sets, nor the folder the
+    weights files lie in)."""
+    settings = [[s.name, s.members, {k: Path(v).name if k == "PRETRAINED" and isinstance(
+        v, str) else v for k, v in s.params.items() if k != "COMPILE"}] for s in specs]
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(
+        )[:8]
 
 
 def result_rows(rows: list[dict], cut: str, device) -> list[dict]:
@@ -352,7 +363,7 @@ def run_plan(args: argparse.Namespace, device) -> tuple[list[dict], str]:
     """The plan on the cut: every step's row and the cut in words."""
     data, sections, train, held = load_cut(args)
     specs, left_out = plan_specs(args, device.type)
-    cut = describe_cut(data, sections, train, held, args.epochs)
+    cut = describe_cut(data, sections, train, held, specs)
     print(f"plan {GPU_PLAN} on {cut}; {gpu_check.describe_device(device)}; "
           f"COMPILE {device.type == 'cuda' or 'as preset'}, mixed precision "
           f"{amp_name(device)}", flush=True)

@@ -7,6 +7,7 @@ for a GPU machine keeps the chosen sections' spots and only the weights that fit
 from __future__ import annotations
 
 import importlib.util
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -134,3 +135,11 @@ def test_the_cut_keeps_the_sections_spots_and_only_the_weights_that_fit(gpu_plan
     assert [line.split(":")[0] for line in left_out] == ["cpu_lite1", "cpu_lite2"]
     assert all(s.params["COMPILE"] is True and s.params["OVERWRITE"] for s in specs[:-1])
     assert specs[0].params["PRETRAINED"].endswith("tf_efficientnet_lite0.in1k.safetensors")
+    # --compare matches on the plan's settings: not COMPILE nor the weights' folder, but EPOCHS
+    elsewhere = shutil.copytree(cut / "weights", tmp_path / "elsewhere")
+    on_cpu = gpu_plan.plan_specs(gpu_plan.parse_args(["--data", str(cut), "--weights",
+                                                      str(elsewhere)]), "cpu")[0]
+    assert gpu_plan.plan_digest(on_cpu) == gpu_plan.plan_digest(specs)
+    shorter = gpu_plan.plan_specs(gpu_plan.parse_args(["--data", str(cut), "--epochs", "1"]),
+                                  "cuda")[0]
+    assert gpu_plan.plan_digest(shorter) != gpu_plan.plan_digest(specs)
