@@ -409,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     rows, cut = run_plan(args, device)
     earlier = earlier_rows(Path(args.results), cut, args.compare)
+    if args.compare and earlier is None:
+        print(f"--compare {args.compare}: {args.results} has no {args.compare} rows of {cut}")
     append_rows(Path(args.results), result_rows(rows, cut, device))
     print(format_plan(rows, earlier, args.compare))
     failed = [row["step"] for row in rows if row["status"] != "ok"]

@@ -86,8 +86,9 @@ def test_a_failing_step_is_a_fail_row_the_blend_goes_on_and_exit_is_1(gpu_plan, 
         return run_in(spec, bench, rotation)
 
     monkeypatch.setattr(gpu_plan, "run_in", failing)
-    assert gpu_plan.main([*TINY, "--out", str(tmp_path), "--no-check"]) == 1
+    assert gpu_plan.main([*TINY, "--out", str(tmp_path), "--no-check", "--compare", "cuda"]) == 1
     out = capsys.readouterr().out
+    assert "--compare cuda: " in out and "has no cuda rows of data " in out
     lines = step_lines(out)
     assert " FAIL " in lines["cpu_lite1"] and "planted failure in cpu_lite1" in lines["cpu_lite1"]
     assert " ok " in lines[PLAN.name] and "07 over 2 runs" in lines[PLAN.name], out
