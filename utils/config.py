@@ -690,8 +690,8 @@ class TrainConfig:
                               "the kit root)")
     recipe: str = documented("ridge", '"ridge" or "retrieval" on frozen features; "finetune": '
                              "train per fold")
-    backbone: str = documented("tf_efficientnet_lite0", 'timm model name, "hf-hub:<repo>" or a '
-                               "HUB_MODELS name (docs/foundation_models.md)")
+    backbone: str = documented("tf_efficientnet_lite0", 'timm name, "hf-hub:<repo>" or a '
+                               "HUB_MODELS name (docs/)")
     pretrained: bool | str = documented(True, "True: hub weights; False: random init; or the path "
                                         "of a local weights file")
     img_size: int | None = documented(None, "model input size in px (patches are resized on the "
@@ -738,7 +738,7 @@ class TrainConfig:
                                       "out of training); None: off")
     loss: dict[str, float] = documented(factory=lambda: dict(DEFAULT_LOSS), doc="loss terms and "
                                         "weights (utils.losses)")
-    target_pca: int | None = documented(16, "K: fit the targets' top-K principal components, "
+    target_pca: int | None = documented(16, "K: fit the targets' top-K PCs, "
                                         "decoded to genes; None: every gene")
     group_strategy: str | None = documented(None, "None: one group; or a strategy of GENE_GROUPS "
                                             "(target-based: per fold)")
@@ -772,9 +772,9 @@ class TrainConfig:
                                     "the disk, as HEST)")
     # frozen features (ridge, retrieval): which stages, crops and stain normalisation
     feature_stages: str | tuple[int, ...] | None = documented(
-        "all", 'features (also finetune\'s): "all" stages pooled, None the embedding, or "-2,-1"')
+        "all", 'features (finetune\'s too): "all" stages, None the embedding, or "-2,-1"')
     feature_crops: tuple[float, ...] = documented(
-        (1.0, 0.5), "features of the patch and of centre crops (fractions of the side), joined")
+        (1.0, 0.5), "the patch and its centre crops (fractions of its side), joined")
     stain_norm: str | None = documented(None, 'ridge features: None, or "macenko" (stain '
                                         "reference from train patches)")
     centre_features: bool = documented(False, "ridge/retrieval: each slice's features minus its "
