@@ -26,6 +26,17 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path({str(KIT_
 sys.modules.pop("utils", None)"""
 
 
+def place_quickstart(work, root, monkeypatch) -> None:
+    """The quickstart alone in `work` (with FORGET_KIT first), the platform folders under
+    `root`, and no kit variables in the environment."""
+    notebook = nbformat.read(KIT_ROOT / "notebooks" / "00_quickstart.ipynb", as_version=4)
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(FORGET_KIT))
+    nbformat.write(notebook, work / "00_quickstart.ipynb")
+    monkeypatch.setenv("KIT_PLATFORM_ROOT", str(root))
+    for name in ("KIT_DATA_DIR", "KIT_CACHE_DIR", "KIT_REPO"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.mark.smoke
 def test_quickstart_alone_with_githubs_zip_on_kaggle_writes_the_submission(github_zip, tmp_path,
                                                                            monkeypatch):
@@ -39,12 +50,7 @@ def test_quickstart_alone_with_githubs_zip_on_kaggle_writes_the_submission(githu
     shutil.copy2(github_zip, kit_dataset / "mai-kit-main.zip")
     data = write_demo(root / "kaggle" / "input" / "datasets" / "someone" / "dacon-mai" / "open",
                       n_train=120, n_test=40, n_genes=200, seed=3)
-    notebook = nbformat.read(KIT_ROOT / "notebooks" / "00_quickstart.ipynb", as_version=4)
-    notebook.cells.insert(0, nbformat.v4.new_code_cell(FORGET_KIT))
-    nbformat.write(notebook, work / "00_quickstart.ipynb")
-    monkeypatch.setenv("KIT_PLATFORM_ROOT", str(root))
-    for name in ("KIT_DATA_DIR", "KIT_CACHE_DIR", "KIT_REPO"):
-        monkeypatch.delenv(name, raising=False)
+    place_quickstart(work, root, monkeypatch)
     papermill.execute_notebook(str(work / "00_quickstart.ipynb"), str(tmp_path / "run.ipynb"),
                                parameters={"SMOKE": True, "OVERRIDES": DEMO_MODEL},
                                cwd=str(work), kernel_name="python3", progress_bar=False)
@@ -81,12 +87,7 @@ def test_quickstart_on_a_real_dataset_offline_writes_the_submission(github_zip, 
     (datasets / "someone" / "lite-weights").mkdir()
     for path in WEIGHTS.glob("tf_efficientnet_lite*.safetensors"):
         (datasets / "someone" / "lite-weights" / path.name).symlink_to(path)
-    notebook = nbformat.read(KIT_ROOT / "notebooks" / "00_quickstart.ipynb", as_version=4)
-    notebook.cells.insert(0, nbformat.v4.new_code_cell(FORGET_KIT))
-    nbformat.write(notebook, work / "00_quickstart.ipynb")
-    monkeypatch.setenv("KIT_PLATFORM_ROOT", str(root))
-    for name in ("KIT_DATA_DIR", "KIT_CACHE_DIR", "KIT_REPO"):
-        monkeypatch.delenv(name, raising=False)
+    place_quickstart(work, root, monkeypatch)
     start = time.perf_counter()
     papermill.execute_notebook(str(work / "00_quickstart.ipynb"), str(tmp_path / "run.ipynb"),
                                cwd=str(work), kernel_name="python3", progress_bar=False)
